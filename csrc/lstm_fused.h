@@ -1,0 +1,119 @@
+/* lstm_fused.h - float32 LSTM time loops with the recurrent product fused
+ * into the gate math, on W_hh packed once per call into register-blocked
+ * panels. Plain C (OpenMP optional), no Python.h.
+ *
+ * Why: a BLAS call per step re-packs W_hh every time and runs the gate math
+ * as a separate pass. Here each thread owns a fixed set of hidden units (a
+ * "panel"), keeps its share of W_hh hot in its cache across steps, computes
+ * the product for those units into registers and finishes their gates there.
+ * Threads meet at one barrier per step.
+ *
+ * Three code paths from one source (csrc/lstm_fused_impl.h), chosen at run
+ * time from the CPU: AVX-512 (16-lane panels), AVX2 (8) and portable (4,
+ * plain C vectors that any compiler lowers for any CPU, aarch64 included).
+ * Packed layouts depend on the path: pack with the path you run.
+ *
+ * Letters: T steps, N batch, H hidden, G = 4H; U = lanes of the path.
+ */
+#ifndef FASTLSTM_LSTM_FUSED_H
+#define FASTLSTM_LSTM_FUSED_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { LSTM_PATH_PORTABLE = 0, LSTM_PATH_AVX2 = 1, LSTM_PATH_AVX512 = 2 };
+
+/* Fastest path this CPU (and this build) supports. */
+int lstm_fused_best_path(void);
+/* Whether `path` can run here (compiled in and supported by the CPU). */
+int lstm_fused_path_supported(int path);
+/* Name of a path ("avx512", "avx2", "portable"). */
+const char *lstm_fused_path_name(int path);
+/* Number of OpenMP threads available (1 without OpenMP). */
+int lstm_fused_max_threads(void);
+
+/* Floats needed by the forward pack (W_f) and the backward pack (W_b). */
+ptrdiff_t lstm_fused_forward_pack_size(int path, ptrdiff_t H);
+ptrdiff_t lstm_fused_backward_pack_size(int path, ptrdiff_t H);
+
+/* W_hh: [G, H] IN.  W_f: [forward_pack_size] OUT, W_hh^T in panels of U
+ * units x 4 gates, zero padded. */
+void lstm_fused_pack_forward(int path, ptrdiff_t H, const float *W_hh, float *W_f);
+/* W_hh: [G, H] IN.  W_b: [backward_pack_size] OUT, W_hh in panels of 2U
+ * units, zero padded. */
+void lstm_fused_pack_backward(int path, ptrdiff_t H, const float *W_hh, float *W_b);
+
+/* BLAS entry points, passed in by the caller (this file links no BLAS).
+ * sgemm is the Fortran interface. set_threads_local, when not NULL, sets
+ * the BLAS library's thread count for the calling thread only and returns
+ * the previous one (OpenBLAS's openblas_set_num_threads_local): each of our
+ * threads then runs its share of the big products single-threaded, so BLAS
+ * worker threads never compete with ours for the cores. */
+typedef void (*lstm_sgemm_fn)(const char *transa, const char *transb, const int *m,
+                              const int *n, const int *k, const float *alpha,
+                              const float *a, const int *lda, const float *b, const int *ldb,
+                              const float *beta, float *c, const int *ldc);
+typedef void (*lstm_sgemv_fn)(const char *trans, const int *m, const int *n, const float *alpha,
+                              const float *a, const int *lda, const float *x, const int *incx,
+                              const float *beta, float *y, const int *incy);
+typedef int (*lstm_set_threads_fn)(int);
+typedef struct {
+    lstm_sgemm_fn sgemm;
+    lstm_sgemv_fn sgemv;
+    lstm_set_threads_fn set_threads_local;
+} lstm_blas;
+
+/* Forward pass of one layer, input projection included.
+ *   x:     [T, N, I] IN
+ *   W_ih:  [G, I] IN
+ *   b:     [G] IN         b_ih + b_hh
+ *   W_f:   packed W_hh (lstm_fused_pack_forward, same path) IN
+ *   h0,c0: [N, H] IN
+ *   gates: [T, N, G] OUT   activated gates (kept for backward)
+ *   y:     [T, N, H] OUT   h_t
+ *   cs:    [T, N, H] OUT   c_t
+ * Every size must fit an int for BLAS except T*N, which is cut into chunks.
+ * nthreads <= 1 runs single-threaded.
+ */
+void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, ptrdiff_t T,
+                        ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const float *x,
+                        const float *W_ih, const float *b, const float *W_f,
+                        const float *h0, const float *c0, float *gates, float *y, float *cs);
+
+/* Backward pass of one layer.
+ *   x, W_ih, h0, c0, y, cs   IN  as in the forward pass
+ *   W_b:   packed W_hh (lstm_fused_pack_backward, same path) IN
+ *   gates: [T, N, G] INOUT activated gates in; pre-activation gradients dP out
+ *   dy:    [T, N, H] IN
+ *   dh:    [N, H] INOUT   dh_T in; dh_0 out
+ *   dc:    [N, H] INOUT   dc_T in; dc_0 out
+ *   dx:    [T, N, I] OUT
+ *   dW_ih: [G, I] INOUT, dW_hh: [G, H] INOUT, db: [G] INOUT  accumulated (+=)
+ */
+void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, ptrdiff_t T,
+                         ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const float *x,
+                         const float *W_ih, const float *h0, const float *c0, const float *y,
+                         const float *cs, const float *W_b, float *gates, const float *dy,
+                         float *dh, float *dc, float *dx, float *dW_ih, float *dW_hh, float *db);
+
+/* One time step of an L-layer stack, for generation with a carried state.
+ *   x:       [N, I0] IN
+ *   W_ih[l]: [G, I_l] IN (I_0 = I0, I_l = H after), W_hh[l]: [G, H] IN,
+ *   b[l]:    [G] IN (b_ih + b_hh)                    l = 0 .. L-1
+ *   h, c:    [L, N, H] IN     carried state
+ *   gates:   [N, G] workspace
+ *   h_out, c_out: [L, N, H] OUT  new state (must not alias h, c)
+ */
+void lstm_fused_step(const lstm_blas *blas, int path, int nthreads, ptrdiff_t L, ptrdiff_t N,
+                     ptrdiff_t I0, ptrdiff_t H, const float *x, const float *const *W_ih,
+                     const float *const *W_hh, const float *const *b, const float *h,
+                     const float *c, float *gates, float *h_out, float *c_out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,485 @@
+/* lstm_fused_impl.h - body of the fused float32 LSTM time loops (lstm_fused.h).
+ *
+ * Included once per code path by lstm_fused.c, with these defined:
+ *   SFX  name suffix of the path       VL  lanes of one vector (floats)
+ *   RF   rows per forward block        RB  rows per backward block
+ * Written with GCC/Clang vector extensions so that one source becomes
+ * AVX-512, AVX2 or portable code by the target it is compiled for.
+ */
+#define CAT_(a, b) a##_##b
+#define CAT(a, b) CAT_(a, b)
+#define FN(name) CAT(name, SFX)
+#define VF FN(vf)
+#define VI FN(vi)
+
+typedef float VF __attribute__((vector_size(VL * 4), aligned(4)));
+typedef int VI __attribute__((vector_size(VL * 4), aligned(4)));
+
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE VF FN(splat)(float s) { return (VF){0} + s; }
+INLINE VF FN(load)(const float *p) { VF v; memcpy(&v, p, sizeof v); return v; }
+INLINE void FN(store)(float *p, VF v) { memcpy(p, &v, sizeof v); }
+
+/* The first n lanes (1 <= n <= VL) from or to memory; the others read as 0. */
+INLINE VF FN(loadn)(const float *p, ptrdiff_t n)
+{
+    if (n >= VL) return FN(load)(p);
+    float tmp[VL] = {0};
+    memcpy(tmp, p, (size_t)n * sizeof(float));
+    return FN(load)(tmp);
+}
+INLINE void FN(storen)(float *p, VF v, ptrdiff_t n)
+{
+    if (n >= VL) { FN(store)(p, v); return; }
+    float tmp[VL];
+    FN(store)(tmp, v);
+    memcpy(p, tmp, (size_t)n * sizeof(float));
+}
+
+INLINE VF FN(select)(VI mask, VF a, VF b)
+{
+    return (VF)((mask & (VI)a) | (~mask & (VI)b));
+}
+
+INLINE VF FN(abs)(VF x) { return (VF)((VI)x & 0x7fffffff); }
+
+/* exp(x) for x <= 0 (all the activations need): Cody-Waite reduction to
+ * r in [-ln2/2, ln2/2] and a degree-6 polynomial (Cephes' expf), about 1 ulp.
+ * Below -87 it returns 0 (the true value is denormal); NaN stays NaN. */
+INLINE VF FN(exp_neg)(VF x)
+{
+    const VF lo = FN(splat)(-87.0f);
+    VI underflow = x < lo;
+    x = FN(select)(underflow, lo, x);
+    const VF magic = FN(splat)(12582912.0f); /* 1.5 * 2^23: rounds to an integer */
+    VF n = (x * 1.44269504088896341f + magic) - magic;
+    VF r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    VF p = FN(splat)(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
+    VF result = p * (VF)bits;
+    return FN(select)(underflow, FN(splat)(0.0f), result);
+}
+
+/* sigmoid on exp(-|x|): never overflows. */
+INLINE VF FN(sigmoid)(VF x)
+{
+    VF e = FN(exp_neg)(-FN(abs)(x));
+    VF s = 1.0f / (1.0f + e);
+    return FN(select)(x >= 0.0f, s, e * s);
+}
+
+/* tanh: an odd polynomial near 0 (Cephes' tanhf), where (1-e)/(1+e) would
+ * cancel; (1-e)/(1+e) with e = exp(-2|x|) elsewhere. */
+INLINE VF FN(tanh)(VF x)
+{
+    VF a = FN(abs)(x);
+    VF e = FN(exp_neg)(-2.0f * a);
+    VF big = (1.0f - e) / (1.0f + e);
+    big = (VF)((VI)big | ((VI)x & (int)0x80000000u));
+    VF z = x * x;
+    VF p = FN(splat)(-5.70498872745e-3f);
+    p = p * z + 2.06390887954e-2f;
+    p = p * z - 5.37397155531e-2f;
+    p = p * z + 1.33314422036e-1f;
+    p = p * z - 3.33332819422e-1f;
+    VF small = p * z * x + x;
+    return FN(select)(a < 0.625f, small, big);
+}
+
+/* Sum of the lanes, by halving (a few shuffles instead of VL-1 extracts). */
+INLINE float FN(hsum)(VF v)
+{
+    float lanes[VL];
+    FN(store)(lanes, v);
+    for (int width = VL / 2; width >= 1; width /= 2)
+        for (int i = 0; i < width; ++i) lanes[i] += lanes[i + width];
+    return lanes[0];
+}
+
+/* y [m] += A [m, k] (row-major, leading dimension lda) . x [k]: the products
+ * of a one-row step, four dot products at a time sharing the loads of x. */
+INLINE void FN(gemv_rows)(ptrdiff_t m, ptrdiff_t k, const float *a, ptrdiff_t lda,
+                          const float *x, float *y)
+{
+    ptrdiff_t r = 0;
+    for (; r + 4 <= m; r += 4) {
+        const float *a0 = a + r * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
+        VF s0 = FN(splat)(0.0f), s1 = s0, s2 = s0, s3 = s0;
+        ptrdiff_t j = 0;
+        for (; j + VL <= k; j += VL) {
+            VF xv = FN(load)(x + j);
+            s0 += FN(load)(a0 + j) * xv;
+            s1 += FN(load)(a1 + j) * xv;
+            s2 += FN(load)(a2 + j) * xv;
+            s3 += FN(load)(a3 + j) * xv;
+        }
+        if (j < k) {
+            VF xv = FN(loadn)(x + j, k - j);
+            s0 += FN(loadn)(a0 + j, k - j) * xv;
+            s1 += FN(loadn)(a1 + j, k - j) * xv;
+            s2 += FN(loadn)(a2 + j, k - j) * xv;
+            s3 += FN(loadn)(a3 + j, k - j) * xv;
+        }
+        y[r] += FN(hsum)(s0);
+        y[r + 1] += FN(hsum)(s1);
+        y[r + 2] += FN(hsum)(s2);
+        y[r + 3] += FN(hsum)(s3);
+    }
+    for (; r < m; ++r) {
+        const float *ar = a + r * lda;
+        VF s = FN(splat)(0.0f);
+        ptrdiff_t j = 0;
+        for (; j + VL <= k; j += VL) s += FN(load)(ar + j) * FN(load)(x + j);
+        if (j < k) s += FN(loadn)(ar + j, k - j) * FN(loadn)(x + j, k - j);
+        y[r] += FN(hsum)(s);
+    }
+}
+
+/* ---- forward ------------------------------------------------------------
+ * One block: R rows x one panel of VL units (all four gates). The product
+ * h_prev[rows] . W_hh^T[:, panel] goes to registers; the gates are finished
+ * there and written out. */
+INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t nvalid,
+                              const float *Wp, const float *h_prev, const float *c_prev,
+                              float *gates, float *c, float *h)
+{
+    const ptrdiff_t G = 4 * H;
+    VF acc[RF][4];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+        acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = FN(splat)(0.0f);
+    for (ptrdiff_t k = 0; k < H; ++k) {
+        const float *w = Wp + k * 4 * VL;
+        VF w0 = FN(load)(w), w1 = FN(load)(w + VL);
+        VF w2 = FN(load)(w + 2 * VL), w3 = FN(load)(w + 3 * VL);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+            VF b = FN(splat)(h_prev[r * H + k]);
+            acc[r][0] += b * w0;
+            acc[r][1] += b * w1;
+            acc[r][2] += b * w2;
+            acc[r][3] += b * w3;
+        }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+        float *pre = gates + r * G;
+        VF i = FN(sigmoid)(acc[r][0] + FN(loadn)(pre, nvalid));
+        VF f = FN(sigmoid)(acc[r][1] + FN(loadn)(pre + H, nvalid));
+        VF g = FN(tanh)(acc[r][2] + FN(loadn)(pre + 2 * H, nvalid));
+        VF o = FN(sigmoid)(acc[r][3] + FN(loadn)(pre + 3 * H, nvalid));
+        VF cn = f * FN(loadn)(c_prev + r * H, nvalid) + i * g;
+        FN(storen)(pre, i, nvalid);
+        FN(storen)(pre + H, f, nvalid);
+        FN(storen)(pre + 2 * H, g, nvalid);
+        FN(storen)(pre + 3 * H, o, nvalid);
+        FN(storen)(c + r * H, cn, nvalid);
+        FN(storen)(h + r * H, o * FN(tanh)(cn), nvalid);
+    }
+}
+
+#define FWD_CASE(R_)                                                         \
+    case R_:                                                                 \
+        FN(forward_block)(R_, H, nvalid, Wp, h_prev, c_prev, gates, c, h);   \
+        break;
+
+static void FN(forward_rows)(int R, ptrdiff_t H, ptrdiff_t nvalid, const float *Wp,
+                             const float *h_prev, const float *c_prev, float *gates,
+                             float *c, float *h)
+{
+    switch (R) {
+    FWD_CASE(1) FWD_CASE(2)
+#if RF >= 3
+    FWD_CASE(3) FWD_CASE(4)
+#endif
+#if RF >= 5
+    FWD_CASE(5) FWD_CASE(6)
+#endif
+    default: break;
+    }
+}
+
+static void FN(pack_forward)(ptrdiff_t H, const float *W_hh, float *W_f)
+{
+    const ptrdiff_t npanels = (H + VL - 1) / VL;
+    for (ptrdiff_t p = 0; p < npanels; ++p)
+        for (ptrdiff_t k = 0; k < H; ++k)
+            for (int g = 0; g < 4; ++g)
+                for (int u = 0; u < VL; ++u) {
+                    ptrdiff_t j = p * VL + u;
+                    W_f[((p * H + k) * 4 + g) * VL + u] = j < H ? W_hh[(g * H + j) * H + k] : 0.0f;
+                }
+}
+
+static void FN(forward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdiff_t N,
+                        ptrdiff_t I, ptrdiff_t H, const float *x, const float *W_ih,
+                        const float *b, const float *W_f, const float *h0, const float *c0,
+                        float *gates, float *y, float *cs)
+{
+    const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+#endif
+    {
+        int tid = 0, nt = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        const ptrdiff_t p0 = npanels * tid / nt, p1 = npanels * (tid + 1) / nt;
+        const int saved = blas_threads_enter(blas);
+        /* This thread's hidden units, for every step at once: no barrier is
+         * needed after it, the time loop reads only these columns. */
+        project_units(blas, T * N, I, H, p0 * VL, p1 * VL < H ? p1 * VL : H, x, W_ih, b, gates);
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            const float *h_prev = t ? y + (t - 1) * N * H : h0;
+            const float *c_prev = t ? cs + (t - 1) * N * H : c0;
+            for (ptrdiff_t p = p0; p < p1; ++p) {
+                const ptrdiff_t j0 = p * VL;
+                const ptrdiff_t nvalid = H - j0 < VL ? H - j0 : VL;
+                for (ptrdiff_t n0 = 0; n0 < N; n0 += RF) {
+                    int R = (int)(N - n0 < RF ? N - n0 : RF);
+                    FN(forward_rows)(R, H, nvalid, W_f + p * H * 4 * VL, h_prev + n0 * H,
+                                     c_prev + n0 * H + j0, gates + (t * N + n0) * G + j0,
+                                     cs + (t * N + n0) * H + j0, y + (t * N + n0) * H + j0);
+                }
+            }
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        }
+        blas_threads_leave(blas, saved);
+    }
+}
+
+/* ---- backward -----------------------------------------------------------
+ * One block: R rows x one panel of 2*VL units. mode 0: the step t = T-1
+ * (dh_next is the given dh_T); mode 1: a step with dh_next = dP[t+1].W_hh;
+ * mode 2: no step, just dh = dP[0].W_hh into dh. */
+INLINE void FN(backward_block)(const int R, int mode, ptrdiff_t H, ptrdiff_t nvalid,
+                               const float *Wp, const float *dP_next, float *gates,
+                               const float *c_prev, const float *c, const float *dy,
+                               float *dh, float *dc)
+{
+    const ptrdiff_t G = 4 * H;
+    const ptrdiff_t n0 = nvalid < VL ? nvalid : VL, n1 = nvalid - n0;
+    VF acc[RB][2];
+    if (mode == 0) {
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+            acc[r][0] = FN(loadn)(dh + r * H, n0);
+            acc[r][1] = n1 > 0 ? FN(loadn)(dh + r * H + VL, n1) : FN(splat)(0.0f);
+        }
+    } else {
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r)
+            acc[r][0] = acc[r][1] = FN(splat)(0.0f);
+        for (ptrdiff_t k = 0; k < G; ++k) {
+            const float *w = Wp + k * 2 * VL;
+            VF w0 = FN(load)(w), w1 = FN(load)(w + VL);
+#pragma GCC unroll 16
+            for (int r = 0; r < R; ++r) {
+                VF b = FN(splat)(dP_next[r * G + k]);
+                acc[r][0] += b * w0;
+                acc[r][1] += b * w1;
+            }
+        }
+    }
+    if (mode == 2) {
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+            FN(storen)(dh + r * H, acc[r][0], n0);
+            if (n1 > 0) FN(storen)(dh + r * H + VL, acc[r][1], n1);
+        }
+        return;
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 2
+        for (int half = 0; half < 2; ++half) {
+            const ptrdiff_t off = half * VL, n = half ? n1 : n0;
+            if (n <= 0) continue;
+            float *gr = gates + r * G + off;
+            VF i = FN(loadn)(gr, n), f = FN(loadn)(gr + H, n);
+            VF g = FN(loadn)(gr + 2 * H, n), o = FN(loadn)(gr + 3 * H, n);
+            VF dhv = acc[r][half] + FN(loadn)(dy + r * H + off, n);
+            VF tc = FN(tanh)(FN(loadn)(c + r * H + off, n));
+            VF dct = FN(loadn)(dc + r * H + off, n) + dhv * o * (1.0f - tc * tc);
+            FN(storen)(gr, dct * g * i * (1.0f - i), n);
+            FN(storen)(gr + H, dct * FN(loadn)(c_prev + r * H + off, n) * f * (1.0f - f), n);
+            FN(storen)(gr + 2 * H, dct * i * (1.0f - g * g), n);
+            FN(storen)(gr + 3 * H, dhv * tc * o * (1.0f - o), n);
+            FN(storen)(dc + r * H + off, dct * f, n);
+        }
+    }
+}
+
+#define BWD_CASE(R_)                                                                     \
+    case R_:                                                                             \
+        FN(backward_block)(R_, mode, H, nvalid, Wp, dP_next, gates, c_prev, c, dy, dh, dc); \
+        break;
+
+static void FN(backward_rows)(int R, int mode, ptrdiff_t H, ptrdiff_t nvalid, const float *Wp,
+                              const float *dP_next, float *gates, const float *c_prev,
+                              const float *c, const float *dy, float *dh, float *dc)
+{
+    switch (R) {
+    BWD_CASE(1) BWD_CASE(2) BWD_CASE(3) BWD_CASE(4) BWD_CASE(5) BWD_CASE(6)
+#if RB >= 8
+    BWD_CASE(7) BWD_CASE(8)
+#endif
+#if RB >= 12
+    BWD_CASE(9) BWD_CASE(10) BWD_CASE(11) BWD_CASE(12)
+#endif
+    default: break;
+    }
+}
+
+static void FN(pack_backward)(ptrdiff_t H, const float *W_hh, float *W_b)
+{
+    const ptrdiff_t npanels = (H + 2 * VL - 1) / (2 * VL), G = 4 * H;
+    for (ptrdiff_t p = 0; p < npanels; ++p)
+        for (ptrdiff_t k = 0; k < G; ++k)
+            for (int u = 0; u < 2 * VL; ++u) {
+                ptrdiff_t j = p * 2 * VL + u;
+                W_b[(p * G + k) * 2 * VL + u] = j < H ? W_hh[k * H + j] : 0.0f;
+            }
+}
+
+static void FN(backward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdiff_t N,
+                         ptrdiff_t I, ptrdiff_t H, const float *x, const float *W_ih,
+                         const float *h0, const float *c0, const float *y, const float *cs,
+                         const float *W_b, float *gates, const float *dy, float *dh, float *dc,
+                         float *dx, float *dW_ih, float *dW_hh, float *db)
+{
+    const ptrdiff_t npanels = (H + 2 * VL - 1) / (2 * VL), G = 4 * H;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+#endif
+    {
+        int tid = 0, nt = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        const ptrdiff_t p0 = npanels * tid / nt, p1 = npanels * (tid + 1) / nt;
+        const int saved = blas_threads_enter(blas);
+        for (ptrdiff_t t = T - 1; t >= 0; --t) {
+            const int mode = t == T - 1 ? 0 : 1;
+            const float *dP_next = gates + (t + 1) * N * G;
+            for (ptrdiff_t p = p0; p < p1; ++p) {
+                const ptrdiff_t j0 = p * 2 * VL;
+                const ptrdiff_t nvalid = H - j0 < 2 * VL ? H - j0 : 2 * VL;
+                for (ptrdiff_t n0 = 0; n0 < N; n0 += RB) {
+                    int R = (int)(N - n0 < RB ? N - n0 : RB);
+                    const float *c_prev = t ? cs + ((t - 1) * N + n0) * H : c0 + n0 * H;
+                    FN(backward_rows)(R, mode, H, nvalid, W_b + p * G * 2 * VL,
+                                      mode ? dP_next + n0 * G : NULL,
+                                      gates + (t * N + n0) * G + j0, c_prev + j0,
+                                      cs + (t * N + n0) * H + j0, dy + (t * N + n0) * H + j0,
+                                      dh + n0 * H + j0, dc + n0 * H + j0);
+                }
+            }
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        }
+        /* dh0 = dP[0] . W_hh: the product of a step that does not exist. */
+        for (ptrdiff_t p = p0; p < p1; ++p) {
+            const ptrdiff_t j0 = p * 2 * VL;
+            const ptrdiff_t nvalid = H - j0 < 2 * VL ? H - j0 : 2 * VL;
+            for (ptrdiff_t n0 = 0; n0 < N; n0 += RB) {
+                int R = (int)(N - n0 < RB ? N - n0 : RB);
+                FN(backward_rows)(R, 2, H, nvalid, W_b + p * G * 2 * VL, gates + n0 * G,
+                                  NULL, NULL, NULL, NULL, dh + n0 * H + j0, NULL);
+            }
+        }
+        /* The all-steps products need every column of dP: wait for all. */
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        backward_products(blas, T, N, I, H, p0 * 2 * VL, p1 * 2 * VL < H ? p1 * 2 * VL : H,
+                          T * N * tid / nt, T * N * (tid + 1) / nt, x, W_ih, h0, y, gates,
+                          dx, dW_ih, dW_hh, db);
+        blas_threads_leave(blas, saved);
+    }
+}
+
+/* ---- one step of an L-layer stack (generation) ----------------------------
+ * No packing (the weights may change between calls): the products go to the
+ * caller's BLAS, each thread for its own hidden units, then the gate math of
+ * those units; one barrier per layer. */
+static void FN(step)(const lstm_blas *blas, int nthreads, ptrdiff_t L, ptrdiff_t N, ptrdiff_t I0,
+                     ptrdiff_t H, const float *x, const float *const *W_ih,
+                     const float *const *W_hh, const float *const *b, const float *h,
+                     const float *c, float *gates, float *h_out, float *c_out)
+{
+    const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+#endif
+    {
+        int tid = 0, nt = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        const ptrdiff_t u0 = npanels * tid / nt * VL;
+        const ptrdiff_t u1e = npanels * (tid + 1) / nt * VL, u1 = u1e < H ? u1e : H;
+        const int saved = blas_threads_enter(blas);
+        for (ptrdiff_t l = 0; l < L; ++l) {
+            const float *in = l ? h_out + (l - 1) * N * H : x;
+            const ptrdiff_t I = l ? H : I0;
+            const float *hl = h + l * N * H, *cl = c + l * N * H;
+            float *ho = h_out + l * N * H, *co = c_out + l * N * H;
+            if (N == 1) {
+                /* Dot products in place: BLAS would pack or thread a GEMV this small. */
+                for (int g = 0; g < 4 && u1 > u0; ++g) {
+                    float *P = gates + g * H + u0;
+                    memcpy(P, b[l] + g * H + u0, (size_t)(u1 - u0) * sizeof(float));
+                    FN(gemv_rows)(u1 - u0, I, W_ih[l] + (g * H + u0) * I, I, in, P);
+                    FN(gemv_rows)(u1 - u0, H, W_hh[l] + (g * H + u0) * H, H, hl, P);
+                }
+            } else {
+                project_units(blas, N, I, H, u0, u1, in, W_ih[l], b[l], gates);
+            }
+            if (u1 > u0 && N > 1)
+                for (int g = 0; g < 4; ++g)
+                    gemm(blas, 'T', 'N', u1 - u0, N, H, W_hh[l] + (g * H + u0) * H, H, hl, H,
+                         1.0f, gates + g * H + u0, G);
+            for (ptrdiff_t n = 0; n < N; ++n)
+                for (ptrdiff_t j = u0; j < u1; j += VL) {
+                    const ptrdiff_t nv = u1 - j < VL ? u1 - j : VL;
+                    const float *pre = gates + n * G + j;
+                    VF i = FN(sigmoid)(FN(loadn)(pre, nv));
+                    VF f = FN(sigmoid)(FN(loadn)(pre + H, nv));
+                    VF gg = FN(tanh)(FN(loadn)(pre + 2 * H, nv));
+                    VF o = FN(sigmoid)(FN(loadn)(pre + 3 * H, nv));
+                    VF cn = f * FN(loadn)(cl + n * H + j, nv) + i * gg;
+                    FN(storen)(co + n * H + j, cn, nv);
+                    FN(storen)(ho + n * H + j, o * FN(tanh)(cn), nv);
+                }
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        }
+        blas_threads_leave(blas, saved);
+    }
+}
+
+#undef FWD_CASE
+#undef BWD_CASE
+#undef INLINE
+#undef VF
+#undef VI
+#undef FN
+#undef CAT
+#undef CAT_

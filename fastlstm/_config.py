@@ -1,0 +1,69 @@
+"""Knobs of fastlstm in one place, each with its environment override.
+
+Read at call time (not import time) so that tests can patch the environment.
+"""
+
+import os
+
+#: Environment variable naming the backend used when ``backend="auto"``.
+BACKEND_ENV = "FASTLSTM_BACKEND"
+
+
+def backend_override():
+    """The backend named by FASTLSTM_BACKEND, or None when unset or "auto"."""
+    name = os.environ.get(BACKEND_ENV, "").strip().lower()
+    return None if name in ("", "auto") else name
+
+#: Environment variable choosing the float32 kernel path of the C backend:
+#: "auto" (the fastest the CPU has), "avx512", "avx2", "portable", or "blas"
+#: (a BLAS product per step plus the separate fused gate pass; float64 always
+#: runs this way).
+KERNEL_ENV = "FASTLSTM_KERNEL"
+KERNELS = ("auto", "avx512", "avx2", "portable", "blas")
+
+#: Environment variable capping the threads of the fused kernels.
+THREADS_ENV = "FASTLSTM_NUM_THREADS"
+
+#: Below this many multiply-adds per step (N * 4H * H) the fused kernels run
+#: on one thread: the per-step barrier would cost more than it saves.
+MIN_PARALLEL_WORK_ENV = "FASTLSTM_MIN_PARALLEL_WORK"
+MIN_PARALLEL_WORK = 200_000
+
+
+def kernel():
+    """The kernel path asked for (FASTLSTM_KERNEL), "auto" by default."""
+    name = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
+    if name not in KERNELS:
+        raise ValueError(f"{KERNEL_ENV} must be one of {', '.join(KERNELS)}, got {name!r}")
+    return name
+
+
+def num_threads(default):
+    """Threads for the fused kernels: FASTLSTM_NUM_THREADS, else ``default``."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if not value:
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"{THREADS_ENV} must be a positive integer, got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"{THREADS_ENV} must be a positive integer, got {value!r}")
+    return n
+
+
+def threads_for(N, H, available):
+    """Threads to use for one layer's time loop of batch N and hidden size H."""
+    n = num_threads(available)
+    threshold = int(os.environ.get(MIN_PARALLEL_WORK_ENV, MIN_PARALLEL_WORK))
+    if N * 4 * H * H < threshold:
+        return 1
+    return max(1, n)
+
+#: Set to 0 to stop the C backend from pinning SciPy's OpenBLAS to one thread
+#: inside each of its own threads (read once, when the extension loads).
+BLAS_LOCAL_THREADS_ENV = "FASTLSTM_BLAS_LOCAL_THREADS"
+
+
+def blas_local_threads():
+    return os.environ.get(BLAS_LOCAL_THREADS_ENV, "1").strip() not in ("0", "false", "no")

@@ -1,0 +1,66 @@
+"""Input checks and conversions at the edge of the public API.
+
+Every error names the argument, what was expected and what was given. Inputs
+that are merely inconvenient (lists, other float dtypes, non-contiguous or
+Fortran-ordered arrays) are converted instead of rejected.
+"""
+
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_dtype(dtype):
+    """The layer dtype: float32 or float64."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def check_size(name, value, minimum=1):
+    """A positive integer size such as hidden_size."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def as_real_array(name, value, dtype):
+    """Convert to a C-contiguous array of ``dtype``; reject non-real data."""
+    if hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} is a device array; this backend takes host (NumPy) arrays")
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name} could not be converted to an array: {exc}") from exc
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers (float or int), got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def check_shape(name, arr, expected, letters):
+    """Check arr.shape against ``expected`` (None matches any size)."""
+    if arr.ndim != len(expected):
+        raise ValueError(f"{name} must be {len(expected)}-D {letters}, got shape {arr.shape}")
+    for got, want in zip(arr.shape, expected):
+        if want is not None and got != want:
+            want_str = "(" + ", ".join("?" if w is None else str(w) for w in expected) + ")"
+            raise ValueError(f"{name} must have shape {letters} = {want_str}, got shape {arr.shape}")
+    return arr
+
+
+def as_pair(name, value):
+    """A state given as a pair (h, c); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray) or not isinstance(value, (tuple, list)) or len(value) != 2:
+        kind = f"an array of shape {value.shape}" if isinstance(value, np.ndarray) else repr(type(value).__name__)
+        raise TypeError(f"{name} must be a pair (h, c) of arrays, got {kind}")
+    return value[0], value[1]

@@ -1,0 +1,157 @@
+"""Functional single-layer LSTM for users who keep their own weights.
+
+``lstm_forward`` / ``lstm_backward`` validate, allocate and call a backend;
+the multi-layer ``fastlstm.LSTM`` is built on the private helpers here.
+Time-major: x is (T, N, I); the state is a pair of (N, H) arrays.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _validate as v
+from .backends import get_backend
+
+
+@dataclass
+class LSTMCache:
+    """What backward needs from a training forward pass of one layer."""
+
+    backend: object
+    x: np.ndarray        # [T, N, I]
+    h0: np.ndarray       # [N, H]
+    c0: np.ndarray       # [N, H]
+    W_ih: np.ndarray     # [G, I]
+    W_hh: np.ndarray     # [G, H]
+    y: np.ndarray        # [T, N, H]
+    gates: np.ndarray    # [T, N, G] activated gates; consumed by backward
+    cs: np.ndarray       # [T, N, H]
+    consumed: bool = False
+
+
+def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None):
+    """Validated arrays in; (y, hT, cT, cache or None) out."""
+    T, N, _ = x.shape
+    H = W_hh.shape[1]
+    dt = x.dtype
+    y = np.empty((T, N, H), dt)
+    hT = np.empty((N, H), dt) if hT is None else hT
+    cT = np.empty((N, H), dt) if cT is None else cT
+    gates = np.empty((T, N, 4 * H), dt)
+    cs = np.empty((T, N, H), dt)
+    be.forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs)
+    cache = LSTMCache(be, x, h0, c0, W_ih, W_hh, y, gates, cs) if training else None
+    return y, hT, cT, cache
+
+
+def run_backward(cache, dy, dhT, dcT, dW_ih, dW_hh, db, dh0=None, dc0=None):
+    """Validated arrays in; (dx, dh0, dc0) out; parameter gradients accumulate."""
+    if cache.consumed:
+        raise RuntimeError("backward was already run on this forward pass; run a training forward again")
+    x = cache.x
+    dt = x.dtype
+    N, H = cache.h0.shape
+    dx = np.empty_like(x)
+    dh0 = np.empty((N, H), dt) if dh0 is None else dh0
+    dc0 = np.empty((N, H), dt) if dc0 is None else dc0
+    cache.consumed = True  # the backend overwrites the saved gates
+    cache.backend.backward(x, cache.h0, cache.c0, cache.W_ih, cache.W_hh, cache.y,
+                           cache.gates, cache.cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih, dW_hh, db)
+    return dx, dh0, dc0
+
+
+def _state_or_zeros(name, state, N, H, dt):
+    pair = v.as_pair(name, state)
+    if pair is None:
+        return np.zeros((N, H), dt), np.zeros((N, H), dt)
+    out = []
+    for k, value in enumerate(pair):
+        if value is None:
+            out.append(np.zeros((N, H), dt))
+            continue
+        arr = v.as_real_array(f"{name}[{k}]", value, dt)
+        out.append(v.check_shape(f"{name}[{k}]", arr, (N, H), "(N, H)"))
+    return tuple(out)
+
+
+def lstm_forward(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, state=None, *,
+                 training=True, backend="auto"):
+    """Run one LSTM layer over a whole sequence.
+
+    Parameters
+    ----------
+    x : array_like, shape (T, N, I)
+        Input sequence, time-major.
+    weight_ih : array_like, shape (4H, I)
+        Input weights, gates stacked i, f, g, o (PyTorch's ``weight_ih_l0``).
+        Its dtype (float32 or float64) sets the computation's dtype.
+    weight_hh : array_like, shape (4H, H)
+    bias_ih, bias_hh : array_like, shape (4H,), optional
+    state : pair of array_like (h0, c0), each (N, H), optional
+        Zeros when omitted.
+    training : bool
+        Keep what ``lstm_backward`` needs (returned as the cache).
+    backend : str
+        "auto", "c", "numpy" or "cuda".
+
+    Returns
+    -------
+    y : ndarray (T, N, H)
+    (h_n, c_n) : pair of ndarray (N, H)
+    cache : LSTMCache or None
+        Pass to ``lstm_backward``; None when ``training`` is False.
+    """
+    dt = np.asarray(weight_ih).dtype
+    dt = v.check_dtype(dt if dt.kind == "f" else np.float32)
+    W_ih = v.check_shape("weight_ih", v.as_real_array("weight_ih", weight_ih, dt), (None, None), "(4H, I)")
+    G, I = W_ih.shape
+    if G == 0 or G % 4:
+        raise ValueError(f"weight_ih must have shape (4H, I) with H >= 1, got shape {W_ih.shape}")
+    H = G // 4
+    W_hh = v.check_shape("weight_hh", v.as_real_array("weight_hh", weight_hh, dt), (G, H), "(4H, H)")
+    b = np.zeros(G, dt)
+    for name, bias in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
+        if bias is not None:
+            b += v.check_shape(name, v.as_real_array(name, bias, dt), (G,), "(4H,)")
+    x = v.check_shape("x", v.as_real_array("x", x, dt), (None, None, I), "(T, N, I)")
+    h0, c0 = _state_or_zeros("state", state, x.shape[1], H, dt)
+    be = get_backend(backend, (x,))
+    y, hT, cT, cache = run_forward(be, x, h0, c0, W_ih, W_hh, b, training)
+    return y, (hT, cT), cache
+
+
+def lstm_backward(cache, dy, dstate=None):
+    """Gradients of one layer from the cache of a training ``lstm_forward``.
+
+    Parameters
+    ----------
+    cache : LSTMCache
+        From ``lstm_forward(..., training=True)``; consumed (one backward per forward).
+    dy : array_like, shape (T, N, H)
+        Gradient of the loss with respect to ``y``.
+    dstate : pair (dh_n, dc_n) of array_like (N, H), optional
+        Gradient with respect to the final state; zeros when omitted.
+
+    Returns
+    -------
+    dx : ndarray (T, N, I)
+    (dh0, dc0) : pair of ndarray (N, H)
+    grads : dict
+        ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` (the two bias
+        gradients are equal).
+    """
+    if not isinstance(cache, LSTMCache):
+        raise TypeError("cache must be the LSTMCache returned by lstm_forward(..., training=True), "
+                        f"got {type(cache).__name__}")
+    T, N, _ = cache.x.shape
+    G, I = cache.W_ih.shape
+    H = G // 4
+    dt = cache.x.dtype
+    dy = v.check_shape("dy", v.as_real_array("dy", dy, dt), (T, N, H), "(T, N, H)")
+    dhT, dcT = _state_or_zeros("dstate", dstate, N, H, dt)
+    dW_ih = np.zeros((G, I), dt)
+    dW_hh = np.zeros((G, H), dt)
+    db = np.zeros(G, dt)
+    dx, dh0, dc0 = run_backward(cache, dy, dhT, dcT, dW_ih, dW_hh, db)
+    grads = {"weight_ih": dW_ih, "weight_hh": dW_hh, "bias_ih": db, "bias_hh": db.copy()}
+    return dx, (dh0, dc0), grads

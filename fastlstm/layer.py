@@ -1,0 +1,247 @@
+"""fastlstm.LSTM: a multi-layer LSTM with torch.nn.LSTM's conventions.
+
+Parameters are NumPy arrays named and shaped like torch.nn.LSTM's state_dict;
+forward/backward/step validate at the edge, then run one backend call per
+layer. Gradients accumulate into ``grads``; dropout (between layers, training
+only) uses the layer's own seeded generator.
+"""
+
+import numpy as np
+
+from . import _validate as v
+from .backends import check_name, get_backend
+from .functional import run_backward, run_forward
+
+
+class LSTM:
+    """Multi-layer LSTM, drop-in for ``torch.nn.LSTM`` on NumPy arrays.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        I and H.
+    num_layers : int
+        L, stacked layers.
+    bias : bool
+        With ``bias_ih_l{k}`` and ``bias_hh_l{k}`` (as PyTorch).
+    batch_first : bool
+        x and y are (N, T, features) instead of (T, N, features). States stay (L, N, H).
+    dropout : float in [0, 1)
+        Dropout on the output of every layer but the last, in training forward passes.
+    dtype : float32 or float64
+    backend : str
+        "auto", "c", "numpy" or "cuda".
+    seed : int or None
+        Seeds initialisation (U(-1/sqrt(H), 1/sqrt(H)), like PyTorch) and dropout.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, *, dtype=np.float32, backend="auto", seed=None):
+        self.input_size = v.check_size("input_size", input_size)
+        self.hidden_size = v.check_size("hidden_size", hidden_size)
+        self.num_layers = v.check_size("num_layers", num_layers)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        if not isinstance(dropout, (int, float, np.floating)) or isinstance(dropout, bool) \
+                or not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
+        self.dtype = v.check_dtype(dtype)
+        self.backend = check_name(backend)
+        self._rng = np.random.default_rng(seed)
+        H, G = self.hidden_size, 4 * self.hidden_size
+        k = 1.0 / np.sqrt(H)
+        self.params = {}
+        for layer in range(self.num_layers):
+            I_k = self.input_size if layer == 0 else H
+            shapes = {"weight_ih": (G, I_k), "weight_hh": (G, H)}
+            if self.bias:
+                shapes.update(bias_ih=(G,), bias_hh=(G,))
+            for name, shape in shapes.items():
+                self.params[f"{name}_l{layer}"] = self._rng.uniform(-k, k, shape).astype(self.dtype)
+        self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
+        self._saved = None
+        self._step_workspace = {}
+
+    # -- parameters -------------------------------------------------------
+    def state_dict(self):
+        """Copies of the parameters, named and shaped like torch.nn.LSTM.state_dict()."""
+        return {name: p.copy() for name, p in self.params.items()}
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy parameters in (arrays, lists or torch tensors converted with np.asarray)."""
+        missing = [k for k in self.params if k not in state_dict]
+        if missing:
+            raise KeyError(f"state_dict is missing {', '.join(missing)} "
+                           f"(expected keys: {', '.join(self.params)})")
+        extra = [k for k in state_dict if k not in self.params]
+        if strict and extra:
+            raise KeyError(f"state_dict has unexpected keys {', '.join(map(str, extra))} "
+                           f"(expected keys: {', '.join(self.params)})")
+        new = {}
+        for name, p in self.params.items():
+            value = state_dict[name]
+            if hasattr(value, "detach"):  # a torch tensor
+                value = value.detach().cpu().numpy()
+            arr = v.as_real_array(f"state_dict[{name!r}]", value, self.dtype)
+            if arr.shape != p.shape:
+                raise ValueError(f"state_dict[{name!r}] must have shape {p.shape}, got {arr.shape}")
+            new[name] = arr
+        for name, arr in new.items():  # all checked first: no half-loaded layer
+            self.params[name][...] = arr
+
+    def zero_grad(self):
+        """Set every accumulated gradient to zero."""
+        for g in self.grads.values():
+            g[...] = 0
+
+    def _layer_weights(self, layer):
+        W_ih = self.params[f"weight_ih_l{layer}"]
+        W_hh = self.params[f"weight_hh_l{layer}"]
+        if self.bias:
+            b = self.params[f"bias_ih_l{layer}"] + self.params[f"bias_hh_l{layer}"]
+        else:
+            b = np.zeros(4 * self.hidden_size, self.dtype)
+        return W_ih, W_hh, b
+
+    def _state(self, name, state, N):
+        L, H = self.num_layers, self.hidden_size
+        pair = v.as_pair(name, state)
+        if pair is None:
+            return np.zeros((L, N, H), self.dtype), np.zeros((L, N, H), self.dtype)
+        out = []
+        for k, value in enumerate(pair):
+            if value is None:
+                out.append(np.zeros((L, N, H), self.dtype))
+                continue
+            arr = v.as_real_array(f"{name}[{k}]", value, self.dtype)
+            out.append(v.check_shape(f"{name}[{k}]", arr, (L, N, H), "(L, N, H)"))
+        return tuple(out)
+
+    # -- forward / backward ----------------------------------------------
+    def __call__(self, x, state=None, *, training=False):
+        return self.forward(x, state, training=training)
+
+    def forward(self, x, state=None, *, training=False):
+        """Run the whole sequence.
+
+        Parameters
+        ----------
+        x : array_like, (T, N, I), or (N, T, I) with ``batch_first``
+        state : pair (h0, c0) of (L, N, H) arrays, optional
+        training : bool
+            Keep what ``backward`` needs and apply dropout between layers.
+
+        Returns
+        -------
+        y : ndarray, (T, N, H) or (N, T, H)
+        (h_n, c_n) : pair of (L, N, H) ndarrays
+        """
+        letters = "(N, T, I)" if self.batch_first else "(T, N, I)"
+        x = v.check_shape("x", v.as_real_array("x", x, self.dtype), (None, None, self.input_size), letters)
+        if self.batch_first:
+            x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        N = x.shape[1]
+        h0, c0 = self._state("state", state, N)
+        be = get_backend(self.backend, (x,))
+        h_n = np.empty_like(h0)
+        c_n = np.empty_like(c0)
+        caches, masks = [], []
+        self._saved = None
+        inp = x
+        for layer in range(self.num_layers):
+            W_ih, W_hh, b = self._layer_weights(layer)
+            y, _, _, cache = run_forward(be, inp, h0[layer], c0[layer], W_ih, W_hh, b, training,
+                                         hT=h_n[layer], cT=c_n[layer])
+            caches.append(cache)
+            if training and self.dropout > 0 and layer < self.num_layers - 1:
+                keep = 1.0 - self.dropout
+                mask = (self._rng.random(y.shape) < keep).astype(self.dtype) / self.dtype.type(keep)
+                masks.append(mask)
+                y = y * mask
+            else:
+                masks.append(None)
+            inp = y
+        if training:
+            self._saved = (caches, masks, x.shape)
+        if self.batch_first:
+            inp = np.ascontiguousarray(inp.transpose(1, 0, 2))
+        return inp, (h_n, c_n)
+
+    def backward(self, dy, dstate=None):
+        """Back-propagate through the last training forward pass.
+
+        Parameters
+        ----------
+        dy : array_like, shaped like the forward output y
+        dstate : pair (dh_n, dc_n) of (L, N, H) arrays, optional
+
+        Returns
+        -------
+        dx : ndarray, shaped like x
+        (dh0, dc0) : pair of (L, N, H) ndarrays
+
+        Parameter gradients are added to ``self.grads``.
+        """
+        if self._saved is None:
+            raise RuntimeError("backward needs a preceding forward(..., training=True) "
+                               "(each training forward allows one backward)")
+        caches, masks, (T, N, _) = self._saved
+        H = self.hidden_size
+        if self.batch_first:
+            dy = v.check_shape("dy", v.as_real_array("dy", dy, self.dtype), (N, T, H), "(N, T, H)")
+            dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
+        else:
+            dy = v.check_shape("dy", v.as_real_array("dy", dy, self.dtype), (T, N, H), "(T, N, H)")
+        dh_n, dc_n = self._state("dstate", dstate, N)
+        self._saved = None
+        dh0 = np.empty_like(dh_n)
+        dc0 = np.empty_like(dc_n)
+        grad = dy
+        for layer in range(self.num_layers - 1, -1, -1):
+            if masks[layer] is not None:
+                grad = grad * masks[layer]
+            g = self.grads
+            db = np.zeros(4 * H, self.dtype)
+            grad, _, _ = run_backward(caches[layer], np.ascontiguousarray(grad), dh_n[layer], dc_n[layer],
+                                      g[f"weight_ih_l{layer}"], g[f"weight_hh_l{layer}"], db,
+                                      dh0=dh0[layer], dc0=dc0[layer])
+            if self.bias:
+                g[f"bias_ih_l{layer}"] += db
+                g[f"bias_hh_l{layer}"] += db
+        if self.batch_first:
+            grad = np.ascontiguousarray(grad.transpose(1, 0, 2))
+        return grad, (dh0, dc0)
+
+    # -- generation ---------------------------------------------------------
+    def step(self, x_t, state=None):
+        """One time step with a carried state (no dropout, nothing kept).
+
+        Parameters
+        ----------
+        x_t : array_like, (N, I)
+        state : pair (h, c) of (L, N, H) arrays, optional
+
+        Returns
+        -------
+        h_t : ndarray (N, H), the top layer's output
+        (h, c) : pair of (L, N, H) ndarrays, the new state
+        """
+        x_t = v.check_shape("x_t", v.as_real_array("x_t", x_t, self.dtype), (None, self.input_size), "(N, I)")
+        N = x_t.shape[0]
+        h, c = self._state("state", state, N)
+        be = get_backend(self.backend, (x_t,))
+        h_new = np.empty_like(h)
+        c_new = np.empty_like(c)
+        gates = self._step_workspace.get(N)
+        if gates is None:
+            gates = self._step_workspace[N] = np.empty((N, 4 * self.hidden_size), self.dtype)
+        weights = [self._layer_weights(layer) for layer in range(self.num_layers)]
+        be.step_layers(x_t, h, c, [w[0] for w in weights], [w[1] for w in weights],
+                       [w[2] for w in weights], h_new, c_new, gates)
+        return h_new[-1].copy(), (h_new, c_new)
+
+    def __repr__(self):
+        return (f"LSTM({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+                f"bias={self.bias}, batch_first={self.batch_first}, dropout={self.dropout}, "
+                f"dtype={self.dtype.name}, backend={self.backend!r})")

@@ -1,0 +1,73 @@
+"""Every float32 kernel path of the C backend (avx512, avx2, portable, blas) against
+the NumPy reference, single- and multi-threaded, on shapes that leave partial
+panels and partial row blocks; the path is forced with FASTLSTM_KERNEL.
+"""
+
+import numpy as np
+import pytest
+
+import fastlstm
+from lstm_testing import REFERENCE, assert_all_close, make_inputs, run_layer, shape_id
+
+c_backend = pytest.importorskip("fastlstm.backends._c", reason="C backend not built")
+PATHS = list(c_backend.KERNELS)
+
+# H: below, at and past the 16/32-unit panels; N: partial 6- and 12-row blocks.
+SHAPES = [(3, 1, 2, 1, 1), (4, 7, 3, 17, 2), (2, 13, 5, 33, 1), (3, 25, 4, 40, 2), (2, 3, 1, 64, 1)]
+
+
+@pytest.fixture(params=["1thread", "2threads"])
+def threads(request, monkeypatch):
+    if request.param == "2threads":
+        monkeypatch.setenv("FASTLSTM_NUM_THREADS", "2")
+        monkeypatch.setenv("FASTLSTM_MIN_PARALLEL_WORK", "0")
+    else:
+        monkeypatch.setenv("FASTLSTM_NUM_THREADS", "1")
+    return request.param
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("T,N,I,H,L", SHAPES, ids=[shape_id(*s) for s in SHAPES])
+def test_path_matches_reference(monkeypatch, threads, path, T, N, I, H, L):
+    monkeypatch.setenv("FASTLSTM_KERNEL", path)
+    x, state, dy, dstate = make_inputs(7, T, N, I, H, L, np.float32)
+    ref = fastlstm.LSTM(I, H, L, backend=REFERENCE, seed=3)
+    layer = fastlstm.LSTM(I, H, L, backend="c", seed=3)
+    expected = run_layer(ref, x, state, dy, dstate)
+    actual = run_layer(layer, x, state, dy, dstate)
+    assert_all_close(actual, expected, np.float32, f"{path}-{threads}")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_path_propagates_nan(monkeypatch, path):
+    monkeypatch.setenv("FASTLSTM_KERNEL", path)
+    layer = fastlstm.LSTM(3, 20, backend="c", seed=0)
+    x = np.ones((4, 2, 3), np.float32)
+    x[1, 0, 0] = np.nan
+    y, (h_n, c_n) = layer(x)
+    assert np.isfinite(y[0]).all()
+    assert np.isnan(y[1:, 0]).all() and np.isfinite(y[:, 1]).all()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_path_saturates_without_overflow(monkeypatch, path):
+    monkeypatch.setenv("FASTLSTM_KERNEL", path)
+    layer = fastlstm.LSTM(2, 18, backend="c", seed=0)
+    ref = fastlstm.LSTM(2, 18, backend=REFERENCE, seed=0)
+    x = np.array([[[1e4, -1e4]], [[-200.0, 90.0]], [[0.0, 0.0]]], np.float32)
+    y, _ = layer(x)
+    y_ref, _ = ref(x)
+    assert np.isfinite(y).all()
+    assert_all_close({"y": y}, {"y": y_ref}, np.float32, path)
+
+
+def test_unknown_kernel_name_is_refused(monkeypatch):
+    monkeypatch.setenv("FASTLSTM_KERNEL", "sse9")
+    layer = fastlstm.LSTM(2, 3, backend="c")
+    with pytest.raises(ValueError, match="FASTLSTM_KERNEL"):
+        layer(np.zeros((1, 1, 2), np.float32))
+
+
+def test_show_config_names_the_kernel_path():
+    info = fastlstm.show_config()
+    assert info["c_kernel"] in PATHS
