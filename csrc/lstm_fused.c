@@ -215,10 +215,10 @@ static int usable(int path)
     return lstm_fused_path_supported(path) ? path : LSTM_PATH_PORTABLE;
 }
 
-ptrdiff_t lstm_fused_forward_pack_size(int path, ptrdiff_t H)
+ptrdiff_t lstm_fused_forward_pack_size(int path, ptrdiff_t Ip, ptrdiff_t H)
 {
     ptrdiff_t u = lanes(usable(path));
-    return (H + u - 1) / u * u * 4 * H;
+    return (H + u - 1) / u * u * 4 * (Ip + H);
 }
 
 ptrdiff_t lstm_fused_backward_pack_size(int path, ptrdiff_t H)
@@ -227,14 +227,15 @@ ptrdiff_t lstm_fused_backward_pack_size(int path, ptrdiff_t H)
     return (H + u - 1) / u * u * 4 * H;
 }
 
-void lstm_fused_pack_forward(int path, ptrdiff_t H, const float *W_hh, float *W_f)
+void lstm_fused_pack_forward(int path, ptrdiff_t Ip, ptrdiff_t H, const float *W_ih,
+                             const float *W_hh, float *W_f)
 {
     switch (usable(path)) {
 #ifdef FASTLSTM_X86_PATHS
-    case LSTM_PATH_AVX512: pack_forward_avx512(H, W_hh, W_f); break;
-    case LSTM_PATH_AVX2: pack_forward_avx2(H, W_hh, W_f); break;
+    case LSTM_PATH_AVX512: pack_forward_avx512(Ip, H, W_ih, W_hh, W_f); break;
+    case LSTM_PATH_AVX2: pack_forward_avx2(Ip, H, W_ih, W_hh, W_f); break;
 #endif
-    default: pack_forward_portable(H, W_hh, W_f); break;
+    default: pack_forward_portable(Ip, H, W_ih, W_hh, W_f); break;
     }
 }
 
@@ -250,7 +251,7 @@ void lstm_fused_pack_backward(int path, ptrdiff_t H, const float *W_hh, float *W
 }
 
 void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, ptrdiff_t T,
-                        ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const float *x,
+                        ptrdiff_t N, ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, const float *x,
                         const float *W_ih, const float *b, const float *W_f,
                         const float *h0, const float *c0, float *gates, float *y, float *cs)
 {
@@ -258,14 +259,14 @@ void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, ptrdiff_t
     switch (usable(path)) {
 #ifdef FASTLSTM_X86_PATHS
     case LSTM_PATH_AVX512:
-        forward_avx512(blas, nthreads, T, N, I, H, x, W_ih, b, W_f, h0, c0, gates, y, cs);
+        forward_avx512(blas, nthreads, T, N, I, Ip, H, x, W_ih, b, W_f, h0, c0, gates, y, cs);
         break;
     case LSTM_PATH_AVX2:
-        forward_avx2(blas, nthreads, T, N, I, H, x, W_ih, b, W_f, h0, c0, gates, y, cs);
+        forward_avx2(blas, nthreads, T, N, I, Ip, H, x, W_ih, b, W_f, h0, c0, gates, y, cs);
         break;
 #endif
     default:
-        forward_portable(blas, nthreads, T, N, I, H, x, W_ih, b, W_f, h0, c0, gates, y, cs);
+        forward_portable(blas, nthreads, T, N, I, Ip, H, x, W_ih, b, W_f, h0, c0, gates, y, cs);
         break;
     }
 }

@@ -36,12 +36,16 @@ const char *lstm_fused_path_name(int path);
 int lstm_fused_max_threads(void);
 
 /* Floats needed by the forward pack (W_f) and the backward pack (W_b). */
-ptrdiff_t lstm_fused_forward_pack_size(int path, ptrdiff_t H);
+ptrdiff_t lstm_fused_forward_pack_size(int path, ptrdiff_t Ip, ptrdiff_t H);
 ptrdiff_t lstm_fused_backward_pack_size(int path, ptrdiff_t H);
 
-/* W_hh: [G, H] IN.  W_f: [forward_pack_size] OUT, W_hh^T in panels of U
- * units x 4 gates, zero padded. */
-void lstm_fused_pack_forward(int path, ptrdiff_t H, const float *W_hh, float *W_f);
+/* W_ih: [G, Ip] IN (unused when Ip = 0), W_hh: [G, H] IN.
+ * W_f: [forward_pack_size(path, Ip, H)] OUT: [W_ih | W_hh]^T in panels of U
+ * units x 4 gates, zero padded. Ip = I fuses the input projection into the
+ * steps (worth it while both weights stay in cache); Ip = 0 packs W_hh only
+ * and the projection is hoisted into one product over all steps. */
+void lstm_fused_pack_forward(int path, ptrdiff_t Ip, ptrdiff_t H, const float *W_ih,
+                             const float *W_hh, float *W_f);
 /* W_hh: [G, H] IN.  W_b: [backward_pack_size] OUT, W_hh in panels of 2U
  * units, zero padded. */
 void lstm_fused_pack_backward(int path, ptrdiff_t H, const float *W_hh, float *W_b);
@@ -70,7 +74,8 @@ typedef struct {
  *   x:     [T, N, I] IN
  *   W_ih:  [G, I] IN
  *   b:     [G] IN         b_ih + b_hh
- *   W_f:   packed W_hh (lstm_fused_pack_forward, same path) IN
+ *   Ip:    0 or I, as given to lstm_fused_pack_forward
+ *   W_f:   packed weights (lstm_fused_pack_forward, same path and Ip) IN
  *   h0,c0: [N, H] IN
  *   gates: [T, N, G] OUT   activated gates (kept for backward)
  *   y:     [T, N, H] OUT   h_t
@@ -79,7 +84,7 @@ typedef struct {
  * nthreads <= 1 runs single-threaded.
  */
 void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, ptrdiff_t T,
-                        ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const float *x,
+                        ptrdiff_t N, ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, const float *x,
                         const float *W_ih, const float *b, const float *W_f,
                         const float *h0, const float *c0, float *gates, float *y, float *cs);
 

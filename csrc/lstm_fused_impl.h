@@ -145,10 +145,14 @@ INLINE void FN(gemv_rows)(ptrdiff_t m, ptrdiff_t k, const float *a, ptrdiff_t ld
 
 /* ---- forward ------------------------------------------------------------
  * One block: R rows x one panel of VL units (all four gates). The product
- * h_prev[rows] . W_hh^T[:, panel] goes to registers; the gates are finished
- * there and written out. */
-INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t nvalid,
-                              const float *Wp, const float *h_prev, const float *c_prev,
+ * h_prev[rows] . W_hh^T[:, panel] goes to registers, and with x_rows also
+ * x_t[rows] . W_ih^T[:, panel] (the input projection fused into the step,
+ * panel rows 0..I-1, W_hh's after them) plus the bias; without it the
+ * hoisted projection is read from gates. The gates are finished in
+ * registers and written out. */
+INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t nvalid,
+                              const float *Wp, const float *x_rows, const float *bias,
+                              const float *h_prev, const float *c_prev,
                               float *gates, float *c, float *h)
 {
     const ptrdiff_t G = 4 * H;
@@ -156,26 +160,46 @@ INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t nvalid,
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
         acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = FN(splat)(0.0f);
-    for (ptrdiff_t k = 0; k < H; ++k) {
-        const float *w = Wp + k * 4 * VL;
-        VF w0 = FN(load)(w), w1 = FN(load)(w + VL);
-        VF w2 = FN(load)(w + 2 * VL), w3 = FN(load)(w + 3 * VL);
+    const float *src = x_rows ? x_rows : h_prev;
+    ptrdiff_t K = x_rows ? I : H;
+    for (int part = 0; part < (x_rows ? 2 : 1); ++part) {
+        for (ptrdiff_t k = 0; k < K; ++k) {
+            const float *w = Wp + k * 4 * VL;
+            VF w0 = FN(load)(w), w1 = FN(load)(w + VL);
+            VF w2 = FN(load)(w + 2 * VL), w3 = FN(load)(w + 3 * VL);
 #pragma GCC unroll 16
-        for (int r = 0; r < R; ++r) {
-            VF b = FN(splat)(h_prev[r * H + k]);
-            acc[r][0] += b * w0;
-            acc[r][1] += b * w1;
-            acc[r][2] += b * w2;
-            acc[r][3] += b * w3;
+            for (int r = 0; r < R; ++r) {
+                VF b = FN(splat)(src[r * K + k]);
+                acc[r][0] += b * w0;
+                acc[r][1] += b * w1;
+                acc[r][2] += b * w2;
+                acc[r][3] += b * w3;
+            }
         }
+        Wp += K * 4 * VL;
+        src = h_prev;
+        K = H;
+    }
+    VF b0, b1, b2, b3;
+    if (x_rows) {
+        b0 = FN(loadn)(bias, nvalid);
+        b1 = FN(loadn)(bias + H, nvalid);
+        b2 = FN(loadn)(bias + 2 * H, nvalid);
+        b3 = FN(loadn)(bias + 3 * H, nvalid);
     }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
         float *pre = gates + r * G;
-        VF i = FN(sigmoid)(acc[r][0] + FN(loadn)(pre, nvalid));
-        VF f = FN(sigmoid)(acc[r][1] + FN(loadn)(pre + H, nvalid));
-        VF g = FN(tanh)(acc[r][2] + FN(loadn)(pre + 2 * H, nvalid));
-        VF o = FN(sigmoid)(acc[r][3] + FN(loadn)(pre + 3 * H, nvalid));
+        if (!x_rows) {
+            b0 = FN(loadn)(pre, nvalid);
+            b1 = FN(loadn)(pre + H, nvalid);
+            b2 = FN(loadn)(pre + 2 * H, nvalid);
+            b3 = FN(loadn)(pre + 3 * H, nvalid);
+        }
+        VF i = FN(sigmoid)(acc[r][0] + b0);
+        VF f = FN(sigmoid)(acc[r][1] + b1);
+        VF g = FN(tanh)(acc[r][2] + b2);
+        VF o = FN(sigmoid)(acc[r][3] + b3);
         VF cn = f * FN(loadn)(c_prev + r * H, nvalid) + i * g;
         FN(storen)(pre, i, nvalid);
         FN(storen)(pre + H, f, nvalid);
@@ -186,14 +210,14 @@ INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t nvalid,
     }
 }
 
-#define FWD_CASE(R_)                                                         \
-    case R_:                                                                 \
-        FN(forward_block)(R_, H, nvalid, Wp, h_prev, c_prev, gates, c, h);   \
+#define FWD_CASE(R_)                                                                        \
+    case R_:                                                                                \
+        FN(forward_block)(R_, H, I, nvalid, Wp, x_rows, bias, h_prev, c_prev, gates, c, h); \
         break;
 
-static void FN(forward_rows)(int R, ptrdiff_t H, ptrdiff_t nvalid, const float *Wp,
-                             const float *h_prev, const float *c_prev, float *gates,
-                             float *c, float *h)
+static void FN(forward_rows)(int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t nvalid, const float *Wp,
+                             const float *x_rows, const float *bias, const float *h_prev,
+                             const float *c_prev, float *gates, float *c, float *h)
 {
     switch (R) {
     FWD_CASE(1) FWD_CASE(2)
@@ -207,24 +231,30 @@ static void FN(forward_rows)(int R, ptrdiff_t H, ptrdiff_t nvalid, const float *
     }
 }
 
-static void FN(pack_forward)(ptrdiff_t H, const float *W_hh, float *W_f)
+/* Panel p holds, for k over [W_ih^T rows (Ip of them, 0 if not fused);
+ * W_hh^T rows (H)], the 4 gates x VL units of that row. */
+static void FN(pack_forward)(ptrdiff_t Ip, ptrdiff_t H, const float *W_ih, const float *W_hh,
+                             float *W_f)
 {
-    const ptrdiff_t npanels = (H + VL - 1) / VL;
+    const ptrdiff_t npanels = (H + VL - 1) / VL, K = Ip + H;
     for (ptrdiff_t p = 0; p < npanels; ++p)
-        for (ptrdiff_t k = 0; k < H; ++k)
+        for (ptrdiff_t k = 0; k < K; ++k)
             for (int g = 0; g < 4; ++g)
                 for (int u = 0; u < VL; ++u) {
-                    ptrdiff_t j = p * VL + u;
-                    W_f[((p * H + k) * 4 + g) * VL + u] = j < H ? W_hh[(g * H + j) * H + k] : 0.0f;
+                    const ptrdiff_t j = p * VL + u;
+                    float w = 0.0f;
+                    if (j < H)
+                        w = k < Ip ? W_ih[(g * H + j) * Ip + k] : W_hh[(g * H + j) * H + k - Ip];
+                    W_f[((p * K + k) * 4 + g) * VL + u] = w;
                 }
 }
 
 static void FN(forward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdiff_t N,
-                        ptrdiff_t I, ptrdiff_t H, const float *x, const float *W_ih,
-                        const float *b, const float *W_f, const float *h0, const float *c0,
-                        float *gates, float *y, float *cs)
+                        ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, const float *x,
+                        const float *W_ih, const float *b, const float *W_f, const float *h0,
+                        const float *c0, float *gates, float *y, float *cs)
 {
-    const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H;
+    const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H, K = Ip + H;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
 #endif
@@ -236,9 +266,10 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdif
 #endif
         const ptrdiff_t p0 = npanels * tid / nt, p1 = npanels * (tid + 1) / nt;
         const int saved = blas_threads_enter(blas);
-        /* This thread's hidden units, for every step at once: no barrier is
-         * needed after it, the time loop reads only these columns. */
-        project_units(blas, T * N, I, H, p0 * VL, p1 * VL < H ? p1 * VL : H, x, W_ih, b, gates);
+        /* Hoisted projection: this thread's hidden units, for every step at
+         * once; no barrier is needed after it, the loop reads only these. */
+        if (!Ip)
+            project_units(blas, T * N, I, H, p0 * VL, p1 * VL < H ? p1 * VL : H, x, W_ih, b, gates);
         for (ptrdiff_t t = 0; t < T; ++t) {
             const float *h_prev = t ? y + (t - 1) * N * H : h0;
             const float *c_prev = t ? cs + (t - 1) * N * H : c0;
@@ -247,7 +278,8 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdif
                 const ptrdiff_t nvalid = H - j0 < VL ? H - j0 : VL;
                 for (ptrdiff_t n0 = 0; n0 < N; n0 += RF) {
                     int R = (int)(N - n0 < RF ? N - n0 : RF);
-                    FN(forward_rows)(R, H, nvalid, W_f + p * H * 4 * VL, h_prev + n0 * H,
+                    FN(forward_rows)(R, H, Ip, nvalid, W_f + p * K * 4 * VL,
+                                     Ip ? x + (t * N + n0) * Ip : NULL, b + j0, h_prev + n0 * H,
                                      c_prev + n0 * H + j0, gates + (t * N + n0) * G + j0,
                                      cs + (t * N + n0) * H + j0, y + (t * N + n0) * H + j0);
                 }

@@ -67,3 +67,15 @@ BLAS_LOCAL_THREADS_ENV = "FASTLSTM_BLAS_LOCAL_THREADS"
 
 def blas_local_threads():
     return os.environ.get(BLAS_LOCAL_THREADS_ENV, "1").strip() not in ("0", "false", "no")
+
+
+#: Fuse the input projection into the time loop (instead of one product over
+#: all steps) while each thread's share of [W_ih | W_hh] is at most this many
+#: bytes, i.e. stays in its core's L2; above it the hoisted product wins.
+FUSE_INPUT_BYTES_ENV = "FASTLSTM_FUSE_INPUT_BYTES"
+FUSE_INPUT_BYTES = 1_500_000
+
+
+def fuse_input(I, H, nthreads):
+    limit = int(os.environ.get(FUSE_INPUT_BYTES_ENV, FUSE_INPUT_BYTES))
+    return 4 * H * (I + H) * 4 / max(1, nthreads) <= limit

@@ -26,16 +26,19 @@ def threads(request, monkeypatch):
     return request.param
 
 
+@pytest.mark.parametrize("projection", ["fused", "hoisted"])
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("T,N,I,H,L", SHAPES, ids=[shape_id(*s) for s in SHAPES])
-def test_path_matches_reference(monkeypatch, threads, path, T, N, I, H, L):
+def test_path_matches_reference(monkeypatch, threads, path, projection, T, N, I, H, L):
     monkeypatch.setenv("FASTLSTM_KERNEL", path)
+    # the input projection fused into each step, or one product over all steps
+    monkeypatch.setenv("FASTLSTM_FUSE_INPUT_BYTES", "1000000000" if projection == "fused" else "0")
     x, state, dy, dstate = make_inputs(7, T, N, I, H, L, np.float32)
     ref = fastlstm.LSTM(I, H, L, backend=REFERENCE, seed=3)
     layer = fastlstm.LSTM(I, H, L, backend="c", seed=3)
     expected = run_layer(ref, x, state, dy, dstate)
     actual = run_layer(layer, x, state, dy, dstate)
-    assert_all_close(actual, expected, np.float32, f"{path}-{threads}")
+    assert_all_close(actual, expected, np.float32, f"{path}-{threads}-{projection}")
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -66,6 +69,20 @@ def test_unknown_kernel_name_is_refused(monkeypatch):
     layer = fastlstm.LSTM(2, 3, backend="c")
     with pytest.raises(ValueError, match="FASTLSTM_KERNEL"):
         layer(np.zeros((1, 1, 2), np.float32))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("N", [1, 3])
+def test_path_step_matches_forward(monkeypatch, threads, path, N):
+    monkeypatch.setenv("FASTLSTM_KERNEL", path)
+    layer = fastlstm.LSTM(5, 21, 2, backend="c", seed=2)
+    ref = fastlstm.LSTM(5, 21, 2, backend=REFERENCE, seed=2)
+    x, state, _, _ = make_inputs(11, 4, N, 5, 21, 2, np.float32)
+    y_ref, (h_ref, c_ref) = ref.forward(x, state)
+    for t in range(4):
+        h_t, state = layer.step(x[t], state)
+        assert_all_close({"h_t": h_t}, {"h_t": y_ref[t]}, np.float32, f"{path}-step{t}")
+    assert_all_close({"h": state[0], "c": state[1]}, {"h": h_ref, "c": c_ref}, np.float32, path)
 
 
 def test_show_config_names_the_kernel_path():

@@ -40,9 +40,10 @@ cdef extern from "lstm_fused.h" nogil:
     int lstm_fused_path_supported(int path)
     const char *lstm_fused_path_name(int path)
     int lstm_fused_max_threads()
-    Py_ssize_t lstm_fused_forward_pack_size(int path, Py_ssize_t H)
+    Py_ssize_t lstm_fused_forward_pack_size(int path, Py_ssize_t Ip, Py_ssize_t H)
     Py_ssize_t lstm_fused_backward_pack_size(int path, Py_ssize_t H)
-    void lstm_fused_pack_forward(int path, Py_ssize_t H, const float *W_hh, float *W_f)
+    void lstm_fused_pack_forward(int path, Py_ssize_t Ip, Py_ssize_t H, const float *W_ih,
+                                 const float *W_hh, float *W_f)
     void lstm_fused_pack_backward(int path, Py_ssize_t H, const float *W_hh, float *W_b)
     ctypedef void (*lstm_sgemm_fn)(const char *, const char *, const int *, const int *,
                                    const int *, const float *, const float *, const int *,
@@ -56,7 +57,7 @@ cdef extern from "lstm_fused.h" nogil:
         lstm_sgemv_fn sgemv
         lstm_set_threads_fn set_threads_local
     void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, Py_ssize_t T,
-                            Py_ssize_t N, Py_ssize_t I, Py_ssize_t H, const float *x,
+                            Py_ssize_t N, Py_ssize_t I, Py_ssize_t Ip, Py_ssize_t H, const float *x,
                             const float *W_ih, const float *b, const float *W_f,
                             const float *h0, const float *c0, float *gates, float *y, float *cs)
     void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, Py_ssize_t T,
@@ -214,19 +215,23 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] h0, const floati
     cdef const floating *h_prev
     cdef const floating *c_prev
     cdef int path = -1, nthreads = 1
+    cdef Py_ssize_t Ip = 0
     cdef float[::1] packed
     if floating is float:
         name = kernel_path()
         if name != "blas":
             path = _PATHS[name]
             nthreads = _config.threads_for(N, H, max_threads())
-            packed = _aligned_floats(lstm_fused_forward_pack_size(path, H))
+            if I > 0 and _config.fuse_input(I, H, nthreads):
+                Ip = I
+            packed = _aligned_floats(lstm_fused_forward_pack_size(path, Ip, H))
             with nogil:
-                lstm_fused_pack_forward(path, H, &W_hh[0, 0], &packed[0])
+                lstm_fused_pack_forward(path, Ip, H, &W_ih[0, 0] if Ip else NULL, &W_hh[0, 0],
+                                        &packed[0])
     with nogil:
         if path >= 0:
             if floating is float:
-                lstm_fused_forward(&_BLAS, path, nthreads, T, N, I, H, &x[0, 0, 0],
+                lstm_fused_forward(&_BLAS, path, nthreads, T, N, I, Ip, H, &x[0, 0, 0],
                                    &W_ih[0, 0], &b[0], &packed[0], &h0[0, 0], &c0[0, 0],
                                    &gates[0, 0, 0], &y[0, 0, 0], &cs[0, 0, 0])
         else:
