@@ -75,6 +75,12 @@ def _extensions():
     else:
         # gnu11 (not c11): ISO mode would forbid contracting a*b+c into FMAs.
         cflags = ["-O3", "-fno-math-errno", "-std=gnu11"]
+    link = []
+    if os.environ.get("FASTLSTM_SANITIZE", "") not in ("", "0"):
+        # AddressSanitizer + UndefinedBehaviorSanitizer build (README, development section)
+        san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
+        cflags = [f for f in cflags if not f.startswith("-O")] + ["-O1", "-g"] + san
+        link = san
     ext = Extension(
         "fastlstm.backends._c",
         sources=["fastlstm/backends/_c.pyx", "csrc/lstm_cell.c", "csrc/lstm_fused.c"],
@@ -82,6 +88,7 @@ def _extensions():
         include_dirs=["csrc", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
         extra_compile_args=cflags,
+        extra_link_args=link,
     )
     try:
         exts = cythonize([ext], language_level=3, quiet=True)
