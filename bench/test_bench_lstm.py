@@ -1,7 +1,9 @@
-"""Forward and forward+backward of the tutorial's 2-layer LSTM, per backend and torch.
+"""pytest-benchmark suite: forward, forward+backward and one-step generation, per backend and torch.
 
-Groups compare every fastlstm backend (and torch.nn.LSTM when installed) on one
-shape; extra_info carries GFLOP/s. Run: see bench/RESULTS.md; summarise with bench/report.py.
+Each group is one shape of the CPU-speed grid (fastlstm.bench.GRID; BENCH_GRID=quick
+for four cases) and holds every fastlstm backend plus torch.nn.LSTM when installed;
+extra_info carries GFLOP/s (passes) or characters/s (step). Threads: bench/conftest.py.
+Summaries: `python bench/report.py` on the JSON, or `python -m fastlstm.bench`.
 """
 
 import os
@@ -11,34 +13,32 @@ import numpy as np
 import pytest
 
 import fastlstm
+from fastlstm.bench import GRID, QUICK, forward_flop
 
 try:
     import torch
 except ImportError:
     torch = None
 
-T, I, H, L = 50, 64, 300, 2
-BATCHES = [30, 128]
+CASES = QUICK if os.environ.get("BENCH_GRID", "full") == "quick" else GRID
 PASSES = ["forward", "forward+backward"]
 #: Seconds of timed calls aimed at per test (rounds derived from a warm-up call).
-TARGET_S = float(os.environ.get("BENCH_TARGET_S", "2"))
-MIN_ROUNDS, MAX_ROUNDS = 5, 100
+TARGET_S = float(os.environ.get("BENCH_TARGET_S", "1"))
+MIN_ROUNDS, MAX_ROUNDS = 3, 100
+STEP_CHARS = 50  # characters generated per timed call of the step benchmark
 
+# The NumPy backend is the slow reference: time it on the tutorial's shapes only.
 IMPLS = fastlstm.available_backends() + [
     pytest.param("torch", marks=pytest.mark.skipif(torch is None, reason="torch not installed"))]
 
 
-def forward_flop(N):
-    """2·T·N·4H·(I_k + H) summed over layers."""
-    return sum(2 * T * N * 4 * H * ((I if k == 0 else H) + H) for k in range(L))
+def _skip_slow(impl, case):
+    if impl == "numpy" and not case[0].startswith("tutorial N30") and not case[0].startswith("tutorial N128 I64"):
+        pytest.skip("numpy backend timed on the tutorial's N=30/128 shapes only")
 
 
-def flop(pass_, N):
-    return forward_flop(N) * (3 if pass_ == "forward+backward" else 1)
-
-
-def make_case(impl, pass_, N):
-    """A zero-argument callable doing one pass on fresh float32 data."""
+def make_case(impl, pass_, L, H, T, N, I):
+    """A zero-argument callable doing one pass on fixed float32 data."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, N, I)).astype(np.float32)
     dy = rng.standard_normal((T, N, H)).astype(np.float32)
@@ -56,32 +56,64 @@ def make_case(impl, pass_, N):
     lstm.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
     xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
     if pass_ == "forward":
-        lstm.eval()
-
         def fwd():
             with torch.no_grad():
                 lstm(xt)
         return fwd
 
-    xt.requires_grad_(True)  # dx too, as fastlstm's backward computes it
-
     def fwd_bwd_torch():
-        y, _ = lstm(xt)
+        y, _ = lstm(xt.detach().requires_grad_(True))  # dx too, as fastlstm computes it
         y.backward(dyt)
     return fwd_bwd_torch
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("N", BATCHES, ids=lambda n: f"N{n}")
-@pytest.mark.parametrize("pass_", PASSES, ids=["fwd", "fwdbwd"])
-def test_lstm(benchmark, pass_, N, impl, bench_threads):
-    fn = make_case(impl, pass_, N)
+def _rounds(fn):
+    fn()  # warm-up (allocations, torch's first-call setup)
     t0 = time.perf_counter()
-    fn()  # warm-up (allocations, torch's first-call setup) and a time estimate
+    fn()
     est = time.perf_counter() - t0
-    rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, TARGET_S / max(est, 1e-6))))
-    benchmark.group = f"{pass_} T={T} N={N} I={I} H={H} L={L} float32"
+    return int(min(MAX_ROUNDS, max(MIN_ROUNDS, TARGET_S / max(est, 1e-6))))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", CASES, ids=[c[0].replace(" ", "-") for c in CASES])
+@pytest.mark.parametrize("pass_", PASSES, ids=["fwd", "fwdbwd"])
+def test_lstm(benchmark, pass_, case, impl, bench_threads):
+    _skip_slow(impl, case)
+    name, L, H, T, N, I = case
+    fn = make_case(impl, pass_, L, H, T, N, I)
+    rounds = _rounds(fn)
+    gflop = forward_flop(L, H, T, N, I) * (3 if pass_ == "forward+backward" else 1) / 1e9
+    benchmark.group = f"{pass_} {name}: T={T} N={N} I={I} H={H} L={L} float32"
     benchmark.extra_info.update(backend=impl, pass_=pass_, T=T, N=N, I=I, H=H, L=L, dtype="float32",
-                                threads=bench_threads, gflop=flop(pass_, N) / 1e9)
+                                threads=bench_threads, gflop=gflop)
     benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
-    benchmark.extra_info["gflops"] = flop(pass_, N) / 1e9 / benchmark.stats.stats.median
+    benchmark.extra_info["gflops"] = gflop / benchmark.stats.stats.median
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_step(benchmark, impl, bench_threads):
+    """Generation on the tutorial's model at N=1: one step per character, state carried."""
+    I, H, L = 64, 300, 2
+    model = fastlstm.LSTM(I, H, L, backend="numpy" if impl == "torch" else impl, seed=0)
+    if impl == "torch":
+        lstm = torch.nn.LSTM(I, H, L)
+        xt = torch.zeros((1, 1, I))
+        state = [None]
+
+        def fn():
+            with torch.no_grad():
+                for _ in range(STEP_CHARS):
+                    _, state[0] = lstm(xt, state[0])
+    else:
+        x = np.zeros((1, I), np.float32)
+        state = [model.step(x)[1]]
+
+        def fn():
+            for _ in range(STEP_CHARS):
+                _, state[0] = model.step(x, state[0])
+    rounds = _rounds(fn)
+    benchmark.group = f"step (generation) I={I} H={H} L={L} N=1 float32"
+    benchmark.extra_info.update(backend=impl, pass_="step", chars=STEP_CHARS, threads=bench_threads)
+    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["chars_per_s"] = STEP_CHARS / benchmark.stats.stats.median

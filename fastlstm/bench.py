@@ -1,0 +1,297 @@
+"""`python -m fastlstm.bench`: time fastlstm against PyTorch's CPU LSTM and the matmul roof.
+
+Runs the comparison grid of the CPU-speed issue at 1 and 2 threads (or
+--threads), prints a table of medians and ratios, and writes a markdown
+report, a JSON file and a PNG chart of the ratios (matplotlib, if installed).
+PyTorch is optional: without it the ratio columns say n/a.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import fastlstm
+
+# (name, L, H, T, N, I): the tutorial's model and one-layer sizes.
+GRID = [(f"tutorial N{n} I{i}", 2, 300, 50, n, i) for n in (1, 30, 128) for i in (1, 64)] + [
+    (f"1x{h} N{n}", 1, h, 100, n, h) for h in (128, 512, 1024) for n in (1, 32, 128)]
+QUICK = [g for g in GRID if g[0] in ("tutorial N30 I64", "tutorial N128 I64", "1x128 N1", "1x512 N32")]
+
+
+def forward_flop(L, H, T, N, I):
+    """2·T·N·4H·(I_k + H) summed over layers; backward counts twice that."""
+    return sum(2 * T * N * 4 * H * ((I if k == 0 else H) + H) for k in range(L))
+
+
+def median_time(fn, budget_s, min_rounds=3, max_rounds=50):
+    fn()  # warm-up
+    t0 = time.perf_counter()
+    fn()
+    one = max(time.perf_counter() - t0, 1e-6)
+    rounds = int(min(max_rounds, max(min_rounds, budget_s / one)))
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class Threads:
+    """Set the thread count of fastlstm, both OpenBLAS copies and torch at once."""
+
+    def __init__(self, n):
+        self.n = n
+        self._limits = None
+
+    def __enter__(self):
+        os.environ["FASTLSTM_NUM_THREADS"] = str(self.n)
+        try:
+            from threadpoolctl import threadpool_limits
+            self._limits = threadpool_limits(self.n)
+        except ImportError:
+            pass
+        torch = _torch()
+        if torch is not None:
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        if self._limits is not None:
+            self._limits.restore_original_limits()
+        os.environ.pop("FASTLSTM_NUM_THREADS", None)
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def roof_gflops(budget_s):
+    """float32 matmul 2048² through NumPy's BLAS: the machine's practical peak."""
+    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
+    return 2 * 2048 ** 3 / median_time(lambda: a @ a, budget_s, min_rounds=5) / 1e9
+
+
+def fastlstm_cases(L, H, T, N, I, backend):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, N, I)).astype(np.float32)
+    dy = rng.standard_normal((T, N, H)).astype(np.float32)
+    model = fastlstm.LSTM(I, H, L, backend=backend, seed=0)
+
+    def fwd_bwd():
+        model.forward(x, training=True)
+        model.backward(dy)
+    return model, (lambda: model.forward(x)), fwd_bwd
+
+
+def torch_cases(model, L, H, T, N, I):
+    torch = _torch()
+    if torch is None:
+        return None, None
+    lstm = torch.nn.LSTM(I, H, L)
+    lstm.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((T, N, I)).astype(np.float32))
+    dy = torch.from_numpy(rng.standard_normal((T, N, H)).astype(np.float32))
+
+    def fwd():
+        with torch.no_grad():
+            lstm(x)
+
+    def fwd_bwd():
+        y, _ = lstm(x.detach().requires_grad_(True))
+        y.backward(dy)
+    return fwd, fwd_bwd
+
+
+def step_rate(model, budget_s, torch_model=None):
+    """Characters per second of one-step generation at N = 1 with a carried state."""
+    x = np.zeros((1, model.input_size), np.float32)
+    state = [model.step(x)[1]]
+
+    def ours():
+        for _ in range(50):
+            _, state[0] = model.step(x, state[0])
+    rate = 50 / median_time(ours, budget_s)
+    peer = None
+    if torch_model is not None:
+        torch = _torch()
+        xt = torch.zeros((1, 1, model.input_size))
+        st = [None]
+
+        def theirs():
+            with torch.no_grad():
+                for _ in range(50):
+                    _, st[0] = torch_model(xt, st[0])
+        peer = 50 / median_time(theirs, budget_s)
+    return rate, peer
+
+
+def run(grid, threads, budget_s, backend, log=print):
+    torch = _torch()
+    rows = []
+    for n in threads:
+        with Threads(n):
+            roof = roof_gflops(budget_s)
+            log(f"threads={n}: matmul roof {roof:.0f} GFLOP/s")
+            for name, L, H, T, N, I in grid:
+                model, fwd, fwd_bwd = fastlstm_cases(L, H, T, N, I, backend)
+                tfwd, tfwd_bwd = torch_cases(model, L, H, T, N, I)
+                flop = forward_flop(L, H, T, N, I)
+                row = dict(name=name, threads=n, L=L, H=H, T=T, N=N, I=I, roof=roof,
+                           fwd=median_time(fwd, budget_s), fwd_bwd=median_time(fwd_bwd, budget_s))
+                row["torch_fwd"] = median_time(tfwd, budget_s) if tfwd else None
+                row["torch_fwd_bwd"] = median_time(tfwd_bwd, budget_s) if tfwd else None
+                row["gflops_fwd"] = flop / row["fwd"] / 1e9
+                row["gflops_fwd_bwd"] = 3 * flop / row["fwd_bwd"] / 1e9
+                if name == "tutorial N1 I64":
+                    tm = None
+                    if torch is not None:
+                        tm = torch.nn.LSTM(I, H, L)
+                        tm.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+                    row["step_chars_s"], row["torch_step_chars_s"] = step_rate(model, budget_s, tm)
+                rows.append(row)
+                log(format_row(row))
+    return rows
+
+
+def _ratio(a, b):
+    return None if a is None or b is None else a / b
+
+
+def format_row(r):
+    rf = _ratio(r["fwd"], r["torch_fwd"])
+    rb = _ratio(r["fwd_bwd"], r["torch_fwd_bwd"])
+    torch_part = "torch n/a" if rf is None else (
+        f"torch {r['torch_fwd'] * 1e3:8.2f} / {r['torch_fwd_bwd'] * 1e3:8.2f} ms  ratio {rf:4.2f} / {rb:4.2f}")
+    text = (f"  {r['name']:<18} t{r['threads']}  fastlstm {r['fwd'] * 1e3:8.2f} / {r['fwd_bwd'] * 1e3:8.2f} ms "
+            f"({r['gflops_fwd']:5.0f} / {r['gflops_fwd_bwd']:5.0f} GFLOP/s, "
+            f"{r['gflops_fwd_bwd'] / r['roof']:4.0%} of roof)  {torch_part}")
+    if "step_chars_s" in r:
+        peer = r.get("torch_step_chars_s")
+        text += f"\n  {'':<18}      step: {r['step_chars_s']:,.0f} chars/s" + (
+            f" (torch carrying its state: {peer:,.0f})" if peer else "")
+    return text
+
+
+def machine_info():
+    info = {"python": platform.python_version(), "numpy": np.__version__,
+            "fastlstm": fastlstm.__version__, "platform": platform.platform()}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        info["cpu"] = platform.processor()
+    info["cores"] = os.cpu_count()
+    torch = _torch()
+    info["torch"] = torch.__version__ if torch is not None else "not installed"
+    cfg = fastlstm._info.config()
+    info["c_kernel"] = cfg.get("c_kernel")
+    blas = cfg.get("blas")
+    if isinstance(blas, list):
+        info["openblas"] = "; ".join(f"{b.get('internal_api')} {b.get('version')} {b.get('architecture')}"
+                                     for b in blas if b.get("internal_api") == "openblas")
+    info["OPENBLAS_CORETYPE"] = os.environ.get("OPENBLAS_CORETYPE", "unset")
+    return info
+
+
+def markdown(rows, info, command):
+    out = ["# fastlstm vs PyTorch CPU LSTM", "",
+           "Medians, float32, all measured side by side in one run of the command below. "
+           "Ratio = fastlstm time / torch time (below 1 means fastlstm is faster); "
+           "roof = NumPy float32 matmul 2048² at the same thread count; forward+backward "
+           "GFLOP/s counts 3x the forward FLOPs.", "",
+           "Command: `" + command + "`", ""]
+    out += [f"- {k}: {v}" for k, v in info.items()]
+    out += ["", "| case | threads | fastlstm fwd ms | torch fwd ms | ratio fwd | fastlstm fwd+bwd ms | "
+            "torch fwd+bwd ms | ratio fwd+bwd | fwd+bwd GFLOP/s | % of roof |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        rf = _ratio(r["fwd"], r["torch_fwd"])
+        rb = _ratio(r["fwd_bwd"], r["torch_fwd_bwd"])
+        tf = "n/a" if r["torch_fwd"] is None else f"{r['torch_fwd'] * 1e3:.2f}"
+        tb = "n/a" if r["torch_fwd_bwd"] is None else f"{r['torch_fwd_bwd'] * 1e3:.2f}"
+        out.append(f"| {r['name']} | {r['threads']} | {r['fwd'] * 1e3:.2f} | {tf} | "
+                   f"{'n/a' if rf is None else f'{rf:.2f}'} | {r['fwd_bwd'] * 1e3:.2f} | {tb} | "
+                   f"{'n/a' if rb is None else f'{rb:.2f}'} | {r['gflops_fwd_bwd']:.0f} | "
+                   f"{r['gflops_fwd_bwd'] / r['roof']:.0%} |")
+    out += ["", "| threads | matmul roof GFLOP/s | step chars/s (tutorial model, N=1) | torch step chars/s |",
+            "| --- | --- | --- | --- |"]
+    for n in sorted({r["threads"] for r in rows}):
+        rr = [r for r in rows if r["threads"] == n]
+        step = next((r for r in rr if "step_chars_s" in r), None)
+        s1 = f"{step['step_chars_s']:,.0f}" if step else "n/a"
+        s2 = f"{step['torch_step_chars_s']:,.0f}" if step and step.get("torch_step_chars_s") else "n/a"
+        out.append(f"| {n} | {rr[0]['roof']:.0f} | {s1} | {s2} |")
+    return "\n".join(out) + "\n"
+
+
+def chart(rows, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [r for r in rows if r["torch_fwd"] is not None]
+    if not rows:
+        return False
+    threads = sorted({r["threads"] for r in rows})
+    fig, axes = plt.subplots(1, len(threads), figsize=(7 * len(threads), 6), squeeze=False)
+    for ax, n in zip(axes[0], threads):
+        rr = [r for r in rows if r["threads"] == n]
+        y = np.arange(len(rr))
+        ax.barh(y - 0.2, [r["fwd"] / r["torch_fwd"] for r in rr], 0.4, label="forward")
+        ax.barh(y + 0.2, [r["fwd_bwd"] / r["torch_fwd_bwd"] for r in rr], 0.4, label="forward+backward")
+        ax.axvline(1.0, color="k", lw=1)
+        ax.set_yticks(y, [r["name"] for r in rr])
+        ax.invert_yaxis()
+        ax.set_xlabel("fastlstm time / torch time (lower is better)")
+        ax.set_title(f"{n} thread{'s' if n > 1 else ''}")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m fastlstm.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts to run (default: 1 2)")
+    parser.add_argument("--quick", action="store_true", help="only four cases, for a first look")
+    parser.add_argument("--budget", type=float, default=1.0, help="seconds of timed calls per measurement")
+    parser.add_argument("--backend", default="c", help="fastlstm backend to time (default: c)")
+    parser.add_argument("--out", default="fastlstm-bench", help="folder for RESULTS.md, results.json and ratios.png")
+    args = parser.parse_args(argv)
+    if args.backend not in fastlstm.available_backends():
+        parser.error(f"backend {args.backend!r} is not available here; available: {fastlstm.available_backends()}")
+    if _torch() is None:
+        print("note: torch is not installed; only fastlstm is timed (pip install torch for the ratios)")
+    os.makedirs(args.out, exist_ok=True)
+    rows = run(QUICK if args.quick else GRID, args.threads, args.budget, args.backend)
+    info = machine_info()
+    command = "python -m fastlstm.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    with open(os.path.join(args.out, "RESULTS.md"), "w") as fh:
+        fh.write(markdown(rows, info, command))
+    with open(os.path.join(args.out, "results.json"), "w") as fh:
+        json.dump({"machine": info, "rows": rows}, fh, indent=1)
+    png = os.path.join(args.out, "ratios.png")
+    print(f"wrote {os.path.join(args.out, 'RESULTS.md')}, results.json"
+          + (f" and {png}" if chart(rows, png) else " (install matplotlib for the chart)"))
+
+
+if __name__ == "__main__":
+    main()
