@@ -19,6 +19,10 @@ TOL = {
 #: (truncation error ~ eps**2, rounding error ~ 1e-16 / eps).
 GRADCHECK = dict(eps=1e-6, atol=1e-7, rtol=1e-6)
 
+#: Against PyTorch (golden files, live): relative 2-norm error ||got - want|| / ||want||,
+#: the project's acceptance thresholds.
+REL_TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
+
 REFERENCE = "numpy"
 DTYPES = [np.float32, np.float64]
 BACKENDS = fastlstm.available_backends()
@@ -107,3 +111,13 @@ def assert_all_close(actual, expected, dtype, case=""):
     assert sorted(actual) == sorted(expected)
     for key in expected:
         assert_close(actual[key], expected[key], dtype, f"{case} {key}".strip())
+
+
+def rel_err(got, want):
+    """||got - want|| / ||want|| (the absolute error when want is all zeros)."""
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    diff = np.linalg.norm(got - want)
+    norm = np.linalg.norm(want)
+    return diff / norm if norm > 0 else diff

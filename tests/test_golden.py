@@ -13,23 +13,12 @@ import pytest
 
 import fastlstm
 
-#: Acceptance thresholds: relative 2-norm error ||got - want|| / ||want|| per dtype.
-REL_TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
+from lstm_testing import REL_TOL, rel_err
 
 GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 FIXTURES = sorted(glob.glob(os.path.join(GOLDEN_DIR, "*.npz")))
 PARAM_RE = re.compile(r"^(weight|bias)_(ih|hh)_l\d+$")
 BACKENDS = fastlstm.available_backends()
-
-
-def rel_err(got, want):
-    """||got - want|| / ||want|| (the absolute error when want is all zeros)."""
-    got = np.asarray(got, dtype=np.float64)
-    want = np.asarray(want, dtype=np.float64)
-    assert got.shape == want.shape, (got.shape, want.shape)
-    diff = np.linalg.norm(got - want)
-    norm = np.linalg.norm(want)
-    return diff / norm if norm > 0 else diff
 
 
 def load(path):

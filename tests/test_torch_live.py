@@ -11,8 +11,7 @@ import fastlstm
 
 torch = pytest.importorskip("torch")
 
-#: Acceptance thresholds: relative 2-norm error ||got - want|| / ||want|| per dtype.
-REL_TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
+from lstm_testing import REL_TOL, rel_err
 TORCH_DTYPE = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
 
 BACKENDS = fastlstm.available_backends()
@@ -44,16 +43,6 @@ CONFIGS = _configs()
 def cfg_id(c):
     T, N, I, H, L, bias, bf = c
     return f"T{T}-N{N}-I{I}-H{H}-L{L}" + ("" if bias else "-nobias") + ("-bf" if bf else "")
-
-
-def rel_err(got, want):
-    """||got - want|| / ||want|| (the absolute error when want is all zeros)."""
-    got = np.asarray(got, dtype=np.float64)
-    want = np.asarray(want, dtype=np.float64)
-    assert got.shape == want.shape, (got.shape, want.shape)
-    diff = np.linalg.norm(got - want)
-    norm = np.linalg.norm(want)
-    return diff / norm if norm > 0 else diff
 
 
 def assert_close(got, want, dtype, what):
