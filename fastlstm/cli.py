@@ -1,0 +1,310 @@
+"""The ``fastlstm`` command: ``fastlstm train`` (train the character model, see train.py) and
+``fastlstm generate`` (stream text from a checkpoint). Bad input ends with a one-line error
+on stderr that says what to do, and exit status 2; nothing is overwritten.
+"""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .data import CORPORA, DataError
+from .train import DEFAULT_EPOCHS, DEFAULTS, PRESETS, TARGETS
+
+__all__ = ["main", "build_parser"]
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors ("fastlstm train: error: ... (see --help)"), status 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's layout; every option's help states its own default."""
+
+
+def _default_out(text, preset):
+    name = "macbeth" if text is None else (Path(text).stem or "run")
+    if preset and preset != "default":
+        name += f"-{preset}"
+    return os.path.join("runs", name)
+
+
+TRAIN_EPILOG = f"""\
+presets (explicit options win over them):
+  default   embedding input, every position of a {DEFAULTS['seq_len']}-character window predicts
+            its next character, batch {DEFAULTS['batch_size']}, Adam lr {DEFAULTS['lr']}, gradient norm clipped at {DEFAULTS['clip']}
+  tutorial  the classic Keras tutorial: lower-case text, {PRESETS['tutorial']['seq_len']}-character windows with ONE
+            target each (the next character), the character index / V as the single input
+            feature, batch {PRESETS['tutorial']['batch_size']}, Adam lr {PRESETS['tutorial']['lr']}, no clipping, argmax samples
+
+Without --epochs, --max-time or --max-steps, training runs {DEFAULT_EPOCHS} epochs. The run folder
+(--out) holds checkpoint.npz + checkpoint.json (the latest state, for --resume), best.npz +
+best.json (the state of the lowest validation loss, which `fastlstm generate` uses),
+metrics.jsonl (one JSON object per step and per validation) and loss.png (with matplotlib
+installed). Ctrl-C saves a checkpoint and stops; `--resume` continues exactly where it
+stopped, with the same losses as an uninterrupted run.
+
+examples:
+  fastlstm train --max-time 60                     # Macbeth, 60 seconds
+  fastlstm train --text novel.txt --epochs 5 --out runs/novel
+  fastlstm train --preset tutorial --epochs 20
+  fastlstm train --resume --max-time 60            # 60 more seconds of runs/macbeth
+"""
+
+GENERATE_EPILOG = """\
+examples:
+  fastlstm generate --prime "MACBETH. " --length 500
+  fastlstm generate --checkpoint runs/novel --temperature 0.5 --top-k 10 --seed 1
+  fastlstm generate --checkpoint runs/macbeth-tutorial --greedy
+"""
+
+
+def build_parser():
+    p = _Parser(prog="fastlstm", formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Train a character-level LSTM language model on a text and generate text "
+                            "with it (the LSTM runs on fastlstm's compiled kernels).",
+                epilog="`fastlstm train --help` and `fastlstm generate --help` list every option.")
+    p.add_argument("--version", action="version", version=f"fastlstm {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="{train,generate}", parser_class=_Parser)
+    sub.required = True
+
+    t = sub.add_parser("train", help="train the character model on a text",
+                       formatter_class=_Formatter, epilog=TRAIN_EPILOG,
+                       description="Train the character-level model: characters -> embedding (or scaled "
+                                   "index) -> LSTM x layers (dropout between) -> dropout -> dense -> softmax, "
+                                   "cross-entropy, Adam. Option defaults shown are the built-in ones; "
+                                   "a preset or, on --resume, the checkpoint's options take their place.")
+    g = t.add_argument_group("data")
+    g.add_argument("--text", metavar="PATH", default=None,
+                   help="train on this text file (UTF-8 unless --encoding); without it, the corpus of --corpus")
+    g.add_argument("--corpus", choices=CORPORA, default=None,
+                   help=f"named corpus used without --text (default {DEFAULTS['corpus']}: found as macbeth.txt in "
+                        f"$FASTLSTM_DATA, default ~/.cache/fastlstm, else downloaded once, sha256-verified)")
+    g.add_argument("--encoding", default=None,
+                   help=f"encoding of --text (any Python codec, e.g. latin-1; default {DEFAULTS['encoding']})")
+    g.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=None,
+                   help="lower-case the text before building the vocabulary (default: off; the tutorial "
+                        "preset turns it on)")
+    g.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="a set of defaults: 'default' or 'tutorial' (see below)")
+
+    g = t.add_argument_group("model")
+    g.add_argument("--hidden-size", type=int, default=None, metavar="H",
+                   help=f"LSTM hidden size (default {DEFAULTS['hidden_size']})")
+    g.add_argument("--layers", dest="num_layers", type=int, default=None, metavar="L",
+                   help=f"stacked LSTM layers (default {DEFAULTS['num_layers']})")
+    g.add_argument("--dropout", type=float, default=None,
+                   help=f"dropout after every LSTM layer, in [0, 1) (default {DEFAULTS['dropout']})")
+    g.add_argument("--input", dest="input_mode", choices=["embedding", "scaled"], default=None,
+                   help="how characters go in: a learned embedding, or 'scaled': the character index / V "
+                        "as one feature (the tutorial's) (default embedding)")
+    g.add_argument("--embed-dim", type=int, default=None, metavar="E",
+                   help=f"embedding width (default {DEFAULTS['embed_dim']})")
+
+    g = t.add_argument_group("task and optimisation")
+    g.add_argument("--seq-len", type=int, default=None, metavar="T",
+                   help=f"window length in characters: the truncated-BPTT length (default {DEFAULTS['seq_len']})")
+    g.add_argument("--target", choices=list(TARGETS), default=None,
+                   help="'all': every position of a window predicts its next character; 'last': one "
+                        "target per window, the character after it (default all)")
+    g.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help=f"windows per minibatch, taken at random offsets of the training text "
+                        f"(default {DEFAULTS['batch_size']})")
+    g.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default {DEFAULTS['lr']})")
+    g.add_argument("--clip", type=float, default=None, metavar="NORM",
+                   help=f"clip the global gradient norm at NORM; 0 disables (default {DEFAULTS['clip']})")
+    g.add_argument("--seed", type=int, default=None,
+                   help=f"seeds initialisation, batches, dropout and samples (default {DEFAULTS['seed']})")
+
+    g = t.add_argument_group("duration (whichever comes first)")
+    g.add_argument("--epochs", type=int, default=None,
+                   help="stop after this many epochs in all (an epoch: as many windows as cover the "
+                        "training text once)")
+    g.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
+                   help="stop after this many seconds of this session")
+    g.add_argument("--max-steps", type=int, default=None, metavar="STEPS",
+                   help="stop at this step (counted from the start of the run, so a resumed run stops where "
+                        "an uninterrupted one would)")
+
+    g = t.add_argument_group("validation and output")
+    g.add_argument("--eval-every", type=int, default=None, metavar="STEPS",
+                   help=f"validation loss on the held-out last 10%%, a sample and a checkpoint every STEPS "
+                        f"steps (default {DEFAULTS['eval_every']})")
+    g.add_argument("--sample-length", type=int, default=None, metavar="CHARS",
+                   help=f"characters generated at each validation; 0 for none (default {DEFAULTS['sample_length']})")
+    g.add_argument("--temperature", type=float, default=None,
+                   help=f"sampling temperature of those samples (default {DEFAULTS['temperature']})")
+    g.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=None,
+                   help="argmax samples instead of sampling (default off; on in the tutorial preset)")
+    g.add_argument("--out", metavar="DIR", default=None,
+                   help="run folder for checkpoint, metrics and plot (default runs/macbeth, or runs/<text "
+                        "file stem>, with -tutorial appended for that preset)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint (same text, vocabulary and sizes)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --out that already holds a checkpoint, replacing it")
+    g.add_argument("--progress", choices=["auto", "bar", "lines", "none"], default="auto",
+                   help="progress display: a tqdm bar on a terminal (when tqdm is installed), else "
+                        "plain lines (default auto)")
+    g.add_argument("--log-every", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds between plain progress lines (default 10)")
+
+    g = t.add_argument_group("compute")
+    g.add_argument("--backend", choices=["auto", "c", "numpy", "cuda"], default=None,
+                   help="fastlstm backend of the LSTM (default auto)")
+    g.add_argument("--dtype", choices=["float32", "float64"], default=None,
+                   help="floating-point type (default float32)")
+
+    s = sub.add_parser("generate", help="generate text from a trained checkpoint",
+                       formatter_class=_Formatter, epilog=GENERATE_EPILOG,
+                       description="Continue a prime text with a trained model, streaming characters to "
+                                   "stdout as they come. The LSTM state is carried from character to "
+                                   "character (one LSTM step per character).")
+    s.add_argument("--checkpoint", metavar="PATH", default=os.path.join("runs", "macbeth"),
+                   help="a run folder (fastlstm train --out: its best.json, the lowest validation loss, "
+                        "else its checkpoint.json, the latest), or a .json / .npz checkpoint file "
+                        "(default runs/macbeth)")
+    s.add_argument("--prime", metavar="TEXT", default=None,
+                   help="text to start from, echoed first; its characters must be in the model's vocabulary "
+                        "(lower-cased for a --lowercase model) (default: a newline)")
+    s.add_argument("--length", type=int, default=500, metavar="N", help="characters to generate (default 500)")
+    s.add_argument("--temperature", type=float, default=None,
+                   help=f"sampling temperature: lower is more conservative; 0 means argmax (default "
+                        f"{DEFAULTS['temperature']}, or argmax for a model trained with the tutorial preset)")
+    s.add_argument("--top-k", type=int, default=0, metavar="K",
+                   help="sample only among the K likeliest characters; 0 for all (default 0)")
+    s.add_argument("--seed", type=int, default=None,
+                   help="seed of the sampler, for reproducible text (default: fresh randomness)")
+    s.add_argument("--greedy", action="store_true",
+                   help="always take the likeliest character (the tutorial's generation)")
+    s.add_argument("--timing", action="store_true",
+                   help="report characters per second (after start-up) on stderr")
+    s.add_argument("--backend", choices=["auto", "c", "numpy", "cuda"], default="auto",
+                   help="fastlstm backend of the LSTM (default auto)")
+    return p
+
+
+def _fail(prog, msg):
+    print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
+
+
+def _train(args):
+    from .train import prepare_run, run_training
+    prog = "fastlstm train"
+    given = {k: getattr(args, k) for k in DEFAULTS if hasattr(args, k)}
+    out = args.out or _default_out(args.text, args.preset)
+    if args.resume and args.overwrite:
+        return _fail(prog, "--resume and --overwrite contradict each other: pass one of them")
+    try:
+        trainer = prepare_run(given, out, resume=args.resume, overwrite=args.overwrite)
+    except (DataError, ValueError) as e:
+        return _fail(prog, str(e))
+    except OSError as e:
+        return _fail(prog, f"{e.strerror or e} ({e.filename}): check the path and its permissions")
+    try:
+        result = run_training(trainer, progress=args.progress, log_every=args.log_every)
+    except KeyboardInterrupt:
+        print(f"{prog}: stopped by a second Ctrl-C", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as e:
+        return _fail(prog, f"cannot write in {out} ({e.strerror or e}): choose a writable --out")
+    except ValueError as e:  # e.g. a bad FASTLSTM_* environment variable
+        return _fail(prog, str(e))
+    return EXIT_INTERRUPTED if result["status"] == "interrupted" else 0
+
+
+def _generate(args):
+    import numpy as np
+
+    from .train import load_checkpoint, model_from_checkpoint
+    prog = "fastlstm generate"
+    if args.length < 0:
+        return _fail(prog, f"--length must be >= 0, got {args.length}")
+    if args.top_k < 0:
+        return _fail(prog, f"--top-k must be >= 0 (0 for all characters), got {args.top_k}")
+    if args.temperature is not None and not args.temperature >= 0:
+        return _fail(prog, f"--temperature must be >= 0 (0 for argmax), got {args.temperature}")
+    try:
+        meta, arrays = load_checkpoint(args.checkpoint, prefer_best=True)
+        model = model_from_checkpoint(meta, arrays, backend=args.backend)
+    except DataError as e:
+        return _fail(prog, str(e))
+    except ValueError as e:
+        return _fail(prog, str(e))
+    chars = list(meta["vocab"])
+    index = {c: i for i, c in enumerate(chars)}
+    prime = args.prime
+    if prime is None:
+        prime = "\n" if "\n" in index else chars[0]
+    if meta["options"].get("lowercase"):
+        prime = prime.lower()
+    if prime == "":
+        return _fail(prog, "--prime is empty: give at least one character (or leave --prime out)")
+    bad = sorted(set(prime) - set(index))
+    if bad:
+        shown = ", ".join(repr(c) for c in bad[:10]) + (" ..." if len(bad) > 10 else "")
+        return _fail(prog, f"--prime has characters the model never saw: {shown}; use only characters of "
+                           f"its vocabulary: {''.join(chars)!r}")
+    temperature = args.temperature
+    if temperature is None:
+        temperature = 0.0 if meta["options"].get("greedy") else DEFAULTS["temperature"]
+    greedy = args.greedy or temperature == 0
+    out = sys.stdout
+    with_errors = getattr(out, "reconfigure", None)
+    if with_errors is not None:
+        try:
+            out.reconfigure(errors="backslashreplace")
+        except (ValueError, OSError):
+            pass
+    write, flush = out.write, out.flush
+    write(prime if args.prime is not None else "")
+    flush()
+
+    def emit(i):
+        write(chars[i])
+        flush()
+
+    ids = np.fromiter((index[c] for c in prime), dtype=np.int64, count=len(prime))
+    try:
+        t0 = time.perf_counter()
+        model.generate(ids, args.length, temperature=temperature, top_k=args.top_k or None,
+                       greedy=greedy, seed=args.seed, callback=emit)
+        dt = time.perf_counter() - t0
+        write("\n")
+        flush()
+    except BrokenPipeError:
+        # the reader went away (e.g. `| head`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        return 0
+    if args.timing:
+        rate = args.length / dt if dt > 0 else float("inf")
+        print(f"generated {args.length} characters in {dt:.3f} s: {rate:,.0f} chars/s "
+              f"(after start-up, backend {model.lstm.backend})", file=sys.stderr)
+    return 0
+
+
+def main(argv=None):
+    """Entry point of the ``fastlstm`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args)
+        return _generate(args)
+    except KeyboardInterrupt:  # before training started, or while generating: nothing to save
+        print(f"\nfastlstm {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

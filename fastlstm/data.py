@@ -1,0 +1,230 @@
+"""Text corpora for the character-level trainer: reading a user's UTF-8 file with clear errors,
+finding (or downloading, checksum-verified, cached atomically) the default corpus ``macbeth``,
+the character vocabulary, and the train/validation split (the last 10% held out).
+"""
+
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DataError", "Vocab", "read_text", "data_dir", "fetch_macbeth", "load_corpus",
+           "split_train_val", "MACBETH_URL", "MACBETH_SHA256", "CORPORA"]
+
+#: Environment variable naming the data folder (default: a cache folder under the home).
+DATA_ENV = "FASTLSTM_DATA"
+#: Environment variable overriding the download address of the default corpus.
+URL_ENV = "FASTLSTM_MACBETH_URL"
+
+MACBETH_FILENAME = "macbeth.txt"
+#: NLTK's Gutenberg copy of the First Folio Macbeth, pinned to one commit.
+MACBETH_URL = ("https://raw.githubusercontent.com/nltk/nltk/4dc39fbf6965509f7b74316eff239bd110a03b49/"
+               "nltk_data/corpora/gutenberg/shakespeare-macbeth.txt")
+MACBETH_SHA256 = "d4a204352cfe5924cbae76f764225d120e9f7617d39cb8c949dedd3f306353ac"
+#: Seconds before a download attempt gives up.
+DOWNLOAD_TIMEOUT = 30.0
+
+#: Named corpora that ``--text`` may be left out for.
+CORPORA = ("macbeth",)
+
+
+class DataError(Exception):
+    """Bad input a user can fix: the message says what is wrong and what to do."""
+
+
+def data_dir():
+    """The data folder: $FASTLSTM_DATA, else $XDG_CACHE_HOME/fastlstm, else ~/.cache/fastlstm."""
+    env = os.environ.get(DATA_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME", "").strip()
+    base = Path(cache).expanduser() if cache else Path.home() / ".cache"
+    return base / "fastlstm"
+
+
+def _sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def decode_text(raw, source, encoding="utf-8"):
+    """Bytes -> str with the checks of :func:`read_text` (``source`` names the file in messages)."""
+    if not raw:
+        raise DataError(f"{source} is empty: pass a text file with some text in it")
+    if b"\x00" in raw[:1 << 20] and encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig", "ascii", "latin1"):
+        raise DataError(f"{source} looks binary (it contains NUL bytes): pass a plain text file "
+                        f"(UTF-8, or name its encoding with --encoding)")
+    try:
+        text = raw.decode(encoding)
+    except LookupError:
+        raise DataError(f"unknown encoding {encoding!r}: pass a Python codec name to --encoding, "
+                        f"e.g. utf-8, latin-1, cp1252") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{source} is not valid {encoding} (byte 0x{raw[e.start]:02x} at offset {e.start}): "
+                        f"name its real encoding with --encoding (e.g. --encoding latin-1) "
+                        f"or convert it to UTF-8") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]  # a UTF-8 byte-order mark is not part of the text
+    if not text:
+        raise DataError(f"{source} is empty: pass a text file with some text in it")
+    if "\x00" in text:
+        raise DataError(f"{source} looks binary (it contains NUL characters): pass a plain text file")
+    return text
+
+
+def read_text(path, encoding="utf-8"):
+    """Read a text file, with a :class:`DataError` for a missing, unreadable, empty or binary
+    file or one that does not decode with ``encoding``."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"text file {str(p)!r} does not exist: check the path given to --text")
+    if p.is_dir():
+        raise DataError(f"{str(p)!r} is a folder, not a text file: pass a file to --text")
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {str(p)!r} ({e.strerror or e}): check its permissions") from None
+    return decode_text(raw, repr(str(p)), encoding)
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, data):
+    """Write ``data`` (bytes, or a callable that writes to a binary file object) to ``path``
+    through a temporary file in the same folder, fsync and os.replace: readers see the old
+    file or the new one, never a partial one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def fetch_macbeth(folder=None, *, url=None, sha256=None, timeout=None):
+    """Path of the default corpus, verified by sha256.
+
+    Looks for ``macbeth.txt`` in ``folder`` (default :func:`data_dir`); when it is absent or
+    its checksum differs, downloads it from ``url`` (default $FASTLSTM_MACBETH_URL, else
+    :data:`MACBETH_URL`), verifies the checksum and caches it with an atomic write.
+    Raises :class:`DataError` when it cannot (offline, wrong checksum, unwritable folder).
+    """
+    folder = Path(folder) if folder is not None else data_dir()
+    url = url or os.environ.get(URL_ENV, "").strip() or MACBETH_URL
+    expected = sha256 or MACBETH_SHA256
+    timeout = DOWNLOAD_TIMEOUT if timeout is None else timeout
+    path = folder / MACBETH_FILENAME
+    if path.is_file():
+        try:
+            if _sha256_file(path) == expected:
+                return path
+        except OSError:
+            pass
+    how = (f"pass a UTF-8 text file with --text PATH, or put {MACBETH_FILENAME} "
+           f"(sha256 {expected}) in {folder} (set {DATA_ENV} to choose that folder)")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            raw = resp.read()
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise DataError(f"the default corpus is not in {folder} and downloading it from {url} failed "
+                        f"({reason}); if you are offline, {how}") from None
+    got = hashlib.sha256(raw).hexdigest()
+    if got != expected:
+        raise DataError(f"the file downloaded from {url} has sha256 {got}, expected {expected}; "
+                        f"it was not cached. Try again later, or {how}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, raw)
+    except OSError as e:
+        raise DataError(f"cannot cache the default corpus in {folder} ({e.strerror or e}): "
+                        f"set {DATA_ENV} to a writable folder, or pass a file with --text PATH") from None
+    return path
+
+
+def load_corpus(text=None, corpus="macbeth", encoding="utf-8"):
+    """The training text: the file ``text`` if given, else the named corpus. Returns (str, source)."""
+    if text is not None:
+        return read_text(text, encoding), str(text)
+    if corpus != "macbeth":
+        raise DataError(f"unknown corpus {corpus!r}: the named corpora are {', '.join(CORPORA)}; "
+                        f"pass your own file with --text PATH")
+    path = fetch_macbeth()
+    return read_text(path, "utf-8"), "macbeth"
+
+
+class Vocab:
+    """The sorted distinct characters of a text; ids are positions in that list."""
+
+    def __init__(self, chars):
+        chars = list(chars)
+        if len(set(chars)) != len(chars) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
+            raise ValueError("a vocabulary is a list of distinct single characters")
+        self.chars = chars
+        self.index = {c: i for i, c in enumerate(chars)}
+        self._table = None
+
+    @classmethod
+    def from_text(cls, text):
+        return cls(sorted(set(text)))
+
+    def __len__(self):
+        return len(self.chars)
+
+    def __eq__(self, other):
+        return isinstance(other, Vocab) and self.chars == other.chars
+
+    def __repr__(self):
+        return f"Vocab({len(self)} chars: {''.join(self.chars)!r})"
+
+    def unknown(self, text):
+        """Sorted characters of ``text`` that are not in the vocabulary."""
+        return sorted(set(text) - set(self.index))
+
+    def encode(self, text):
+        """str -> int32 array of ids (KeyError on a character outside the vocabulary)."""
+        if all(ord(c) < 65536 for c in self.chars):
+            # fast path: a lookup table over the UTF-32 code points
+            if self._table is None:
+                self._table = np.full(65536, -1, np.int32)
+                for i, c in enumerate(self.chars):
+                    self._table[ord(c)] = i
+            cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+            if cps.size and cps.max() < 65536:
+                ids = self._table[cps]
+                if ids.size == 0 or ids.min() >= 0:
+                    return ids
+        return np.array([self.index[c] for c in text], dtype=np.int32)
+
+    def decode(self, ids):
+        return "".join(self.chars[int(i)] for i in ids)
+
+
+def split_train_val(ids, val_fraction=0.1):
+    """(train, val): the last ``val_fraction`` of the sequence is held out."""
+    n = len(ids)
+    n_val = int(round(n * val_fraction))
+    return ids[:n - n_val], ids[n - n_val:]

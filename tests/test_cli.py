@@ -1,0 +1,273 @@
+"""The ``fastlstm`` command: --help, train then generate, and every bad input: a one-line
+error on stderr, exit status 2, nothing overwritten. Mostly in-process (cli.main(argv));
+a few runs through ``python -m fastlstm`` check the real process.
+"""
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fastlstm
+from fastlstm import cli, data
+
+from test_trainer import make_text
+
+TINY = ["--hidden-size", "12", "--embed-dim", "6", "--seq-len", "12", "--batch-size", "4",
+        "--eval-every", "3", "--sample-length", "10", "--progress", "none"]
+
+
+def fastlstm_cmd(*args, env=None, timeout=120):
+    """Run ``python -m fastlstm ARGS`` on the package under test; returns the CompletedProcess."""
+    e = dict(os.environ)
+    root = str(Path(fastlstm.__file__).resolve().parents[1])
+    e["PYTHONPATH"] = root + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "fastlstm", *args], capture_output=True, text=True,
+                          env=e, timeout=timeout)
+
+
+def main(argv):
+    """cli.main in-process: the exit status, whether returned or raised (argparse)."""
+    try:
+        return cli.main([str(a) for a in argv])
+    except SystemExit as e:
+        return e.code
+
+
+def assert_one_line_error(capsys, status, *fragments):
+    err = capsys.readouterr().err
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fastlstm") and "error" in lines[0], err
+    for f in fragments:
+        assert f in lines[0], (f, err)
+    return lines[0]
+
+
+def snapshot(folder):
+    """{name: sha256} of every file in a folder (to prove nothing was overwritten)."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in Path(folder).iterdir()}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    p = tmp_path_factory.mktemp("corpus") / "words.txt"
+    p.write_text(make_text(3000), encoding="utf-8")
+    return p
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, corpus):
+    """A tiny trained run (6 steps), shared by the generate tests."""
+    out = tmp_path_factory.mktemp("run") / "words"
+    assert cli.main(["train", "--text", str(corpus), "--out", str(out), "--max-steps", "6", *TINY]) == 0
+    return out
+
+
+# ----------------------------------------------------------------------------- happy paths
+def test_help_explains_every_option():
+    r = fastlstm_cmd("--help")
+    assert r.returncode == 0 and "train" in r.stdout and "generate" in r.stdout
+    parser = cli.build_parser()
+    subs = parser._subparsers._group_actions[0].choices
+    for name in ("train", "generate"):
+        r = fastlstm_cmd(name, "--help")
+        assert r.returncode == 0, r.stderr
+        for action in subs[name]._actions:
+            assert action.help, f"{name} {action.option_strings} has no help"
+            for opt in action.option_strings:
+                assert opt in r.stdout, opt
+
+
+def test_train_then_generate_streams_reproducibly(run_dir, capsys):
+    for f in ("checkpoint.json", "checkpoint.npz", "metrics.jsonl"):
+        assert (run_dir / f).is_file()
+    capsys.readouterr()
+    args = ["generate", "--checkpoint", run_dir, "--prime", "the ", "--length", 40, "--seed", 3]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out == first
+    assert first.startswith("the ") and len(first) == 4 + 40 + 1
+    assert main(["generate", "--checkpoint", run_dir / "checkpoint.npz", "--greedy", "--length", 5,
+                 "--timing"]) == 0
+    out = capsys.readouterr()
+    assert "chars/s" in out.err and len(out.out) == 6
+
+
+def test_generate_in_a_real_process(run_dir):
+    r = fastlstm_cmd("generate", "--checkpoint", str(run_dir), "--prime", "king ", "--length", "30",
+                     "--seed", "1", "--top-k", "3", "--temperature", "0.5")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("king ") and len(r.stdout) == 5 + 30 + 1
+
+
+def test_resume_continues_the_run(tmp_path, corpus):
+    out = tmp_path / "r"
+    assert main(["train", "--text", corpus, "--out", out, "--max-steps", 3, *TINY]) == 0
+    assert main(["train", "--resume", "--out", out, "--max-steps", 5, "--progress", "none"]) == 0
+    meta = json.loads((out / "checkpoint.json").read_text())
+    assert meta["step"] == 5 and meta["options"]["hidden_size"] == 12
+
+
+# ----------------------------------------------------------------------------- bad input: train
+@pytest.mark.parametrize("content,fragment", [
+    (None, "does not exist"),
+    (b"", "empty"),
+    (b"\x7fELF\x02\x01\x01\x00\x00\x00binary", "binary"),
+    ("na\xefve caf\xe9 text " * 20, "--encoding"),
+    ("short text", "too short"),
+], ids=["missing", "empty", "binary", "invalid-utf8", "shorter-than-a-window"])
+def test_train_bad_text(tmp_path, capsys, content, fragment):
+    p = tmp_path / "input.txt"
+    if isinstance(content, str):
+        p.write_bytes(content.encode("latin-1"))
+    elif content is not None:
+        p.write_bytes(content)
+    out = tmp_path / "out"
+    status = main(["train", "--text", p, "--out", out, "--max-steps", 2, *TINY])
+    assert_one_line_error(capsys, status, fragment)
+    assert not out.exists()
+
+
+def test_train_encoding_option_reads_latin1(tmp_path, capsys):
+    p = tmp_path / "latin.txt"
+    p.write_bytes(("na\xefve caf\xe9 text " * 20).encode("latin-1"))
+    assert main(["train", "--text", p, "--encoding", "latin-1", "--out", tmp_path / "o", "--max-steps", 1,
+                 *TINY]) == 0
+
+
+def test_train_offline_without_corpus(tmp_path, capsys, monkeypatch):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path / "empty"))
+    monkeypatch.setenv(data.URL_ENV, f"http://127.0.0.1:{port}/macbeth.txt")
+    status = main(["train", "--out", tmp_path / "o", "--max-steps", 1, *TINY])
+    assert_one_line_error(capsys, status, "--text")
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--dropout", "1.5"], "--dropout"),
+    (["--seq-len", "0"], "--seq-len"),
+    (["--batch-size", "x"], "invalid int"),
+    (["--preset", "nope"], "invalid choice"),
+    (["--no-such-option"], "unrecognized"),
+    (["--resume", "--overwrite"], "contradict"),
+])
+def test_train_bad_options(tmp_path, capsys, corpus, args, fragment):
+    status = main(["train", "--text", corpus, "--out", tmp_path / "o", *TINY, *args])
+    assert_one_line_error(capsys, status, fragment)
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_refuses_to_overwrite_a_run(tmp_path, capsys, corpus):
+    out = tmp_path / "r"
+    assert main(["train", "--text", corpus, "--out", out, "--max-steps", 2, *TINY]) == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    assert_one_line_error(capsys, main(["train", "--text", corpus, "--out", out, *TINY]), "--resume")
+    assert snapshot(out) == before
+
+
+def test_resume_mismatches_are_refused_and_nothing_overwritten(tmp_path, capsys, corpus):
+    out = tmp_path / "r"
+    assert main(["train", "--text", corpus, "--out", out, "--max-steps", 2, *TINY]) == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    other = tmp_path / "other.txt"
+    other.write_text("QWERTY uiop " * 100)
+    cases = [
+        (["--text", other], "vocabulary"),
+        (["--hidden-size", "20"], "--hidden-size"),
+        (["--layers", "3"], "--layers"),
+        (["--input", "scaled"], "--input"),
+        (["--lowercase"], "--lowercase"),
+        (["--preset", "tutorial"], "--preset"),
+    ]
+    for args, fragment in cases:
+        status = main(["train", "--resume", "--out", out, "--max-steps", 4, "--progress", "none", *args])
+        assert_one_line_error(capsys, status, fragment)
+        assert snapshot(out) == before, args
+    status = main(["train", "--resume", "--out", tmp_path / "nothing", "--max-steps", 4])
+    assert_one_line_error(capsys, status, "nothing to resume")
+
+
+def corrupt_variants(run_dir, tmp_path):
+    """Copies of a run folder broken in different ways: name -> folder."""
+    def copy(name):
+        d = tmp_path / name
+        d.mkdir()
+        for f in ("checkpoint.json", "checkpoint.npz"):
+            (d / f).write_bytes((run_dir / f).read_bytes())
+        return d
+
+    out = {}
+    d = copy("garbage-json")
+    (d / "checkpoint.json").write_text("{not json")
+    out["garbage-json"] = d
+    d = copy("truncated-npz")
+    raw = (d / "checkpoint.npz").read_bytes()
+    (d / "checkpoint.npz").write_bytes(raw[:len(raw) // 2])
+    out["truncated-npz"] = d
+    d = copy("truncated-npz-matching-checksum")  # the checksum alone would not catch it
+    (d / "checkpoint.npz").write_bytes(raw[:len(raw) // 2])
+    meta = json.loads((d / "checkpoint.json").read_text())
+    meta["npz_sha256"] = hashlib.sha256(raw[:len(raw) // 2]).hexdigest()
+    (d / "checkpoint.json").write_text(json.dumps(meta))
+    out["truncated-npz-matching-checksum"] = d
+    d = copy("missing-npz")
+    (d / "checkpoint.npz").unlink()
+    out["missing-npz"] = d
+    d = copy("not-a-checkpoint")
+    (d / "checkpoint.json").write_text(json.dumps({"hello": 1}))
+    out["not-a-checkpoint"] = d
+    d = copy("truncated-json")
+    j = (d / "checkpoint.json").read_bytes()
+    (d / "checkpoint.json").write_bytes(j[:len(j) // 2])
+    out["truncated-json"] = d
+    return out
+
+
+def test_corrupt_checkpoints(run_dir, tmp_path, capsys):
+    for name, d in corrupt_variants(run_dir, tmp_path).items():
+        before = snapshot(d)
+        status = main(["generate", "--checkpoint", d, "--length", 5])
+        assert_one_line_error(capsys, status, "checkpoint")
+        status = main(["train", "--resume", "--out", d, "--max-steps", 9, "--progress", "none"])
+        assert_one_line_error(capsys, status)
+        assert snapshot(d) == before, name
+
+
+# ----------------------------------------------------------------------------- bad input: generate
+def test_generate_bad_input(run_dir, tmp_path, capsys):
+    cases = [
+        (["--checkpoint", tmp_path / "nowhere"], "does not exist"),
+        (["--checkpoint", tmp_path], "no checkpoint"),
+        (["--checkpoint", run_dir, "--prime", "Zebra\u00e9"], "never saw"),
+        (["--checkpoint", run_dir, "--prime", ""], "empty"),
+        (["--checkpoint", run_dir, "--length", "-1"], "--length"),
+        (["--checkpoint", run_dir, "--top-k", "-2"], "--top-k"),
+        (["--checkpoint", run_dir, "--temperature", "-1"], "--temperature"),
+        (["--checkpoint", run_dir, "--length", "ten"], "invalid int"),
+    ]
+    for args, fragment in cases:
+        assert_one_line_error(capsys, main(["generate", *args]), fragment)
+
+
+def test_bad_input_in_a_real_process(tmp_path, run_dir):
+    p = tmp_path / "bin.dat"
+    p.write_bytes(b"\x00\x01\x02" * 100)
+    r = fastlstm_cmd("train", "--text", str(p), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "binary" in r.stderr
+    r = fastlstm_cmd("generate", "--checkpoint", str(run_dir), "--prime", "#")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "never saw" in r.stderr
+    assert r.stdout == ""

@@ -1,0 +1,260 @@
+"""The trainer's NumPy toolkit (fastlstm.nn) and the character model against central finite
+differences in float64; Adam against its textbook formula; clipping; state round trips.
+"""
+
+import numpy as np
+import pytest
+
+from fastlstm import nn
+from fastlstm.charmodel import CharModel
+from lstm_testing import GRADCHECK, assert_close, check_close
+
+EPS = GRADCHECK["eps"]
+
+
+def numeric_grad(f, arr):
+    """Central differences of the scalar f() w.r.t. every element of ``arr`` (perturbed in place)."""
+    grad = np.zeros_like(arr, dtype=np.float64)
+    flat, gflat = arr.reshape(-1), grad.reshape(-1)
+    for k in range(flat.size):
+        orig = flat[k]
+        flat[k] = orig + EPS
+        fp = f()
+        flat[k] = orig - EPS
+        fm = f()
+        flat[k] = orig
+        gflat[k] = (fp - fm) / (2 * EPS)
+    return grad
+
+
+def gc_close(actual, expected, name):
+    check_close(actual, expected, GRADCHECK["atol"], GRADCHECK["rtol"], name)
+
+
+# ----------------------------------------------------------------------------- layers
+def test_embedding_gradient_matches_finite_differences():
+    rng = np.random.default_rng(0)
+    emb = nn.Embedding(7, 4, dtype=np.float64, seed=1)
+    ids = np.array([[0, 3, 3], [6, 0, 2]])  # repeated ids must accumulate
+    R = rng.standard_normal((2, 3, 4))
+    out = emb.forward(ids, training=True)
+    assert out.shape == (2, 3, 4)
+    assert np.array_equal(out[1, 0], emb.params["weight"][6])
+    emb.backward(R)
+    num = numeric_grad(lambda: np.sum(emb.forward(ids) * R), emb.params["weight"])
+    gc_close(emb.grads["weight"], num, "embedding dW")
+
+
+def test_embedding_default_dtype_is_float32():
+    emb = nn.Embedding(5, 3, seed=0)
+    assert emb.params["weight"].dtype == np.float32
+    assert emb.forward(np.array([1, 2])).dtype == np.float32
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_gradients_match_finite_differences(bias):
+    rng = np.random.default_rng(2)
+    d = nn.Dense(5, 3, bias=bias, dtype=np.float64, seed=3)
+    x = rng.standard_normal((2, 4, 5))  # leading dims are flattened into one product
+    R = rng.standard_normal((2, 4, 3))
+    y = d.forward(x, training=True)
+    assert y.shape == (2, 4, 3)
+    expected = x @ d.params["weight"].T + (d.params["bias"] if bias else 0)
+    gc_close(y, expected, "dense forward")
+    dx = d.backward(R)
+
+    def f():
+        return np.sum(d.forward(x) * R)
+
+    gc_close(dx, numeric_grad(f, x), "dense dx")
+    gc_close(d.grads["weight"], numeric_grad(f, d.params["weight"]), "dense dW")
+    if bias:
+        gc_close(d.grads["bias"], numeric_grad(f, d.params["bias"]), "dense db")
+    else:
+        assert "bias" not in d.params
+
+
+def test_dense_gradients_accumulate():
+    rng = np.random.default_rng(4)
+    d = nn.Dense(3, 2, dtype=np.float64, seed=0)
+    x, R = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
+    d.forward(x, training=True)
+    d.backward(R)
+    once = d.grads["weight"].copy()
+    d.forward(x, training=True)
+    d.backward(R)
+    gc_close(d.grads["weight"], 2 * once, "accumulated dW")
+
+
+def test_dropout_gradient_matches_finite_differences():
+    rng = np.random.default_rng(5)
+    drop = nn.Dropout(0.4, seed=6)
+    x = rng.standard_normal((3, 4, 5))
+    R = rng.standard_normal((3, 4, 5))
+    start = drop.rng.bit_generator.state
+
+    def f():  # the same mask every time: the generator restarts from the same state
+        drop.rng.bit_generator.state = start
+        return np.sum(drop.forward(x, training=True) * R)
+
+    drop.rng.bit_generator.state = start
+    y = drop.forward(x, training=True)
+    dx = drop.backward(R)
+    gc_close(dx, numeric_grad(f, x), "dropout dx")
+    kept = y != 0
+    gc_close(y[kept], x[kept] / 0.6, "kept elements scaled by 1/(1-p)")
+
+
+def test_dropout_rate_eval_identity_and_reproducibility():
+    x = np.ones((200, 100), np.float32)
+    drop = nn.Dropout(0.3, seed=1)
+    assert drop.forward(x) is x  # evaluation: identity
+    y = drop.forward(x, training=True)
+    assert y.dtype == np.float32
+    assert abs((y == 0).mean() - 0.3) < 0.02
+    assert abs(y.mean() - 1.0) < 0.03
+    y2 = nn.Dropout(0.3, seed=1).forward(x, training=True)
+    assert np.array_equal(y, y2)
+    assert np.array_equal(nn.Dropout(0.0, seed=1).forward(x, training=True), x)
+    with pytest.raises(ValueError, match="dropout"):
+        nn.Dropout(1.0)
+
+
+def test_softmax_cross_entropy_gradient_matches_finite_differences():
+    rng = np.random.default_rng(7)
+    logits = 3 * rng.standard_normal((6, 5))
+    targets = rng.integers(0, 5, 6)
+    loss, d = nn.softmax_cross_entropy(logits, targets)
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    naive = -np.mean(np.log(p[np.arange(6), targets]))
+    assert abs(loss - naive) < 1e-12
+    gc_close(d, numeric_grad(lambda: nn.softmax_cross_entropy(logits, targets)[0], logits), "dlogits")
+    layer = nn.SoftmaxCrossEntropy()
+    assert layer.forward(logits, targets) == loss
+    gc_close(layer.backward(), d, "layer dlogits")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_cross_entropy_is_stable_for_huge_logits(dtype):
+    logits = np.array([[1e4, 0.0, -1e4], [-3e4, -3e4 + 1.0, -3e4]], dtype)
+    targets = np.array([0, 1])
+    loss, d = nn.softmax_cross_entropy(logits, targets)
+    assert np.isfinite(loss) and np.all(np.isfinite(d))
+    expected1 = np.log(1 + 2 * np.exp(-1.0)) / 2  # row 0 costs ~0
+    assert abs(loss - expected1) < 1e-6
+    assert d.dtype == dtype
+    lp = nn.log_softmax(logits)
+    assert np.all(np.isfinite(lp))
+    assert_close(nn.softmax(logits).sum(1), np.ones(2), dtype, "softmax rows sum to 1")
+
+
+def test_log_softmax_matches_log_of_softmax():
+    rng = np.random.default_rng(8)
+    z = rng.standard_normal((4, 6))
+    gc_close(nn.log_softmax(z), np.log(nn.softmax(z)), "log_softmax")
+
+
+# ----------------------------------------------------------------------------- clipping
+def test_clip_grad_norm_scales_to_max_norm():
+    rng = np.random.default_rng(9)
+    grads = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(5)}
+    norm = np.sqrt(sum(np.sum(g ** 2) for g in grads.values()))
+    before = {k: g.copy() for k, g in grads.items()}
+    got = nn.clip_grad_norm(grads, 0.5)
+    assert abs(got - norm) < 1e-12
+    assert abs(nn.global_norm(grads) - 0.5) < 1e-6
+    for k in grads:  # same direction
+        gc_close(grads[k], before[k] * (0.5 / (norm + 1e-6)), f"clipped {k}")
+    again = {k: g.copy() for k, g in grads.items()}
+    nn.clip_grad_norm(grads, 10.0)  # below the limit: unchanged
+    for k in grads:
+        assert np.array_equal(grads[k], again[k])
+    nn.clip_grad_norm(grads, 0)  # 0 disables
+    for k in grads:
+        assert np.array_equal(grads[k], again[k])
+
+
+# ----------------------------------------------------------------------------- Adam
+def adam_reference(p, grads, lr, b1, b2, eps):
+    """Kingma & Ba with PyTorch's bias corrections, float64, one array."""
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    for t, g in enumerate(grads, 1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        mhat = m / (1 - b1 ** t)
+        vhat = v / (1 - b2 ** t)
+        p = p - lr * mhat / (np.sqrt(vhat) + eps)
+    return p
+
+
+def test_adam_matches_reference_formula():
+    rng = np.random.default_rng(10)
+    p0 = rng.standard_normal((4, 3))
+    gs = [rng.standard_normal((4, 3)) for _ in range(5)]
+    params = {"w": p0.copy()}
+    opt = nn.Adam(params, lr=0.01, betas=(0.8, 0.99), eps=1e-6)
+    for g in gs:
+        opt.step({"w": g})
+    gc_close(params["w"], adam_reference(p0, gs, 0.01, 0.8, 0.99, 1e-6), "adam")
+    assert opt.t == 5
+
+
+def test_adam_minimises_a_quadratic_in_float32():
+    params = {"x": np.array([3.0, -2.0], np.float32)}
+    opt = nn.Adam(params, lr=0.1)
+    for _ in range(300):
+        opt.step({"x": 2 * params["x"]})
+    assert params["x"].dtype == np.float32
+    assert np.all(np.abs(params["x"]) < 0.05)
+
+
+def test_adam_state_round_trip_continues_identically():
+    rng = np.random.default_rng(11)
+    gs = [{"w": rng.standard_normal(6).astype(np.float32)} for _ in range(6)]
+    a = {"w": np.ones(6, np.float32)}
+    opt_a = nn.Adam(a, lr=0.05)
+    for g in gs[:3]:
+        opt_a.step(g)
+    arrays = {k: v.copy() for k, v in opt_a.state_arrays().items()}
+    scalars = dict(opt_a.scalars())
+    b = {"w": a["w"].copy()}
+    opt_b = nn.Adam(b, lr=123.0)
+    opt_b.load_state(arrays, scalars)
+    assert opt_b.lr == 0.05 and opt_b.t == 3
+    for g in gs[3:]:
+        opt_a.step(g)
+        opt_b.step(g)
+    assert np.array_equal(a["w"], b["w"])
+    with pytest.raises(ValueError, match="shape"):
+        nn.Adam({"w": np.zeros(5, np.float32)}).load_state(arrays, scalars)
+    with pytest.raises(KeyError):
+        nn.Adam({"q": np.zeros(6, np.float32)}).load_state(arrays, scalars)
+
+
+# ----------------------------------------------------------------------------- the model
+@pytest.mark.parametrize("input_mode,last_only", [("embedding", False), ("embedding", True),
+                                                  ("scaled", False)])
+def test_charmodel_gradients_match_finite_differences(input_mode, last_only):
+    V, T, N = 6, 4, 2
+    model = CharModel(V, hidden_size=3, num_layers=2, dropout=0.3, embed_dim=3, input_mode=input_mode,
+                      seed=1, dtype=np.float64)
+    rng = np.random.default_rng(12)
+    ids = rng.integers(0, V, (T, N))
+    targets = rng.integers(0, V, N if last_only else (T, N))
+    start = model.rng_states()
+
+    def f():  # same dropout masks every evaluation
+        model.set_rng_states(start)
+        logits, _ = model.forward(ids, training=True, last_only=last_only)
+        model._saved = None
+        return nn.softmax_cross_entropy(logits.reshape(-1, V), targets.reshape(-1))[0]
+
+    model.set_rng_states(start)
+    model.zero_grad()
+    model.loss_and_backward(ids, targets, last_only=last_only)
+    analytic = {k: g.copy() for k, g in model.grads.items()}
+    if input_mode == "embedding":
+        assert "embedding.weight" in analytic
+    for name, p in model.params.items():
+        gc_close(analytic[name], numeric_grad(f, p), f"d {name}")

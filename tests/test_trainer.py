@@ -1,0 +1,300 @@
+"""The character-model trainer (fastlstm.train, fastlstm.charmodel) on small generated text:
+the loss falls; checkpoints round-trip exactly; an interrupted-then-resumed run matches an
+uninterrupted one step for step; seeded generation is reproducible; generating with
+``LSTM.step`` equals re-running forward on the whole prefix. Tiny models keep it fast.
+"""
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from fastlstm import train
+from fastlstm.charmodel import CharModel
+from fastlstm.data import DataError
+from lstm_testing import assert_close
+
+WORDS = ("the king is dead and the queen is in the castle . a witch sees the heath and "
+         "the thane of cawdor sleeps no more . ").split()
+
+
+def make_text(n_chars=6000, seed=0):
+    """Seeded pseudo-English: words drawn from a small list, with line breaks."""
+    rng = np.random.default_rng(seed)
+    out, size = [], 0
+    while size < n_chars:
+        w = WORDS[rng.integers(len(WORDS))]
+        out.append(w + ("\n" if rng.random() < 0.1 else " "))
+        size += len(out[-1])
+    return "".join(out)[:n_chars]
+
+
+TINY = dict(hidden_size=16, num_layers=2, embed_dim=8, seq_len=16, batch_size=8, lr=1e-2,
+            eval_every=5, sample_length=20, dropout=0.1)
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    p = tmp_path / "corpus.txt"
+    p.write_text(make_text(), encoding="utf-8")
+    return p
+
+
+def start(text_file, out, resume=False, overwrite=False, **kw):
+    given = dict(TINY, text=str(text_file))
+    given.update(kw)
+    return train.prepare_run(given, out, resume=resume, overwrite=overwrite)
+
+
+def run(trainer, **kw):
+    return train.run_training(trainer, progress="none", write_plot=False, **kw)
+
+
+def test_loss_falls_within_a_few_dozen_steps(text_file, tmp_path):
+    tr = start(text_file, tmp_path / "run", max_steps=40, eval_every=40, lr=3e-2, batch_size=16)
+    first_val = tr.evaluate()
+    res = run(tr)
+    losses = res["losses"]
+    assert len(losses) == 40 and res["status"] == "done"
+    assert np.mean(losses[-5:]) < losses[0] - 0.8, losses
+    assert res["val_loss"] < first_val - 0.8
+    assert abs(losses[0] - np.log(len(tr.vocab))) < 0.3  # starts near uniform
+
+
+def test_tutorial_preset_loss_falls(text_file, tmp_path):
+    tr = start(text_file, tmp_path / "run", preset="tutorial", seq_len=20, batch_size=16, lr=1e-2,
+               max_steps=40, eval_every=40)
+    o = tr.opts
+    assert (o["lowercase"], o["target"], o["input_mode"], o["greedy"]) == (True, "last", "scaled", True)
+    assert tr.model.embedding is None and tr.model.lstm.input_size == 1
+    first_val = tr.evaluate()
+    res = run(tr)
+    assert res["val_loss"] < first_val - 0.3  # the tutorial's scaled input learns slowly
+
+
+def test_checkpoint_round_trip_is_exact(text_file, tmp_path):
+    out = tmp_path / "run"
+    tr = start(text_file, out, max_steps=7)
+    run(tr)
+    meta, arrays = train.load_checkpoint(out)
+    assert meta["step"] == 7 and meta["vocab"] == tr.vocab.chars
+    for k, p in tr.model.params.items():
+        assert arrays["model." + k].dtype == p.dtype
+        assert np.array_equal(arrays["model." + k], p), k
+    for k, a in tr.adam.state_arrays().items():
+        assert np.array_equal(arrays[k], a), k
+    # the json is plain JSON and the npz has no pickles
+    json.loads((out / "checkpoint.json").read_text())
+    np.load(out / "checkpoint.npz", allow_pickle=False).close()
+    back = start(text_file, out, resume=True)
+    assert back.step == 7 and back.chars_seen == tr.chars_seen
+    for k, p in tr.model.params.items():
+        assert np.array_equal(back.model.params[k], p), k
+    for k, a in tr.adam.state_arrays().items():
+        assert np.array_equal(back.adam.state_arrays()[k], a), k
+    assert back.adam.t == tr.adam.t
+    assert back.data_rng.bit_generator.state == tr.data_rng.bit_generator.state
+    assert back.model.rng_states() == tr.model.rng_states()
+    # generate accepts the folder, the json and the npz
+    for path in (out, out / "checkpoint.json", out / "checkpoint.npz"):
+        m = train.model_from_checkpoint(*train.load_checkpoint(path))
+        for k, p in tr.model.params.items():
+            assert np.array_equal(m.params[k], p)
+
+
+@pytest.mark.parametrize("preset", ["default", "tutorial"])
+def test_interrupted_then_resumed_matches_uninterrupted(text_file, tmp_path, preset):
+    kw = dict(preset=preset, max_steps=14)
+    if preset == "tutorial":
+        kw.update(seq_len=16, batch_size=512)  # ~10 steps per epoch: the resume crosses an epoch
+    whole = start(text_file, tmp_path / "a", **kw)
+    ref = run(whole)["losses"]
+    assert len(ref) == 14
+    if preset == "tutorial":
+        assert whole.steps_per_epoch < 14
+    first = start(text_file, tmp_path / "b", **dict(kw, max_steps=6))
+    part1 = run(first)["losses"]
+    second = start(text_file, tmp_path / "b", resume=True, **kw)
+    part2 = run(second)["losses"]
+    assert part1 + part2 == ref  # bit for bit, step for step
+    for k, p in whole.model.params.items():
+        assert np.array_equal(second.model.params[k], p), k
+    # the metrics log holds each step exactly once
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+             if '"loss"' in line]
+    assert steps == list(range(1, 15))
+
+
+def test_keyboard_interrupt_saves_and_resume_matches(text_file, tmp_path):
+    whole = start(text_file, tmp_path / "a", max_steps=10)
+    ref = run(whole)["losses"]
+
+    def stop_at_4(trainer, loss):
+        if trainer.step == 4:
+            raise KeyboardInterrupt
+
+    tr = start(text_file, tmp_path / "b", max_steps=10)
+    res = run(tr, step_callback=stop_at_4)
+    assert res["status"] == "interrupted" and res["step"] == 4
+    assert train.load_checkpoint(tmp_path / "b")[0]["step"] == 4
+    rest = run(start(text_file, tmp_path / "b", resume=True, max_steps=10))["losses"]
+    assert res["losses"] + rest == ref
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name == "nt", reason="POSIX signals")
+def test_ctrl_c_finishes_the_step_saves_and_stops(text_file, tmp_path):
+    def ctrl_c_at_3(trainer, loss):
+        if trainer.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    tr = start(text_file, tmp_path / "b", max_steps=10)
+    res = run(tr, step_callback=ctrl_c_at_3)
+    assert res["status"] == "interrupted" and res["step"] == 3
+    assert train.load_checkpoint(tmp_path / "b")[0]["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_run_folder_contents(text_file, tmp_path):
+    out = tmp_path / "run"
+    tr = start(text_file, out, max_steps=10)
+    train.run_training(tr, progress="none", write_plot=True)
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    vals = [r for r in recs if "val_loss" in r]
+    assert [r["step"] for r in vals] == [5, 10]
+    assert all(set(r["sample"]) <= set(tr.vocab.chars) and len(r["sample"]) == 20 for r in vals)
+    try:
+        import matplotlib  # noqa: F401
+        assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    except ImportError:
+        assert not (out / "loss.png").exists()
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+    # best.json: the state of the lowest validation loss; generate prefers it in a folder
+    best = min(vals, key=lambda r: r["val_loss"])
+    meta, _ = train.load_checkpoint(out, prefer_best=True)
+    assert meta["step"] == best["step"]
+    assert train.find_checkpoint(out, prefer_best=True).name == "best.json"
+    assert train.find_checkpoint(out).name == "checkpoint.json"
+    with pytest.raises(train.CheckpointError, match="--resume"):
+        start(text_file, out)  # a new run does not overwrite an existing checkpoint
+    again = start(text_file, out, overwrite=True, max_steps=3)
+    assert (out / "best.json").exists()  # nothing removed before the run starts
+    run(again)
+    assert train.load_checkpoint(out, prefer_best=True)[0]["step"] == 3  # the old run's best is gone
+
+
+def test_resume_with_other_sizes_or_text_is_refused(text_file, tmp_path):
+    out = tmp_path / "run"
+    run(start(text_file, out, max_steps=2))
+    with pytest.raises(train.CheckpointError, match="--hidden-size"):
+        start(text_file, out, resume=True, hidden_size=32)
+    other = tmp_path / "other.txt"
+    other.write_text("XYZ" * 400)
+    with pytest.raises(train.CheckpointError, match="vocabulary"):
+        start(other, out, resume=True)
+
+
+def test_text_shorter_than_one_window(tmp_path):
+    p = tmp_path / "short.txt"
+    p.write_text("abcdefghij" * 2)
+    with pytest.raises(DataError, match="too short.*--seq-len"):
+        train.prepare_run(dict(TINY, text=str(p), seq_len=50), tmp_path / "run")
+
+
+# ----------------------------------------------------------------------------- generation
+def trained_model(dtype=np.float32):
+    model = CharModel(12, hidden_size=16, num_layers=2, dropout=0.0, embed_dim=8, seed=3, dtype=dtype)
+    rng = np.random.default_rng(0)
+    for p in model.params.values():  # larger weights than the init: peaky, seed-sensitive output
+        p += (0.5 * rng.standard_normal(p.shape)).astype(dtype)
+    return model
+
+
+def test_seeded_generation_is_reproducible():
+    model = trained_model()
+    a = model.generate([1, 2, 3], 200, temperature=1.0, seed=5)
+    b = model.generate([1, 2, 3], 200, temperature=1.0, seed=5)
+    c = model.generate([1, 2, 3], 200, temperature=1.0, seed=6)
+    assert a == b and a != c
+    assert len(a) == 200 and all(0 <= i < 12 for i in a)
+    g1 = model.generate([1], 50, greedy=True, seed=1)
+    assert g1 == model.generate([1], 50, greedy=True, seed=2) == model.generate([1], 50, temperature=0)
+    k1 = model.generate([1, 2], 300, temperature=2.0, top_k=2, seed=1)
+    streamed = []
+    assert model.generate([1, 2], 300, temperature=2.0, top_k=2, seed=1, callback=streamed.append) == k1
+    assert streamed == k1
+
+
+def test_top_k_restricts_to_the_likeliest():
+    model = trained_model(np.float64)
+    prime = [4, 5]
+    out = model.generate(prime, 1, temperature=1.0, top_k=1, seed=0)
+    logits, _ = model.forward(np.array(prime)[:, None])
+    assert out[0] == int(np.argmax(logits[-1, 0]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_generation_by_step_equals_forward_on_the_prefix(dtype):
+    model = trained_model(dtype)
+    prime = [3, 1, 4, 1, 5]
+    gen = model.generate(prime, 30, temperature=1.0, seed=9)
+    seq = prime + gen
+    logits, _ = model.forward(np.array(seq)[:, None])  # the whole prefix at once
+    state = None
+    for t, i in enumerate(seq[:-1]):
+        step_logits, state = model.step_logits(i, state)
+        assert_close(step_logits, logits[t, 0], dtype, f"logits after {t + 1} characters")
+    greedy = model.generate(prime, 20, greedy=True)
+    full = prime + greedy
+    logits, _ = model.forward(np.array(full)[:, None])
+    assert greedy == [int(np.argmax(logits[t, 0])) for t in range(len(prime) - 1, len(full) - 1)]
+
+
+def test_scaled_input_model_generates_by_step_like_forward():
+    model = CharModel(9, hidden_size=8, num_layers=1, dropout=0.0, input_mode="scaled", seed=2,
+                      dtype=np.float64)
+    seq = [0, 8, 3, 3, 7]
+    logits, _ = model.forward(np.array(seq)[:, None])
+    state = None
+    for t, i in enumerate(seq):
+        lt, state = model.step_logits(i, state)
+        assert_close(lt, logits[t, 0], np.float64, f"step {t}")
+
+
+def test_sampling_follows_softmax_with_temperature():
+    # dense weights zeroed: the logits are the bias whatever the state, so the draws are i.i.d.
+    model = CharModel(5, hidden_size=4, num_layers=1, dropout=0.0, embed_dim=2, seed=0, dtype=np.float64)
+    model.dense.params["weight"][...] = 0
+    model.dense.params["bias"][...] = [0.0, 1.0, 2.0, -1.0, 0.5]
+    n = 20000
+    for temperature in (1.0, 0.5):
+        draws = model.generate([0], n, temperature=temperature, seed=4)
+        freq = np.bincount(draws, minlength=5) / n
+        p = np.exp(model.dense.params["bias"] / temperature)
+        p /= p.sum()
+        assert np.all(np.abs(freq - p) < 4 * np.sqrt(p * (1 - p) / n) + 1e-3), (temperature, freq, p)
+    top2 = model.generate([0], 2000, temperature=1.0, top_k=2, seed=1)
+    assert set(top2) == {1, 2}
+
+
+def test_resume_takes_its_duration_from_the_command_line(text_file, tmp_path):
+    out = tmp_path / "run"
+    run(start(text_file, out, max_steps=3))
+    tr = train.prepare_run(dict(text=str(text_file), max_time=0.5), out, resume=True)
+    assert tr.opts["max_steps"] is None and tr.opts["max_time"] == 0.5
+    assert tr.opts["hidden_size"] == TINY["hidden_size"]  # the sizes come from the checkpoint
+    res = run(tr)
+    assert res["step"] > 3
+
+
+@pytest.mark.parametrize("mode", ["numpy1", "all1", "none"])
+def test_compute_threads_modes_restore_the_thread_counts(mode):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = [(d["filepath"], d["num_threads"]) for d in threadpoolctl.threadpool_info()]
+    with train.compute_threads(mode):
+        pass
+    assert [(d["filepath"], d["num_threads"]) for d in threadpoolctl.threadpool_info()] == before
+    with pytest.raises(ValueError, match="FASTLSTM_TRAIN_BLAS"):
+        with train.compute_threads("bogus"):
+            pass
