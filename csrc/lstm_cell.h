@@ -1,7 +1,7 @@
 /* lstm_cell.h - fused pointwise LSTM kernels for one time step, plain C.
  *
  * These are the only places the C backend does gate math. The Cython layer
- * (fastlstm/_ckernels.pyx) calls them once per time step between BLAS
+ * (fastlstm/backends/_c.pyx) calls them once per time step between BLAS
  * products. Nothing here allocates, validates or knows about Python.
  *
  * Letters: N batch, H hidden size, G = 4H. Gate order i, f, g, o: row n of a

@@ -72,38 +72,35 @@ static void project_units(const lstm_blas *blas, ptrdiff_t rows, ptrdiff_t I, pt
     }
 }
 
-/* After the backward time loop: this thread's rows r0..r1 of dx = dP . W_ih,
- * and its units u0..u1 of dW_ih += dP^T x, dW_hh += dP^T [h0; y_0..y_{T-2}],
- * db += sum of dP. */
+/* After the backward time loop, one thread's share: rows r0..r1 of
+ * dx = dP . W_ih, and gate rows g0..g1 (of G) of dW_ih += dP^T x,
+ * dW_hh += dP^T [h0; y_0..y_{T-2}] and db += sum of dP. Contiguous row
+ * ranges make one large product per thread rather than many thin ones. */
 static void backward_products(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, ptrdiff_t I,
-                              ptrdiff_t H, ptrdiff_t u0, ptrdiff_t u1, ptrdiff_t r0, ptrdiff_t r1,
+                              ptrdiff_t H, ptrdiff_t g0, ptrdiff_t g1, ptrdiff_t r0, ptrdiff_t r1,
                               const float *x, const float *W_ih, const float *h0, const float *y,
                               const float *dP, float *dx, float *dW_ih, float *dW_hh, float *db)
 {
-    const ptrdiff_t G = 4 * H, nu = u1 - u0, rows = T * N;
+    const ptrdiff_t G = 4 * H, ng = g1 - g0, rows = T * N;
     const ptrdiff_t step = rows_per_call(G > I ? (G > H ? G : H) : (I > H ? I : H));
     for (ptrdiff_t a = r0; a < r1; a += step) {
         const ptrdiff_t nr = r1 - a < step ? r1 - a : step;
         gemm(blas, 'N', 'N', I, nr, G, W_ih, I, dP + a * G, G, 0.0f, dx + a * I, I);
     }
-    if (nu <= 0) return;
-    for (int g = 0; g < 4; ++g) {
-        const ptrdiff_t col = g * H + u0;
-        for (ptrdiff_t a = 0; a < rows; a += step) {
-            const ptrdiff_t nr = rows - a < step ? rows - a : step;
-            gemm(blas, 'N', 'T', I, nu, nr, x + a * I, I, dP + a * G + col, G, 1.0f,
-                 dW_ih + col * I, I);
-        }
-        gemm(blas, 'N', 'T', H, nu, N, h0, H, dP + col, G, 1.0f, dW_hh + col * H, H);
-        for (ptrdiff_t a = N; a < rows; a += step) {
-            const ptrdiff_t nr = rows - a < step ? rows - a : step;
-            gemm(blas, 'N', 'T', H, nu, nr, y + (a - N) * H, H, dP + a * G + col, G, 1.0f,
-                 dW_hh + col * H, H);
-        }
-        for (ptrdiff_t r = 0; r < rows; ++r) {
-            const float *d = dP + r * G + col;
-            for (ptrdiff_t j = 0; j < nu; ++j) db[col + j] += d[j];
-        }
+    if (ng <= 0) return;
+    for (ptrdiff_t a = 0; a < rows; a += step) {
+        const ptrdiff_t nr = rows - a < step ? rows - a : step;
+        gemm(blas, 'N', 'T', I, ng, nr, x + a * I, I, dP + a * G + g0, G, 1.0f, dW_ih + g0 * I, I);
+    }
+    gemm(blas, 'N', 'T', H, ng, N, h0, H, dP + g0, G, 1.0f, dW_hh + g0 * H, H);
+    for (ptrdiff_t a = N; a < rows; a += step) {
+        const ptrdiff_t nr = rows - a < step ? rows - a : step;
+        gemm(blas, 'N', 'T', H, ng, nr, y + (a - N) * H, H, dP + a * G + g0, G, 1.0f,
+             dW_hh + g0 * H, H);
+    }
+    for (ptrdiff_t r = 0; r < rows; ++r) {
+        const float *d = dP + r * G + g0;
+        for (ptrdiff_t j = 0; j < ng; ++j) db[g0 + j] += d[j];
     }
 }
 

@@ -438,7 +438,7 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdi
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
-        backward_products(blas, T, N, I, H, p0 * 2 * VL, p1 * 2 * VL < H ? p1 * 2 * VL : H,
+        backward_products(blas, T, N, I, H, G * tid / nt, G * (tid + 1) / nt,
                           T * N * tid / nt, T * N * (tid + 1) / nt, x, W_ih, h0, y, gates,
                           dx, dW_ih, dW_hh, db);
         blas_threads_leave(blas, saved);

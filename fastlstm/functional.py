@@ -29,22 +29,49 @@ class LSTMCache:
     consumed: bool = False
 
 
-def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None):
+class Workspace:
+    """Reuses the large per-call buffers (gates, c_t) of one layer object.
+
+    Fresh multi-megabyte arrays cost page faults on every call; a layer that
+    is called again with the same shapes gets its previous buffers back. At
+    most ``limit`` buffers are kept.
+    """
+
+    def __init__(self, limit=8):
+        self.limit = limit
+        self._free = []
+
+    def take(self, shape, dtype):
+        for k, a in enumerate(self._free):
+            if a.shape == shape and a.dtype == dtype:
+                return self._free.pop(k)
+        return np.empty(shape, dtype)
+
+    def give(self, *arrays):
+        self._free.extend(arrays)
+        del self._free[:-self.limit]
+
+
+def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, workspace=None):
     """Validated arrays in; (y, hT, cT, cache or None) out."""
     T, N, _ = x.shape
     H = W_hh.shape[1]
     dt = x.dtype
+    take = workspace.take if workspace is not None else np.empty
     y = np.empty((T, N, H), dt)
     hT = np.empty((N, H), dt) if hT is None else hT
     cT = np.empty((N, H), dt) if cT is None else cT
-    gates = np.empty((T, N, 4 * H), dt)
-    cs = np.empty((T, N, H), dt)
+    gates = take((T, N, 4 * H), dt)
+    cs = take((T, N, H), dt)
     be.forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs)
-    cache = LSTMCache(be, x, h0, c0, W_ih, W_hh, y, gates, cs) if training else None
-    return y, hT, cT, cache
+    if training:
+        return y, hT, cT, LSTMCache(be, x, h0, c0, W_ih, W_hh, y, gates, cs)
+    if workspace is not None:
+        workspace.give(gates, cs)
+    return y, hT, cT, None
 
 
-def run_backward(cache, dy, dhT, dcT, dW_ih, dW_hh, db, dh0=None, dc0=None):
+def run_backward(cache, dy, dhT, dcT, dW_ih, dW_hh, db, dh0=None, dc0=None, workspace=None):
     """Validated arrays in; (dx, dh0, dc0) out; parameter gradients accumulate."""
     if cache.consumed:
         raise RuntimeError("backward was already run on this forward pass; run a training forward again")
@@ -57,6 +84,9 @@ def run_backward(cache, dy, dhT, dcT, dW_ih, dW_hh, db, dh0=None, dc0=None):
     cache.consumed = True  # the backend overwrites the saved gates
     cache.backend.backward(x, cache.h0, cache.c0, cache.W_ih, cache.W_hh, cache.y,
                            cache.gates, cache.cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih, dW_hh, db)
+    if workspace is not None:
+        workspace.give(cache.gates, cache.cs)
+    cache.gates = cache.cs = None
     return dx, dh0, dc0
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _validate as v
 from .backends import check_name, get_backend
-from .functional import run_backward, run_forward
+from .functional import Workspace, run_backward, run_forward
 
 
 class LSTM:
@@ -62,6 +62,7 @@ class LSTM:
         self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
         self._saved = None
         self._step_workspace = {}
+        self._workspace = Workspace(limit=2 * self.num_layers + 2)
 
     # -- parameters -------------------------------------------------------
     def state_dict(self):
@@ -152,7 +153,7 @@ class LSTM:
         for layer in range(self.num_layers):
             W_ih, W_hh, b = self._layer_weights(layer)
             y, _, _, cache = run_forward(be, inp, h0[layer], c0[layer], W_ih, W_hh, b, training,
-                                         hT=h_n[layer], cT=c_n[layer])
+                                         hT=h_n[layer], cT=c_n[layer], workspace=self._workspace)
             caches.append(cache)
             if training and self.dropout > 0 and layer < self.num_layers - 1:
                 keep = 1.0 - self.dropout
@@ -205,7 +206,7 @@ class LSTM:
             db = np.zeros(4 * H, self.dtype)
             grad, _, _ = run_backward(caches[layer], np.ascontiguousarray(grad), dh_n[layer], dc_n[layer],
                                       g[f"weight_ih_l{layer}"], g[f"weight_hh_l{layer}"], db,
-                                      dh0=dh0[layer], dc0=dc0[layer])
+                                      dh0=dh0[layer], dc0=dc0[layer], workspace=self._workspace)
             if self.bias:
                 g[f"bias_ih_l{layer}"] += db
                 g[f"bias_hh_l{layer}"] += db
