@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -25,10 +26,34 @@ except ImportError:
     threadpoolctl = None
 
 
+def _cpu_seconds():
+    """(wall, CPU seconds busy on the whole machine, CPU seconds of this process), or None."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # minus idle, iowait
+    t = os.times()
+    return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), t.user + t.system + t.children_user + t.children_system
+
+
+def _foreign_cpu():
+    """CPU time other processes used while the benchmarks ran (0 on a quiet machine)."""
+    start, end = _LOAD.get("cpu_start"), _cpu_seconds()
+    if start is None or end is None:
+        return None
+    wall = end[0] - start[0]
+    foreign = max(0.0, (end[1] - start[1]) - (end[2] - start[2]))
+    return {"wall_s": round(wall, 1), "foreign_cpu_s": round(foreign, 1),
+            "foreign_share": round(foreign / (wall * (os.cpu_count() or 1)), 3) if wall > 0 else None}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def bench_threads():
     """Same thread count for our BLAS/OpenMP and for torch, for the whole session."""
     _LOAD["start"] = os.getloadavg()
+    _LOAD["cpu_start"] = _cpu_seconds()
     if torch is not None:
         torch.set_num_threads(BENCH_THREADS)
     if threadpoolctl is None:
@@ -99,6 +124,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
                                                "OPENBLAS_NUM_THREADS", "BENCH_THREADS", "FASTLSTM_BACKEND")},
         "argv": ["python", "-m", "pytest", *config.invocation_params.args],
         "loadavg": {"start": _LOAD.get("start"), "end": os.getloadavg()},
+        "foreign_cpu": _foreign_cpu(),
     }
     if threadpoolctl is not None:
         info["threadpools"] = [

@@ -1,8 +1,9 @@
 """Turn a pytest-benchmark JSON of bench/ into a markdown table of medians and ratios.
 
-Usage: python bench/report.py BENCH.json [--out FILE]
-One table row per group (one shape and pass), one column per implementation,
-ratios c/torch and c/numpy of medians measured in that same run.
+Usage: python bench/report.py BENCH.json [--out FILE]  (bench/RESULTS.md is this output)
+A header (command, machine, versions, OpenBLAS kernels, how busy the machine was,
+the acceptance ratio), then one table row per group (one shape and pass), one
+column per implementation, ratios c/torch and c/numpy of medians measured in that same run.
 """
 
 import argparse
@@ -10,6 +11,11 @@ import json
 import sys
 
 ORDER = ["cuda", "c", "numpy", "torch"]
+COMMAND = ("env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python3 -m pytest bench/ --benchmark-only "
+           "--benchmark-json=/tmp/bench.json -q\npython3 bench/report.py /tmp/bench.json --out bench/RESULTS.md")
+#: The acceptance point: C forward+backward at least this many times faster than NumPy's on the tutorial's model.
+ACCEPT_SPEEDUP = 2.0
+ACCEPT_GROUPS = ("forward+backward tutorial N30 I64", "forward+backward tutorial N128 I64")
 
 
 def load(path):
@@ -51,7 +57,64 @@ def render(data, groups):
     head = ["Medians of one pytest-benchmark run; ratio = c time / other time (below 1: c is faster).",
             "", f"- machine: {mi.get('cpu', {}).get('brand_raw', mi.get('processor', '?'))}, "
             f"python {mi.get('python_version', '?')}", ""]
+    if "fastlstm_bench" in mi:  # recorded by bench/conftest.py
+        head = context(data, groups)
     return "\n".join(head + lines) + "\n"
+
+
+def context(data, groups):
+    """Command, machine, versions, BLAS kernels, disturbance and the acceptance ratio."""
+    fb = data["machine_info"]["fastlstm_bench"]
+    cpu, ver, cfg = fb.get("lscpu", {}), fb.get("versions", {}), fb.get("fastlstm_config", {})
+    cores = cpu.get("Core(s) per socket")
+    if cores:
+        cores = int(cores) * int(cpu.get("Socket(s)", "1") or 1)
+    out = ["# fastlstm benchmark results", "",
+           "Written by `bench/report.py` from one run of the pytest-benchmark suite in `bench/`; "
+           "rerun the command below rather than editing by hand.", "",
+           "## Command", "", "```", COMMAND, "```", "",
+           "## Machine and versions", "",
+           f"- CPU: {cpu.get('Model name', '?')}, {cpu.get('CPU(s)', fb.get('cpu_count', '?'))} logical CPUs, "
+           f"{cores or '?'} cores, {cpu.get('Thread(s) per core', '?')} thread(s) per core"
+           + (f", L2 {cpu['L2 cache']}" if cpu.get("L2 cache") else "")
+           + (f", virtualised ({cpu['Hypervisor vendor']})" if cpu.get("Hypervisor vendor") else ""),
+           f"- {fb.get('platform', '?')}",
+           "- Versions: " + ", ".join(f"{k} {v}" for k, v in ver.items() if v and k != "fastlstm_backends"),
+           f"- Threads: {fb.get('bench_threads', '?')} for every BLAS/OpenMP pool and for torch "
+           f"(torch.get_num_threads() = {fb.get('torch_threads', 'n/a')})",
+           "- Environment: " + ", ".join(f"{k}={'unset' if v is None else v}" for k, v in fb.get("env", {}).items())]
+    c_cfg = {k: v for k, v in cfg.items() if k.startswith("c_")}
+    if c_cfg:
+        out.append("- fastlstm C backend: " + ", ".join(f"{k}={v}" for k, v in c_cfg.items()))
+    for p in fb.get("threadpools", []):
+        if p.get("internal_api") == "openblas":
+            out.append(f"- OpenBLAS {p.get('version')} kernel (threadpoolctl architecture): **{p.get('architecture')}** "
+                       f"({(p.get('filepath') or '').rsplit('/', 1)[-1]})")
+    fc = fb.get("foreign_cpu") or {}
+    if fc.get("foreign_share") is not None:
+        busy = fc["foreign_share"] >= 0.02
+        out.append(f"- Other processes used {fc['foreign_cpu_s']} CPU-s during the {fc['wall_s']} s run "
+                   f"({100 * fc['foreign_share']:.1f}% of the machine): "
+                   + ("**the machine was shared; timings are disturbed, most at 2 threads on 2 cores**"
+                      if busy else "quiet machine"))
+    out.append(f"- Date: {data.get('datetime', '?')}")
+    out += ["", "## Acceptance", "",
+            f"C forward+backward vs NumPy forward+backward on the tutorial's model (2 layers, H=300, T=50, I=64, "
+            f"float32): required at least {ACCEPT_SPEEDUP:g}x faster (numpy time / c time). "
+            "The ratio to torch.nn.LSTM is recorded only.", "",
+            "| group | c ms | numpy ms | torch ms | numpy / c | verdict | torch / c |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for prefix in ACCEPT_GROUPS:
+        for name, g in groups.items():
+            if not name.startswith(prefix + ":"):
+                continue
+            ms = [f"{g[i]['median'] * 1e3:.1f}" if i in g else "n/a" for i in ("c", "numpy", "torch")]
+            sn, st = ratio(g, "numpy", "c"), ratio(g, "torch", "c")
+            verdict = "n/a" if sn is None else ("PASS" if sn >= ACCEPT_SPEEDUP else "FAIL")
+            out.append(f"| {name} | {' | '.join(ms)} | {'n/a' if sn is None else f'{sn:.2f}x'} | **{verdict}** "
+                       f"| {'n/a' if st is None else f'{st:.2f}x'} |")
+    out += ["", "## All groups", "",
+            "Medians of one pytest-benchmark run; ratio = c time / other time (below 1: c is faster).", ""]
+    return out
 
 
 def main(argv=None):
