@@ -276,9 +276,16 @@ def model_from_checkpoint(meta, arrays, backend="auto"):
     """Build the CharModel of a checkpoint and load its parameters."""
     cfg = meta["model"]
     try:
-        model = CharModel(cfg["vocab_size"], cfg["hidden_size"], cfg["num_layers"], cfg["dropout"],
-                          cfg["embed_dim"], cfg["input_mode"], seed=0,
-                          dtype=np.dtype(meta["options"].get("dtype", "float32")), backend=backend)
+        sizes = (int(cfg["vocab_size"]), int(cfg["hidden_size"]), int(cfg["num_layers"]), float(cfg["dropout"]),
+                 int(cfg["embed_dim"]), str(cfg["input_mode"]))
+        dtype = np.dtype(meta["options"].get("dtype", "float32"))
+        if sizes[5] not in INPUT_MODES or dtype not in (np.float32, np.float64) or min(sizes[:3]) < 1:
+            raise ValueError(f"model {cfg}")
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"the checkpoint's model description is invalid ({e}): it is corrupt: "
+                              f"use another checkpoint, or retrain") from None
+    model = CharModel(*sizes, seed=0, dtype=dtype, backend=backend)  # a bad backend: ValueError
+    try:
         model.load_state_dict({k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")})
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"the checkpoint's parameters do not fit its model ({e}): "

@@ -259,6 +259,8 @@ def test_generate_bad_input(run_dir, tmp_path, capsys):
         (["--checkpoint", run_dir, "--temperature", "-1"], "--temperature"),
         (["--checkpoint", run_dir, "--length", "ten"], "invalid int"),
     ]
+    if "cuda" not in fastlstm.available_backends():
+        cases.append((["--checkpoint", run_dir, "--backend", "cuda"], "not available"))
     for args, fragment in cases:
         assert_one_line_error(capsys, main(["generate", *args]), fragment)
 
