@@ -298,3 +298,15 @@ def test_compute_threads_modes_restore_the_thread_counts(mode):
     with pytest.raises(ValueError, match="FASTLSTM_TRAIN_BLAS"):
         with train.compute_threads("bogus"):
             pass
+
+
+def test_best_checkpoint_without_hard_links(text_file, tmp_path, monkeypatch):
+    def no_link(src, dst):
+        raise OSError(1, "Operation not permitted")
+    monkeypatch.setattr(train.os, "link", no_link)
+    out = tmp_path / "run"
+    run(start(text_file, out, max_steps=5))
+    meta, arrays = train.load_checkpoint(out, prefer_best=True)  # checksum verified
+    assert meta["npz"] == "best.npz" and meta["step"] == 5
+    assert os.stat(out / "best.npz").st_nlink == 1
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
