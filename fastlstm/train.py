@@ -5,7 +5,6 @@ atomic checkpoints (.npz arrays + JSON metadata) and exact resume, Ctrl-C that s
 """
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -21,6 +20,7 @@ import numpy as np
 from . import __version__
 from .charmodel import INPUT_MODES, CharModel
 from .data import DataError, Vocab, atomic_write, load_corpus, split_train_val
+from .data import _sha256_file as _sha256
 from .nn import Adam, clip_grad_norm
 
 __all__ = ["DEFAULTS", "PRESETS", "TARGETS", "Trainer", "run_training", "resolve_options",
@@ -186,14 +186,6 @@ def _deferred_sigint():
         signal.signal(signal.SIGINT, old)
         if got and callable(old):
             old(signal.SIGINT, None)
-
-
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_checkpoint(out, arrays, meta, stem="checkpoint"):

@@ -121,3 +121,24 @@ def rel_err(got, want):
     diff = np.linalg.norm(got - want)
     norm = np.linalg.norm(want)
     return diff / norm if norm > 0 else diff
+
+
+def numeric_grad(f, arr):
+    """Central differences of the scalar f() w.r.t. every element of ``arr`` (perturbed in place)."""
+    eps = GRADCHECK["eps"]
+    grad = np.zeros_like(arr, dtype=np.float64)
+    flat, gflat = arr.reshape(-1), grad.reshape(-1)
+    for k in range(flat.size):
+        orig = flat[k]
+        flat[k] = orig + eps
+        fp = f()
+        flat[k] = orig - eps
+        fm = f()
+        flat[k] = orig
+        gflat[k] = (fp - fm) / (2 * eps)
+    return grad
+
+
+def gc_close(actual, expected, name):
+    """Compare an analytic gradient with numeric_grad's, with the GRADCHECK tolerance."""
+    check_close(actual, expected, GRADCHECK["atol"], GRADCHECK["rtol"], name)

@@ -7,28 +7,8 @@ import pytest
 
 from fastlstm import nn
 from fastlstm.charmodel import CharModel
-from lstm_testing import GRADCHECK, assert_close, check_close
+from lstm_testing import assert_close, gc_close, numeric_grad
 
-EPS = GRADCHECK["eps"]
-
-
-def numeric_grad(f, arr):
-    """Central differences of the scalar f() w.r.t. every element of ``arr`` (perturbed in place)."""
-    grad = np.zeros_like(arr, dtype=np.float64)
-    flat, gflat = arr.reshape(-1), grad.reshape(-1)
-    for k in range(flat.size):
-        orig = flat[k]
-        flat[k] = orig + EPS
-        fp = f()
-        flat[k] = orig - EPS
-        fm = f()
-        flat[k] = orig
-        gflat[k] = (fp - fm) / (2 * EPS)
-    return grad
-
-
-def gc_close(actual, expected, name):
-    check_close(actual, expected, GRADCHECK["atol"], GRADCHECK["rtol"], name)
 
 
 # ----------------------------------------------------------------------------- layers

@@ -8,29 +8,9 @@ import numpy as np
 import pytest
 
 import fastlstm
-from lstm_testing import GRADCHECK, check_close
+from lstm_testing import gc_close, numeric_grad
 
 T, N, I, H, L = 4, 2, 3, 5, 2
-EPS = GRADCHECK["eps"]
-
-
-def numeric_grad(f, arr):
-    """Central differences of the scalar f() w.r.t. every element of ``arr`` (perturbed in place)."""
-    grad = np.zeros_like(arr)
-    flat, gflat = arr.reshape(-1), grad.reshape(-1)
-    for k in range(flat.size):
-        orig = flat[k]
-        flat[k] = orig + EPS
-        fp = f()
-        flat[k] = orig - EPS
-        fm = f()
-        flat[k] = orig
-        gflat[k] = (fp - fm) / (2 * EPS)
-    return grad
-
-
-def gc_close(actual, expected, name):
-    check_close(actual, expected, GRADCHECK["atol"], GRADCHECK["rtol"], name)
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
