@@ -2,73 +2,101 @@
 
 The C backend is optional: FASTLSTM_PUREPYTHON=1, a missing Cython/compiler
 or a failed compile installs the package without it (with a warning) and
-fastlstm runs on its NumPy backend. OpenMP is used when the compiler has it.
+fastlstm runs on its NumPy backend (which warns once at import). With
+FASTLSTM_REQUIRE_C=1 (wheel builds, CI) a failed build is an error instead.
+OpenMP is used when the compiler has it. No -march: the wheel targets the
+baseline CPU and the C code picks its AVX2/AVX-512 paths at run time.
 """
 
 import os
+import shlex
 import sys
 import tempfile
-import warnings
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 PURE = os.environ.get("FASTLSTM_PUREPYTHON", "") not in ("", "0")
+#: A build that must produce the extension (wheels): failures raise instead of warning.
+REQUIRE = os.environ.get("FASTLSTM_REQUIRE_C", "") not in ("", "0")
+
+
+def _give_up(message):
+    """Without the extension: an error under FASTLSTM_REQUIRE_C=1, else a warning."""
+    if REQUIRE:
+        raise SystemExit(f"{message} (FASTLSTM_REQUIRE_C=1: the C backend is required)")
+    # print, not warnings.warn: pip's build subprocess hides Python warnings (pip -v shows this)
+    print(f"WARNING: {message}; installing the pure-NumPy backend only", file=sys.stderr)
 
 
 def _openmp_flags(compiler):
-    """Compile and link flags for OpenMP if this compiler supports it, else []."""
+    """(compile, link) flags for OpenMP if this compiler has it, else None.
+
+    Tries GCC's and LLVM's ``-fopenmp``, then Apple clang's ``-Xpreprocessor -fopenmp``
+    with ``-lomp`` (libomp, e.g. conda-forge's llvm-openmp, found through CFLAGS/LDFLAGS),
+    and MSVC's ``/openmp``. Each is compiled and linked into a small program that calls
+    the OpenMP runtime, so a flag the compiler accepts but cannot link is rejected.
+    """
     if os.environ.get("FASTLSTM_NO_OPENMP", "") not in ("", "0"):
-        return []
-    flag = "/openmp" if compiler.compiler_type == "msvc" else "-fopenmp"
+        return None
+    if compiler.compiler_type == "msvc":
+        variants = [(["/openmp"], [])]
+    else:
+        variants = [(["-fopenmp"], ["-fopenmp"]),
+                    (["-Xpreprocessor", "-fopenmp"], ["-lomp"])]
+    # link_executable does not see LDFLAGS (only the shared-object link does); pass them here
+    ldflags = shlex.split(os.environ.get("LDFLAGS", "")) if compiler.compiler_type != "msvc" else []
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "probe.c")
         with open(src, "w") as fh:
             fh.write("#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}\n")
-        try:
-            objs = compiler.compile([src], output_dir=tmp, extra_postargs=[flag])
-            compiler.link_executable(objs, os.path.join(tmp, "probe"), extra_postargs=[flag])
-        except Exception:
-            return []
-    return [flag]
+        for cflags, lflags in variants:
+            try:
+                objs = compiler.compile([src], output_dir=tmp, extra_postargs=cflags)
+                compiler.link_executable(objs, os.path.join(tmp, "probe"),
+                                         extra_postargs=lflags + ldflags)
+            except Exception:
+                continue
+            return cflags, lflags
+    return None
 
 
 class OptionalBuildExt(build_ext):
-    """build_ext that adds OpenMP when available and never fails the install."""
+    """build_ext that adds OpenMP when available and never fails the install
+    (unless FASTLSTM_REQUIRE_C=1)."""
 
     def build_extensions(self):
         omp = _openmp_flags(self.compiler)
         for ext in self.extensions:
             if omp:
-                ext.extra_compile_args += omp + ["-DFASTLSTM_OPENMP=1"]
-                ext.extra_link_args += omp
+                ext.extra_compile_args += omp[0]
+                ext.extra_link_args += omp[1]
+                ext.define_macros.append(("FASTLSTM_OPENMP", "1"))
         super().build_extensions()
 
     def run(self):
         try:
             super().run()
         except Exception as exc:  # a broken toolchain must not break the install
-            warnings.warn(f"fastlstm: compiled extension not built ({exc}); "
-                          "installing the pure-NumPy backend only")
+            _give_up(f"fastlstm: compiled extension not built ({exc})")
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as exc:
-            warnings.warn(f"fastlstm: building {ext.name} failed ({exc}); "
-                          "installing the pure-NumPy backend only")
+            _give_up(f"fastlstm: building {ext.name} failed ({exc})")
 
 
 def _extensions():
     if PURE:
-        warnings.warn("fastlstm: FASTLSTM_PUREPYTHON is set; installing without the C backend")
+        _give_up("fastlstm: FASTLSTM_PUREPYTHON is set")
         return []
     try:
         import numpy
         from Cython.Build import cythonize
         from setuptools import Extension
     except ImportError as exc:
-        warnings.warn(f"fastlstm: {exc}; installing without the C backend")
+        _give_up(f"fastlstm: {exc}")
         return []
     if sys.platform == "win32":
         cflags = ["/O2"]
@@ -93,7 +121,7 @@ def _extensions():
     try:
         exts = cythonize([ext], language_level=3, quiet=True)
     except Exception as exc:
-        warnings.warn(f"fastlstm: cythonize failed ({exc}); installing without the C backend")
+        _give_up(f"fastlstm: cythonize failed ({exc})")
         return []
     for e in exts:  # cythonize() drops optional=True; set it again
         e.optional = True

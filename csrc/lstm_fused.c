@@ -12,7 +12,14 @@
 #endif
 #include "lstm_fused.h"
 
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+/* The fused paths are written with GCC/Clang vector extensions. A compiler
+ * without them (MSVC) builds none: every path reports unsupported, the best
+ * path is LSTM_PATH_NONE ("blas"), and the extension runs its BLAS path.
+ * -DFASTLSTM_NO_VECTOR_PATHS makes GCC build the same way (to test it). */
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(FASTLSTM_NO_VECTOR_PATHS)
+#define FASTLSTM_VECTOR_PATHS 1
+#endif
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(FASTLSTM_VECTOR_PATHS)
 #define FASTLSTM_X86_PATHS 1
 #endif
 
@@ -105,6 +112,7 @@ static void backward_products(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, p
 }
 
 /* portable: 4 lanes, which every SIMD ISA has (SSE2, NEON) or emulates */
+#ifdef FASTLSTM_VECTOR_PATHS
 #define SFX portable
 #define VL 4
 #define RF 2
@@ -154,12 +162,15 @@ static void backward_products(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, p
 #endif
 #pragma GCC pop_options
 #endif
+#endif /* FASTLSTM_VECTOR_PATHS */
 
 int lstm_fused_path_supported(int path)
 {
     switch (path) {
+#ifdef FASTLSTM_VECTOR_PATHS
     case LSTM_PATH_PORTABLE:
         return 1;
+#endif
 #ifdef FASTLSTM_X86_PATHS
     case LSTM_PATH_AVX2:
         __builtin_cpu_init();
@@ -179,7 +190,8 @@ int lstm_fused_best_path(void)
 {
     if (lstm_fused_path_supported(LSTM_PATH_AVX512)) return LSTM_PATH_AVX512;
     if (lstm_fused_path_supported(LSTM_PATH_AVX2)) return LSTM_PATH_AVX2;
-    return LSTM_PATH_PORTABLE;
+    if (lstm_fused_path_supported(LSTM_PATH_PORTABLE)) return LSTM_PATH_PORTABLE;
+    return LSTM_PATH_NONE;
 }
 
 const char *lstm_fused_path_name(int path)
@@ -187,7 +199,8 @@ const char *lstm_fused_path_name(int path)
     switch (path) {
     case LSTM_PATH_AVX512: return "avx512";
     case LSTM_PATH_AVX2: return "avx2";
-    default: return "portable";
+    case LSTM_PATH_PORTABLE: return "portable";
+    default: return "blas";
     }
 }
 
@@ -205,11 +218,11 @@ static ptrdiff_t lanes(int path)
     return path == LSTM_PATH_AVX512 ? 16 : path == LSTM_PATH_AVX2 ? 8 : 4;
 }
 
-/* An unsupported path falls back to the portable one, so a wrong request
- * can never execute an illegal instruction. */
+/* An unsupported path falls back to the portable one (or to nothing where no
+ * path was built), so a wrong request can never execute an illegal instruction. */
 static int usable(int path)
 {
-    return lstm_fused_path_supported(path) ? path : LSTM_PATH_PORTABLE;
+    return lstm_fused_path_supported(path) ? path : lstm_fused_best_path();
 }
 
 ptrdiff_t lstm_fused_forward_pack_size(int path, ptrdiff_t Ip, ptrdiff_t H)
@@ -232,7 +245,11 @@ void lstm_fused_pack_forward(int path, ptrdiff_t Ip, ptrdiff_t H, const float *W
     case LSTM_PATH_AVX512: pack_forward_avx512(Ip, H, W_ih, W_hh, W_f); break;
     case LSTM_PATH_AVX2: pack_forward_avx2(Ip, H, W_ih, W_hh, W_f); break;
 #endif
+#ifdef FASTLSTM_VECTOR_PATHS
     default: pack_forward_portable(Ip, H, W_ih, W_hh, W_f); break;
+#else
+    default: break;
+#endif
     }
 }
 
@@ -243,7 +260,11 @@ void lstm_fused_pack_backward(int path, ptrdiff_t H, const float *W_hh, float *W
     case LSTM_PATH_AVX512: pack_backward_avx512(H, W_hh, W_b); break;
     case LSTM_PATH_AVX2: pack_backward_avx2(H, W_hh, W_b); break;
 #endif
+#ifdef FASTLSTM_VECTOR_PATHS
     default: pack_backward_portable(H, W_hh, W_b); break;
+#else
+    default: break;
+#endif
     }
 }
 
@@ -262,9 +283,14 @@ void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, ptrdiff_t
         forward_avx2(blas, nthreads, T, N, I, Ip, H, x, W_ih, b, W_f, h0, c0, gates, y, cs);
         break;
 #endif
+#ifdef FASTLSTM_VECTOR_PATHS
     default:
         forward_portable(blas, nthreads, T, N, I, Ip, H, x, W_ih, b, W_f, h0, c0, gates, y, cs);
         break;
+#else
+    default:
+        break;
+#endif
     }
 }
 
@@ -286,10 +312,15 @@ void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, ptrdiff_
                       dc, dx, dW_ih, dW_hh, db);
         break;
 #endif
+#ifdef FASTLSTM_VECTOR_PATHS
     default:
         backward_portable(blas, nthreads, T, N, I, H, x, W_ih, h0, c0, y, cs, W_b, gates, dy, dh,
                           dc, dx, dW_ih, dW_hh, db);
         break;
+#else
+    default:
+        break;
+#endif
     }
 }
 
@@ -308,8 +339,13 @@ void lstm_fused_step(const lstm_blas *blas, int path, int nthreads, ptrdiff_t L,
         step_avx2(blas, nthreads, L, N, I0, H, x, W_ih, W_hh, b, h, c, gates, h_out, c_out);
         break;
 #endif
+#ifdef FASTLSTM_VECTOR_PATHS
     default:
         step_portable(blas, nthreads, L, N, I0, H, x, W_ih, W_hh, b, h, c, gates, h_out, c_out);
         break;
+#else
+    default:
+        break;
+#endif
     }
 }

@@ -24,13 +24,13 @@
 extern "C" {
 #endif
 
-enum { LSTM_PATH_PORTABLE = 0, LSTM_PATH_AVX2 = 1, LSTM_PATH_AVX512 = 2 };
+enum { LSTM_PATH_NONE = -1, LSTM_PATH_PORTABLE = 0, LSTM_PATH_AVX2 = 1, LSTM_PATH_AVX512 = 2 };
 
 /* Fastest path this CPU (and this build) supports. */
 int lstm_fused_best_path(void);
 /* Whether `path` can run here (compiled in and supported by the CPU). */
 int lstm_fused_path_supported(int path);
-/* Name of a path ("avx512", "avx2", "portable"). */
+/* Name of a path ("avx512", "avx2", "portable"; "blas" for LSTM_PATH_NONE). */
 const char *lstm_fused_path_name(int path);
 /* Number of OpenMP threads available (1 without OpenMP). */
 int lstm_fused_max_threads(void);

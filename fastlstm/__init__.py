@@ -2,11 +2,20 @@
 
 Public API: ``LSTM`` (multi-layer, torch.nn.LSTM conventions), the functional
 single-layer ``lstm_forward`` / ``lstm_backward``, ``available_backends()``
-and ``show_config()``.
+and ``show_config()``. Importing it without the compiled C backend warns once
+(a ``RuntimeWarning``), unless ``FASTLSTM_BACKEND`` names a backend or
+``FASTLSTM_PUREPYTHON=1`` says that the pure-NumPy install is intended.
 """
+
+from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import importlib.util as _importlib_util
+import os as _os
+import warnings as _warnings
+
+from . import _config
 from ._info import show_config
 from .backends import available_backends
 from .functional import LSTMCache, lstm_backward, lstm_forward
@@ -14,3 +23,23 @@ from .layer import LSTM
 
 __all__ = ["LSTM", "LSTMCache", "lstm_forward", "lstm_backward", "available_backends",
            "show_config", "__version__"]
+
+
+def _warn_without_c_backend() -> None:
+    # find_spec looks for the extension's file without loading it (loading would import
+    # SciPy's BLAS): the import stays as fast as it was.
+    if _importlib_util.find_spec("fastlstm.backends._c") is not None:
+        return
+    if _config.backend_override() is not None:  # a backend was chosen by name
+        return
+    if _os.environ.get("FASTLSTM_PUREPYTHON", "") not in ("", "0"):
+        return
+    _warnings.warn(
+        "fastlstm: the compiled C backend is not installed (no wheel for this platform and no "
+        "working C compiler at install time, or FASTLSTM_PUREPYTHON=1); running on the "
+        "pure-NumPy backend, which is correct but much slower. Install a wheel, or reinstall "
+        "with a C compiler; set FASTLSTM_BACKEND=numpy to silence this warning.",
+        RuntimeWarning, stacklevel=3)  # the line that imports fastlstm
+
+
+_warn_without_c_backend()

@@ -79,3 +79,25 @@ FUSE_INPUT_BYTES = 1_500_000
 def fuse_input(I, H, nthreads):
     limit = int(os.environ.get(FUSE_INPUT_BYTES_ENV, FUSE_INPUT_BYTES))
     return 4 * H * (I + H) * 4 / max(1, nthreads) <= limit
+
+#: The CUDA backend's time loop: "auto" (one persistent cooperative launch for
+#: all steps when the grid fits on the device at once, else one launch per
+#: step), "persistent", or "steps" (one launch per step, always).
+CUDA_LOOP_ENV = "FASTLSTM_CUDA_LOOP"
+CUDA_LOOPS = ("auto", "persistent", "steps")
+
+#: Bytes of shared memory a persistent block may use for its slice of W_hh
+#: (48 KiB: what every CUDA device gives a block without opting in).
+CUDA_SMEM_BYTES_ENV = "FASTLSTM_CUDA_SMEM_BYTES"
+CUDA_SMEM_BYTES = 48 * 1024
+
+
+def cuda_loop():
+    name = os.environ.get(CUDA_LOOP_ENV, "auto").strip().lower() or "auto"
+    if name not in CUDA_LOOPS:
+        raise ValueError(f"{CUDA_LOOP_ENV} must be one of {', '.join(CUDA_LOOPS)}, got {name!r}")
+    return name
+
+
+def cuda_smem_bytes():
+    return int(os.environ.get(CUDA_SMEM_BYTES_ENV, CUDA_SMEM_BYTES))

@@ -1,12 +1,36 @@
-"""show_config(): what fastlstm runs on here (versions, backends, BLAS, threads)."""
+"""show_config(): what fastlstm runs on here (versions, backends, BLAS, threads, and the
+C kernel path picked for this CPU). ``config()`` returns the same facts as a dict.
+"""
+
+from __future__ import annotations
 
 import os
 import platform
 import sys
+from typing import Any
 
 
-def config():
-    """A dict describing this installation."""
+def config() -> dict[str, Any]:
+    """Describe this installation.
+
+    Returns
+    -------
+    dict
+        ``fastlstm``, ``python``, ``platform``, ``numpy`` and ``scipy`` versions;
+        ``backends`` (the names usable here, fastest first) and ``unavailable``
+        (why each other backend could not be loaded); ``cpu_count``. With the C
+        backend: ``c_openmp`` (built with OpenMP), ``c_kernel`` (the float32 code
+        path that runs: ``"avx512"``, ``"avx2"``, ``"portable"``, or ``"blas"``
+        when ``FASTLSTM_KERNEL`` asks for it), ``c_kernels_supported`` (the paths
+        this CPU can run) and ``c_threads``. With the cuda backend: ``cuda_device``
+        (the GPU's name, compute capability and SMs, or the simulator) and
+        ``numba``. ``blas``: the BLAS and OpenMP
+        libraries loaded and their threads (needs threadpoolctl).
+
+    See Also
+    --------
+    show_config : Print the same.
+    """
     import numpy
     import scipy
 
@@ -29,6 +53,11 @@ def config():
         info["c_kernel"] = c.kernel_path()
         info["c_kernels_supported"] = list(c.KERNELS)
         info["c_threads"] = c.max_threads()
+    gpu = _load("cuda")
+    if gpu is not None:
+        import numba
+        info["cuda_device"] = gpu.device_info()
+        info["numba"] = numba.__version__
     try:
         from threadpoolctl import threadpool_info
         info["blas"] = [
@@ -40,8 +69,26 @@ def config():
     return info
 
 
-def show_config():
-    """Print (and return) what fastlstm runs on: versions, backends, BLAS, threads."""
+def show_config() -> dict[str, Any]:
+    """Print what fastlstm runs on here: versions, backends, BLAS, threads, kernel path.
+
+    The ``c_kernel`` line names the float32 code path of the C backend that runs on
+    this CPU (``avx512``, ``avx2`` or ``portable``; picked at run time, so one
+    x86-64 wheel serves every x86-64 CPU).
+
+    Returns
+    -------
+    dict
+        What was printed, as returned by :func:`config`.
+
+    Examples
+    --------
+    >>> import fastlstm
+    >>> info = fastlstm.show_config()  # doctest: +SKIP
+    fastlstm: 0.1.0
+    ...
+    c_kernel: avx512
+    """
     info = config()
     for key, value in info.items():
         if isinstance(value, list) and value and isinstance(value[0], dict):

@@ -4,10 +4,19 @@ dropout, a dense layer to V logits, softmax. Time-major throughout: ids are (T, 
 ``generate`` carries the LSTM state with ``LSTM.step``: n characters cost n steps.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from .layer import LSTM
 from .nn import Dense, Dropout, Embedding, softmax_cross_entropy
+
+#: The LSTM state carried between calls: (h, c), each (L, N, H); None means zeros.
+State = tuple[NDArray[np.floating], NDArray[np.floating]] | None
 
 __all__ = ["CharModel", "INPUT_MODES"]
 
@@ -22,20 +31,41 @@ class CharModel:
     ----------
     vocab_size : int
         V.
-    hidden_size, num_layers : int
-        H and L of the LSTM.
-    dropout : float
+    hidden_size, num_layers : int, optional
+        H and L of the LSTM (default 300 and 2).
+    dropout : float, optional
         Dropout after every LSTM layer (between layers inside ``fastlstm.LSTM``, and after
-        the last one here), as the tutorial's LSTM -> Dropout -> LSTM -> Dropout.
-    embed_dim : int
-        E, the embedding width (input_mode "embedding").
-    input_mode : "embedding" or "scaled"
-    seed : int
+        the last one here), as the tutorial's LSTM -> Dropout -> LSTM -> Dropout (default 0.2).
+    embed_dim : int, optional
+        E, the embedding width (input_mode "embedding"; default 64).
+    input_mode : {"embedding", "scaled"}, optional
+        A learned (V, E) embedding, or the tutorial's one feature ``id / V``.
+    seed : int, optional
         Seeds every initialisation and both dropout generators (independent streams).
+    dtype : float32 or float64, optional
+        Dtype of every parameter (default float32).
+    backend : str, optional
+        The LSTM backend: "auto" (default), "c", "numpy" or "cuda".
+
+    Attributes
+    ----------
+    embedding : Embedding or None
+        None with input_mode "scaled".
+    lstm : fastlstm.LSTM
+    drop : fastlstm.nn.Dropout
+    dense : fastlstm.nn.Dense
+    params, grads : dict of str to ndarray
+        Every parameter and its gradient by dotted name (``lstm.weight_ih_l0``, ``dense.bias``).
+
+    Raises
+    ------
+    ValueError
+        For an unknown input_mode.
     """
 
-    def __init__(self, vocab_size, hidden_size=300, num_layers=2, dropout=0.2, embed_dim=64,
-                 input_mode="embedding", *, seed=0, dtype=np.float32, backend="auto"):
+    def __init__(self, vocab_size: int, hidden_size: int = 300, num_layers: int = 2,
+                 dropout: float = 0.2, embed_dim: int = 64, input_mode: str = "embedding", *,
+                 seed: int = 0, dtype: DTypeLike = np.float32, backend: str = "auto") -> None:
         if input_mode not in INPUT_MODES:
             raise ValueError(f"input_mode must be one of {', '.join(INPUT_MODES)}, got {input_mode!r}")
         self.vocab_size = int(vocab_size)
@@ -44,9 +74,10 @@ class CharModel:
         self.dropout = float(dropout)
         self.embed_dim = int(embed_dim)
         self.input_mode = input_mode
-        self.dtype = np.dtype(dtype)
+        self.dtype: np.dtype[Any] = np.dtype(dtype)
         seeds = np.random.SeedSequence(seed).generate_state(4)
         V, H = self.vocab_size, self.hidden_size
+        self.embedding: Embedding | None
         if input_mode == "embedding":
             self.embedding = Embedding(V, self.embed_dim, dtype=self.dtype, seed=int(seeds[0]))
             I = self.embed_dim
@@ -57,30 +88,57 @@ class CharModel:
                          dtype=self.dtype, backend=backend, seed=int(seeds[1]))
         self.drop = Dropout(self.dropout, seed=int(seeds[2]))
         self.dense = Dense(H, V, dtype=self.dtype, seed=int(seeds[3]))
-        self._parts = [("lstm.", self.lstm), ("dense.", self.dense)]
+        self._parts: list[tuple[str, Any]] = [("lstm.", self.lstm), ("dense.", self.dense)]
         if self.embedding is not None:
             self._parts.insert(0, ("embedding.", self.embedding))
         self.params = {p + k: v for p, part in self._parts for k, v in part.params.items()}
         self.grads = {p + k: v for p, part in self._parts for k, v in part.grads.items()}
-        self._saved = None
+        self._saved: Any = None  # (ids.shape, last_only) of the last training forward
 
     # -- configuration, parameters, RNG state -------------------------------
-    def config(self):
-        """The constructor's size arguments (JSON-serialisable)."""
+    def config(self) -> dict[str, Any]:
+        """The constructor's size arguments.
+
+        Returns
+        -------
+        dict
+            ``vocab_size``, ``hidden_size``, ``num_layers``, ``dropout``, ``embed_dim``,
+            ``input_mode`` (JSON-serialisable; ``CharModel(**config)`` rebuilds the shape).
+        """
         return dict(vocab_size=self.vocab_size, hidden_size=self.hidden_size,
                     num_layers=self.num_layers, dropout=self.dropout, embed_dim=self.embed_dim,
                     input_mode=self.input_mode)
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
+        """Set every gradient to zero (gradients accumulate)."""
         for g in self.grads.values():
             g[...] = 0
 
-    def state_dict(self):
-        """Copies of every parameter, by dotted name (``lstm.weight_ih_l0``, ``dense.bias``...)."""
+    def state_dict(self) -> dict[str, NDArray[np.floating]]:
+        """Copies of every parameter.
+
+        Returns
+        -------
+        dict of str to ndarray
+            By dotted name (``lstm.weight_ih_l0``, ``dense.bias``...).
+        """
         return {k: v.copy() for k, v in self.params.items()}
 
-    def load_state_dict(self, state):
-        """Copy parameters in; every name and shape is checked before anything changes."""
+    def load_state_dict(self, state: Mapping[str, ArrayLike]) -> None:
+        """Copy parameters in; every name and shape is checked before anything changes.
+
+        Parameters
+        ----------
+        state : mapping of str to array_like
+            As :meth:`state_dict` returns.
+
+        Raises
+        ------
+        KeyError
+            When names are missing or unexpected.
+        ValueError
+            When a shape differs.
+        """
         missing = [k for k in self.params if k not in state]
         extra = [k for k in state if k not in self.params]
         if missing or extra:
@@ -91,26 +149,61 @@ class CharModel:
         for k, p in self.params.items():
             p[...] = state[k]
 
-    def rng_states(self):
-        """The dropout generators' states (JSON-serialisable dicts)."""
+    def rng_states(self) -> dict[str, dict[str, Any]]:
+        """The dropout generators' states.
+
+        Returns
+        -------
+        dict
+            ``lstm_dropout`` and ``dropout``: ``bit_generator.state`` dicts (JSON-serialisable).
+        """
         return {"lstm_dropout": self.lstm._rng.bit_generator.state,
                 "dropout": self.drop.rng.bit_generator.state}
 
-    def set_rng_states(self, states):
+    def set_rng_states(self, states: Mapping[str, dict[str, Any]]) -> None:
+        """Restore what :meth:`rng_states` returned.
+
+        Parameters
+        ----------
+        states : mapping
+            ``lstm_dropout`` and ``dropout`` generator states.
+        """
         self.lstm._rng.bit_generator.state = states["lstm_dropout"]
         self.drop.rng.bit_generator.state = states["dropout"]
 
     # -- training -------------------------------------------------------------
-    def _inputs(self, ids, training):
+    def _inputs(self, ids: NDArray[np.integer], training: bool) -> NDArray[np.floating]:
         """(T, N) ids -> (T, N, I) LSTM inputs."""
         if self.embedding is not None:
             return self.embedding.forward(ids, training=training)
         return (np.asarray(ids, dtype=self.dtype) / self.dtype.type(self.vocab_size))[..., None]
 
-    def forward(self, ids, *, training=False, last_only=False, state=None):
-        """Logits for (T, N) ids: (T, N, V), or (N, V) for the last step only with ``last_only``.
+    def forward(self, ids: ArrayLike, *, training: bool = False, last_only: bool = False,
+                state: State = None) -> tuple[NDArray[np.floating], State]:
+        """Logits of the next character at every step.
 
-        Returns (logits, (h_n, c_n)).
+        Parameters
+        ----------
+        ids : array_like of int
+            (T, N) character ids, time-major.
+        training : bool, optional
+            Apply dropout and keep what :meth:`loss_and_backward` needs.
+        last_only : bool, optional
+            Logits of the last step only.
+        state : (h, c) or None, optional
+            Initial LSTM state, each (L, N, H); None for zeros.
+
+        Returns
+        -------
+        logits : ndarray
+            (T, N, V), or (N, V) with ``last_only``.
+        state : (h_n, c_n)
+            The final LSTM state, each (L, N, H).
+
+        Raises
+        ------
+        ValueError
+            When ids is not 2-D.
         """
         ids = np.asarray(ids)
         if ids.ndim != 2:
@@ -123,10 +216,24 @@ class CharModel:
             self._saved = (ids.shape, last_only)
         return logits, new_state
 
-    def loss_and_backward(self, ids, targets, *, last_only=False):
-        """One training pass: forward, mean cross-entropy, backward. Gradients accumulate
-        in ``grads`` (call ``zero_grad`` first). ``targets`` is (T, N), or (N,) with last_only.
-        Returns the loss (a float, nats per target).
+    def loss_and_backward(self, ids: ArrayLike, targets: ArrayLike, *, last_only: bool = False) -> float:
+        """One training pass: forward, mean cross-entropy, backward.
+
+        Gradients accumulate in ``grads`` (call :meth:`zero_grad` first).
+
+        Parameters
+        ----------
+        ids : array_like of int
+            (T, N) input ids.
+        targets : array_like of int
+            (T, N) next-character ids, or (N,) with ``last_only``.
+        last_only : bool, optional
+            Train on the last step's prediction only (the tutorial's setup).
+
+        Returns
+        -------
+        float
+            The loss, nats per target.
         """
         logits, _ = self.forward(ids, training=True, last_only=last_only)
         V = self.vocab_size
@@ -145,34 +252,92 @@ class CharModel:
             self.embedding.backward(dx)
         return loss
 
-    def loss(self, ids, targets, *, last_only=False):
-        """Mean cross-entropy without dropout or gradients (evaluation)."""
+    def loss(self, ids: ArrayLike, targets: ArrayLike, *, last_only: bool = False) -> float:
+        """Mean cross-entropy without dropout or gradients (evaluation).
+
+        Parameters
+        ----------
+        ids : array_like of int
+            (T, N) input ids.
+        targets : array_like of int
+            (T, N) next-character ids, or (N,) with ``last_only``.
+        last_only : bool, optional
+            Score the last step only.
+
+        Returns
+        -------
+        float
+            The loss, nats per target.
+        """
         logits, _ = self.forward(ids, training=False, last_only=last_only)
         loss, _ = softmax_cross_entropy(logits.reshape(-1, self.vocab_size), np.asarray(targets).reshape(-1))
         return loss
 
     # -- generation -------------------------------------------------------------
-    def _step_input(self, i, buf):
+    def _step_input(self, i: int, buf: NDArray[np.floating]) -> NDArray[np.floating]:
         if self.embedding is not None:
             return self.embedding.params["weight"][i:i + 1]  # (1, E) view: no copy
         buf[0, 0] = i / self.vocab_size
         return buf
 
-    def step_logits(self, char_id, state=None):
-        """Feed one character with a carried state: returns ((V,) logits, new state)."""
+    def step_logits(self, char_id: int, state: State = None) -> tuple[NDArray[np.floating], State]:
+        """Feed one character with a carried state (one ``LSTM.step``).
+
+        Parameters
+        ----------
+        char_id : int
+            The character's id.
+        state : (h, c) or None, optional
+            The carried state, each (L, 1, H); None for zeros.
+
+        Returns
+        -------
+        logits : ndarray
+            (V,) logits of the next character.
+        state : (h, c)
+            The new state.
+        """
         buf = np.empty((1, 1), self.dtype)
         h, state = self.lstm.step(self._step_input(int(char_id), buf), state)
         return (h @ self.dense.params["weight"].T + self.dense.params["bias"])[0], state
 
-    def generate(self, prime_ids, length, *, temperature=1.0, top_k=None, greedy=False, seed=None,
-                 rng=None, callback=None):
-        """Continue ``prime_ids`` (at least one id) by ``length`` characters.
+    def generate(self, prime_ids: ArrayLike, length: int, *, temperature: float | None = 1.0,
+                 top_k: int | None = None, greedy: bool = False, seed: int | None = None,
+                 rng: np.random.Generator | None = None,
+                 callback: Callable[[int], object] | None = None) -> list[int]:
+        """Continue ``prime_ids`` by ``length`` characters.
 
         The prime runs through one ``LSTM.forward``; then each new character is one
         ``LSTM.step`` with the carried state, one (1, H) x (H, V) product and a draw.
-        ``temperature`` <= 0 or ``greedy`` picks the argmax; ``top_k`` keeps the k likeliest.
-        ``callback(id)`` is called as each character is drawn (for streaming).
-        Returns the list of generated ids.
+
+        Parameters
+        ----------
+        prime_ids : array_like of int
+            At least one id.
+        length : int
+            Characters to generate.
+        temperature : float or None, optional
+            Divides the logits before sampling; None or <= 0 picks the argmax.
+        top_k : int or None, optional
+            Sample among the k likeliest characters only.
+        greedy : bool, optional
+            Always pick the argmax.
+        seed : int or None, optional
+            Seeds the draws (when ``rng`` is not given).
+        rng : numpy.random.Generator or None, optional
+            The generator of the draws.
+        callback : callable or None, optional
+            ``callback(id)`` as each character is drawn (for streaming).
+
+        Returns
+        -------
+        list of int
+            The generated ids (without the prime).
+
+        Raises
+        ------
+        ValueError
+            For an empty prime.
         """
         prime_ids = np.asarray(prime_ids, dtype=np.int64).reshape(-1)
         if prime_ids.size == 0:
@@ -191,7 +356,7 @@ class CharModel:
         # is an exact draw from softmax(z / temperature). The temperature is folded into the
         # dense weights, and the noise (plus the bias) comes in blocks: per character this is
         # one (1, H) x (H, V) product, one add and one argmax.
-        scale = 1.0 if greedy else 1.0 / float(temperature)
+        scale = 1.0 if greedy or temperature is None else 1.0 / float(temperature)
         WT = np.ascontiguousarray(self.dense.params["weight"].T * dt.type(scale))  # (H, V)
         b = (self.dense.params["bias"] * dt.type(scale)).astype(dt)
         block = 1024
@@ -203,9 +368,9 @@ class CharModel:
         buf = np.empty((1, 1), dt)
         step = self.lstm.step
         emb = self.embedding.params["weight"] if self.embedding is not None else None
-        out = []
+        out: list[int] = []
         append = out.append
-        noise = None
+        noise: Any = None
         for n in range(length):
             np.matmul(h, WT, out=logits)
             if greedy:

@@ -3,14 +3,22 @@ finding (or downloading, checksum-verified, cached atomically) the default corpu
 the character vocabulary, and the train/validation split (the last 10% held out).
 """
 
+from __future__ import annotations
+
 import hashlib
 import os
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+#: A path given as a string or a path object.
+PathLike = str | os.PathLike[str]
 
 __all__ = ["DataError", "Vocab", "read_text", "data_dir", "fetch_macbeth", "load_corpus",
            "split_train_val", "MACBETH_URL", "MACBETH_SHA256", "CORPORA"]
@@ -36,8 +44,15 @@ class DataError(Exception):
     """Bad input a user can fix: the message says what is wrong and what to do."""
 
 
-def data_dir():
-    """The data folder: $FASTLSTM_DATA, else $XDG_CACHE_HOME/fastlstm, else ~/.cache/fastlstm."""
+def data_dir() -> Path:
+    """The data folder.
+
+    Returns
+    -------
+    pathlib.Path
+        ``$FASTLSTM_DATA``, else ``$XDG_CACHE_HOME/fastlstm``, else ``~/.cache/fastlstm``
+        (not created here).
+    """
     env = os.environ.get(DATA_ENV, "").strip()
     if env:
         return Path(env).expanduser()
@@ -46,7 +61,7 @@ def data_dir():
     return base / "fastlstm"
 
 
-def _sha256_file(path):
+def _sha256_file(path: PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -54,8 +69,28 @@ def _sha256_file(path):
     return h.hexdigest()
 
 
-def decode_text(raw, source, encoding="utf-8"):
-    """Bytes -> str with the checks of :func:`read_text` (``source`` names the file in messages)."""
+def decode_text(raw: bytes, source: str, encoding: str = "utf-8") -> str:
+    """Decode bytes with the checks of :func:`read_text`.
+
+    Parameters
+    ----------
+    raw : bytes
+        The file's contents.
+    source : str
+        Names the file in error messages.
+    encoding : str, optional
+        A Python codec name (default UTF-8); a UTF-8 byte-order mark is dropped.
+
+    Returns
+    -------
+    str
+        The text.
+
+    Raises
+    ------
+    DataError
+        For empty or binary contents, an unknown encoding or bytes that do not decode.
+    """
     if not raw:
         raise DataError(f"{source} is empty: pass a text file with some text in it")
     if b"\x00" in raw[:1 << 20] and encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig", "ascii", "latin1"):
@@ -79,9 +114,27 @@ def decode_text(raw, source, encoding="utf-8"):
     return text
 
 
-def read_text(path, encoding="utf-8"):
-    """Read a text file, with a :class:`DataError` for a missing, unreadable, empty or binary
-    file or one that does not decode with ``encoding``."""
+def read_text(path: PathLike, encoding: str = "utf-8") -> str:
+    """Read a text file, with errors a user can act on.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+    encoding : str, optional
+        A Python codec name (default UTF-8).
+
+    Returns
+    -------
+    str
+        The file's text.
+
+    Raises
+    ------
+    DataError
+        For a missing, unreadable, empty or binary file, or one that does not decode with
+        ``encoding``.
+    """
     p = Path(path)
     if not p.exists():
         raise DataError(f"text file {str(p)!r} does not exist: check the path given to --text")
@@ -94,16 +147,25 @@ def read_text(path, encoding="utf-8"):
     return decode_text(raw, repr(str(p)), encoding)
 
 
-def _umask():
+def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-def atomic_write(path, data):
-    """Write ``data`` (bytes, or a callable that writes to a binary file object) to ``path``
-    through a temporary file in the same folder, fsync and os.replace: readers see the old
-    file or the new one, never a partial one."""
+def atomic_write(path: PathLike, data: bytes | Callable[[BinaryIO], object]) -> None:
+    """Replace ``path`` atomically: readers see the old file or the new one, never a part.
+
+    Writes a temporary file in the same folder, fsyncs it and ``os.replace``s it over
+    ``path``, with the permissions the umask gives a new file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file to write; its folder must exist.
+    data : bytes or callable
+        The contents, or a callable that writes them to the binary file object it is given.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -124,13 +186,34 @@ def atomic_write(path, data):
         raise
 
 
-def fetch_macbeth(folder=None, *, url=None, sha256=None, timeout=None):
+def fetch_macbeth(folder: PathLike | None = None, *, url: str | None = None,
+                  sha256: str | None = None, timeout: float | None = None) -> Path:
     """Path of the default corpus, verified by sha256.
 
-    Looks for ``macbeth.txt`` in ``folder`` (default :func:`data_dir`); when it is absent or
-    its checksum differs, downloads it from ``url`` (default $FASTLSTM_MACBETH_URL, else
-    :data:`MACBETH_URL`), verifies the checksum and caches it with an atomic write.
-    Raises :class:`DataError` when it cannot (offline, wrong checksum, unwritable folder).
+    Looks for ``macbeth.txt`` in ``folder``; when it is absent or its checksum differs,
+    downloads it, verifies the checksum and caches it with an atomic write.
+
+    Parameters
+    ----------
+    folder : str or path-like, optional
+        Where to look and cache (default :func:`data_dir`).
+    url : str, optional
+        Download address (default ``$FASTLSTM_MACBETH_URL``, else :data:`MACBETH_URL`).
+    sha256 : str, optional
+        Expected checksum (default :data:`MACBETH_SHA256`).
+    timeout : float, optional
+        Seconds before the download gives up (default :data:`DOWNLOAD_TIMEOUT`).
+
+    Returns
+    -------
+    pathlib.Path
+        ``folder / "macbeth.txt"``.
+
+    Raises
+    ------
+    DataError
+        When it cannot (offline, wrong checksum, unwritable folder); the message says what
+        to do instead.
     """
     folder = Path(folder) if folder is not None else data_dir()
     url = url or os.environ.get(URL_ENV, "").strip() or MACBETH_URL
@@ -165,8 +248,31 @@ def fetch_macbeth(folder=None, *, url=None, sha256=None, timeout=None):
     return path
 
 
-def load_corpus(text=None, corpus="macbeth", encoding="utf-8"):
-    """The training text: the file ``text`` if given, else the named corpus. Returns (str, source)."""
+def load_corpus(text: PathLike | None = None, corpus: str = "macbeth",
+                encoding: str = "utf-8") -> tuple[str, str]:
+    """The training text: the file ``text`` if given, else the named corpus.
+
+    Parameters
+    ----------
+    text : str or path-like, optional
+        A UTF-8 (or ``encoding``) text file.
+    corpus : str, optional
+        A name from :data:`CORPORA`, used when ``text`` is None (default "macbeth").
+    encoding : str, optional
+        The encoding of ``text``.
+
+    Returns
+    -------
+    text : str
+        The contents.
+    source : str
+        The file's path, or the corpus name.
+
+    Raises
+    ------
+    DataError
+        For an unusable file, an unknown corpus, or a corpus that cannot be fetched.
+    """
     if text is not None:
         return read_text(text, encoding), str(text)
     if corpus != "macbeth":
@@ -177,35 +283,92 @@ def load_corpus(text=None, corpus="macbeth", encoding="utf-8"):
 
 
 class Vocab:
-    """The sorted distinct characters of a text; ids are positions in that list."""
+    """The sorted distinct characters of a text; ids are positions in that list.
 
-    def __init__(self, chars):
+    Parameters
+    ----------
+    chars : iterable of str
+        Distinct single characters, in id order.
+
+    Attributes
+    ----------
+    chars : list of str
+        The characters; ``chars[id]``.
+    index : dict of str to int
+        The id of each character.
+
+    Raises
+    ------
+    ValueError
+        When the characters are not distinct single characters.
+    """
+
+    def __init__(self, chars: Iterable[str]) -> None:
         chars = list(chars)
         if len(set(chars)) != len(chars) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
             raise ValueError("a vocabulary is a list of distinct single characters")
         self.chars = chars
         self.index = {c: i for i, c in enumerate(chars)}
-        self._table = None
+        self._table: NDArray[np.int32] | None = None
 
     @classmethod
-    def from_text(cls, text):
+    def from_text(cls, text: str) -> Vocab:
+        """The vocabulary of a text: its distinct characters, sorted.
+
+        Parameters
+        ----------
+        text : str
+            Any text.
+
+        Returns
+        -------
+        Vocab
+            Its distinct characters, sorted by code point.
+        """
         return cls(sorted(set(text)))
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.chars)
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Vocab) and self.chars == other.chars
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Vocab({len(self)} chars: {''.join(self.chars)!r})"
 
-    def unknown(self, text):
-        """Sorted characters of ``text`` that are not in the vocabulary."""
+    def unknown(self, text: str) -> list[str]:
+        """The characters of ``text`` that are not in the vocabulary.
+
+        Parameters
+        ----------
+        text : str
+            The text to check.
+
+        Returns
+        -------
+        list of str
+            Sorted, each once.
+        """
         return sorted(set(text) - set(self.index))
 
-    def encode(self, text):
-        """str -> int32 array of ids (KeyError on a character outside the vocabulary)."""
+    def encode(self, text: str) -> NDArray[np.int32]:
+        """Ids of the characters of a text.
+
+        Parameters
+        ----------
+        text : str
+            Characters of the vocabulary only.
+
+        Returns
+        -------
+        ndarray of int32
+            One id per character.
+
+        Raises
+        ------
+        KeyError
+            For a character outside the vocabulary.
+        """
         if all(ord(c) < 65536 for c in self.chars):
             # fast path: a lookup table over the UTF-32 code points
             if self._table is None:
@@ -219,12 +382,38 @@ class Vocab:
                     return ids
         return np.array([self.index[c] for c in text], dtype=np.int32)
 
-    def decode(self, ids):
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of a sequence of ids.
+
+        Parameters
+        ----------
+        ids : iterable of int
+            Ids in [0, len(vocab)).
+
+        Returns
+        -------
+        str
+            One character per id.
+        """
         return "".join(self.chars[int(i)] for i in ids)
 
 
-def split_train_val(ids, val_fraction=0.1):
-    """(train, val): the last ``val_fraction`` of the sequence is held out."""
+def split_train_val(ids: Sequence[int] | NDArray[np.integer],
+                    val_fraction: float = 0.1) -> tuple[ArrayLike, ArrayLike]:
+    """Split a sequence into training and held-out parts; the last part is held out.
+
+    Parameters
+    ----------
+    ids : sequence or ndarray
+        The encoded text.
+    val_fraction : float, optional
+        The fraction held out, rounded to whole elements (default 0.1).
+
+    Returns
+    -------
+    train, val
+        Slices of ``ids`` (views for arrays).
+    """
     n = len(ids)
     n_val = int(round(n * val_fraction))
     return ids[:n - n_val], ids[n - n_val:]

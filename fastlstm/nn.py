@@ -4,20 +4,31 @@ gradient-norm clipping. Each layer keeps ``params`` / ``grads`` dicts (gradients
 accumulate, like ``fastlstm.LSTM``) and has paired forward/backward methods.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
+
+#: A seed for ``numpy.random.default_rng`` or a Generator to use as it is.
+SeedLike = int | np.random.SeedSequence | np.random.Generator | None
+#: Gradients: a dict of named arrays, or any iterable of arrays.
+Grads = Mapping[str, NDArray[np.floating]] | Iterable[NDArray[np.floating]]
 
 __all__ = ["Embedding", "Dense", "Dropout", "SoftmaxCrossEntropy", "Adam", "clip_grad_norm",
            "log_softmax", "softmax", "softmax_cross_entropy", "global_norm"]
 
 
-def _dtype(dtype):
+def _dtype(dtype: DTypeLike) -> np.dtype:
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
     return dtype
 
 
-def _rng(seed_or_rng):
+def _rng(seed_or_rng: SeedLike) -> np.random.Generator:
     if isinstance(seed_or_rng, np.random.Generator):
         return seed_or_rng
     return np.random.default_rng(seed_or_rng)
@@ -28,9 +39,28 @@ class Embedding:
 
     Initialised N(0, 1) like ``torch.nn.Embedding``. Backward scatters-adds into
     ``grads["weight"]`` (repeated ids accumulate).
+
+    Parameters
+    ----------
+    num_embeddings : int
+        V, the number of rows (distinct ids).
+    embedding_dim : int
+        D, the width of a row.
+    dtype : float32 or float64, optional
+        Dtype of the table (default float32).
+    seed : int, SeedSequence, Generator or None, optional
+        Seeds the initialisation.
+
+    Attributes
+    ----------
+    params : dict of str to ndarray
+        ``{"weight": (V, D)}``.
+    grads : dict of str to ndarray
+        Gradients of ``params``, same keys and shapes; they accumulate.
     """
 
-    def __init__(self, num_embeddings, embedding_dim, *, dtype=np.float32, seed=None):
+    def __init__(self, num_embeddings: int, embedding_dim: int, *, dtype: DTypeLike = np.float32,
+                 seed: SeedLike = None) -> None:
         self.num_embeddings = int(num_embeddings)
         self.embedding_dim = int(embedding_dim)
         self.dtype = _dtype(dtype)
@@ -38,16 +68,46 @@ class Embedding:
         W = rng.standard_normal((self.num_embeddings, self.embedding_dim)).astype(self.dtype)
         self.params = {"weight": W}
         self.grads = {"weight": np.zeros_like(W)}
-        self._ids = None
+        self._ids: NDArray[np.integer] | None = None
 
-    def forward(self, ids, *, training=False):
+    def forward(self, ids: ArrayLike, *, training: bool = False) -> NDArray[np.floating]:
+        """Look up the rows of ``ids``.
+
+        Parameters
+        ----------
+        ids : array_like of int
+            Any shape, values in [0, V).
+        training : bool, optional
+            Keep ``ids`` for :meth:`backward`.
+
+        Returns
+        -------
+        ndarray
+            ``ids.shape + (D,)``, a fresh contiguous array.
+        """
         ids = np.asarray(ids)
         if training:
             self._ids = ids
         return self.params["weight"][ids]  # fancy indexing: a fresh, contiguous array
 
-    def backward(self, dout):
-        """Accumulate dW from dout (ids.shape + (D,)); returns None (ids have no gradient)."""
+    def backward(self, dout: ArrayLike) -> None:
+        """Accumulate the gradient of the table into ``grads["weight"]``.
+
+        Parameters
+        ----------
+        dout : array_like
+            Gradient of the output, ``ids.shape + (D,)``.
+
+        Returns
+        -------
+        None
+            Integer ids have no gradient.
+
+        Raises
+        ------
+        RuntimeError
+            Without a preceding ``forward(..., training=True)``.
+        """
         if self._ids is None:
             raise RuntimeError("Embedding.backward needs a preceding forward(..., training=True)")
         ids, self._ids = self._ids, None
@@ -67,9 +127,28 @@ class Dense:
 
     Initialised U(-1/sqrt(in), 1/sqrt(in)) like PyTorch. x may have any leading shape; it is
     treated as one (rows, in) matrix so the whole batch is one matrix product.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        Widths of the input and the output.
+    bias : bool, optional
+        Add a bias (default True).
+    dtype : float32 or float64, optional
+        Dtype of the parameters (default float32).
+    seed : int, SeedSequence, Generator or None, optional
+        Seeds the initialisation.
+
+    Attributes
+    ----------
+    params : dict of str to ndarray
+        ``{"weight": (out, in), "bias": (out,)}`` (no bias with ``bias=False``).
+    grads : dict of str to ndarray
+        Gradients of ``params``; they accumulate.
     """
 
-    def __init__(self, in_features, out_features, *, bias=True, dtype=np.float32, seed=None):
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
+                 dtype: DTypeLike = np.float32, seed: SeedLike = None) -> None:
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.dtype = _dtype(dtype)
@@ -79,9 +158,23 @@ class Dense:
         if bias:
             self.params["bias"] = rng.uniform(-k, k, self.out_features).astype(self.dtype)
         self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
-        self._x = None
+        self._x: NDArray[np.floating] | None = None
 
-    def forward(self, x, *, training=False):
+    def forward(self, x: ArrayLike, *, training: bool = False) -> NDArray[np.floating]:
+        """``x @ W.T + b`` over the last axis.
+
+        Parameters
+        ----------
+        x : array_like
+            ``(..., in)``.
+        training : bool, optional
+            Keep ``x`` for :meth:`backward`.
+
+        Returns
+        -------
+        ndarray
+            ``(..., out)``.
+        """
         x = np.asarray(x)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
@@ -92,8 +185,24 @@ class Dense:
             self._x = x2
         return y.reshape(lead + (self.out_features,))
 
-    def backward(self, dy):
-        """Accumulate dW, db; return dx shaped like the forward input."""
+    def backward(self, dy: ArrayLike) -> NDArray[np.floating]:
+        """Accumulate dW and db into ``grads``; return the gradient of the input.
+
+        Parameters
+        ----------
+        dy : array_like
+            Gradient of the output, ``(..., out)``.
+
+        Returns
+        -------
+        ndarray
+            The gradient of the input, dx: ``(..., in)``.
+
+        Raises
+        ------
+        RuntimeError
+            Without a preceding ``forward(..., training=True)``.
+        """
         if self._x is None:
             raise RuntimeError("Dense.backward needs a preceding forward(..., training=True)")
         x2, self._x = self._x, None
@@ -110,17 +219,45 @@ class Dropout:
     """Inverted dropout: in training, zero each element with probability p and scale the rest by
     1/(1-p); identity otherwise. Masks come from the layer's own seeded Generator (``rng``),
     whose ``bit_generator.state`` a checkpoint can save and restore.
+
+    Parameters
+    ----------
+    p : float, optional
+        Probability of zeroing an element, in [0, 1) (default 0.5).
+    seed : int, SeedSequence, Generator or None, optional
+        Seeds the masks (a Generator is used as it is).
+
+    Attributes
+    ----------
+    rng : numpy.random.Generator
+        The generator of the masks.
     """
 
-    def __init__(self, p=0.5, *, seed=None):
+    def __init__(self, p: float = 0.5, *, seed: SeedLike = None) -> None:
         if not 0.0 <= float(p) < 1.0:
             raise ValueError(f"dropout probability must be in [0, 1), got {p!r}")
         self.p = float(p)
         self.rng = _rng(seed)
-        self.params, self.grads = {}, {}
-        self._mask = None
+        self.params: dict[str, NDArray[np.floating]] = {}
+        self.grads: dict[str, NDArray[np.floating]] = {}
+        self._mask: NDArray[np.bool_] | None = None
+        self._scale: Any = 1.0
 
-    def forward(self, x, *, training=False):
+    def forward(self, x: ArrayLike, *, training: bool = False) -> NDArray[np.floating]:
+        """Drop and rescale in training; return ``x`` unchanged otherwise.
+
+        Parameters
+        ----------
+        x : array_like
+            Any shape.
+        training : bool, optional
+            Apply (and keep) a fresh mask.
+
+        Returns
+        -------
+        ndarray
+            Same shape and dtype as ``x``.
+        """
         x = np.asarray(x)
         if not training or self.p == 0.0:
             self._mask = None
@@ -135,7 +272,19 @@ class Dropout:
         y *= self._scale
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: NDArray[np.floating]) -> NDArray[np.floating]:
+        """Gradient of the input: ``dy`` through the last training mask (or unchanged).
+
+        Parameters
+        ----------
+        dy : ndarray
+            Gradient of the output.
+
+        Returns
+        -------
+        ndarray
+            The gradient of the input, dx: same shape as ``dy``.
+        """
         if self._mask is None:
             return dy
         dx = np.multiply(dy, self._mask)
@@ -143,25 +292,67 @@ class Dropout:
         return dx
 
 
-def log_softmax(logits, axis=-1):
-    """log softmax via log-sum-exp with the max subtracted: never overflows."""
+def log_softmax(logits: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
+    """Log-softmax via log-sum-exp with the max subtracted: never overflows.
+
+    Parameters
+    ----------
+    logits : array_like
+        Finite values, any shape.
+    axis : int, optional
+        The axis to normalise over (default the last).
+
+    Returns
+    -------
+    ndarray
+        ``log(softmax(logits))``, same shape.
+    """
     logits = np.asarray(logits)
     shifted = logits - logits.max(axis=axis, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
 
-def softmax(logits, axis=-1):
-    """Softmax with the max subtracted first (stable for any finite logits)."""
+def softmax(logits: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
+    """Softmax with the max subtracted first (stable for any finite logits).
+
+    Parameters
+    ----------
+    logits : array_like
+        Finite values, any shape.
+    axis : int, optional
+        The axis to normalise over (default the last).
+
+    Returns
+    -------
+    ndarray
+        Probabilities summing to 1 along ``axis``, same shape.
+    """
     logits = np.asarray(logits)
     e = np.exp(logits - logits.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def softmax_cross_entropy(logits, targets):
-    """Mean cross-entropy of integer targets under softmax(logits) and its gradient.
+def softmax_cross_entropy(logits: ArrayLike, targets: ArrayLike) -> tuple[float, NDArray[np.floating]]:
+    """Mean cross-entropy of integer targets under softmax(logits), and its gradient.
 
-    logits: (M, V) float; targets: (M,) ints in [0, V). Returns (loss: float, dlogits (M, V)),
-    with dlogits = (softmax - onehot) / M computed without building a one-hot matrix.
+    Parameters
+    ----------
+    logits : array_like
+        (M, V) floats.
+    targets : array_like of int
+        (M,) values in [0, V) (any shape with M elements).
+
+    Returns
+    -------
+    loss : float
+        Mean cross-entropy in nats.
+    dlogits : ndarray
+        (M, V): ``(softmax - onehot) / M``, computed without building a one-hot matrix.
+
+    Raises
+    ------
+    ValueError
+        When logits is not 2-D or the sizes differ.
     """
     logits = np.asarray(logits)
     targets = np.asarray(targets).reshape(-1)
@@ -181,18 +372,51 @@ def softmax_cross_entropy(logits, targets):
 
 
 class SoftmaxCrossEntropy:
-    """Layer form of :func:`softmax_cross_entropy`: forward(logits, targets) -> loss,
-    backward(scale=1.0) -> dlogits (M, V)."""
+    """Layer form of :func:`softmax_cross_entropy`: ``forward(logits, targets)`` gives the loss,
+    ``backward(scale=1.0)`` the gradient of the logits.
+    """
 
-    def __init__(self):
-        self.params, self.grads = {}, {}
-        self._dlogits = None
+    def __init__(self) -> None:
+        self.params: dict[str, NDArray[np.floating]] = {}
+        self.grads: dict[str, NDArray[np.floating]] = {}
+        self._dlogits: NDArray[np.floating] | None = None
 
-    def forward(self, logits, targets):
+    def forward(self, logits: ArrayLike, targets: ArrayLike) -> float:
+        """Mean cross-entropy (keeps the gradient for :meth:`backward`).
+
+        Parameters
+        ----------
+        logits : array_like
+            (M, V) floats.
+        targets : array_like of int
+            (M,) values in [0, V).
+
+        Returns
+        -------
+        float
+            The loss in nats.
+        """
         loss, self._dlogits = softmax_cross_entropy(logits, targets)
         return loss
 
-    def backward(self, scale=1.0):
+    def backward(self, scale: float = 1.0) -> NDArray[np.floating]:
+        """The gradient of the last forward's loss with respect to its logits.
+
+        Parameters
+        ----------
+        scale : float, optional
+            Multiplies the gradient (e.g. a loss weight).
+
+        Returns
+        -------
+        ndarray
+            The gradient of the logits, (M, V).
+
+        Raises
+        ------
+        RuntimeError
+            Without a preceding :meth:`forward`.
+        """
         if self._dlogits is None:
             raise RuntimeError("SoftmaxCrossEntropy.backward needs a preceding forward")
         d, self._dlogits = self._dlogits, None
@@ -201,9 +425,20 @@ class SoftmaxCrossEntropy:
         return d
 
 
-def global_norm(grads):
-    """sqrt of the sum of squares of every array in ``grads`` (a dict or an iterable)."""
-    arrays = grads.values() if isinstance(grads, dict) else grads
+def global_norm(grads: Grads) -> float:
+    """The L2 norm of all gradients together: sqrt of the sum of squares of every element.
+
+    Parameters
+    ----------
+    grads : dict of str to ndarray, or iterable of ndarray
+        The arrays.
+
+    Returns
+    -------
+    float
+        ``sqrt(sum(g**2))`` over every element of every array.
+    """
+    arrays = grads.values() if isinstance(grads, Mapping) else grads
     total = 0.0
     for g in arrays:
         g1 = g.reshape(-1)
@@ -211,16 +446,25 @@ def global_norm(grads):
     return float(np.sqrt(total))
 
 
-def clip_grad_norm(grads, max_norm):
+def clip_grad_norm(grads: Grads, max_norm: float | None) -> float:
     """Scale every gradient in place so that their global L2 norm is at most ``max_norm``.
 
-    Returns the norm before clipping (like ``torch.nn.utils.clip_grad_norm_``).
-    ``max_norm`` None or <= 0 disables clipping (the norm is still returned).
+    Parameters
+    ----------
+    grads : dict of str to ndarray, or iterable of ndarray
+        The gradients, scaled in place.
+    max_norm : float or None
+        The largest norm allowed; None or <= 0 disables clipping.
+
+    Returns
+    -------
+    float
+        The norm before clipping (like ``torch.nn.utils.clip_grad_norm_``).
     """
     norm = global_norm(grads)
     if max_norm is not None and max_norm > 0 and norm > max_norm:
         scale = max_norm / (norm + 1e-6)
-        for g in (grads.values() if isinstance(grads, dict) else grads):
+        for g in (grads.values() if isinstance(grads, Mapping) else grads):
             g *= g.dtype.type(scale)
     return norm
 
@@ -232,9 +476,31 @@ class Adam:
     ``state_arrays()`` / ``scalars()`` export the moments (arrays, for an ``.npz``) and the
     step count and hyper-parameters (JSON-serialisable); ``load_state()`` puts them back so
     that a resumed run takes exactly the same steps.
+
+    Parameters
+    ----------
+    params : dict of str to ndarray
+        The parameters, updated in place by :meth:`step`.
+    lr : float, optional
+        Learning rate (default 1e-3).
+    betas : (float, float), optional
+        Decay rates of the first and second moments (default (0.9, 0.999)).
+    eps : float, optional
+        Added to the denominator (default 1e-8).
+    weight_decay : float, optional
+        L2 penalty added to the gradient, as ``torch.optim.Adam`` (default 0).
+
+    Attributes
+    ----------
+    t : int
+        Steps taken.
+    m, v : dict of str to ndarray
+        First and second moments.
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params: dict[str, NDArray[np.floating]], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
         self.params = params
         self.lr = float(lr)
         self.beta1, self.beta2 = float(betas[0]), float(betas[1])
@@ -245,8 +511,14 @@ class Adam:
         self.v = {k: np.zeros_like(p) for k, p in params.items()}
         self._tmp = {k: np.empty_like(p) for k, p in params.items()}
 
-    def step(self, grads):
-        """One update from ``grads`` (same keys as params). Gradients are left unchanged."""
+    def step(self, grads: Mapping[str, NDArray[np.floating]]) -> None:
+        """One update of every parameter.
+
+        Parameters
+        ----------
+        grads : dict of str to ndarray
+            Gradients, the same keys and shapes as ``params``; left unchanged.
+        """
         self.t += 1
         b1, b2 = self.beta1, self.beta2
         bc1 = 1.0 - b1 ** self.t
@@ -274,24 +546,61 @@ class Adam:
             tmp *= dt(a)
             p -= tmp
 
-    def scalars(self):
-        """JSON-serialisable scalars: step count and hyper-parameters."""
+    def scalars(self) -> dict[str, Any]:
+        """The step count and the hyper-parameters.
+
+        Returns
+        -------
+        dict
+            ``t``, ``lr``, ``betas``, ``eps``, ``weight_decay`` (JSON-serialisable).
+        """
         return {"t": self.t, "lr": self.lr, "betas": [self.beta1, self.beta2], "eps": self.eps,
                 "weight_decay": self.weight_decay}
 
-    def state_arrays(self, prefix="adam."):
-        """The moments as a flat dict of arrays: ``{prefix}m.<name>`` and ``{prefix}v.<name>``."""
+    def state_arrays(self, prefix: str = "adam.") -> dict[str, NDArray[np.floating]]:
+        """The moments as a flat dict of arrays (e.g. for ``numpy.savez``).
+
+        Parameters
+        ----------
+        prefix : str, optional
+            Prepended to every key.
+
+        Returns
+        -------
+        dict of str to ndarray
+            ``{prefix}m.<name>`` and ``{prefix}v.<name>`` for every parameter (the arrays
+            themselves, not copies).
+        """
         out = {}
         for k in self.params:
             out[f"{prefix}m.{k}"] = self.m[k]
             out[f"{prefix}v.{k}"] = self.v[k]
         return out
 
-    def load_state(self, arrays, scalars, prefix="adam.", keep_hyperparameters=False):
-        """Restore from ``state_arrays()`` / ``scalars()`` output (all checked before any change).
+    def load_state(self, arrays: Mapping[str, ArrayLike], scalars: Mapping[str, Any],
+                   prefix: str = "adam.", keep_hyperparameters: bool = False) -> None:
+        """Restore what :meth:`state_arrays` and :meth:`scalars` exported.
 
-        With ``keep_hyperparameters`` only the step count and moments are restored, and the
-        current lr, betas, eps and weight decay stay.
+        Every key and shape is checked before anything changes.
+
+        Parameters
+        ----------
+        arrays : mapping of str to array_like
+            The moments, as :meth:`state_arrays` names them.
+        scalars : mapping
+            As :meth:`scalars` returns.
+        prefix : str, optional
+            The prefix the arrays were exported with.
+        keep_hyperparameters : bool, optional
+            Restore only the step count and the moments, keeping the current lr, betas,
+            eps and weight decay.
+
+        Raises
+        ------
+        KeyError
+            When a moment is missing.
+        ValueError
+            When a moment has the wrong shape.
         """
         new = {}
         for k, p in self.params.items():

@@ -3,9 +3,11 @@ Its own module name rather than ``from conftest import``: a conftest.py in a sub
 (tests/golden/) would shadow "conftest" during collection. conftest.py re-exports it.
 """
 
+import os
 import zlib
 
 import numpy as np
+import pytest
 
 import fastlstm
 
@@ -26,6 +28,19 @@ REL_TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
 REFERENCE = "numpy"
 DTYPES = [np.float32, np.float64]
 BACKENDS = fastlstm.available_backends()
+
+
+#: The cuda backend under Numba's simulator runs every GPU thread as Python code:
+#: cases above this many multiply-adds (T * N * 4H * (I + H) * L) are GPU-only.
+SIMULATED_CUDA = os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0")
+SIMULATOR_WORK = 200_000
+
+
+def skip_if_too_big_to_simulate(backend, T, N, I, H, L=1):
+    """Skip a cuda case that the simulator would take minutes over (it runs on a GPU)."""
+    work = T * N * 4 * H * (I + H) * L
+    if backend == "cuda" and SIMULATED_CUDA and work > SIMULATOR_WORK:
+        pytest.skip(f"{work:,} multiply-adds is too large for the CUDA simulator (runs on a GPU)")
 
 
 def tol(dtype):

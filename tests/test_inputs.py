@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastlstm
-from lstm_testing import (BACKENDS, DTYPES, GRADCHECK, REFERENCE, assert_all_close, assert_close,
+from lstm_testing import (SIMULATED_CUDA, skip_if_too_big_to_simulate, BACKENDS, DTYPES, GRADCHECK, REFERENCE, assert_all_close, assert_close,
                           check_close, make_inputs, run_layer)
 
 T, N, I, H, L = 5, 3, 4, 6, 2
@@ -253,6 +253,7 @@ def long_reference():
 
 
 def test_very_long_sequence(backend, long_reference):
+    skip_if_too_big_to_simulate(backend, LONG["T"], LONG["N"], LONG["I"], LONG["H"], LONG["L"])
     layer = fastlstm.LSTM(LONG["I"], LONG["H"], LONG["L"], dtype=np.float64, backend=backend, seed=2)
     got = run_layer(layer, *_long_inputs())
     assert got["y"].shape == (LONG["T"], LONG["N"], LONG["H"])
@@ -263,6 +264,7 @@ def test_very_long_sequence(backend, long_reference):
 
 def test_very_long_sequence_float32(backend):
     """float32 over 20000 steps stays finite and bounded (no accumulation blow-up)."""
+    skip_if_too_big_to_simulate(backend, LONG["T"], LONG["N"], LONG["I"], LONG["H"])
     layer = fastlstm.LSTM(LONG["I"], LONG["H"], 1, backend=backend, seed=2)
     x, s, dy, ds = make_inputs(10, LONG["T"], LONG["N"], LONG["I"], LONG["H"], 1, np.float32)
     got = run_layer(layer, x, s, dy, ds)
@@ -318,6 +320,8 @@ def test_dropout_matches_reference_with_same_seed(backend, dtype):
 
 def test_dropout_gradients_match_finite_differences(backend):
     """With the mask fixed (a fresh layer of the same seed per evaluation), backward is exact."""
+    if backend == "cuda" and SIMULATED_CUDA:
+        pytest.skip("hundreds of forward passes: minutes on the CUDA simulator (the grid covers cuda)")
     t, n, i, h = 3, 2, 3, 4
     rng = np.random.default_rng(12)
     x = rng.standard_normal((t, n, i))

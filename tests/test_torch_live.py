@@ -11,7 +11,7 @@ import fastlstm
 
 torch = pytest.importorskip("torch")
 
-from lstm_testing import REL_TOL, rel_err
+from lstm_testing import REL_TOL, rel_err, skip_if_too_big_to_simulate
 TORCH_DTYPE = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
 
 BACKENDS = fastlstm.available_backends()
@@ -115,6 +115,7 @@ def ours_run(model, d, with_state=True):
 @pytest.mark.parametrize("cfg", CONFIGS, ids=cfg_id)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_forward_backward_match_torch(backend, cfg, dtype):
+    skip_if_too_big_to_simulate(backend, *cfg[:5])
     lstm = make_torch(cfg, dtype)
     model = make_ours(cfg, dtype, backend)
     model.load_state_dict({k: t2n(v) for k, v in lstm.state_dict().items()})
@@ -159,6 +160,7 @@ def test_state_dict_round_trip_through_torch(cfg, dtype):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_torch_state_dict_tensors_load_and_match(backend, dtype):
     cfg = CONFIGS[2]
+    skip_if_too_big_to_simulate(backend, *cfg[:5])
     lstm = make_torch(cfg, dtype, seed=5)
     model = make_ours(cfg, dtype, backend)
     model.load_state_dict(lstm.state_dict())  # torch tensors, as they come
@@ -179,6 +181,7 @@ def test_torch_state_dict_tensors_load_and_match(backend, dtype):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_step_carried_over_time_matches_torch(backend, cfg, dtype):
     T, N, I, H, L, bias, bf = cfg
+    skip_if_too_big_to_simulate(backend, T, N, I, H, L)
     cfg = (T, N, I, H, L, bias, False)  # step takes (N, I): time-major data
     lstm = make_torch(cfg, dtype, seed=11)
     model = make_ours(cfg, dtype, backend)

@@ -6,7 +6,13 @@ of choice: an explicit ``backend=`` name, then FASTLSTM_BACKEND, then
 automatic (device arrays to CUDA, host arrays to C when built, else NumPy).
 """
 
+from __future__ import annotations
+
 import importlib
+from types import ModuleType
+from typing import Any, Iterable
+
+import numpy as np
 
 from .. import _config
 
@@ -26,18 +32,38 @@ def _load(name):
     return _loaded.get(name)
 
 
-def available_backends():
-    """Names of the backends usable in this process, fastest first."""
+def available_backends() -> list[str]:
+    """Names of the backends usable in this process, fastest first.
+
+    Returns
+    -------
+    list of str
+        A subset of ``["cuda", "c", "numpy"]``; "numpy" is always there.
+        ``unavailable_reasons()`` says why any other is missing.
+
+    Examples
+    --------
+    >>> import fastlstm
+    >>> "numpy" in fastlstm.available_backends()
+    True
+    """
     return [n for n in ("cuda", "c", "numpy") if _load(n) is not None]
 
 
-def unavailable_reasons():
-    """Why each known backend that is not available could not be loaded."""
+def unavailable_reasons() -> dict[str, str]:
+    """Why each known backend that is not available could not be loaded.
+
+    Returns
+    -------
+    dict of str to str
+        Backend name to the error its import raised (for example a missing
+        numba-cuda, no GPU, or no compiled extension).
+    """
     available_backends()
     return dict(_reasons)
 
 
-def check_name(name):
+def check_name(name: str) -> str:
     """Validate a ``backend=`` argument early; returns it normalised."""
     if not isinstance(name, str):
         raise TypeError(f"backend must be a string, got {type(name).__name__}")
@@ -58,11 +84,14 @@ def _require(name):
     return module
 
 
-def is_device_array(a):
-    return hasattr(a, "__cuda_array_interface__")
+def is_device_array(a: Any) -> bool:
+    """True for arrays in GPU memory: ``__cuda_array_interface__`` or a Numba device array."""
+    if isinstance(a, np.ndarray):
+        return False
+    return hasattr(a, "__cuda_array_interface__") or bool(getattr(a, "__cuda_ndarray__", False))
 
 
-def get_backend(name="auto", arrays=()):
+def get_backend(name: str = "auto", arrays: Iterable[Any] = ()) -> ModuleType:
     """The backend module for ``name`` ("auto" or a backend name) and these inputs."""
     name = check_name(name)
     if name == "auto":

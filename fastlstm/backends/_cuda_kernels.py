@@ -1,0 +1,340 @@
+"""Numba CUDA kernels of the ``cuda`` backend (used by fastlstm/backends/cuda.py).
+
+``kernels(dtype)`` compiles one set per dtype: a register-blocked GEMM for the
+all-steps products, the fused LSTM cell step forward and backward (one thread
+per (batch, hidden) unit, all four gates together), both as one-step launches
+and as persistent cooperative kernels that loop over time with a grid-wide
+barrier and keep each block's slice of W_hh in shared memory when it fits.
+Arrays are device arrays, C-contiguous, time-major; letters as in reference.py.
+"""
+
+import math
+from functools import lru_cache
+
+import numba
+import numpy as np
+from numba import cuda
+
+SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
+# GEMM blocks: GEMM_THREADS x GEMM_THREADS threads, each computing a 4 x 4 piece
+# of a GEMM_TILE x GEMM_TILE output tile. The simulator runs every thread as a
+# Python thread, so it gets small blocks (tests run the GPU shape once too).
+GEMM_THREADS = 4 if SIMULATOR else 16
+GEMM_TILE = 4 * GEMM_THREADS
+GEMM_K = 4 if SIMULATOR else 16    # depth of one shared-memory slab
+
+
+@lru_cache(maxsize=None)
+def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
+    """The compiled kernel set for float32 or float64 (a namespace object).
+
+    ``gemm_threads`` sets the GEMM block's side (its tile is 4 times that),
+    ``gemm_k`` the depth of its shared-memory slabs.
+    """
+    ft = numba.float32 if np.dtype(dtype) == np.float32 else numba.float64
+    GEMM_THREADS = gemm_threads
+    GEMM_TILE = 4 * gemm_threads
+    GEMM_REG = 4
+    GEMM_K = gemm_k
+    zero, one = ft(0.0), ft(1.0)
+
+    @cuda.jit(device=True, inline=True)
+    def sigmoid(z):
+        # exp of a non-positive number only: no overflow for any z.
+        e = math.exp(-abs(z))
+        s = one / (one + e)
+        return s if z >= zero else e * s
+
+    @cuda.jit
+    def gemm(A, B, C, bias, ta, tb, accumulate):
+        """C[M, P] (+)= op(A)[M, K] . op(B)[K, P] + bias[P]; op transposes when ta/tb.
+
+        bias of length 0 means none. Block (GEMM_THREADS, GEMM_THREADS), grid
+        (ceil(P / GEMM_TILE), ceil(M / GEMM_TILE)).
+        """
+        sA = cuda.shared.array((GEMM_K, GEMM_TILE), ft)   # sA[k, m]
+        sB = cuda.shared.array((GEMM_K, GEMM_TILE), ft)   # sB[k, p]
+        acc = cuda.local.array((GEMM_REG, GEMM_REG), ft)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * GEMM_THREADS + tx
+        m0 = cuda.blockIdx.y * GEMM_TILE
+        p0 = cuda.blockIdx.x * GEMM_TILE
+        M = C.shape[0]
+        P = C.shape[1]
+        K = A.shape[0] if ta else A.shape[1]
+        for r in range(GEMM_REG):
+            for s in range(GEMM_REG):
+                acc[r, s] = zero
+        for k0 in range(0, K, GEMM_K):
+            # Each of the 256 threads loads 4 elements of each slab.
+            for e in range(tid, GEMM_K * GEMM_TILE, GEMM_THREADS * GEMM_THREADS):
+                if ta:
+                    kk = e // GEMM_TILE
+                    mm = e % GEMM_TILE
+                else:
+                    mm = e // GEMM_K
+                    kk = e % GEMM_K
+                m = m0 + mm
+                k = k0 + kk
+                val = zero
+                if m < M and k < K:
+                    val = A[k, m] if ta else A[m, k]
+                sA[kk, mm] = val
+                if tb:
+                    pp = e // GEMM_K
+                    kk = e % GEMM_K
+                else:
+                    kk = e // GEMM_TILE
+                    pp = e % GEMM_TILE
+                p = p0 + pp
+                k = k0 + kk
+                val = zero
+                if p < P and k < K:
+                    val = B[p, k] if tb else B[k, p]
+                sB[kk, pp] = val
+            cuda.syncthreads()
+            for kk in range(GEMM_K):
+                for r in range(GEMM_REG):
+                    a = sA[kk, ty + r * GEMM_THREADS]
+                    for s in range(GEMM_REG):
+                        acc[r, s] += a * sB[kk, tx + s * GEMM_THREADS]
+            cuda.syncthreads()
+        for r in range(GEMM_REG):
+            m = m0 + ty + r * GEMM_THREADS
+            for s in range(GEMM_REG):
+                p = p0 + tx + s * GEMM_THREADS
+                if m < M and p < P:
+                    v = acc[r, s]
+                    if bias.shape[0] > 0:
+                        v += bias[p]
+                    if accumulate:
+                        v += C[m, p]
+                    C[m, p] = v
+
+    @cuda.jit
+    def gemm_simple(A, B, C, bias, ta, tb, accumulate):
+        """The same product as ``gemm``, one thread per output element, no shared memory.
+
+        What the simulator runs in the layer tests (its threads are Python
+        threads and the tiled kernel's barriers cost seconds there).
+        """
+        M = C.shape[0]
+        P = C.shape[1]
+        K = A.shape[0] if ta else A.shape[1]
+        for e in range(cuda.grid(1), M * P, cuda.gridsize(1)):
+            m = e // P
+            p = e % P
+            v = zero
+            for k in range(K):
+                v += (A[k, m] if ta else A[m, k]) * (B[p, k] if tb else B[k, p])
+            if bias.shape[0] > 0:
+                v += bias[p]
+            if accumulate:
+                v += C[m, p]
+            C[m, p] = v
+
+    @cuda.jit
+    def transpose(A, At):
+        """At[j, i] = A[i, j]; one thread per element, grid-stride."""
+        R, S = A.shape
+        for e in range(cuda.grid(1), R * S, cuda.gridsize(1)):
+            i = e // S
+            j = e % S
+            At[j, i] = A[i, j]
+
+    @cuda.jit
+    def swap01(A, B):
+        """B[n, t, f] = A[t, n, f] for 3-D A (T, N, F)."""
+        T, N, F = A.shape
+        for e in range(cuda.grid(1), T * N * F, cuda.gridsize(1)):
+            t = e // (N * F)
+            n = (e // F) % N
+            f = e % F
+            B[n, t, f] = A[t, n, f]
+
+    @cuda.jit
+    def multiply(A, B, out):
+        """out = A * B elementwise over flat (1-D views of) arrays."""
+        for e in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+            out[e] = A[e] * B[e]
+
+    @cuda.jit
+    def column_sums(A, out):
+        """out[g] += sum over rows of A[:, g] (bias gradients)."""
+        R, S = A.shape
+        for g in range(cuda.grid(1), S, cuda.gridsize(1)):
+            s = zero
+            for r in range(R):
+                s += A[r, g]
+            out[g] += s
+
+    @cuda.jit(device=True, inline=True)
+    def forward_units(t, gates, cs, y, h0, c0, WhhT, Ws, use_smem, j0, hb, tid, nthreads):
+        """Step t for the units j0 <= j < j0 + hb of every batch row.
+
+        gates[t] holds the input projection (+ bias) on entry and the activated
+        gates on exit; h_{t-1}, c_{t-1} come from h0/c0 at t = 0, else y/cs.
+        With use_smem the unit slice of W_hh is read from Ws[k, g, jj].
+        """
+        N = gates.shape[1]
+        H = cs.shape[2]
+        for p in range(tid, N * hb, nthreads):
+            jj = p % hb
+            n = p // hb
+            j = j0 + jj
+            if j < H:
+                ai = gates[t, n, j]
+                af = gates[t, n, H + j]
+                ag = gates[t, n, 2 * H + j]
+                ao = gates[t, n, 3 * H + j]
+                for k in range(H):
+                    hk = h0[n, k] if t == 0 else y[t - 1, n, k]
+                    if use_smem:
+                        base = k * 4 * hb + jj
+                        ai += hk * Ws[base]
+                        af += hk * Ws[base + hb]
+                        ag += hk * Ws[base + 2 * hb]
+                        ao += hk * Ws[base + 3 * hb]
+                    else:
+                        ai += hk * WhhT[k, j]
+                        af += hk * WhhT[k, H + j]
+                        ag += hk * WhhT[k, 2 * H + j]
+                        ao += hk * WhhT[k, 3 * H + j]
+                i = sigmoid(ai)
+                f = sigmoid(af)
+                g = math.tanh(ag)
+                o = sigmoid(ao)
+                c_prev = c0[n, j] if t == 0 else cs[t - 1, n, j]
+                c = f * c_prev + i * g
+                gates[t, n, j] = i
+                gates[t, n, H + j] = f
+                gates[t, n, 2 * H + j] = g
+                gates[t, n, 3 * H + j] = o
+                cs[t, n, j] = c
+                y[t, n, j] = o * math.tanh(c)
+
+    @cuda.jit(device=True, inline=True)
+    def backward_units(t, T, gates, cs, c0, dy, dhT, W_hh, Ws, use_smem, dc, j0, hb, tid, nthreads):
+        """Backward step t for units j0 <= j < j0 + hb: gates[t] becomes dP[t].
+
+        dh = dy[t] + dP[t+1] . W_hh (dhT at the last step); dc (N, H) carries
+        dc_{t+1} in and dc_t out. With use_smem, Ws[k, jj] = W_hh[k, j0 + jj].
+        """
+        N = gates.shape[1]
+        H = cs.shape[2]
+        G = 4 * H
+        for p in range(tid, N * hb, nthreads):
+            jj = p % hb
+            n = p // hb
+            j = j0 + jj
+            if j < H:
+                dh = dy[t, n, j]
+                if t == T - 1:
+                    dh += dhT[n, j]
+                else:
+                    for k in range(G):
+                        w = Ws[k * hb + jj] if use_smem else W_hh[k, j]
+                        dh += gates[t + 1, n, k] * w
+                i = gates[t, n, j]
+                f = gates[t, n, H + j]
+                g = gates[t, n, 2 * H + j]
+                o = gates[t, n, 3 * H + j]
+                c_prev = c0[n, j] if t == 0 else cs[t - 1, n, j]
+                tc = math.tanh(cs[t, n, j])
+                dct = dc[n, j] + dh * o * (one - tc * tc)
+                gates[t, n, j] = dct * g * i * (one - i)
+                gates[t, n, H + j] = dct * c_prev * f * (one - f)
+                gates[t, n, 2 * H + j] = dct * i * (one - g * g)
+                gates[t, n, 3 * H + j] = dh * tc * o * (one - o)
+                dc[n, j] = dct * f
+
+    @cuda.jit(device=True, inline=True)
+    def first_dh(gates, W_hh, Ws, use_smem, dh0, j0, hb, tid, nthreads):
+        """dh0 = dP[0] . W_hh for units j0 <= j < j0 + hb."""
+        N = gates.shape[1]
+        G = gates.shape[2]
+        H = G // 4
+        for p in range(tid, N * hb, nthreads):
+            jj = p % hb
+            n = p // hb
+            j = j0 + jj
+            if j < H:
+                s = zero
+                for k in range(G):
+                    w = Ws[k * hb + jj] if use_smem else W_hh[k, j]
+                    s += gates[0, n, k] * w
+                dh0[n, j] = s
+
+    @cuda.jit
+    def forward_step(t, gates, cs, y, h0, c0, WhhT):
+        """One launch per step: every (n, j) unit of step t, grid-stride."""
+        H = cs.shape[2]
+        forward_units(t, gates, cs, y, h0, c0, WhhT, WhhT[0], False, 0, H,
+                      cuda.grid(1), cuda.gridsize(1))
+
+    @cuda.jit
+    def backward_step(t, T, gates, cs, c0, dy, dhT, W_hh, dc):
+        H = cs.shape[2]
+        backward_units(t, T, gates, cs, c0, dy, dhT, W_hh, W_hh[0], False, dc, 0, H,
+                       cuda.grid(1), cuda.gridsize(1))
+
+    @cuda.jit
+    def backward_first_dh(gates, W_hh, dh0):
+        H = dh0.shape[1]
+        first_dh(gates, W_hh, W_hh[0], False, dh0, 0, H, cuda.grid(1), cuda.gridsize(1))
+
+    @cuda.jit
+    def forward_persistent(gates, cs, y, h0, c0, WhhT, hb, use_smem):
+        """Every step in one cooperative launch; block b owns units [b*hb, (b+1)*hb)."""
+        Ws = cuda.shared.array(0, ft)
+        T = gates.shape[0]
+        H = cs.shape[2]
+        j0 = cuda.blockIdx.x * hb
+        tid = cuda.threadIdx.x
+        nth = cuda.blockDim.x
+        if use_smem:
+            for e in range(tid, H * 4 * hb, nth):
+                k = e // (4 * hb)
+                r = e % (4 * hb)
+                j = j0 + r % hb
+                Ws[e] = WhhT[k, (r // hb) * H + j] if j < H else zero
+            cuda.syncthreads()
+        grid = cuda.cg.this_grid()
+        for t in range(T):
+            forward_units(t, gates, cs, y, h0, c0, WhhT, Ws, use_smem, j0, hb, tid, nth)
+            grid.sync()
+
+    @cuda.jit
+    def backward_persistent(gates, cs, c0, dy, dhT, W_hh, dc, dh0, hb, use_smem):
+        Ws = cuda.shared.array(0, ft)
+        T = gates.shape[0]
+        G = gates.shape[2]
+        H = G // 4
+        j0 = cuda.blockIdx.x * hb
+        tid = cuda.threadIdx.x
+        nth = cuda.blockDim.x
+        if use_smem:
+            for e in range(tid, G * hb, nth):
+                j = j0 + e % hb
+                Ws[e] = W_hh[e // hb, j] if j < H else zero
+            cuda.syncthreads()
+        grid = cuda.cg.this_grid()
+        for s in range(T):
+            backward_units(T - 1 - s, T, gates, cs, c0, dy, dhT, W_hh, Ws, use_smem, dc,
+                           j0, hb, tid, nth)
+            grid.sync()
+        first_dh(gates, W_hh, Ws, use_smem, dh0, j0, hb, tid, nth)
+
+    class Kernels:
+        pass
+
+    ns = Kernels()
+    ns.gemm_threads, ns.gemm_tile = GEMM_THREADS, GEMM_TILE
+    for name, fn in dict(gemm=gemm, gemm_simple=gemm_simple, transpose=transpose, swap01=swap01, multiply=multiply,
+                         column_sums=column_sums, forward_step=forward_step,
+                         backward_step=backward_step, backward_first_dh=backward_first_dh,
+                         forward_persistent=forward_persistent,
+                         backward_persistent=backward_persistent).items():
+        setattr(ns, name, fn)
+    return ns

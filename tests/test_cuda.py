@@ -1,0 +1,222 @@
+"""The cuda backend beyond the shared grid: device arrays in and out, the
+``__cuda_array_interface__`` route, both time loops (persistent and one launch
+per step, W_hh in shared memory or not), the tiled GEMM kernel against NumPy,
+errors, and what fastlstm says when numba-cuda is missing. Runs on a GPU or
+under Numba's simulator (NUMBA_ENABLE_CUDASIM=1); real-size checks need a GPU.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastlstm
+from fastlstm.backends import is_device_array
+from lstm_testing import REFERENCE, assert_all_close, make_inputs, run_layer
+
+
+@pytest.fixture
+def cb():
+    """The cuda backend module; skips where it is not available."""
+    if "cuda" not in fastlstm.available_backends():
+        pytest.skip("cuda backend not available (no numba-cuda, or no GPU and NUMBA_ENABLE_CUDASIM unset)")
+    from fastlstm.backends import cuda as module
+    return module
+
+
+def _layers(I, H, L, dtype=np.float32, **kw):
+    ref = fastlstm.LSTM(I, H, L, dtype=dtype, backend=REFERENCE, seed=11, **kw)
+    gpu = fastlstm.LSTM(I, H, L, dtype=dtype, backend="cuda", seed=5, **kw)
+    gpu.load_state_dict(ref.state_dict())
+    return gpu, ref
+
+
+class InterfaceOnly:
+    """A foreign device array: only ``__cuda_array_interface__`` (like CuPy or torch).
+
+    Under the simulator device memory is host memory, so a NumPy buffer stands in.
+    """
+
+    def __init__(self, host):
+        self.host = np.ascontiguousarray(host)
+        self.__cuda_array_interface__ = {
+            "shape": self.host.shape, "typestr": self.host.dtype.str,
+            "data": (self.host.ctypes.data, False), "version": 3, "strides": None}
+
+
+@pytest.mark.parametrize("loop", ["persistent", "steps"])
+@pytest.mark.parametrize("smem", ["smem", "global"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_both_time_loops_match_reference(monkeypatch, cb, loop, smem, dtype):
+    monkeypatch.setenv("FASTLSTM_CUDA_LOOP", loop)
+    monkeypatch.setenv("FASTLSTM_CUDA_SMEM_BYTES", "1000000" if smem == "smem" else "0")
+    T, N, I, H, L = 4, 3, 2, 7, 2
+    gpu, ref = _layers(I, H, L, dtype)
+    x, state, dy, dstate = make_inputs(21, T, N, I, H, L, dtype, state=True, dstate=True)
+    assert_all_close(run_layer(gpu, x, state, dy, dstate), run_layer(ref, x, state, dy, dstate),
+                     dtype, f"cuda {loop} {smem}")
+
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tmajor", "bfirst"])
+def test_device_arrays_in_device_arrays_out(cb, batch_first):
+    T, N, I, H, L = 3, 2, 3, 5, 2
+    gpu, ref = _layers(I, H, L, batch_first=batch_first, dropout=0.5)
+    x, state, dy, dstate = make_inputs(4, T, N, I, H, L, np.float32, batch_first=batch_first,
+                                       state=True, dstate=True)
+    ref._rng = np.random.default_rng(99)  # same dropout masks on both
+    gpu._rng = np.random.default_rng(99)
+    want_y, (want_h, want_c) = ref.forward(x, state, training=True)
+    want_dx, (want_dh0, want_dc0) = ref.backward(dy, dstate)
+    dev = cb.as_device
+    y, (h, c) = gpu.forward(dev(x), (dev(state[0]), dev(state[1])), training=True)
+    assert all(is_device_array(a) for a in (y, h, c))
+    dx, (dh0, dc0) = gpu.backward(dev(dy), (dev(dstate[0]), dev(dstate[1])))
+    assert all(is_device_array(a) for a in (dx, dh0, dc0))
+    got = {"y": y, "h_n": h, "c_n": c, "dx": dx, "dh0": dh0, "dc0": dc0}
+    want = {"y": want_y, "h_n": want_h, "c_n": want_c, "dx": want_dx, "dh0": want_dh0, "dc0": want_dc0}
+    assert_all_close({k: a.copy_to_host() for k, a in got.items()}, want, np.float32, "device")
+    assert_all_close(gpu.grads, ref.grads, np.float32, "device grads")
+
+
+def test_step_on_device_matches_forward(cb):
+    T, N, I, H, L = 4, 2, 3, 6, 2
+    gpu, ref = _layers(I, H, L)
+    x, _, _, _ = make_inputs(6, T, N, I, H, L, np.float32)
+    want, _ = ref.forward(x)
+    state = None
+    for t in range(T):
+        h_top, state = gpu.step(cb.as_device(x[t]), state)
+        assert is_device_array(h_top) and is_device_array(state[0])
+        np.testing.assert_allclose(h_top.copy_to_host(), want[t], rtol=1e-5, atol=1e-6)
+
+
+def test_cuda_array_interface_input_is_used_in_place(cb):
+    if not cb.SIMULATOR:
+        pytest.skip("the stand-in interface object wraps host memory: simulator only")
+    T, N, I, H = 3, 2, 4, 5
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((T, N, I)).astype(np.float32)
+    W_ih = rng.standard_normal((4 * H, I)).astype(np.float32)
+    W_hh = rng.standard_normal((4 * H, H)).astype(np.float32)
+    foreign = InterfaceOnly(x)
+    view = cb.as_device(foreign)
+    view[0, 0, 0] = 42.0  # writes through to the foreign buffer: no copy was made
+    assert foreign.host[0, 0, 0] == 42.0
+    foreign.host[0, 0, 0] = x[0, 0, 0] = 0.5
+    y, (h, c), _ = fastlstm.lstm_forward(foreign, InterfaceOnly(W_ih), W_hh, training=False)
+    assert is_device_array(y) and is_device_array(h)
+    want, _, _ = fastlstm.lstm_forward(x, W_ih, W_hh, training=False, backend="numpy")
+    np.testing.assert_allclose(y.copy_to_host(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_functional_backward_on_device(cb):
+    T, N, I, H = 3, 2, 4, 5
+    rng = np.random.default_rng(8)
+    args = [rng.standard_normal(s).astype(np.float32) for s in ((T, N, I), (4 * H, I), (4 * H, H), (4 * H,))]
+    dy = rng.standard_normal((T, N, H)).astype(np.float32)
+    _, _, cache = fastlstm.lstm_forward(*args, backend="numpy")
+    want_dx, (want_dh, want_dc), want_g = fastlstm.lstm_backward(cache, dy)
+    _, _, cache = fastlstm.lstm_forward(*(cb.as_device(a) for a in args))
+    dx, (dh, dc), grads = fastlstm.lstm_backward(cache, cb.as_device(dy))
+    assert all(is_device_array(a) for a in [dx, dh, dc, *grads.values()])
+    got = {"dx": dx, "dh0": dh, "dc0": dc, **grads}
+    want = {"dx": want_dx, "dh0": want_dh, "dc0": want_dc, **want_g}
+    assert_all_close({k: a.copy_to_host() for k, a in got.items()}, want, np.float32, "functional")
+
+
+@pytest.mark.parametrize("ta", [0, 1])
+@pytest.mark.parametrize("tb", [0, 1])
+def test_tiled_gemm_matches_numpy(cb, ta, tb):
+    from fastlstm.backends._cuda_kernels import kernels
+    rng = np.random.default_rng(ta * 2 + tb)
+    for threads, depth, (M, P, K) in ((4, 4, (19, 23, 9)), (16, 16, (70, 66, 17))):
+        if cb.SIMULATOR and threads == 16 and (ta, tb) != (1, 0):
+            continue  # the GPU's block shape is slow to simulate: one case of it is enough
+        k = kernels(np.float32, threads, depth)
+        A = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
+        B = rng.standard_normal((P, K) if tb else (K, P)).astype(np.float32)
+        C = rng.standard_normal((M, P)).astype(np.float32)
+        bias = rng.standard_normal(P).astype(np.float32)
+        want = (A.T if ta else A) @ (B.T if tb else B) + bias + C
+        dC = cb.as_device(C)
+        grid = (-(-P // k.gemm_tile), -(-M // k.gemm_tile))
+        k.gemm[grid, (threads, threads)](cb.as_device(A), cb.as_device(B), dC, cb.as_device(bias), ta, tb, 1)
+        np.testing.assert_allclose(dC.copy_to_host(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_tiled_gemm_runs_the_layer(monkeypatch, cb):
+    monkeypatch.setattr(cb, "GEMM", "tiled")
+    T, N, I, H, L = 3, 2, 3, 4, 1
+    gpu, ref = _layers(I, H, L)
+    x, state, dy, dstate = make_inputs(2, T, N, I, H, L, np.float32, state=True, dstate=True)
+    assert_all_close(run_layer(gpu, x, state, dy, dstate), run_layer(ref, x, state, dy, dstate),
+                     np.float32, "cuda tiled gemm")
+
+
+def test_device_array_errors(cb):
+    layer = fastlstm.LSTM(3, 4, dtype=np.float32, backend="cuda")
+    with pytest.raises(TypeError, match="x is a device array of dtype float64"):
+        layer.forward(cb.as_device(np.zeros((2, 1, 3))))
+    with pytest.raises(ValueError, match=r"x must have shape \(T, N, I\)"):
+        layer.forward(cb.as_device(np.zeros((2, 1, 5), np.float32)))
+    host_only = fastlstm.LSTM(3, 4, dtype=np.float32, backend="numpy")
+    with pytest.raises(TypeError, match="device array but the 'numpy' backend"):
+        host_only.forward(cb.as_device(np.zeros((2, 1, 3), np.float32)))
+
+
+
+def test_bad_loop_knob_is_named(monkeypatch, cb):
+    monkeypatch.setenv("FASTLSTM_CUDA_LOOP", "fast")
+    with pytest.raises(ValueError, match="FASTLSTM_CUDA_LOOP"):
+        fastlstm.LSTM(3, 4, backend="cuda").forward(np.zeros((2, 1, 3), np.float32))
+
+
+def test_auto_backend_sends_device_arrays_to_cuda(cb):
+    layer = fastlstm.LSTM(3, 4, dtype=np.float32)
+    y, _ = layer.forward(cb.as_device(np.ones((2, 1, 3), np.float32)))
+    assert is_device_array(y)
+    y_host, _ = layer.forward(np.ones((2, 1, 3), np.float32))
+    assert isinstance(y_host, np.ndarray)
+    np.testing.assert_allclose(y.copy_to_host(), y_host, rtol=1e-5, atol=1e-6)
+
+
+def test_real_sizes_on_a_gpu(cb):
+    if cb.SIMULATOR:
+        pytest.skip("real sizes need a GPU (the simulator runs threads in Python)")
+    T, N, I, H, L = 50, 64, 256, 256, 1
+    gpu, ref = _layers(I, H, L)
+    x, state, dy, dstate = make_inputs(1, T, N, I, H, L, np.float32, state=True, dstate=True)
+    assert_all_close(run_layer(gpu, x, state, dy, dstate), run_layer(ref, x, state, dy, dstate),
+                     np.float32, "cuda real size")
+
+
+def test_missing_numba_is_reported():
+    # Runs everywhere: a process where numba cannot be imported still works on the host.
+    code = ("import sys; sys.modules['numba'] = None\n"
+            "import fastlstm, numpy as np\n"
+            "assert 'cuda' not in fastlstm.available_backends()\n"
+            "print(fastlstm.backends.unavailable_reasons()['cuda'])\n"
+            "y, _ = fastlstm.LSTM(2, 3)(np.ones((2, 1, 2)))\n"
+            "assert y.shape == (2, 1, 3)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "numba-cuda is not installed" in out.stdout
+    assert "fastlstm[cuda]" in out.stdout
+
+
+def test_gpu_check_script_runs(cb, tmp_path):
+    """bench/gpu_check.py end to end on tiny sizes (the simulator, or a real GPU)."""
+    import os
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+    if not script.exists():
+        pytest.skip("bench/gpu_check.py is not in this tree")
+    out = tmp_path / "gpu.md"
+    cmd = [sys.executable, str(script), "--allow-simulator", "--hs", "5", "--ns", "2",
+           "--steps", "3", "--reps", "2", "--out", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert run.returncode == 0, run.stdout + run.stderr
+    text = out.read_text()
+    assert "| 5 | 2 |" in text and "Correctness: all below 1e-5" in text
+    assert (tmp_path / "gpu.json").exists()
