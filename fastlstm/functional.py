@@ -173,8 +173,9 @@ def lstm_forward(x: Any, weight_ih: Any, weight_hh: Any, bias_ih: Any = None, bi
     ((5, 4, 2), (4, 2))
     """
     if is_device_array(weight_ih):
-        dt = getattr(weight_ih, "dtype", None)
-        dt = np.dtype(weight_ih.__cuda_array_interface__["typestr"] if dt is None else dt)
+        # The interface's typestr, not .dtype: a torch tensor's dtype is not NumPy's.
+        face = getattr(weight_ih, "__cuda_array_interface__", None)
+        dt = np.dtype(face["typestr"] if face is not None else weight_ih.dtype)
     else:
         dt = np.asarray(weight_ih).dtype
     dt = v.check_dtype(dt if dt.kind == "f" else np.float32)

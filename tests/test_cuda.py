@@ -40,6 +40,7 @@ class InterfaceOnly:
 
     def __init__(self, host):
         self.host = np.ascontiguousarray(host)
+        self.dtype = f"foreign.{self.host.dtype}"  # like torch.float32: not a NumPy dtype
         self.__cuda_array_interface__ = {
             "shape": self.host.shape, "typestr": self.host.dtype.str,
             "data": (self.host.ctypes.data, False), "version": 3, "strides": None}
@@ -215,7 +216,10 @@ def test_gpu_check_script_runs(cb, tmp_path):
     out = tmp_path / "gpu.md"
     cmd = [sys.executable, str(script), "--allow-simulator", "--hs", "5", "--ns", "2",
            "--steps", "3", "--reps", "2", "--out", str(out)]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    env = dict(os.environ)
+    root = str(Path(fastlstm.__file__).resolve().parents[1])  # the package under test
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stdout + run.stderr
     text = out.read_text()
     assert "| 5 | 2 |" in text and "Correctness: all below 1e-5" in text
