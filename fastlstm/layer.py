@@ -17,6 +17,7 @@ from . import _validate as v
 from ._arrays import backend_and_arrays
 from .backends import check_name
 from .functional import Workspace, run_backward, run_forward
+from .nn import keep_mask
 
 
 class LSTM:
@@ -165,17 +166,10 @@ class LSTM:
         return tuple(out)
 
     def _dropout_mask(self, shape):
-        """0 or 1/(1-p) per element, kept with probability 1-p (to within 2**-16).
-
-        16 random bits per element, four to a raw 64-bit draw: a quarter of the
-        cost of uniform floats.
-        """
-        size = int(np.prod(shape))
-        raw = self._rng.bit_generator.random_raw((size + 3) // 4)
-        bits = raw.view(np.uint16)[:size].reshape(shape)
+        """0 or 1/(1-p) per element, kept with probability 1-p (nn.keep_mask)."""
         mask = np.empty(shape, self.dtype)
         scale = self.dtype.type(1.0 / (1.0 - self.dropout))
-        np.multiply(bits >= np.uint16(min(round(self.dropout * 65536), 65535)), scale, out=mask)
+        np.multiply(keep_mask(self._rng, shape, self.dropout), scale, out=mask)
         return mask
 
     # -- forward / backward ----------------------------------------------

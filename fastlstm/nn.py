@@ -215,6 +215,32 @@ class Dense:
         return dx.reshape(dy.shape[:-1] + (self.in_features,))
 
 
+def keep_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float) -> NDArray[np.bool_]:
+    """Dropout's keep mask: True with probability 1 - p (to within 2**-16) per element.
+
+    16 random bits per element, four to a raw 64-bit draw: a quarter of the cost
+    of uniform floats. Used by ``Dropout`` and by ``fastlstm.LSTM``.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The generator to draw from (its bit generator advances).
+    shape : tuple of int
+        Shape of the mask.
+    p : float
+        Drop probability in [0, 1).
+
+    Returns
+    -------
+    ndarray of bool
+        The mask, ``shape``.
+    """
+    size = int(np.prod(shape))
+    raw = rng.bit_generator.random_raw((size + 3) // 4)
+    bits = raw.view(np.uint16)[:size].reshape(shape)
+    return bits >= np.uint16(min(round(p * 65536), 65535))
+
+
 class Dropout:
     """Inverted dropout: in training, zero each element with probability p and scale the rest by
     1/(1-p); identity otherwise. Masks come from the layer's own seeded Generator (``rng``),
@@ -262,11 +288,7 @@ class Dropout:
         if not training or self.p == 0.0:
             self._mask = None
             return x
-        # 16 random bits per element, four to a raw 64-bit draw (a quarter of the cost of
-        # uniform floats): keep when >= p * 2**16, i.e. with probability 1 - p to within 2**-16.
-        raw = self.rng.bit_generator.random_raw((x.size + 3) // 4)
-        bits = raw.view(np.uint16)[:x.size].reshape(x.shape)
-        self._mask = bits >= np.uint16(min(round(self.p * 65536), 65535))
+        self._mask = keep_mask(self.rng, x.shape, self.p)
         self._scale = x.dtype.type(1.0 / (1.0 - self.p))
         y = np.multiply(x, self._mask)
         y *= self._scale

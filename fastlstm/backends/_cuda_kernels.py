@@ -45,6 +45,21 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
         s = one / (one + e)
         return s if z >= zero else e * s
 
+    @cuda.jit(device=True, inline=True)
+    def slab_index(e, along_tile):
+        """(tile index, depth index) of a slab's e-th element; consecutive e run
+        along the tile when the operand is stored that way (coalesced loads)."""
+        if along_tile:
+            return e % GEMM_TILE, e // GEMM_TILE
+        return e // GEMM_K, e % GEMM_K
+
+    @cuda.jit(device=True, inline=True)
+    def operand(X, stored_t, i, k, rows, depth):
+        """Element [i, k] of an operand stored as X (X[k, i] when stored_t); 0 outside."""
+        if i < rows and k < depth:
+            return X[k, i] if stored_t else X[i, k]
+        return zero
+
     @cuda.jit
     def gemm(A, B, C, bias, ta, tb, accumulate):
         """C[M, P] (+)= op(A)[M, K] . op(B)[K, P] + bias[P]; op transposes when ta/tb.
@@ -67,32 +82,13 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
             for s in range(GEMM_REG):
                 acc[r, s] = zero
         for k0 in range(0, K, GEMM_K):
-            # Each of the 256 threads loads 4 elements of each slab.
+            # Each thread loads GEMM_K * GEMM_TILE / threads elements of each slab.
+            # B stored untransposed is laid out as A stored transposed, hence "not tb".
             for e in range(tid, GEMM_K * GEMM_TILE, GEMM_THREADS * GEMM_THREADS):
-                if ta:
-                    kk = e // GEMM_TILE
-                    mm = e % GEMM_TILE
-                else:
-                    mm = e // GEMM_K
-                    kk = e % GEMM_K
-                m = m0 + mm
-                k = k0 + kk
-                val = zero
-                if m < M and k < K:
-                    val = A[k, m] if ta else A[m, k]
-                sA[kk, mm] = val
-                if tb:
-                    pp = e // GEMM_K
-                    kk = e % GEMM_K
-                else:
-                    kk = e // GEMM_TILE
-                    pp = e % GEMM_TILE
-                p = p0 + pp
-                k = k0 + kk
-                val = zero
-                if p < P and k < K:
-                    val = B[p, k] if tb else B[k, p]
-                sB[kk, pp] = val
+                mm, kk = slab_index(e, ta)
+                sA[kk, mm] = operand(A, ta, m0 + mm, k0 + kk, M, K)
+                pp, kk = slab_index(e, not tb)
+                sB[kk, pp] = operand(B, not tb, p0 + pp, k0 + kk, P, K)
             cuda.syncthreads()
             for kk in range(GEMM_K):
                 for r in range(GEMM_REG):
