@@ -156,7 +156,7 @@ INLINE void FN(gemv_rows)(ptrdiff_t m, ptrdiff_t k, const float *a, ptrdiff_t ld
 INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t nvalid,
                               const float *Wp, const float *x_rows, const float *bias,
                               const float *h_prev, const float *c_prev,
-                              float *gates, float *c, float *h)
+                              float *gates, float *c, float *h, const char *pf)
 {
     const ptrdiff_t G = 4 * H;
     VF acc[RF][4];
@@ -166,8 +166,9 @@ INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t n
     const float *src = x_rows ? x_rows : h_prev;
     ptrdiff_t K = x_rows ? I : H;
     for (int part = 0; part < (x_rows ? 2 : 1); ++part) {
-        for (ptrdiff_t k = 0; k < K; ++k) {
+        for (ptrdiff_t k = 0; k < K; ++k, pf += 64) {
             const float *w = Wp + k * 4 * VL;
+            __builtin_prefetch(pf, 0, 2);
             VF w0 = FN(load)(w), w1 = FN(load)(w + VL);
             VF w2 = FN(load)(w + 2 * VL), w3 = FN(load)(w + 3 * VL);
 #pragma GCC unroll 16
@@ -215,12 +216,13 @@ INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t n
 
 #define FWD_CASE(R_)                                                                        \
     case R_:                                                                                \
-        FN(forward_block)(R_, H, I, nvalid, Wp, x_rows, bias, h_prev, c_prev, gates, c, h); \
+        FN(forward_block)(R_, H, I, nvalid, Wp, x_rows, bias, h_prev, c_prev, gates, c, h, pf); \
         break;
 
 static void FN(forward_rows)(int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t nvalid, const float *Wp,
                              const float *x_rows, const float *bias, const float *h_prev,
-                             const float *c_prev, float *gates, float *c, float *h)
+                             const float *c_prev, float *gates, float *c, float *h,
+                             const char *pf)
 {
     switch (R) {
     FWD_CASE(1) FWD_CASE(2)
@@ -258,6 +260,7 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdif
                         const float *c0, float *gates, float *y, float *cs)
 {
     const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H, K = Ip + H;
+    const ptrdiff_t nblocks = (N + RF - 1) / RF, panel_bytes = K * 4 * VL * (ptrdiff_t)sizeof(float);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
 #endif
@@ -279,12 +282,21 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdif
             for (ptrdiff_t p = p0; p < p1; ++p) {
                 const ptrdiff_t j0 = p * VL;
                 const ptrdiff_t nvalid = H - j0 < VL ? H - j0 : VL;
-                for (ptrdiff_t n0 = 0; n0 < N; n0 += RF) {
-                    int R = (int)(N - n0 < RF ? N - n0 : RF);
-                    FN(forward_rows)(R, H, Ip, nvalid, W_f + p * K * 4 * VL,
+                const float *panel = W_f + p * K * 4 * VL;
+                /* The panel this thread reads next (the first again at the
+                 * next step) is fetched towards L2 one line per k, a K-line
+                 * share per row block, so that a W larger than L2 streams
+                 * from L3 while the FMAs run instead of stalling them. */
+                const char *next = (const char *)(W_f + (p + 1 < p1 ? p + 1 : p0) * K * 4 * VL);
+                for (ptrdiff_t blk = 0; blk < nblocks; ++blk) {
+                    /* rows spread evenly over the blocks: 32 = 6+6+5+5+5+5, not 6*5+2 */
+                    const ptrdiff_t n0 = N * blk / nblocks, n1 = N * (blk + 1) / nblocks;
+                    const char *pf = blk * K * 64 < panel_bytes ? next + blk * K * 64
+                                                                : (const char *)panel;
+                    FN(forward_rows)((int)(n1 - n0), H, Ip, nvalid, panel,
                                      Ip ? x + (t * N + n0) * Ip : NULL, b + j0, h_prev + n0 * H,
                                      c_prev + n0 * H + j0, gates + (t * N + n0) * G + j0,
-                                     cs + (t * N + n0) * H + j0, y + (t * N + n0) * H + j0);
+                                     cs + (t * N + n0) * H + j0, y + (t * N + n0) * H + j0, pf);
                 }
             }
 #ifdef _OPENMP
@@ -302,7 +314,7 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdif
 INLINE void FN(backward_block)(const int R, int mode, ptrdiff_t H, ptrdiff_t nvalid,
                                const float *Wp, const float *dP_next, float *gates,
                                const float *c_prev, const float *c, const float *dy,
-                               float *dh, float *dc)
+                               float *dh, float *dc, const char *pf)
 {
     const ptrdiff_t G = 4 * H;
     const ptrdiff_t n0 = nvalid < VL ? nvalid : VL, n1 = nvalid - n0;
@@ -317,8 +329,9 @@ INLINE void FN(backward_block)(const int R, int mode, ptrdiff_t H, ptrdiff_t nva
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r)
             acc[r][0] = acc[r][1] = FN(splat)(0.0f);
-        for (ptrdiff_t k = 0; k < G; ++k) {
+        for (ptrdiff_t k = 0; k < G; ++k, pf += 64) {
             const float *w = Wp + k * 2 * VL;
+            __builtin_prefetch(pf, 0, 2);
             VF w0 = FN(load)(w), w1 = FN(load)(w + VL);
 #pragma GCC unroll 16
             for (int r = 0; r < R; ++r) {
@@ -359,12 +372,13 @@ INLINE void FN(backward_block)(const int R, int mode, ptrdiff_t H, ptrdiff_t nva
 
 #define BWD_CASE(R_)                                                                     \
     case R_:                                                                             \
-        FN(backward_block)(R_, mode, H, nvalid, Wp, dP_next, gates, c_prev, c, dy, dh, dc); \
+        FN(backward_block)(R_, mode, H, nvalid, Wp, dP_next, gates, c_prev, c, dy, dh, dc, pf); \
         break;
 
 static void FN(backward_rows)(int R, int mode, ptrdiff_t H, ptrdiff_t nvalid, const float *Wp,
                               const float *dP_next, float *gates, const float *c_prev,
-                              const float *c, const float *dy, float *dh, float *dc)
+                              const float *c, const float *dy, float *dh, float *dc,
+                              const char *pf)
 {
     switch (R) {
     BWD_CASE(1) BWD_CASE(2) BWD_CASE(3) BWD_CASE(4) BWD_CASE(5) BWD_CASE(6)
@@ -396,6 +410,7 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdi
                          float *dx, float *dW_ih, float *dW_hh, float *db)
 {
     const ptrdiff_t npanels = (H + 2 * VL - 1) / (2 * VL), G = 4 * H;
+    const ptrdiff_t nblocks = (N + RB - 1) / RB, panel_bytes = G * 2 * VL * (ptrdiff_t)sizeof(float);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
 #endif
@@ -413,14 +428,19 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdi
             for (ptrdiff_t p = p0; p < p1; ++p) {
                 const ptrdiff_t j0 = p * 2 * VL;
                 const ptrdiff_t nvalid = H - j0 < 2 * VL ? H - j0 : 2 * VL;
-                for (ptrdiff_t n0 = 0; n0 < N; n0 += RB) {
-                    int R = (int)(N - n0 < RB ? N - n0 : RB);
+                const float *panel = W_b + p * G * 2 * VL;
+                /* the next panel towards L2 while this one runs, as in the forward */
+                const char *next = (const char *)(W_b + (p + 1 < p1 ? p + 1 : p0) * G * 2 * VL);
+                for (ptrdiff_t blk = 0; blk < nblocks; ++blk) {
+                    const ptrdiff_t n0 = N * blk / nblocks, n1 = N * (blk + 1) / nblocks;
                     const float *c_prev = t ? cs + ((t - 1) * N + n0) * H : c0 + n0 * H;
-                    FN(backward_rows)(R, mode, H, nvalid, W_b + p * G * 2 * VL,
+                    const char *pf = blk * G * 64 < panel_bytes ? next + blk * G * 64
+                                                                : (const char *)panel;
+                    FN(backward_rows)((int)(n1 - n0), mode, H, nvalid, panel,
                                       mode ? dP_next + n0 * G : NULL,
                                       gates + (t * N + n0) * G + j0, c_prev + j0,
                                       cs + (t * N + n0) * H + j0, dy + (t * N + n0) * H + j0,
-                                      dh + n0 * H + j0, dc + n0 * H + j0);
+                                      dh + n0 * H + j0, dc + n0 * H + j0, pf);
                 }
             }
 #ifdef _OPENMP
@@ -431,10 +451,11 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdi
         for (ptrdiff_t p = p0; p < p1; ++p) {
             const ptrdiff_t j0 = p * 2 * VL;
             const ptrdiff_t nvalid = H - j0 < 2 * VL ? H - j0 : 2 * VL;
-            for (ptrdiff_t n0 = 0; n0 < N; n0 += RB) {
-                int R = (int)(N - n0 < RB ? N - n0 : RB);
-                FN(backward_rows)(R, 2, H, nvalid, W_b + p * G * 2 * VL, gates + n0 * G,
-                                  NULL, NULL, NULL, NULL, dh + n0 * H + j0, NULL);
+            for (ptrdiff_t blk = 0; blk < nblocks; ++blk) {
+                const ptrdiff_t n0 = N * blk / nblocks, n1 = N * (blk + 1) / nblocks;
+                const float *panel = W_b + p * G * 2 * VL;
+                FN(backward_rows)((int)(n1 - n0), 2, H, nvalid, panel, gates + n0 * G, NULL, NULL,
+                                  NULL, NULL, dh + n0 * H + j0, NULL, (const char *)panel);
             }
         }
         /* The all-steps products need every column of dP: wait for all. */

@@ -71,14 +71,27 @@ def blas_local_threads():
 
 #: Fuse the input projection into the time loop (instead of one product over
 #: all steps) while each thread's share of [W_ih | W_hh] is at most this many
-#: bytes, i.e. stays in its core's L2; above it the hoisted product wins.
+#: bytes, i.e. stays in its core's L2. Above it the weights stream from L3 at
+#: every step, which still wins when each panel of them serves enough rows
+#: (FUSE_STREAM_MIN_ROWS: the kernel fetches the next panel while these run)
+#: and a panel, the next one and the rows it multiplies fit in
+#: FUSE_STREAM_FRACTION of the limit; otherwise the hoisted product wins.
 FUSE_INPUT_BYTES_ENV = "FASTLSTM_FUSE_INPUT_BYTES"
 FUSE_INPUT_BYTES = 1_500_000
+FUSE_STREAM_MIN_ROWS = 19
+FUSE_STREAM_FRACTION = 0.8
+#: Bytes per row of a packed forward panel at its widest (AVX-512: 4 gates x 16 units).
+_PANEL_ROW_BYTES = 4 * 16 * 4
 
 
-def fuse_input(I, H, nthreads):
+def fuse_input(I, H, N, nthreads):
+    """Whether the C kernels fuse x_t . W_ih^T into each step (see above)."""
     limit = int(os.environ.get(FUSE_INPUT_BYTES_ENV, FUSE_INPUT_BYTES))
-    return 4 * H * (I + H) * 4 / max(1, nthreads) <= limit
+    K = I + H
+    if 4 * H * K * 4 / max(1, nthreads) <= limit:
+        return True
+    streamed = 2 * K * _PANEL_ROW_BYTES + N * K * 4
+    return N >= FUSE_STREAM_MIN_ROWS and streamed <= FUSE_STREAM_FRACTION * limit
 
 #: The CUDA backend's time loop: "auto" (one persistent cooperative launch for
 #: all steps when the grid fits on the device at once, else one launch per

@@ -222,7 +222,7 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] h0, const floati
         if name != "blas":
             path = _PATHS[name]
             nthreads = _config.threads_for(N, H, max_threads())
-            if I > 0 and _config.fuse_input(I, H, nthreads):
+            if I > 0 and _config.fuse_input(I, H, N, nthreads):
                 Ip = I
             packed = _aligned_floats(lstm_fused_forward_pack_size(path, Ip, H))
             with nogil:
