@@ -24,6 +24,9 @@
 #endif
 
 #include <limits.h>
+#ifdef FASTLSTM_X86_PATHS
+#include <immintrin.h>
+#endif
 
 /* ---- BLAS products shared by every path (each thread runs its own share) */
 
