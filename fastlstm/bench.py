@@ -43,6 +43,27 @@ def median_time(fn, budget_s, min_rounds=3, max_rounds=50):
     return statistics.median(times)
 
 
+def paired_medians(fns, budget_s, min_rounds=5, max_rounds=60):
+    """Median time of each function, timed in alternating rounds (a b, b a, ...)
+    so that a slow stretch of a shared machine falls on all of them alike."""
+    for fn in fns:
+        fn()  # warm-up
+    one = 0.0
+    for fn in fns:
+        t0 = time.perf_counter()
+        fn()
+        one += time.perf_counter() - t0
+    rounds = int(min(max_rounds, max(min_rounds, budget_s * len(fns) / max(one, 1e-6))))
+    times = [[] for _ in fns]
+    for r in range(rounds):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        for i in order:
+            t0 = time.perf_counter()
+            fns[i]()
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
 class Threads:
     """Set the thread count of fastlstm, both OpenBLAS copies and torch at once."""
 
@@ -148,10 +169,13 @@ def run(grid, threads, budget_s, backend, log=print):
                 model, fwd, fwd_bwd = fastlstm_cases(L, H, T, N, I, backend)
                 tfwd, tfwd_bwd = torch_cases(model, L, H, T, N, I)
                 flop = forward_flop(L, H, T, N, I)
-                row = dict(name=name, threads=n, L=L, H=H, T=T, N=N, I=I, roof=roof,
-                           fwd=median_time(fwd, budget_s), fwd_bwd=median_time(fwd_bwd, budget_s))
-                row["torch_fwd"] = median_time(tfwd, budget_s) if tfwd else None
-                row["torch_fwd_bwd"] = median_time(tfwd_bwd, budget_s) if tfwd else None
+                row = dict(name=name, threads=n, L=L, H=H, T=T, N=N, I=I, roof=roof)
+                if tfwd:
+                    row["fwd"], row["torch_fwd"] = paired_medians([fwd, tfwd], budget_s)
+                    row["fwd_bwd"], row["torch_fwd_bwd"] = paired_medians([fwd_bwd, tfwd_bwd], budget_s)
+                else:
+                    row["fwd"], row["fwd_bwd"] = median_time(fwd, budget_s), median_time(fwd_bwd, budget_s)
+                    row["torch_fwd"] = row["torch_fwd_bwd"] = None
                 row["gflops_fwd"] = flop / row["fwd"] / 1e9
                 row["gflops_fwd_bwd"] = 3 * flop / row["fwd_bwd"] / 1e9
                 if name == "tutorial N1 I64":
@@ -210,7 +234,7 @@ def machine_info():
 
 def markdown(rows, info, command):
     out = ["# fastlstm vs PyTorch CPU LSTM", "",
-           "Medians, float32, all measured side by side in one run of the command below. "
+           "Medians, float32, all measured side by side in one run of the command below (fastlstm and torch timed in alternating rounds). "
            "Ratio = fastlstm time / torch time (below 1 means fastlstm is faster); "
            "roof = NumPy float32 matmul 2048² at the same thread count; forward+backward "
            "GFLOP/s counts 3x the forward FLOPs.", "",
