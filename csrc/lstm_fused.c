@@ -128,7 +128,7 @@ static void backward_products(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, p
 
 #ifdef FASTLSTM_X86_PATHS
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,tune=haswell")
 #ifdef __clang__
 #pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
 #endif
@@ -154,7 +154,7 @@ static void backward_products(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, p
 #define SFX avx512
 #define VL 16
 #define RF 6
-#define RB 12
+#define RB 6
 #include "lstm_fused_impl.h"
 #undef SFX
 #undef VL

@@ -14,6 +14,9 @@
 
 typedef float VF __attribute__((vector_size(VL * 4), aligned(4)));
 typedef int VI __attribute__((vector_size(VL * 4), aligned(4)));
+/* for loads and stores anywhere in a float array (through memcpy, GCC
+ * splits AVX2 loads into 16-byte halves that go through the stack) */
+typedef float FN(vf_mem) __attribute__((vector_size(VL * 4), aligned(4), may_alias));
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -21,8 +24,8 @@ typedef int VI __attribute__((vector_size(VL * 4), aligned(4)));
  * emits one broadcast load instead of a scalar add plus a shuffle, which
  * competes with the FMAs for port 5 in the inner loops. */
 INLINE VF FN(splat)(float s) { return s - (VF){0}; }
-INLINE VF FN(load)(const float *p) { VF v; memcpy(&v, p, sizeof v); return v; }
-INLINE void FN(store)(float *p, VF v) { memcpy(p, &v, sizeof v); }
+INLINE VF FN(load)(const float *p) { return *(const FN(vf_mem) *)p; }
+INLINE void FN(store)(float *p, VF v) { *(FN(vf_mem) *)p = v; }
 
 /* The first n lanes (1 <= n <= VL) from or to memory; the others read as 0. */
 INLINE VF FN(loadn)(const float *p, ptrdiff_t n)
@@ -378,10 +381,29 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdif
     }
 }
 
-/* ---- backward -----------------------------------------------------------
- * One block: R rows x one panel of 2*VL units. mode 0: the step t = T-1
+/* ---- backward ----------------------------------------------------------- */
+/* The gate gradients of one row x VL units (n of them valid), given the
+ * recurrent part of dh. */
+INLINE void FN(backward_gates)(ptrdiff_t H, ptrdiff_t n, VF dh_rec, float *gr,
+                               const float *c_prev, const float *c, const float *dy, float *dc)
+{
+    VF i = FN(loadn)(gr, n), f = FN(loadn)(gr + H, n);
+    VF g = FN(loadn)(gr + 2 * H, n), o = FN(loadn)(gr + 3 * H, n);
+    VF dhv = dh_rec + FN(loadn)(dy, n);
+    VF tc = FN(tanh)(FN(loadn)(c, n));
+    VF dct = FN(loadn)(dc, n) + dhv * o * (1.0f - tc * tc);
+    FN(storen)(gr, dct * g * i * (1.0f - i), n);
+    FN(storen)(gr + H, dct * FN(loadn)(c_prev, n) * f * (1.0f - f), n);
+    FN(storen)(gr + 2 * H, dct * i * (1.0f - g * g), n);
+    FN(storen)(gr + 3 * H, dhv * tc * o * (1.0f - o), n);
+    FN(storen)(dc, dct * f, n);
+}
+
+/* One block: R rows x one panel of 2*VL units. mode 0: the step t = T-1
  * (dh_next is the given dh_T); mode 1: a step with dh_next = dP[t+1].W_hh;
- * mode 2: no step, just dh = dP[0].W_hh into dh. */
+ * mode 2: no step, just dh = dP[0].W_hh into dh. The two halves of the
+ * panel have their own accumulator arrays, indexed only by the unrolled
+ * row, so that the compiler keeps all of them in registers. */
 INLINE void FN(backward_block)(const int R, int mode, ptrdiff_t H, ptrdiff_t nvalid,
                                const float *Wp, const float *dP_next, float *gates,
                                const float *c_prev, const float *c, const float *dy,
@@ -389,17 +411,17 @@ INLINE void FN(backward_block)(const int R, int mode, ptrdiff_t H, ptrdiff_t nva
 {
     const ptrdiff_t G = 4 * H;
     const ptrdiff_t n0 = nvalid < VL ? nvalid : VL, n1 = nvalid - n0;
-    VF acc[RB][2];
+    VF lo[RB], hi[RB];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+        lo[r] = hi[r] = FN(splat)(0.0f);
     if (mode == 0) {
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r) {
-            acc[r][0] = FN(loadn)(dh + r * H, n0);
-            acc[r][1] = n1 > 0 ? FN(loadn)(dh + r * H + VL, n1) : FN(splat)(0.0f);
+            lo[r] = FN(loadn)(dh + r * H, n0);
+            if (n1 > 0) hi[r] = FN(loadn)(dh + r * H + VL, n1);
         }
     } else {
-#pragma GCC unroll 16
-        for (int r = 0; r < R; ++r)
-            acc[r][0] = acc[r][1] = FN(splat)(0.0f);
         for (ptrdiff_t k = 0; k < G; ++k, pf += 64) {
             const float *w = Wp + k * 2 * VL;
             __builtin_prefetch(pf, 0, 2);
@@ -407,37 +429,26 @@ INLINE void FN(backward_block)(const int R, int mode, ptrdiff_t H, ptrdiff_t nva
 #pragma GCC unroll 16
             for (int r = 0; r < R; ++r) {
                 VF b = FN(splat)(dP_next[r * G + k]);
-                acc[r][0] += b * w0;
-                acc[r][1] += b * w1;
+                lo[r] += b * w0;
+                hi[r] += b * w1;
             }
         }
     }
     if (mode == 2) {
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r) {
-            FN(storen)(dh + r * H, acc[r][0], n0);
-            if (n1 > 0) FN(storen)(dh + r * H + VL, acc[r][1], n1);
+            FN(storen)(dh + r * H, lo[r], n0);
+            if (n1 > 0) FN(storen)(dh + r * H + VL, hi[r], n1);
         }
         return;
     }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 2
-        for (int half = 0; half < 2; ++half) {
-            const ptrdiff_t off = half * VL, n = half ? n1 : n0;
-            if (n <= 0) continue;
-            float *gr = gates + r * G + off;
-            VF i = FN(loadn)(gr, n), f = FN(loadn)(gr + H, n);
-            VF g = FN(loadn)(gr + 2 * H, n), o = FN(loadn)(gr + 3 * H, n);
-            VF dhv = acc[r][half] + FN(loadn)(dy + r * H + off, n);
-            VF tc = FN(tanh)(FN(loadn)(c + r * H + off, n));
-            VF dct = FN(loadn)(dc + r * H + off, n) + dhv * o * (1.0f - tc * tc);
-            FN(storen)(gr, dct * g * i * (1.0f - i), n);
-            FN(storen)(gr + H, dct * FN(loadn)(c_prev + r * H + off, n) * f * (1.0f - f), n);
-            FN(storen)(gr + 2 * H, dct * i * (1.0f - g * g), n);
-            FN(storen)(gr + 3 * H, dhv * tc * o * (1.0f - o), n);
-            FN(storen)(dc + r * H + off, dct * f, n);
-        }
+        FN(backward_gates)(H, n0, lo[r], gates + r * G, c_prev + r * H, c + r * H, dy + r * H,
+                           dc + r * H);
+        if (n1 > 0)
+            FN(backward_gates)(H, n1, hi[r], gates + r * G + VL, c_prev + r * H + VL,
+                               c + r * H + VL, dy + r * H + VL, dc + r * H + VL);
     }
 }
 
