@@ -120,11 +120,13 @@ static void backward_products(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, p
 #define VL 4
 #define RF 2
 #define RB 6
+#define BV 2
 #include "lstm_fused_impl.h"
 #undef SFX
 #undef VL
 #undef RF
 #undef RB
+#undef BV
 
 #ifdef FASTLSTM_X86_PATHS
 #pragma GCC push_options
@@ -136,11 +138,13 @@ static void backward_products(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, p
 #define VL 8
 #define RF 2
 #define RB 6
+#define BV 2
 #include "lstm_fused_impl.h"
 #undef SFX
 #undef VL
 #undef RF
 #undef RB
+#undef BV
 #ifdef __clang__
 #pragma clang attribute pop
 #endif
@@ -155,11 +159,13 @@ static void backward_products(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, p
 #define VL 16
 #define RF 6
 #define RB 6
+#define BV 4
 #include "lstm_fused_impl.h"
 #undef SFX
 #undef VL
 #undef RF
 #undef RB
+#undef BV
 #ifdef __clang__
 #pragma clang attribute pop
 #endif
@@ -221,6 +227,12 @@ static ptrdiff_t lanes(int path)
     return path == LSTM_PATH_AVX512 ? 16 : path == LSTM_PATH_AVX2 ? 8 : 4;
 }
 
+/* Units per backward panel: BV vectors (4 on AVX-512, 2 elsewhere). */
+static ptrdiff_t backward_units(int path)
+{
+    return (path == LSTM_PATH_AVX512 ? 4 : 2) * lanes(path);
+}
+
 /* An unsupported path falls back to the portable one (or to nothing where no
  * path was built), so a wrong request can never execute an illegal instruction. */
 static int usable(int path)
@@ -236,7 +248,7 @@ ptrdiff_t lstm_fused_forward_pack_size(int path, ptrdiff_t Ip, ptrdiff_t H)
 
 ptrdiff_t lstm_fused_backward_pack_size(int path, ptrdiff_t H)
 {
-    ptrdiff_t u = 2 * lanes(usable(path));
+    ptrdiff_t u = backward_units(usable(path));
     return (H + u - 1) / u * u * 4 * H;
 }
 

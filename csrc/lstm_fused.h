@@ -46,8 +46,8 @@ ptrdiff_t lstm_fused_backward_pack_size(int path, ptrdiff_t H);
  * and the projection is hoisted into one product over all steps. */
 void lstm_fused_pack_forward(int path, ptrdiff_t Ip, ptrdiff_t H, const float *W_ih,
                              const float *W_hh, float *W_f);
-/* W_hh: [G, H] IN.  W_b: [backward_pack_size] OUT, W_hh in panels of 2U
- * units, zero padded. */
+/* W_hh: [G, H] IN.  W_b: [backward_pack_size] OUT, W_hh in panels of 4U
+ * units on AVX-512 and 2U on the other paths, zero padded. */
 void lstm_fused_pack_backward(int path, ptrdiff_t H, const float *W_hh, float *W_b);
 
 /* BLAS entry points, passed in by the caller (this file links no BLAS).

@@ -3,6 +3,7 @@
  * Included once per code path by lstm_fused.c, with these defined:
  *   SFX  name suffix of the path       VL  lanes of one vector (floats)
  *   RF   rows per forward block        RB  rows per backward block
+ *   BV   vectors per backward panel (its width is BV * VL units)
  * Written with GCC/Clang vector extensions so that one source becomes
  * AVX-512, AVX2 or portable code by the target it is compiled for.
  */
@@ -27,20 +28,37 @@ INLINE VF FN(splat)(float s) { return s - (VF){0}; }
 INLINE VF FN(load)(const float *p) { return *(const FN(vf_mem) *)p; }
 INLINE void FN(store)(float *p, VF v) { *(FN(vf_mem) *)p = v; }
 
-/* The first n lanes (1 <= n <= VL) from or to memory; the others read as 0. */
+/* The first n lanes (0 <= n <= VL) from or to memory; the others read as 0.
+ * On x86 these are masked loads and stores: a memcpy of n bytes would be a
+ * library call, across which no vector register survives, and the compiler
+ * then keeps the accumulators of the inner loops on the stack. */
 INLINE VF FN(loadn)(const float *p, ptrdiff_t n)
 {
     if (n >= VL) return FN(load)(p);
+#if VL == 16 && defined(FASTLSTM_X86_PATHS)
+    return (VF)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), p);
+#elif VL == 8 && defined(FASTLSTM_X86_PATHS)
+    const VI lanes = {0, 1, 2, 3, 4, 5, 6, 7};
+    return (VF)_mm256_maskload_ps(p, (__m256i)(lanes < (int)n));
+#else
     float tmp[VL] = {0};
     memcpy(tmp, p, (size_t)n * sizeof(float));
     return FN(load)(tmp);
+#endif
 }
 INLINE void FN(storen)(float *p, VF v, ptrdiff_t n)
 {
     if (n >= VL) { FN(store)(p, v); return; }
+#if VL == 16 && defined(FASTLSTM_X86_PATHS)
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), (__m512)v);
+#elif VL == 8 && defined(FASTLSTM_X86_PATHS)
+    const VI lanes = {0, 1, 2, 3, 4, 5, 6, 7};
+    _mm256_maskstore_ps(p, (__m256i)(lanes < (int)n), (__m256)v);
+#else
     float tmp[VL];
     FN(store)(tmp, v);
     memcpy(p, tmp, (size_t)n * sizeof(float));
+#endif
 }
 
 INLINE VF FN(select)(VI mask, VF a, VF b)
@@ -399,62 +417,68 @@ INLINE void FN(backward_gates)(ptrdiff_t H, ptrdiff_t n, VF dh_rec, float *gr,
     FN(storen)(dc, dct * f, n);
 }
 
-/* One block: R rows x one panel of 2*VL units. mode 0: the step t = T-1
+/* One block: R rows x one panel of BV*VL units. mode 0: the step t = T-1
  * (dh_next is the given dh_T); mode 1: a step with dh_next = dP[t+1].W_hh;
- * mode 2: no step, just dh = dP[0].W_hh into dh. The two halves of the
- * panel have their own accumulator arrays, indexed only by the unrolled
- * row, so that the compiler keeps all of them in registers. */
+ * mode 2: no step, just dh = dP[0].W_hh into dh. */
 INLINE void FN(backward_block)(const int R, int mode, ptrdiff_t H, ptrdiff_t nvalid,
                                const float *Wp, const float *dP_next, float *gates,
                                const float *c_prev, const float *c, const float *dy,
                                float *dh, float *dc, const char *pf)
 {
     const ptrdiff_t G = 4 * H;
-    const ptrdiff_t n0 = nvalid < VL ? nvalid : VL, n1 = nvalid - n0;
-    VF lo[RB], hi[RB];
+    ptrdiff_t nv[BV];
+#pragma GCC unroll 4
+    for (int v = 0; v < BV; ++v) {
+        const ptrdiff_t left = nvalid - v * VL;
+        nv[v] = left < 0 ? 0 : left < VL ? left : VL;
+    }
+    VF acc[RB][BV];
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
-        lo[r] = hi[r] = FN(splat)(0.0f);
+#pragma GCC unroll 4
+        for (int v = 0; v < BV; ++v)
+            acc[r][v] = FN(splat)(0.0f);
     if (mode == 0) {
 #pragma GCC unroll 16
-        for (int r = 0; r < R; ++r) {
-            lo[r] = FN(loadn)(dh + r * H, n0);
-            if (n1 > 0) hi[r] = FN(loadn)(dh + r * H + VL, n1);
-        }
+        for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+            for (int v = 0; v < BV; ++v)
+                acc[r][v] = FN(loadn)(dh + r * H + v * VL, nv[v]);
     } else {
         for (ptrdiff_t k = 0; k < G; ++k, pf += 64) {
-            const float *w = Wp + k * 2 * VL;
+            const float *w = Wp + k * BV * VL;
             __builtin_prefetch(pf, 0, 2);
-            VF w0 = FN(load)(w), w1 = FN(load)(w + VL);
+            VF wv[BV];
+#pragma GCC unroll 4
+            for (int v = 0; v < BV; ++v)
+                wv[v] = FN(load)(w + v * VL);
 #pragma GCC unroll 16
             for (int r = 0; r < R; ++r) {
                 VF b = FN(splat)(dP_next[r * G + k]);
-                lo[r] += b * w0;
-                hi[r] += b * w1;
+#pragma GCC unroll 4
+                for (int v = 0; v < BV; ++v)
+                    acc[r][v] += b * wv[v];
             }
         }
     }
-    if (mode == 2) {
 #pragma GCC unroll 16
-        for (int r = 0; r < R; ++r) {
-            FN(storen)(dh + r * H, lo[r], n0);
-            if (n1 > 0) FN(storen)(dh + r * H + VL, hi[r], n1);
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int v = 0; v < BV; ++v) {
+            const ptrdiff_t off = r * H + v * VL;
+            if (nv[v] <= 0) continue;
+            if (mode == 2)
+                FN(storen)(dh + off, acc[r][v], nv[v]);
+            else
+                FN(backward_gates)(H, nv[v], acc[r][v], gates + r * G + v * VL, c_prev + off,
+                                   c + off, dy + off, dc + off);
         }
-        return;
-    }
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
-        FN(backward_gates)(H, n0, lo[r], gates + r * G, c_prev + r * H, c + r * H, dy + r * H,
-                           dc + r * H);
-        if (n1 > 0)
-            FN(backward_gates)(H, n1, hi[r], gates + r * G + VL, c_prev + r * H + VL,
-                               c + r * H + VL, dy + r * H + VL, dc + r * H + VL);
-    }
 }
 
 #define BWD_CASE(R_)                                                                     \
     case R_:                                                                             \
-        FN(backward_block)(R_, mode, H, nvalid, Wp, dP_next, gates, c_prev, c, dy, dh, dc, pf); \
+        if (R_ <= RB)                                                                    \
+            FN(backward_block)(R_, mode, H, nvalid, Wp, dP_next, gates, c_prev, c, dy, dh, dc, pf); \
         break;
 
 static void FN(backward_rows)(int R, int mode, ptrdiff_t H, ptrdiff_t nvalid, const float *Wp,
@@ -476,12 +500,12 @@ static void FN(backward_rows)(int R, int mode, ptrdiff_t H, ptrdiff_t nvalid, co
 
 static void FN(pack_backward)(ptrdiff_t H, const float *W_hh, float *W_b)
 {
-    const ptrdiff_t npanels = (H + 2 * VL - 1) / (2 * VL), G = 4 * H;
+    const ptrdiff_t npanels = (H + BV * VL - 1) / (BV * VL), G = 4 * H;
     for (ptrdiff_t p = 0; p < npanels; ++p)
         for (ptrdiff_t k = 0; k < G; ++k)
-            for (int u = 0; u < 2 * VL; ++u) {
-                ptrdiff_t j = p * 2 * VL + u;
-                W_b[(p * G + k) * 2 * VL + u] = j < H ? W_hh[k * H + j] : 0.0f;
+            for (int u = 0; u < BV * VL; ++u) {
+                ptrdiff_t j = p * BV * VL + u;
+                W_b[(p * G + k) * BV * VL + u] = j < H ? W_hh[k * H + j] : 0.0f;
             }
 }
 
@@ -491,8 +515,8 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdi
                          const float *W_b, float *gates, const float *dy, float *dh, float *dc,
                          float *dx, float *dW_ih, float *dW_hh, float *db)
 {
-    const ptrdiff_t npanels = (H + 2 * VL - 1) / (2 * VL), G = 4 * H;
-    const ptrdiff_t nblocks = (N + RB - 1) / RB, panel_bytes = G * 2 * VL * (ptrdiff_t)sizeof(float);
+    const ptrdiff_t npanels = (H + BV * VL - 1) / (BV * VL), G = 4 * H;
+    const ptrdiff_t nblocks = (N + RB - 1) / RB, panel_bytes = G * BV * VL * (ptrdiff_t)sizeof(float);
     const ptrdiff_t nitems = npanels * nblocks;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
@@ -512,11 +536,11 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdi
             const float *dP_next = gates + (t + 1) * N * G;
             for (ptrdiff_t w = w0; w < w1; ++w) {
                 const ptrdiff_t p = w / nblocks, blk = w % nblocks;
-                const ptrdiff_t j0 = p * 2 * VL;
-                const ptrdiff_t nvalid = H - j0 < 2 * VL ? H - j0 : 2 * VL;
-                const float *panel = W_b + p * G * 2 * VL;
+                const ptrdiff_t j0 = p * BV * VL;
+                const ptrdiff_t nvalid = H - j0 < BV * VL ? H - j0 : BV * VL;
+                const float *panel = W_b + p * G * BV * VL;
                 /* the next panel towards L2 while this one runs, as in the forward */
-                const char *next = (const char *)(W_b + (p < plast ? p + 1 : pfirst) * G * 2 * VL);
+                const char *next = (const char *)(W_b + (p < plast ? p + 1 : pfirst) * G * BV * VL);
                 const char *pf = blk * G * 64 < panel_bytes ? next + blk * G * 64
                                                             : (const char *)panel;
                 const ptrdiff_t n0 = N * blk / nblocks, n1 = N * (blk + 1) / nblocks;
@@ -534,10 +558,10 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdi
         /* dh0 = dP[0] . W_hh: the product of a step that does not exist. */
         for (ptrdiff_t w = w0; w < w1; ++w) {
             const ptrdiff_t p = w / nblocks, blk = w % nblocks;
-            const ptrdiff_t j0 = p * 2 * VL;
-            const ptrdiff_t nvalid = H - j0 < 2 * VL ? H - j0 : 2 * VL;
+            const ptrdiff_t j0 = p * BV * VL;
+            const ptrdiff_t nvalid = H - j0 < BV * VL ? H - j0 : BV * VL;
             const ptrdiff_t n0 = N * blk / nblocks, n1 = N * (blk + 1) / nblocks;
-            const float *panel = W_b + p * G * 2 * VL;
+            const float *panel = W_b + p * G * BV * VL;
             FN(backward_rows)((int)(n1 - n0), 2, H, nvalid, panel, gates + n0 * G, NULL, NULL,
                               NULL, NULL, dh + n0 * H + j0, NULL, (const char *)panel);
         }
