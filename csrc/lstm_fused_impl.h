@@ -326,6 +326,27 @@ static void FN(pack_forward)(ptrdiff_t Ip, ptrdiff_t H, const float *W_ih, const
                              float *W_f)
 {
     const ptrdiff_t npanels = (H + VL - 1) / VL, K = Ip + H;
+#if VL == 16 && defined(FASTLSTM_X86_PATHS)
+    /* one panel row (16 units of a gate) per gather, 16 rows of W apart */
+    if ((Ip > H ? Ip : H) <= INT_MAX / 16) {
+        const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        const __m512i idx_ih = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)Ip));
+        const __m512i idx_hh = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)H));
+        for (ptrdiff_t p = 0; p < npanels; ++p) {
+            const ptrdiff_t nv = H - p * VL < VL ? H - p * VL : VL;
+            const __mmask16 valid = (__mmask16)((1u << nv) - 1u);
+            for (ptrdiff_t k = 0; k < K; ++k)
+                for (int g = 0; g < 4; ++g) {
+                    const ptrdiff_t row = g * H + p * VL;
+                    const __m512 w = k < Ip
+                        ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, idx_ih, W_ih + row * Ip + k, 4)
+                        : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, idx_hh, W_hh + row * H + k - Ip, 4);
+                    _mm512_storeu_ps(W_f + ((p * K + k) * 4 + g) * VL, w);
+                }
+        }
+        return;
+    }
+#endif
     for (ptrdiff_t p = 0; p < npanels; ++p)
         for (ptrdiff_t k = 0; k < K; ++k)
             for (int g = 0; g < 4; ++g)
