@@ -70,14 +70,19 @@ def blas_local_threads():
 
 
 #: Fuse the input projection into the time loop (instead of one product over
-#: all steps) while each thread's share of [W_ih | W_hh] is at most this many
-#: bytes, i.e. stays in its core's L2. Above it the weights stream from L3 at
-#: every step, which still wins when each panel of them serves enough rows
-#: (FUSE_STREAM_MIN_ROWS: the kernel fetches the next panel while these run)
-#: and a panel, the next one and the rows it multiplies fit in
-#: FUSE_STREAM_FRACTION of the limit; otherwise the hoisted product wins.
+#: all steps): "auto" (the rule below), "always" or "never".
+FUSE_INPUT_ENV = "FASTLSTM_FUSE_INPUT"
+#: The rule: with at least FUSE_MIN_ROWS rows (below, each step is bound by
+#: reading the weights, and the hoisted product halves what a step reads),
+#: fuse while each thread's share of [W_ih | W_hh] is at most
+#: FASTLSTM_FUSE_INPUT_BYTES, i.e. stays in its core's L2. Above it the
+#: weights stream from L3 at every step, which still wins when each panel of
+#: them serves enough rows (FUSE_STREAM_MIN_ROWS: the kernel fetches the next
+#: panel while these run) and a panel, the next one and the rows it
+#: multiplies fit in FUSE_STREAM_FRACTION of that budget.
 FUSE_INPUT_BYTES_ENV = "FASTLSTM_FUSE_INPUT_BYTES"
 FUSE_INPUT_BYTES = 1_500_000
+FUSE_MIN_ROWS = 4
 FUSE_STREAM_MIN_ROWS = 19
 FUSE_STREAM_FRACTION = 0.8
 #: Bytes per row of a packed forward panel at its widest (AVX-512: 4 gates x 16 units).
@@ -86,6 +91,11 @@ _PANEL_ROW_BYTES = 4 * 16 * 4
 
 def fuse_input(I, H, N, nthreads):
     """Whether the C kernels fuse x_t . W_ih^T into each step (see above)."""
+    mode = os.environ.get(FUSE_INPUT_ENV, "auto").strip().lower()
+    if mode in ("always", "never"):
+        return mode == "always"
+    if N < FUSE_MIN_ROWS:
+        return False
     limit = int(os.environ.get(FUSE_INPUT_BYTES_ENV, FUSE_INPUT_BYTES))
     K = I + H
     if 4 * H * K * 4 / max(1, nthreads) <= limit:

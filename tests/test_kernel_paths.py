@@ -32,7 +32,7 @@ def threads(request, monkeypatch):
 def test_path_matches_reference(monkeypatch, threads, path, projection, T, N, I, H, L):
     monkeypatch.setenv("FASTLSTM_KERNEL", path)
     # the input projection fused into each step, or one product over all steps
-    monkeypatch.setenv("FASTLSTM_FUSE_INPUT_BYTES", "1000000000" if projection == "fused" else "0")
+    monkeypatch.setenv("FASTLSTM_FUSE_INPUT", "always" if projection == "fused" else "never")
     x, state, dy, dstate = make_inputs(7, T, N, I, H, L, np.float32)
     ref = fastlstm.LSTM(I, H, L, backend=REFERENCE, seed=3)
     layer = fastlstm.LSTM(I, H, L, backend="c", seed=3)
