@@ -43,6 +43,12 @@ def median_time(fn, budget_s, min_rounds=3, max_rounds=50):
     return statistics.median(times)
 
 
+#: Pause before each timed call of paired_medians: the thread pools of the
+#: library timed just before (OpenMP, OpenBLAS) spin for a while after a
+#: call and would take cores from the next one.
+PAUSE_S = 0.005
+
+
 def paired_medians(fns, budget_s, min_rounds=5, max_rounds=60):
     """Median time of each function, timed in alternating rounds (a b, b a, ...)
     so that a slow stretch of a shared machine falls on all of them alike."""
@@ -58,6 +64,7 @@ def paired_medians(fns, budget_s, min_rounds=5, max_rounds=60):
     for r in range(rounds):
         order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
         for i in order:
+            time.sleep(PAUSE_S)
             t0 = time.perf_counter()
             fns[i]()
             times[i].append(time.perf_counter() - t0)
