@@ -59,7 +59,17 @@ def render(data, groups):
             f"python {mi.get('python_version', '?')}", ""]
     if "fastlstm_bench" in mi:  # recorded by bench/conftest.py
         head = context(data, groups)
-    return "\n".join(head + lines) + "\n"
+    return "\n".join(head + lines + GRID_POINTER) + "\n"
+
+
+#: Where the 1- and 2-thread grid against the matmul roof lives (another command).
+GRID_POINTER = [
+    "", "## The whole CPU grid (1 and 2 threads, against the matmul roof)", "",
+    "`bench/grid/RESULTS.md` (with `results.json` and the chart `bench/grid/ratios.png`) holds the",
+    "comparison over the CPU-speed issue's grid, fastlstm and torch timed in alternating rounds, made by:",
+    "", "```", "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python3 -m fastlstm.bench --out bench/grid --budget 0.5",
+    "```",
+]
 
 
 def context(data, groups):
