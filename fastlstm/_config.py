@@ -94,6 +94,8 @@ def fuse_input(I, H, N, nthreads):
     mode = os.environ.get(FUSE_INPUT_ENV, "auto").strip().lower()
     if mode in ("always", "never"):
         return mode == "always"
+    if mode != "auto":
+        raise ValueError(f"{FUSE_INPUT_ENV}={mode!r}: expected auto, always or never")
     if N < FUSE_MIN_ROWS:
         return False
     limit = int(os.environ.get(FUSE_INPUT_BYTES_ENV, FUSE_INPUT_BYTES))

@@ -71,6 +71,16 @@ def test_unknown_kernel_name_is_refused(monkeypatch):
         layer(np.zeros((1, 1, 2), np.float32))
 
 
+def test_unknown_fuse_input_mode_is_refused(monkeypatch):
+    monkeypatch.setenv("FASTLSTM_KERNEL", PATHS[0])
+    monkeypatch.setenv("FASTLSTM_FUSE_INPUT", "sometimes")
+    layer = fastlstm.LSTM(2, 3, backend="c")
+    if PATHS[0] == "blas":
+        pytest.skip("no fused path on this build: the mode is never read")
+    with pytest.raises(ValueError, match="FASTLSTM_FUSE_INPUT"):
+        layer(np.zeros((1, 4, 2), np.float32))
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("N", [1, 3])
 def test_path_step_matches_forward(monkeypatch, threads, path, N):
