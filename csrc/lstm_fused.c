@@ -114,13 +114,17 @@ static void backward_products(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, p
     }
 }
 
+/* Vectors per backward panel, per path (read by backward_units below too). */
+#define BV_AVX512 4
+#define BV_OTHER 2
+
 /* portable: 4 lanes, which every SIMD ISA has (SSE2, NEON) or emulates */
 #ifdef FASTLSTM_VECTOR_PATHS
 #define SFX portable
 #define VL 4
 #define RF 2
 #define RB 6
-#define BV 2
+#define BV BV_OTHER
 #include "lstm_fused_impl.h"
 #undef SFX
 #undef VL
@@ -138,7 +142,7 @@ static void backward_products(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, p
 #define VL 8
 #define RF 2
 #define RB 6
-#define BV 2
+#define BV BV_OTHER
 #include "lstm_fused_impl.h"
 #undef SFX
 #undef VL
@@ -159,7 +163,7 @@ static void backward_products(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, p
 #define VL 16
 #define RF 6
 #define RB 6
-#define BV 4
+#define BV BV_AVX512
 #include "lstm_fused_impl.h"
 #undef SFX
 #undef VL
@@ -227,10 +231,10 @@ static ptrdiff_t lanes(int path)
     return path == LSTM_PATH_AVX512 ? 16 : path == LSTM_PATH_AVX2 ? 8 : 4;
 }
 
-/* Units per backward panel: BV vectors (4 on AVX-512, 2 elsewhere). */
+/* Units per backward panel: BV vectors of the path. */
 static ptrdiff_t backward_units(int path)
 {
-    return (path == LSTM_PATH_AVX512 ? 4 : 2) * lanes(path);
+    return (path == LSTM_PATH_AVX512 ? BV_AVX512 : BV_OTHER) * lanes(path);
 }
 
 /* An unsupported path falls back to the portable one (or to nothing where no

@@ -230,6 +230,32 @@ INLINE void FN(gemv_rows)(ptrdiff_t m, ptrdiff_t k, const float *a, ptrdiff_t ld
     }
 }
 
+/* ---- work items of a step -------------------------------------------------
+ * A step's work is (panel, row block) items, panel-major. Each thread runs a
+ * contiguous range of them (so the threads share at most one panel and their
+ * loads differ by at most one item), with the rows spread evenly over the
+ * blocks (32 = 6+6+5+5+5+5, not 6*5+2). While an item runs, its k loop
+ * fetches one line per k of the panel the thread reads next (its first again
+ * at the next step) towards L2, a k-line share per row block, so that
+ * weights larger than L2 stream from L3 while the FMAs run instead of
+ * stalling them; blocks past the panel's end touch their own panel. */
+typedef struct { ptrdiff_t p, n0, n1; const char *pf; } FN(work);
+
+INLINE FN(work) FN(work_item)(ptrdiff_t w, ptrdiff_t N, ptrdiff_t nblocks, ptrdiff_t pfirst,
+                              ptrdiff_t plast, const float *W, ptrdiff_t panel_floats, ptrdiff_t k)
+{
+    FN(work) it;
+    const ptrdiff_t blk = w % nblocks;
+    const char *next;
+    it.p = w / nblocks;
+    it.n0 = N * blk / nblocks;
+    it.n1 = N * (blk + 1) / nblocks;
+    next = (const char *)(W + (it.p < plast ? it.p + 1 : pfirst) * panel_floats);
+    it.pf = blk * k * 64 < panel_floats * (ptrdiff_t)sizeof(float)
+                ? next + blk * k * 64 : (const char *)(W + it.p * panel_floats);
+    return it;
+}
+
 /* ---- forward ------------------------------------------------------------
  * One block: R rows x one panel of VL units (all four gates). The product
  * h_prev[rows] . W_hh^T[:, panel] goes to registers, and with x_rows also
@@ -365,8 +391,7 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdif
                         const float *c0, float *gates, float *y, float *cs)
 {
     const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H, K = Ip + H;
-    const ptrdiff_t nblocks = (N + RF - 1) / RF, panel_bytes = K * 4 * VL * (ptrdiff_t)sizeof(float);
-    const ptrdiff_t nitems = npanels * nblocks;
+    const ptrdiff_t nblocks = (N + RF - 1) / RF, nitems = npanels * nblocks;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
 #endif
@@ -376,9 +401,6 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdif
         tid = omp_get_thread_num();
         nt = omp_get_num_threads();
 #endif
-        /* A step's work items, panel-major: (panel, row block). Each thread
-         * runs a contiguous range of them, so the threads share at most one
-         * panel and their loads differ by at most one item. */
         const ptrdiff_t w0 = nitems * tid / nt, w1 = nitems * (tid + 1) / nt;
         const ptrdiff_t pfirst = w0 / nblocks, plast = w1 > w0 ? (w1 - 1) / nblocks : pfirst;
         const int saved = blas_threads_enter(blas);
@@ -394,23 +416,13 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdif
             const float *h_prev = t ? y + (t - 1) * N * H : h0;
             const float *c_prev = t ? cs + (t - 1) * N * H : c0;
             for (ptrdiff_t w = w0; w < w1; ++w) {
-                const ptrdiff_t p = w / nblocks, blk = w % nblocks;
-                const ptrdiff_t j0 = p * VL;
+                const FN(work) it = FN(work_item)(w, N, nblocks, pfirst, plast, W_f, K * 4 * VL, K);
+                const ptrdiff_t j0 = it.p * VL, n0 = it.n0;
                 const ptrdiff_t nvalid = H - j0 < VL ? H - j0 : VL;
-                const float *panel = W_f + p * K * 4 * VL;
-                /* The panel this thread reads next (its first again at the
-                 * next step) is fetched towards L2 one line per k, a K-line
-                 * share per row block, so that a W larger than L2 streams
-                 * from L3 while the FMAs run instead of stalling them. */
-                const char *next = (const char *)(W_f + (p < plast ? p + 1 : pfirst) * K * 4 * VL);
-                const char *pf = blk * K * 64 < panel_bytes ? next + blk * K * 64
-                                                            : (const char *)panel;
-                /* rows spread evenly over the blocks: 32 = 6+6+5+5+5+5, not 6*5+2 */
-                const ptrdiff_t n0 = N * blk / nblocks, n1 = N * (blk + 1) / nblocks;
-                FN(forward_rows)((int)(n1 - n0), H, Ip, nvalid, panel,
+                FN(forward_rows)((int)(it.n1 - n0), H, Ip, nvalid, W_f + it.p * K * 4 * VL,
                                  Ip ? x + (t * N + n0) * Ip : NULL, b + j0, h_prev + n0 * H,
                                  c_prev + n0 * H + j0, gates + (t * N + n0) * G + j0,
-                                 cs + (t * N + n0) * H + j0, y + (t * N + n0) * H + j0, pf);
+                                 cs + (t * N + n0) * H + j0, y + (t * N + n0) * H + j0, it.pf);
             }
 #ifdef _OPENMP
 #pragma omp barrier
@@ -498,9 +510,10 @@ INLINE void FN(backward_block)(const int R, int mode, ptrdiff_t H, ptrdiff_t nva
 
 #define BWD_CASE(R_)                                                                     \
     case R_:                                                                             \
-        if (R_ <= RB)                                                                    \
-            FN(backward_block)(R_, mode, H, nvalid, Wp, dP_next, gates, c_prev, c, dy, dh, dc, pf); \
+        FN(backward_block)(R_, mode, H, nvalid, Wp, dP_next, gates, c_prev, c, dy, dh, dc, pf); \
         break;
+
+_Static_assert(RB == 6, "backward_rows has cases for 1..6 rows");
 
 static void FN(backward_rows)(int R, int mode, ptrdiff_t H, ptrdiff_t nvalid, const float *Wp,
                               const float *dP_next, float *gates, const float *c_prev,
@@ -509,12 +522,6 @@ static void FN(backward_rows)(int R, int mode, ptrdiff_t H, ptrdiff_t nvalid, co
 {
     switch (R) {
     BWD_CASE(1) BWD_CASE(2) BWD_CASE(3) BWD_CASE(4) BWD_CASE(5) BWD_CASE(6)
-#if RB >= 8
-    BWD_CASE(7) BWD_CASE(8)
-#endif
-#if RB >= 12
-    BWD_CASE(9) BWD_CASE(10) BWD_CASE(11) BWD_CASE(12)
-#endif
     default: break;
     }
 }
@@ -537,8 +544,7 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdi
                          float *dx, float *dW_ih, float *dW_hh, float *db)
 {
     const ptrdiff_t npanels = (H + BV * VL - 1) / (BV * VL), G = 4 * H;
-    const ptrdiff_t nblocks = (N + RB - 1) / RB, panel_bytes = G * BV * VL * (ptrdiff_t)sizeof(float);
-    const ptrdiff_t nitems = npanels * nblocks;
+    const ptrdiff_t nblocks = (N + RB - 1) / RB, nitems = npanels * nblocks, PW = BV * VL;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
 #endif
@@ -548,7 +554,6 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdi
         tid = omp_get_thread_num();
         nt = omp_get_num_threads();
 #endif
-        /* (panel, row block) items split as in the forward */
         const ptrdiff_t w0 = nitems * tid / nt, w1 = nitems * (tid + 1) / nt;
         const ptrdiff_t pfirst = w0 / nblocks, plast = w1 > w0 ? (w1 - 1) / nblocks : pfirst;
         const int saved = blas_threads_enter(blas);
@@ -556,21 +561,15 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdi
             const int mode = t == T - 1 ? 0 : 1;
             const float *dP_next = gates + (t + 1) * N * G;
             for (ptrdiff_t w = w0; w < w1; ++w) {
-                const ptrdiff_t p = w / nblocks, blk = w % nblocks;
-                const ptrdiff_t j0 = p * BV * VL;
-                const ptrdiff_t nvalid = H - j0 < BV * VL ? H - j0 : BV * VL;
-                const float *panel = W_b + p * G * BV * VL;
-                /* the next panel towards L2 while this one runs, as in the forward */
-                const char *next = (const char *)(W_b + (p < plast ? p + 1 : pfirst) * G * BV * VL);
-                const char *pf = blk * G * 64 < panel_bytes ? next + blk * G * 64
-                                                            : (const char *)panel;
-                const ptrdiff_t n0 = N * blk / nblocks, n1 = N * (blk + 1) / nblocks;
+                const FN(work) it = FN(work_item)(w, N, nblocks, pfirst, plast, W_b, G * PW, G);
+                const ptrdiff_t j0 = it.p * PW, n0 = it.n0;
+                const ptrdiff_t nvalid = H - j0 < PW ? H - j0 : PW;
                 const float *c_prev = t ? cs + ((t - 1) * N + n0) * H : c0 + n0 * H;
-                FN(backward_rows)((int)(n1 - n0), mode, H, nvalid, panel,
+                FN(backward_rows)((int)(it.n1 - n0), mode, H, nvalid, W_b + it.p * G * PW,
                                   mode ? dP_next + n0 * G : NULL,
                                   gates + (t * N + n0) * G + j0, c_prev + j0,
                                   cs + (t * N + n0) * H + j0, dy + (t * N + n0) * H + j0,
-                                  dh + n0 * H + j0, dc + n0 * H + j0, pf);
+                                  dh + n0 * H + j0, dc + n0 * H + j0, it.pf);
             }
 #ifdef _OPENMP
 #pragma omp barrier
@@ -578,13 +577,11 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdi
         }
         /* dh0 = dP[0] . W_hh: the product of a step that does not exist. */
         for (ptrdiff_t w = w0; w < w1; ++w) {
-            const ptrdiff_t p = w / nblocks, blk = w % nblocks;
-            const ptrdiff_t j0 = p * BV * VL;
-            const ptrdiff_t nvalid = H - j0 < BV * VL ? H - j0 : BV * VL;
-            const ptrdiff_t n0 = N * blk / nblocks, n1 = N * (blk + 1) / nblocks;
-            const float *panel = W_b + p * G * BV * VL;
-            FN(backward_rows)((int)(n1 - n0), 2, H, nvalid, panel, gates + n0 * G, NULL, NULL,
-                              NULL, NULL, dh + n0 * H + j0, NULL, (const char *)panel);
+            const FN(work) it = FN(work_item)(w, N, nblocks, pfirst, plast, W_b, G * PW, G);
+            const ptrdiff_t j0 = it.p * PW, n0 = it.n0;
+            const ptrdiff_t nvalid = H - j0 < PW ? H - j0 : PW;
+            FN(backward_rows)((int)(it.n1 - n0), 2, H, nvalid, W_b + it.p * G * PW, gates + n0 * G,
+                              NULL, NULL, NULL, NULL, dh + n0 * H + j0, NULL, it.pf);
         }
         /* The all-steps products need every column of dP: wait for all. */
 #ifdef _OPENMP
