@@ -348,19 +348,27 @@ void lstm_fused_step(const lstm_blas *blas, int path, int nthreads, ptrdiff_t L,
                      const float *const *W_hh, const float *const *b, const float *h,
                      const float *c, float *gates, float *h_out, float *c_out)
 {
+    /* Every other call reads the weights in the opposite order: the rows it
+     * reads first are those the call before read last, still in the core's L2
+     * when all of its share does not fit there. The order does not change the
+     * result: each output is one row's own dot product. */
+#ifdef FASTLSTM_VECTOR_PATHS
+    static unsigned calls;
+    const int descending = (int)(__atomic_fetch_add(&calls, 1u, __ATOMIC_RELAXED) & 1u);
+#endif
     if (L <= 0 || N <= 0 || H <= 0) return;
     switch (usable(path)) {
 #ifdef FASTLSTM_X86_PATHS
     case LSTM_PATH_AVX512:
-        step_avx512(blas, nthreads, L, N, I0, H, x, W_ih, W_hh, b, h, c, gates, h_out, c_out);
+        step_avx512(blas, nthreads, L, N, I0, H, x, W_ih, W_hh, b, h, c, gates, h_out, c_out, descending);
         break;
     case LSTM_PATH_AVX2:
-        step_avx2(blas, nthreads, L, N, I0, H, x, W_ih, W_hh, b, h, c, gates, h_out, c_out);
+        step_avx2(blas, nthreads, L, N, I0, H, x, W_ih, W_hh, b, h, c, gates, h_out, c_out, descending);
         break;
 #endif
 #ifdef FASTLSTM_VECTOR_PATHS
     default:
-        step_portable(blas, nthreads, L, N, I0, H, x, W_ih, W_hh, b, h, c, gates, h_out, c_out);
+        step_portable(blas, nthreads, L, N, I0, H, x, W_ih, W_hh, b, h, c, gates, h_out, c_out, descending);
         break;
 #else
     default:

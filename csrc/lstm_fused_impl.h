@@ -191,42 +191,55 @@ INLINE float FN(hsum)(VF v)
     return lanes[0];
 }
 
-/* y [m] += A [m, k] (row-major, leading dimension lda) . x [k]: the products
- * of a one-row step, four dot products at a time sharing the loads of x. */
-INLINE void FN(gemv_rows)(ptrdiff_t m, ptrdiff_t k, const float *a, ptrdiff_t lda,
-                          const float *x, float *y)
+/* y[0..3] += 4 rows of A (leading dimension lda) . x [k], sharing the loads of x. */
+INLINE void FN(dot4)(ptrdiff_t k, const float *a0, ptrdiff_t lda, const float *x, float *y)
 {
-    ptrdiff_t r = 0;
-    for (; r + 4 <= m; r += 4) {
-        const float *a0 = a + r * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
-        VF s0 = FN(splat)(0.0f), s1 = s0, s2 = s0, s3 = s0;
-        ptrdiff_t j = 0;
-        for (; j + VL <= k; j += VL) {
-            VF xv = FN(load)(x + j);
-            s0 += FN(load)(a0 + j) * xv;
-            s1 += FN(load)(a1 + j) * xv;
-            s2 += FN(load)(a2 + j) * xv;
-            s3 += FN(load)(a3 + j) * xv;
-        }
-        if (j < k) {
-            VF xv = FN(loadn)(x + j, k - j);
-            s0 += FN(loadn)(a0 + j, k - j) * xv;
-            s1 += FN(loadn)(a1 + j, k - j) * xv;
-            s2 += FN(loadn)(a2 + j, k - j) * xv;
-            s3 += FN(loadn)(a3 + j, k - j) * xv;
-        }
-        y[r] += FN(hsum)(s0);
-        y[r + 1] += FN(hsum)(s1);
-        y[r + 2] += FN(hsum)(s2);
-        y[r + 3] += FN(hsum)(s3);
+    const float *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
+    VF s0 = FN(splat)(0.0f), s1 = s0, s2 = s0, s3 = s0;
+    ptrdiff_t j = 0;
+    for (; j + VL <= k; j += VL) {
+        VF xv = FN(load)(x + j);
+        s0 += FN(load)(a0 + j) * xv;
+        s1 += FN(load)(a1 + j) * xv;
+        s2 += FN(load)(a2 + j) * xv;
+        s3 += FN(load)(a3 + j) * xv;
     }
-    for (; r < m; ++r) {
-        const float *ar = a + r * lda;
-        VF s = FN(splat)(0.0f);
-        ptrdiff_t j = 0;
-        for (; j + VL <= k; j += VL) s += FN(load)(ar + j) * FN(load)(x + j);
-        if (j < k) s += FN(loadn)(ar + j, k - j) * FN(loadn)(x + j, k - j);
-        y[r] += FN(hsum)(s);
+    if (j < k) {
+        VF xv = FN(loadn)(x + j, k - j);
+        s0 += FN(loadn)(a0 + j, k - j) * xv;
+        s1 += FN(loadn)(a1 + j, k - j) * xv;
+        s2 += FN(loadn)(a2 + j, k - j) * xv;
+        s3 += FN(loadn)(a3 + j, k - j) * xv;
+    }
+    y[0] += FN(hsum)(s0);
+    y[1] += FN(hsum)(s1);
+    y[2] += FN(hsum)(s2);
+    y[3] += FN(hsum)(s3);
+}
+
+/* y[0] += one row a [k] . x [k]. */
+INLINE void FN(dot1)(ptrdiff_t k, const float *a, const float *x, float *y)
+{
+    VF s = FN(splat)(0.0f);
+    ptrdiff_t j = 0;
+    for (; j + VL <= k; j += VL) s += FN(load)(a + j) * FN(load)(x + j);
+    if (j < k) s += FN(loadn)(a + j, k - j) * FN(loadn)(x + j, k - j);
+    y[0] += FN(hsum)(s);
+}
+
+/* y [m] += A [m, k] (row-major, leading dimension lda) . x [k]: the products
+ * of a one-row step, four rows at a time; from the last row to the first
+ * when descending (see step). */
+INLINE void FN(gemv_rows)(ptrdiff_t m, ptrdiff_t k, const float *a, ptrdiff_t lda,
+                          const float *x, float *y, int descending)
+{
+    const ptrdiff_t m4 = m - m % 4;
+    if (!descending) {
+        for (ptrdiff_t r = 0; r < m4; r += 4) FN(dot4)(k, a + r * lda, lda, x, y + r);
+        for (ptrdiff_t r = m4; r < m; ++r) FN(dot1)(k, a + r * lda, x, y + r);
+    } else {
+        for (ptrdiff_t r = m - 1; r >= m4; --r) FN(dot1)(k, a + r * lda, x, y + r);
+        for (ptrdiff_t r = m4 - 4; r >= 0; r -= 4) FN(dot4)(k, a + r * lda, lda, x, y + r);
     }
 }
 
@@ -601,7 +614,7 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdi
 static void FN(step)(const lstm_blas *blas, int nthreads, ptrdiff_t L, ptrdiff_t N, ptrdiff_t I0,
                      ptrdiff_t H, const float *x, const float *const *W_ih,
                      const float *const *W_hh, const float *const *b, const float *h,
-                     const float *c, float *gates, float *h_out, float *c_out)
+                     const float *c, float *gates, float *h_out, float *c_out, int descending)
 {
     const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H;
 #ifdef _OPENMP
@@ -623,11 +636,13 @@ static void FN(step)(const lstm_blas *blas, int nthreads, ptrdiff_t L, ptrdiff_t
             float *ho = h_out + l * N * H, *co = c_out + l * N * H;
             if (N == 1) {
                 /* Dot products in place: BLAS would pack or thread a GEMV this small. */
-                for (int g = 0; g < 4 && u1 > u0; ++g) {
+                for (int gi = 0; gi < 4 && u1 > u0; ++gi) {
+                    const int g = descending ? 3 - gi : gi;
                     float *P = gates + g * H + u0;
                     memcpy(P, b[l] + g * H + u0, (size_t)(u1 - u0) * sizeof(float));
-                    FN(gemv_rows)(u1 - u0, I, W_ih[l] + (g * H + u0) * I, I, in, P);
-                    FN(gemv_rows)(u1 - u0, H, W_hh[l] + (g * H + u0) * H, H, hl, P);
+                    /* W_ih first either way: the sums must round the same */
+                    FN(gemv_rows)(u1 - u0, I, W_ih[l] + (g * H + u0) * I, I, in, P, descending);
+                    FN(gemv_rows)(u1 - u0, H, W_hh[l] + (g * H + u0) * H, H, hl, P, descending);
                 }
             } else {
                 project_units(blas, N, I, H, u0, u1, in, W_ih[l], b[l], gates);

@@ -95,6 +95,31 @@ def test_path_step_matches_forward(monkeypatch, threads, path, N):
     assert_all_close({"h": state[0], "c": state[1]}, {"h": h_ref, "c": c_ref}, np.float32, path)
 
 
+def test_thread_rule_splits_forward_before_backward(monkeypatch):
+    from fastlstm import _config
+    monkeypatch.delenv("FASTLSTM_MIN_PARALLEL_WORK", raising=False)
+    monkeypatch.setenv("FASTLSTM_NUM_THREADS", "2")
+    assert _config.threads_for(1, 64, 8) == 1                      # 16k multiply-adds a step
+    assert _config.threads_for(1, 96, 8) == 2                      # 37k
+    assert _config.threads_for(1, 96, 8, backward=True) == 1
+    assert _config.threads_for(1, 160, 8, backward=True) == 2      # 102k
+    monkeypatch.setenv("FASTLSTM_MIN_PARALLEL_WORK", "0")
+    assert _config.threads_for(1, 1, 8, backward=True) == 2
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_path_step_is_the_same_in_either_weight_order(monkeypatch, threads, path):
+    # at N=1 every other call reads the weight rows last to first: same bits
+    monkeypatch.setenv("FASTLSTM_KERNEL", path)
+    layer = fastlstm.LSTM(7, 23, 2, backend="c", seed=4)
+    x, state, _, _ = make_inputs(5, 1, 1, 7, 23, 2, np.float32)
+    calls = [layer.step(x[0], state) for _ in range(3)]
+    for h_t, (h, c) in calls[1:]:
+        np.testing.assert_array_equal(h_t, calls[0][0])
+        np.testing.assert_array_equal(h, calls[0][1][0])
+        np.testing.assert_array_equal(c, calls[0][1][1])
+
+
 def test_show_config_names_the_kernel_path():
     info = fastlstm.show_config()
     assert info["c_kernel"] in PATHS

@@ -292,7 +292,7 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] h0, const float
         name = kernel_path()
         if name != "blas":
             path = _PATHS[name]
-            nthreads = _config.threads_for(N, H, max_threads())
+            nthreads = _config.threads_for(N, H, max_threads(), backward=True)
             packed = _aligned_floats(lstm_fused_backward_pack_size(path, H))
             with nogil:
                 lstm_fused_pack_backward(path, H, &W_hh[0, 0], &packed[0])
