@@ -34,6 +34,8 @@ def check_size(name, value, minimum=1):
 
 def as_real_array(name, value, dtype):
     """Convert to a C-contiguous array of ``dtype``; reject non-real data."""
+    if type(value) is np.ndarray and value.dtype == dtype and value.flags.c_contiguous:
+        return value  # already what is asked for (the common case; one step per character)
     if hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray):
         raise TypeError(f"{name} is a device array; this backend takes host (NumPy) arrays")
     try:

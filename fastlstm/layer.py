@@ -86,6 +86,9 @@ class LSTM:
         self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
         self._saved = None
         self._step_workspace = {}
+        self._bias_sums = [np.zeros(G, self.dtype) for _ in range(self.num_layers)]
+        self._layer_keys = [tuple(f"{name}_l{k}" for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+                            for k in range(self.num_layers)]
         self._workspace = Workspace(limit=2 * self.num_layers + 2)
 
     # -- parameters -------------------------------------------------------
@@ -143,13 +146,13 @@ class LSTM:
             g[...] = 0
 
     def _layer_weights(self, layer):
-        W_ih = self.params[f"weight_ih_l{layer}"]
-        W_hh = self.params[f"weight_hh_l{layer}"]
+        """W_ih, W_hh and the summed bias of one layer (the bias in a buffer of
+        the layer's, rewritten on every call: the parameters may have changed)."""
+        p, b = self.params, self._bias_sums[layer]
+        ih, hh, b_ih, b_hh = self._layer_keys[layer]
         if self.bias:
-            b = self.params[f"bias_ih_l{layer}"] + self.params[f"bias_hh_l{layer}"]
-        else:
-            b = np.zeros(4 * self.hidden_size, self.dtype)
-        return W_ih, W_hh, b
+            np.add(p[b_ih], p[b_hh], out=b)
+        return p[ih], p[hh], b
 
     def _state(self, name, state, N, xp):
         L, H = self.num_layers, self.hidden_size

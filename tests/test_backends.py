@@ -183,6 +183,20 @@ def test_step_does_not_modify_the_state_it_is_given(backend):
     assert not np.array_equal(new[0], h0)
 
 
+def test_step_and_forward_see_parameters_changed_in_place(backend):
+    """The summed bias is rewritten on every call: an optimizer's in-place update counts."""
+    layer = fastlstm.LSTM(3, 5, 2, backend=backend, seed=0)
+    ref = fastlstm.LSTM(3, 5, 2, backend=REFERENCE, seed=0)
+    x, state, _, _ = make_inputs(2, 2, 1, 3, 5, 2, np.float32)
+    layer.step(x[0], state)
+    layer(x, state)
+    for model in (layer, ref):
+        model.params["bias_hh_l1"] += 0.5
+        model.params["weight_ih_l0"] *= -1.0
+    assert_close(layer.step(x[0], state)[0], ref.step(x[0], state)[0], np.float32, "step")
+    assert_close(layer(x, state)[0], ref(x, state)[0], np.float32, "forward")
+
+
 def test_step_alternating_batch_sizes(backend):
     """The step workspace is per batch size: N=1 and N=3 interleaved stay right."""
     layer = fastlstm.LSTM(3, 5, 2, backend=backend, seed=0)

@@ -86,11 +86,15 @@ _PATHS = {"portable": 0, "avx2": 1, "avx512": 2}
 KERNELS = [name for name in ("avx512", "avx2", "portable") if lstm_fused_path_supported(_PATHS[name])] + ["blas"]
 
 
+#: The fastest path this CPU runs (what "auto" means).
+_BEST = lstm_fused_path_name(lstm_fused_best_path()).decode()
+
+
 def kernel_path():
     """The float32 kernel path the next call will use (FASTLSTM_KERNEL or the fastest)."""
     name = _config.kernel()
     if name == "auto":
-        return lstm_fused_path_name(lstm_fused_best_path()).decode()
+        return _BEST
     if name not in KERNELS:
         raise ValueError(f"kernel path {name!r} is not supported on this CPU; "
                          f"supported: {', '.join(KERNELS)}")
@@ -190,6 +194,12 @@ cdef _check(str name, tuple got, tuple want):
         raise ValueError(f"{name} has shape {got}, expected {want}")
 
 
+cdef _check_entry(str name, Py_ssize_t l, tuple got, tuple want):
+    # _check for entry l of a list of per-layer arrays (its name made only on failure)
+    if got != want:
+        _check(f"{name}[{l}]", got, want)
+
+
 def _shape(a):
     return tuple(a.shape[:a.ndim])
 
@@ -221,7 +231,7 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] h0, const floati
         name = kernel_path()
         if name != "blas":
             path = _PATHS[name]
-            nthreads = _config.threads_for(N, H, max_threads())
+            nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
             if I > 0 and _config.fuse_input(I, H, N, nthreads):
                 Ip = I
             packed = _aligned_floats(lstm_fused_forward_pack_size(path, Ip, H))
@@ -292,7 +302,7 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] h0, const float
         name = kernel_path()
         if name != "blas":
             path = _PATHS[name]
-            nthreads = _config.threads_for(N, H, max_threads(), backward=True)
+            nthreads = _config.threads_for(N, H, lstm_fused_max_threads(), backward=True)
             packed = _aligned_floats(lstm_fused_backward_pack_size(path, H))
             with nogil:
                 lstm_fused_pack_backward(path, H, &W_hh[0, 0], &packed[0])
@@ -385,9 +395,9 @@ def step_layers(x_t, h, c, W_ih, W_hh, b, h_out, c_out, gates):
                           ("c_out", c_out, (L, N, H)), ("gates", gates, (N, G))):
         _check(name, tuple(a.shape), want)
     for l in range(L):
-        _check(f"W_ih[{l}]", tuple(W_ih[l].shape), (G, I0 if l == 0 else H))
-        _check(f"W_hh[{l}]", tuple(W_hh[l].shape), (G, H))
-        _check(f"b[{l}]", tuple(b[l].shape), (G,))
+        _check_entry("W_ih", l, tuple(W_ih[l].shape), (G, I0 if l == 0 else H))
+        _check_entry("W_hh", l, tuple(W_hh[l].shape), (G, H))
+        _check_entry("b", l, tuple(b[l].shape), (G,))
     name = kernel_path() if x_t.dtype == np.float32 else "blas"
     if name == "blas" or N == 0 or H == 0:
         for l in range(L):
@@ -395,7 +405,7 @@ def step_layers(x_t, h, c, W_ih, W_hh, b, h_out, c_out, gates):
                  h_out[l], c_out[l], gates)
         return
     cdef int path = _PATHS[name]
-    cdef int nthreads = _config.threads_for(N, H, max_threads())
+    cdef int nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
     cdef const float[:, ::1] xv = x_t
     cdef const float[:, :, ::1] hv = h
     cdef const float[:, :, ::1] cv = c
