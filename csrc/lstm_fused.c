@@ -5,6 +5,7 @@
  * options, so the file itself builds for the baseline CPU and one binary is
  * correct everywhere and fast where the CPU allows.
  */
+#include <stdlib.h>
 #include <string.h>
 #include <stddef.h>
 #ifdef _OPENMP
@@ -84,12 +85,15 @@ static void project_units(const lstm_blas *blas, ptrdiff_t rows, ptrdiff_t I, pt
 
 /* After the backward time loop, one thread's share: rows r0..r1 of
  * dx = dP . W_ih, and gate rows g0..g1 (of G) of dW_ih += dP^T x,
- * dW_hh += dP^T [h0; y_0..y_{T-2}] and db += sum of dP. Contiguous row
- * ranges make one large product per thread rather than many thin ones. */
+ * dW_hh += dP^T [h0; y_0..y_{T-2}] and db += sum of dP: the sum of the
+ * nparts partial sums in db_parts [nparts, G] the time loop made, or without
+ * them (NULL) of dP's rows. Contiguous row ranges make one large product per
+ * thread rather than many thin ones. */
 static void backward_products(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, ptrdiff_t I,
                               ptrdiff_t H, ptrdiff_t g0, ptrdiff_t g1, ptrdiff_t r0, ptrdiff_t r1,
                               const float *x, const float *W_ih, const float *h0, const float *y,
-                              const float *dP, float *dx, float *dW_ih, float *dW_hh, float *db)
+                              const float *dP, float *dx, float *dW_ih, float *dW_hh, float *db,
+                              const float *db_parts, int nparts)
 {
     const ptrdiff_t G = 4 * H, ng = g1 - g0, rows = T * N;
     const ptrdiff_t step = rows_per_call(G > I ? (G > H ? G : H) : (I > H ? I : H));
@@ -108,8 +112,10 @@ static void backward_products(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, p
         gemm(blas, 'N', 'T', H, ng, nr, y + (a - N) * H, H, dP + a * G + g0, G, 1.0f,
              dW_hh + g0 * H, H);
     }
-    for (ptrdiff_t r = 0; r < rows; ++r) {
-        const float *d = dP + r * G + g0;
+    const float *from = db_parts ? db_parts : dP;
+    const ptrdiff_t nsum = db_parts ? nparts : rows;
+    for (ptrdiff_t r = 0; r < nsum; ++r) {
+        const float *d = from + r * G + g0;
         for (ptrdiff_t j = 0; j < ng; ++j) db[g0 + j] += d[j];
     }
 }

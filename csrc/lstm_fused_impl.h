@@ -447,29 +447,39 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdif
 
 /* ---- backward ----------------------------------------------------------- */
 /* The gate gradients of one row x VL units (n of them valid), given the
- * recurrent part of dh. */
+ * recurrent part of dh; they are also added to sum[0..3] (for db; lanes past
+ * n get zeros). */
 INLINE void FN(backward_gates)(ptrdiff_t H, ptrdiff_t n, VF dh_rec, float *gr,
-                               const float *c_prev, const float *c, const float *dy, float *dc)
+                               const float *c_prev, const float *c, const float *dy, float *dc,
+                               VF *sum)
 {
     VF i = FN(loadn)(gr, n), f = FN(loadn)(gr + H, n);
     VF g = FN(loadn)(gr + 2 * H, n), o = FN(loadn)(gr + 3 * H, n);
     VF dhv = dh_rec + FN(loadn)(dy, n);
     VF tc = FN(tanh)(FN(loadn)(c, n));
     VF dct = FN(loadn)(dc, n) + dhv * o * (1.0f - tc * tc);
-    FN(storen)(gr, dct * g * i * (1.0f - i), n);
-    FN(storen)(gr + H, dct * FN(loadn)(c_prev, n) * f * (1.0f - f), n);
-    FN(storen)(gr + 2 * H, dct * i * (1.0f - g * g), n);
-    FN(storen)(gr + 3 * H, dhv * tc * o * (1.0f - o), n);
+    const VF di = dct * g * i * (1.0f - i), df = dct * FN(loadn)(c_prev, n) * f * (1.0f - f);
+    const VF dg = dct * i * (1.0f - g * g), dout = dhv * tc * o * (1.0f - o);
+    FN(storen)(gr, di, n);
+    FN(storen)(gr + H, df, n);
+    FN(storen)(gr + 2 * H, dg, n);
+    FN(storen)(gr + 3 * H, dout, n);
     FN(storen)(dc, dct * f, n);
+    sum[0] += di;
+    sum[1] += df;
+    sum[2] += dg;
+    sum[3] += dout;
 }
 
 /* One block: R rows x one panel of BV*VL units. mode 0: the step t = T-1
  * (dh_next is the given dh_T); mode 1: a step with dh_next = dP[t+1].W_hh;
- * mode 2: no step, just dh = dP[0].W_hh into dh. */
+ * mode 2: no step, just dh = dP[0].W_hh into dh. A step adds its rows' gate
+ * gradients to db_part (the calling thread's partial db at the panel, or
+ * NULL for none). */
 INLINE void FN(backward_block)(const int R, int mode, ptrdiff_t H, ptrdiff_t nvalid,
                                const float *Wp, const float *dP_next, float *gates,
                                const float *c_prev, const float *c, const float *dy,
-                               float *dh, float *dc, const char *pf)
+                               float *dh, float *dc, float *db_part, const char *pf)
 {
     const ptrdiff_t G = 4 * H;
     ptrdiff_t nv[BV];
@@ -507,23 +517,32 @@ INLINE void FN(backward_block)(const int R, int mode, ptrdiff_t H, ptrdiff_t nva
             }
         }
     }
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-        for (int v = 0; v < BV; ++v) {
+    for (int v = 0; v < BV; ++v) {
+        if (nv[v] <= 0) continue;
+        VF sum[4] = {FN(splat)(0.0f), FN(splat)(0.0f), FN(splat)(0.0f), FN(splat)(0.0f)};
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
             const ptrdiff_t off = r * H + v * VL;
-            if (nv[v] <= 0) continue;
             if (mode == 2)
                 FN(storen)(dh + off, acc[r][v], nv[v]);
             else
                 FN(backward_gates)(H, nv[v], acc[r][v], gates + r * G + v * VL, c_prev + off,
-                                   c + off, dy + off, dc + off);
+                                   c + off, dy + off, dc + off, sum);
         }
+        if (mode != 2 && db_part)
+#pragma GCC unroll 4
+            for (int g = 0; g < 4; ++g) {
+                float *d = db_part + g * H + v * VL;
+                FN(storen)(d, FN(loadn)(d, nv[v]) + sum[g], nv[v]);
+            }
+    }
 }
 
 #define BWD_CASE(R_)                                                                     \
     case R_:                                                                             \
-        FN(backward_block)(R_, mode, H, nvalid, Wp, dP_next, gates, c_prev, c, dy, dh, dc, pf); \
+        FN(backward_block)(R_, mode, H, nvalid, Wp, dP_next, gates, c_prev, c, dy, dh, dc,  \
+                           db_part, pf);                                                 \
         break;
 
 _Static_assert(RB == 6, "backward_rows has cases for 1..6 rows");
@@ -531,7 +550,7 @@ _Static_assert(RB == 6, "backward_rows has cases for 1..6 rows");
 static void FN(backward_rows)(int R, int mode, ptrdiff_t H, ptrdiff_t nvalid, const float *Wp,
                               const float *dP_next, float *gates, const float *c_prev,
                               const float *c, const float *dy, float *dh, float *dc,
-                              const char *pf)
+                              float *db_part, const char *pf)
 {
     switch (R) {
     BWD_CASE(1) BWD_CASE(2) BWD_CASE(3) BWD_CASE(4) BWD_CASE(5) BWD_CASE(6)
@@ -558,6 +577,9 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdi
 {
     const ptrdiff_t npanels = (H + BV * VL - 1) / (BV * VL), G = 4 * H;
     const ptrdiff_t nblocks = (N + RB - 1) / RB, nitems = npanels * nblocks, PW = BV * VL;
+    /* db in one partial sum per thread, added up after the loop (without the
+     * memory, backward_products sums dP over all rows instead) */
+    float *db_parts = calloc((size_t)(nthreads > 1 ? nthreads : 1) * (size_t)G, sizeof(float));
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
 #endif
@@ -582,7 +604,8 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdi
                                   mode ? dP_next + n0 * G : NULL,
                                   gates + (t * N + n0) * G + j0, c_prev + j0,
                                   cs + (t * N + n0) * H + j0, dy + (t * N + n0) * H + j0,
-                                  dh + n0 * H + j0, dc + n0 * H + j0, it.pf);
+                                  dh + n0 * H + j0, dc + n0 * H + j0,
+                                  db_parts ? db_parts + tid * G + j0 : NULL, it.pf);
             }
 #ifdef _OPENMP
 #pragma omp barrier
@@ -594,7 +617,7 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdi
             const ptrdiff_t j0 = it.p * PW, n0 = it.n0;
             const ptrdiff_t nvalid = H - j0 < PW ? H - j0 : PW;
             FN(backward_rows)((int)(it.n1 - n0), 2, H, nvalid, W_b + it.p * G * PW, gates + n0 * G,
-                              NULL, NULL, NULL, NULL, dh + n0 * H + j0, NULL, it.pf);
+                              NULL, NULL, NULL, NULL, dh + n0 * H + j0, NULL, NULL, it.pf);
         }
         /* The all-steps products need every column of dP: wait for all. */
 #ifdef _OPENMP
@@ -602,9 +625,10 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdi
 #endif
         backward_products(blas, T, N, I, H, G * tid / nt, G * (tid + 1) / nt,
                           T * N * tid / nt, T * N * (tid + 1) / nt, x, W_ih, h0, y, gates,
-                          dx, dW_ih, dW_hh, db);
+                          dx, dW_ih, dW_hh, db, db_parts, nthreads > 1 ? nthreads : 1);
         blas_threads_leave(blas, saved);
     }
+    free(db_parts);
 }
 
 /* ---- one step of an L-layer stack (generation) ----------------------------
