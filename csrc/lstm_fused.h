@@ -81,9 +81,11 @@ typedef struct {
  *   y:     [T, N, H] OUT   h_t
  *   cs:    [T, N, H] OUT   c_t
  * Every size must fit an int for BLAS except T*N, which is cut into chunks.
- * nthreads <= 1 runs single-threaded.
+ * nthreads <= 1 runs single-threaded. by_rows: the threads split each step
+ * by batch rows (each reads all of W_f, and only the h rows it wrote itself)
+ * instead of by hidden units (each reads its share of W_f, and all of h).
  */
-void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, ptrdiff_t T,
+void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows, ptrdiff_t T,
                         ptrdiff_t N, ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, const float *x,
                         const float *W_ih, const float *b, const float *W_f,
                         const float *h0, const float *c0, float *gates, float *y, float *cs);
@@ -97,8 +99,9 @@ void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, ptrdiff_t
  *   dc:    [N, H] INOUT   dc_T in; dc_0 out
  *   dx:    [T, N, I] OUT
  *   dW_ih: [G, I] INOUT, dW_hh: [G, H] INOUT, db: [G] INOUT  accumulated (+=)
+ * nthreads and by_rows as in lstm_fused_forward (W_b for W_f, dP for h).
  */
-void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, ptrdiff_t T,
+void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows, ptrdiff_t T,
                          ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const float *x,
                          const float *W_ih, const float *h0, const float *c0, const float *y,
                          const float *cs, const float *W_b, float *gates, const float *dy,

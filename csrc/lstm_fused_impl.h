@@ -244,28 +244,36 @@ INLINE void FN(gemv_rows)(ptrdiff_t m, ptrdiff_t k, const float *a, ptrdiff_t ld
 }
 
 /* ---- work items of a step -------------------------------------------------
- * A step's work is (panel, row block) items, panel-major. Each thread runs a
- * contiguous range of them (so the threads share at most one panel and their
- * loads differ by at most one item), with the rows spread evenly over the
- * blocks (32 = 6+6+5+5+5+5, not 6*5+2). While an item runs, its k loop
- * fetches one line per k of the panel the thread reads next (its first again
- * at the next step) towards L2, a k-line share per row block, so that
- * weights larger than L2 stream from L3 while the FMAs run instead of
- * stalling them; blocks past the panel's end touch their own panel. */
+ * A step's work is (panel, row block) items. Each thread runs a contiguous
+ * range of them, so that the threads' loads differ by at most one item, with
+ * the rows spread evenly over the blocks (32 = 6+6+5+5+5+5, not 6*5+2).
+ * In panel-major order (by_rows = 0) the threads split the hidden units: each
+ * reads its share of the weights (and shares at most one panel), but all of
+ * the previous step's rows, half of them written by another core. While an
+ * item runs, its k loop fetches one line per k of the panel the thread reads
+ * next (its first again at the next step) towards L2, a k-line share per row
+ * block, so that weights larger than L2 stream from L3 while the FMAs run;
+ * blocks past the panel's end touch their own panel. In block-major order
+ * (by_rows = 1) the threads split the batch rows: each reads all of the
+ * weights, which must then fit in its L2, but only rows it wrote itself. */
 typedef struct { ptrdiff_t p, n0, n1; const char *pf; } FN(work);
 
-INLINE FN(work) FN(work_item)(ptrdiff_t w, ptrdiff_t N, ptrdiff_t nblocks, ptrdiff_t pfirst,
-                              ptrdiff_t plast, const float *W, ptrdiff_t panel_floats, ptrdiff_t k)
+INLINE FN(work) FN(work_item)(ptrdiff_t w, int by_rows, ptrdiff_t N, ptrdiff_t nblocks,
+                              ptrdiff_t npanels, ptrdiff_t pfirst, ptrdiff_t plast,
+                              const float *W, ptrdiff_t panel_floats, ptrdiff_t k)
 {
     FN(work) it;
-    const ptrdiff_t blk = w % nblocks;
-    const char *next;
-    it.p = w / nblocks;
+    const ptrdiff_t blk = by_rows ? w / npanels : w % nblocks;
+    it.p = by_rows ? w % npanels : w / nblocks;
     it.n0 = N * blk / nblocks;
     it.n1 = N * (blk + 1) / nblocks;
-    next = (const char *)(W + (it.p < plast ? it.p + 1 : pfirst) * panel_floats);
-    it.pf = blk * k * 64 < panel_floats * (ptrdiff_t)sizeof(float)
-                ? next + blk * k * 64 : (const char *)(W + it.p * panel_floats);
+    if (by_rows) {
+        it.pf = (const char *)(W + it.p * panel_floats); /* in L2 already */
+    } else {
+        const char *next = (const char *)(W + (it.p < plast ? it.p + 1 : pfirst) * panel_floats);
+        it.pf = blk * k * 64 < panel_floats * (ptrdiff_t)sizeof(float)
+                    ? next + blk * k * 64 : (const char *)(W + it.p * panel_floats);
+    }
     return it;
 }
 
@@ -398,7 +406,7 @@ static void FN(pack_forward)(ptrdiff_t Ip, ptrdiff_t H, const float *W_ih, const
                 }
 }
 
-static void FN(forward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdiff_t N,
+static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T, ptrdiff_t N,
                         ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, const float *x,
                         const float *W_ih, const float *b, const float *W_f, const float *h0,
                         const float *c0, float *gates, float *y, float *cs)
@@ -429,7 +437,7 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdif
             const float *h_prev = t ? y + (t - 1) * N * H : h0;
             const float *c_prev = t ? cs + (t - 1) * N * H : c0;
             for (ptrdiff_t w = w0; w < w1; ++w) {
-                const FN(work) it = FN(work_item)(w, N, nblocks, pfirst, plast, W_f, K * 4 * VL, K);
+                const FN(work) it = FN(work_item)(w, by_rows, N, nblocks, npanels, pfirst, plast, W_f, K * 4 * VL, K);
                 const ptrdiff_t j0 = it.p * VL, n0 = it.n0;
                 const ptrdiff_t nvalid = H - j0 < VL ? H - j0 : VL;
                 FN(forward_rows)((int)(it.n1 - n0), H, Ip, nvalid, W_f + it.p * K * 4 * VL,
@@ -569,7 +577,7 @@ static void FN(pack_backward)(ptrdiff_t H, const float *W_hh, float *W_b)
             }
 }
 
-static void FN(backward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdiff_t N,
+static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T, ptrdiff_t N,
                          ptrdiff_t I, ptrdiff_t H, const float *x, const float *W_ih,
                          const float *h0, const float *c0, const float *y, const float *cs,
                          const float *W_b, float *gates, const float *dy, float *dh, float *dc,
@@ -596,7 +604,7 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdi
             const int mode = t == T - 1 ? 0 : 1;
             const float *dP_next = gates + (t + 1) * N * G;
             for (ptrdiff_t w = w0; w < w1; ++w) {
-                const FN(work) it = FN(work_item)(w, N, nblocks, pfirst, plast, W_b, G * PW, G);
+                const FN(work) it = FN(work_item)(w, by_rows, N, nblocks, npanels, pfirst, plast, W_b, G * PW, G);
                 const ptrdiff_t j0 = it.p * PW, n0 = it.n0;
                 const ptrdiff_t nvalid = H - j0 < PW ? H - j0 : PW;
                 const float *c_prev = t ? cs + ((t - 1) * N + n0) * H : c0 + n0 * H;
@@ -613,7 +621,7 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdi
         }
         /* dh0 = dP[0] . W_hh: the product of a step that does not exist. */
         for (ptrdiff_t w = w0; w < w1; ++w) {
-            const FN(work) it = FN(work_item)(w, N, nblocks, pfirst, plast, W_b, G * PW, G);
+            const FN(work) it = FN(work_item)(w, by_rows, N, nblocks, npanels, pfirst, plast, W_b, G * PW, G);
             const ptrdiff_t j0 = it.p * PW, n0 = it.n0;
             const ptrdiff_t nvalid = H - j0 < PW ? H - j0 : PW;
             FN(backward_rows)((int)(it.n1 - n0), 2, H, nvalid, W_b + it.p * G * PW, gates + n0 * G,

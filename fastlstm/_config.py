@@ -110,6 +110,27 @@ def fuse_input(I, H, N, nthreads):
     streamed = 2 * K * _PANEL_ROW_BYTES + N * K * 4
     return N >= FUSE_STREAM_MIN_ROWS and streamed <= FUSE_STREAM_FRACTION * limit
 
+#: How the threads of the C time loops split a step: "units" (each takes a
+#: share of the hidden units, so reads a share of the packed weights but all
+#: of the previous step's rows, half of them written on the other core),
+#: "rows" (each takes a share of the batch rows, so reads all of the weights
+#: but only rows it wrote itself), or "auto": rows while the packed weights of
+#: the pass fit in ROW_SPLIT_BYTES, which leaves room for them in a 2 MB L2.
+#: Measured on two cores (bench/ab_builds.py): H=128, N=32 forward 0.81x the
+#: time, H=160 0.91-0.98x; at 1 MB of weights the backward was 1.07x slower.
+THREAD_SPLIT_ENV = "FASTLSTM_THREAD_SPLIT"
+ROW_SPLIT_BYTES = 896 * 1024
+
+
+def split_by_rows(weight_bytes, nthreads):
+    """Whether the threads split a step by batch rows (see above)."""
+    mode = os.environ.get(THREAD_SPLIT_ENV, "auto").strip().lower()
+    if mode in ("rows", "units"):
+        return mode == "rows"
+    if mode != "auto":
+        raise ValueError(f"{THREAD_SPLIT_ENV}={mode!r}: expected auto, rows or units")
+    return nthreads > 1 and weight_bytes <= ROW_SPLIT_BYTES
+
 #: The CUDA backend's time loop: "auto" (one persistent cooperative launch for
 #: all steps when the grid fits on the device at once, else one launch per
 #: step), "persistent", or "steps" (one launch per step, always).

@@ -16,11 +16,13 @@ PATHS = list(c_backend.KERNELS)
 SHAPES = [(3, 1, 2, 1, 1), (4, 7, 3, 17, 2), (2, 13, 5, 33, 1), (3, 25, 4, 40, 2), (2, 3, 1, 64, 1)]
 
 
-@pytest.fixture(params=["1thread", "2threads"])
+@pytest.fixture(params=["1thread", "2threads-units", "2threads-rows"])
 def threads(request, monkeypatch):
-    if request.param == "2threads":
+    """One thread, or two splitting each step by hidden units or by batch rows."""
+    if request.param.startswith("2threads"):
         monkeypatch.setenv("FASTLSTM_NUM_THREADS", "2")
         monkeypatch.setenv("FASTLSTM_MIN_PARALLEL_WORK", "0")
+        monkeypatch.setenv("FASTLSTM_THREAD_SPLIT", request.param.split("-")[1])
     else:
         monkeypatch.setenv("FASTLSTM_NUM_THREADS", "1")
     return request.param
@@ -93,6 +95,24 @@ def test_path_step_matches_forward(monkeypatch, threads, path, N):
         h_t, state = layer.step(x[t], state)
         assert_all_close({"h_t": h_t}, {"h_t": y_ref[t]}, np.float32, f"{path}-step{t}")
     assert_all_close({"h": state[0], "c": state[1]}, {"h": h_ref, "c": c_ref}, np.float32, path)
+
+
+def test_thread_split_rule(monkeypatch):
+    from fastlstm import _config
+    monkeypatch.delenv("FASTLSTM_THREAD_SPLIT", raising=False)
+    assert _config.split_by_rows(512 * 1024, 2)             # H=128 fused: 512 KiB
+    assert not _config.split_by_rows(1800 * 1024, 2)        # the tutorial's first layer
+    assert not _config.split_by_rows(512 * 1024, 1)
+    monkeypatch.setenv("FASTLSTM_THREAD_SPLIT", "units")
+    assert not _config.split_by_rows(1024, 2)
+    monkeypatch.setenv("FASTLSTM_THREAD_SPLIT", "rows")
+    assert _config.split_by_rows(1 << 30, 2)
+    monkeypatch.setenv("FASTLSTM_THREAD_SPLIT", "diagonal")
+    layer = fastlstm.LSTM(2, 3, backend="c")
+    if PATHS[0] == "blas":
+        pytest.skip("no fused path on this build: the mode is never read")
+    with pytest.raises(ValueError, match="FASTLSTM_THREAD_SPLIT"):
+        layer(np.zeros((1, 4, 2), np.float32))
 
 
 def test_thread_rule_splits_forward_before_backward(monkeypatch):

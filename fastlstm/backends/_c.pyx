@@ -56,11 +56,11 @@ cdef extern from "lstm_fused.h" nogil:
         lstm_sgemm_fn sgemm
         lstm_sgemv_fn sgemv
         lstm_set_threads_fn set_threads_local
-    void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, Py_ssize_t T,
+    void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows, Py_ssize_t T,
                             Py_ssize_t N, Py_ssize_t I, Py_ssize_t Ip, Py_ssize_t H, const float *x,
                             const float *W_ih, const float *b, const float *W_f,
                             const float *h0, const float *c0, float *gates, float *y, float *cs)
-    void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, Py_ssize_t T,
+    void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows, Py_ssize_t T,
                              Py_ssize_t N, Py_ssize_t I, Py_ssize_t H, const float *x,
                              const float *W_ih, const float *h0, const float *c0, const float *y,
                              const float *cs, const float *W_b, float *gates, const float *dy,
@@ -224,7 +224,7 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] h0, const floati
     cdef Py_ssize_t t, t0, steps, chunk = _steps_per_chunk(N)
     cdef const floating *h_prev
     cdef const floating *c_prev
-    cdef int path = -1, nthreads = 1
+    cdef int path = -1, nthreads = 1, by_rows = 0
     cdef Py_ssize_t Ip = 0
     cdef float[::1] packed
     if floating is float:
@@ -234,6 +234,7 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] h0, const floati
             nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
             if I > 0 and _config.fuse_input(I, H, N, nthreads):
                 Ip = I
+            by_rows = _config.split_by_rows(4 * G * (Ip + H), nthreads)
             packed = _aligned_floats(lstm_fused_forward_pack_size(path, Ip, H))
             with nogil:
                 lstm_fused_pack_forward(path, Ip, H, &W_ih[0, 0] if Ip else NULL, &W_hh[0, 0],
@@ -241,7 +242,7 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] h0, const floati
     with nogil:
         if path >= 0:
             if floating is float:
-                lstm_fused_forward(&_BLAS, path, nthreads, T, N, I, Ip, H, &x[0, 0, 0],
+                lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, I, Ip, H, &x[0, 0, 0],
                                    &W_ih[0, 0], &b[0], &packed[0], &h0[0, 0], &c0[0, 0],
                                    &gates[0, 0, 0], &y[0, 0, 0], &cs[0, 0, 0])
         else:
@@ -296,20 +297,21 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] h0, const float
         return
     cdef Py_ssize_t t, t0, steps, chunk = _steps_per_chunk(N)
     cdef const floating *c_prev
-    cdef int path = -1, nthreads = 1
+    cdef int path = -1, nthreads = 1, by_rows = 0
     cdef float[::1] packed
     if floating is float:
         name = kernel_path()
         if name != "blas":
             path = _PATHS[name]
             nthreads = _config.threads_for(N, H, lstm_fused_max_threads(), backward=True)
+            by_rows = _config.split_by_rows(4 * G * H, nthreads)
             packed = _aligned_floats(lstm_fused_backward_pack_size(path, H))
             with nogil:
                 lstm_fused_pack_backward(path, H, &W_hh[0, 0], &packed[0])
     with nogil:
         if path >= 0:
             if floating is float:
-                lstm_fused_backward(&_BLAS, path, nthreads, T, N, I, H, &x[0, 0, 0], &W_ih[0, 0],
+                lstm_fused_backward(&_BLAS, path, nthreads, by_rows, T, N, I, H, &x[0, 0, 0], &W_ih[0, 0],
                                     &h0[0, 0], &c0[0, 0], &y[0, 0, 0], &cs[0, 0, 0], &packed[0],
                                     &gates[0, 0, 0], &dy[0, 0, 0], &dh0[0, 0], &dc0[0, 0],
                                     &dx[0, 0, 0], &dW_ih[0, 0], &dW_hh[0, 0], &db[0])
