@@ -293,8 +293,8 @@ void lstm_fused_pack_backward(int path, ptrdiff_t H, const float *W_hh, float *W
     }
 }
 
-void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows, ptrdiff_t T,
-                        ptrdiff_t N, ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, const float *x,
+void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows,
+                        ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, const float *x,
                         const float *W_ih, const float *b, const float *W_f,
                         const float *h0, const float *c0, float *gates, float *y, float *cs)
 {
@@ -302,15 +302,18 @@ void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_ro
     switch (usable(path)) {
 #ifdef FASTLSTM_X86_PATHS
     case LSTM_PATH_AVX512:
-        forward_avx512(blas, nthreads, by_rows, T, N, I, Ip, H, x, W_ih, b, W_f, h0, c0, gates, y, cs);
+        forward_avx512(blas, nthreads, by_rows, T, N, I, Ip, H, x, W_ih, b, W_f, h0, c0,
+                       gates, y, cs);
         break;
     case LSTM_PATH_AVX2:
-        forward_avx2(blas, nthreads, by_rows, T, N, I, Ip, H, x, W_ih, b, W_f, h0, c0, gates, y, cs);
+        forward_avx2(blas, nthreads, by_rows, T, N, I, Ip, H, x, W_ih, b, W_f, h0, c0,
+                     gates, y, cs);
         break;
 #endif
 #ifdef FASTLSTM_VECTOR_PATHS
     default:
-        forward_portable(blas, nthreads, by_rows, T, N, I, Ip, H, x, W_ih, b, W_f, h0, c0, gates, y, cs);
+        forward_portable(blas, nthreads, by_rows, T, N, I, Ip, H, x, W_ih, b, W_f, h0, c0,
+                         gates, y, cs);
         break;
 #else
     default:
@@ -319,8 +322,8 @@ void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_ro
     }
 }
 
-void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows, ptrdiff_t T,
-                         ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const float *x,
+void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows,
+                         ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const float *x,
                          const float *W_ih, const float *h0, const float *c0, const float *y,
                          const float *cs, const float *W_b, float *gates, const float *dy,
                          float *dh, float *dc, float *dx, float *dW_ih, float *dW_hh, float *db)
@@ -329,17 +332,20 @@ void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_r
     switch (usable(path)) {
 #ifdef FASTLSTM_X86_PATHS
     case LSTM_PATH_AVX512:
-        backward_avx512(blas, nthreads, by_rows, T, N, I, H, x, W_ih, h0, c0, y, cs, W_b, gates, dy, dh,
+        backward_avx512(blas, nthreads, by_rows, T, N, I, H, x, W_ih, h0, c0, y, cs, W_b,
+                        gates, dy, dh,
                         dc, dx, dW_ih, dW_hh, db);
         break;
     case LSTM_PATH_AVX2:
-        backward_avx2(blas, nthreads, by_rows, T, N, I, H, x, W_ih, h0, c0, y, cs, W_b, gates, dy, dh,
+        backward_avx2(blas, nthreads, by_rows, T, N, I, H, x, W_ih, h0, c0, y, cs, W_b,
+                      gates, dy, dh,
                       dc, dx, dW_ih, dW_hh, db);
         break;
 #endif
 #ifdef FASTLSTM_VECTOR_PATHS
     default:
-        backward_portable(blas, nthreads, by_rows, T, N, I, H, x, W_ih, h0, c0, y, cs, W_b, gates, dy, dh,
+        backward_portable(blas, nthreads, by_rows, T, N, I, H, x, W_ih, h0, c0, y, cs, W_b,
+                          gates, dy, dh,
                           dc, dx, dW_ih, dW_hh, db);
         break;
 #else
@@ -366,15 +372,18 @@ void lstm_fused_step(const lstm_blas *blas, int path, int nthreads, ptrdiff_t L,
     switch (usable(path)) {
 #ifdef FASTLSTM_X86_PATHS
     case LSTM_PATH_AVX512:
-        step_avx512(blas, nthreads, L, N, I0, H, x, W_ih, W_hh, b, h, c, gates, h_out, c_out, descending);
+        step_avx512(blas, nthreads, L, N, I0, H, x, W_ih, W_hh, b, h, c, gates, h_out, c_out,
+                    descending);
         break;
     case LSTM_PATH_AVX2:
-        step_avx2(blas, nthreads, L, N, I0, H, x, W_ih, W_hh, b, h, c, gates, h_out, c_out, descending);
+        step_avx2(blas, nthreads, L, N, I0, H, x, W_ih, W_hh, b, h, c, gates, h_out, c_out,
+                  descending);
         break;
 #endif
 #ifdef FASTLSTM_VECTOR_PATHS
     default:
-        step_portable(blas, nthreads, L, N, I0, H, x, W_ih, W_hh, b, h, c, gates, h_out, c_out, descending);
+        step_portable(blas, nthreads, L, N, I0, H, x, W_ih, W_hh, b, h, c, gates, h_out, c_out,
+                      descending);
         break;
 #else
     default:

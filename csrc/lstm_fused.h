@@ -85,8 +85,8 @@ typedef struct {
  * by batch rows (each reads all of W_f, and only the h rows it wrote itself)
  * instead of by hidden units (each reads its share of W_f, and all of h).
  */
-void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows, ptrdiff_t T,
-                        ptrdiff_t N, ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, const float *x,
+void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows,
+                        ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, const float *x,
                         const float *W_ih, const float *b, const float *W_f,
                         const float *h0, const float *c0, float *gates, float *y, float *cs);
 
@@ -101,8 +101,8 @@ void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_ro
  *   dW_ih: [G, I] INOUT, dW_hh: [G, H] INOUT, db: [G] INOUT  accumulated (+=)
  * nthreads and by_rows as in lstm_fused_forward (W_b for W_f, dP for h).
  */
-void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows, ptrdiff_t T,
-                         ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const float *x,
+void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows,
+                         ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const float *x,
                          const float *W_ih, const float *h0, const float *c0, const float *y,
                          const float *cs, const float *W_b, float *gates, const float *dy,
                          float *dh, float *dc, float *dx, float *dW_ih, float *dW_hh, float *db);

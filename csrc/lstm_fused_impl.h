@@ -406,8 +406,8 @@ static void FN(pack_forward)(ptrdiff_t Ip, ptrdiff_t H, const float *W_ih, const
                 }
 }
 
-static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T, ptrdiff_t N,
-                        ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, const float *x,
+static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T,
+                        ptrdiff_t N, ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, const float *x,
                         const float *W_ih, const float *b, const float *W_f, const float *h0,
                         const float *c0, float *gates, float *y, float *cs)
 {
@@ -437,7 +437,8 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
             const float *h_prev = t ? y + (t - 1) * N * H : h0;
             const float *c_prev = t ? cs + (t - 1) * N * H : c0;
             for (ptrdiff_t w = w0; w < w1; ++w) {
-                const FN(work) it = FN(work_item)(w, by_rows, N, nblocks, npanels, pfirst, plast, W_f, K * 4 * VL, K);
+                const FN(work) it = FN(work_item)(w, by_rows, N, nblocks, npanels, pfirst, plast,
+                                                   W_f, K * 4 * VL, K);
                 const ptrdiff_t j0 = it.p * VL, n0 = it.n0;
                 const ptrdiff_t nvalid = H - j0 < VL ? H - j0 : VL;
                 FN(forward_rows)((int)(it.n1 - n0), H, Ip, nvalid, W_f + it.p * K * 4 * VL,
@@ -577,8 +578,8 @@ static void FN(pack_backward)(ptrdiff_t H, const float *W_hh, float *W_b)
             }
 }
 
-static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T, ptrdiff_t N,
-                         ptrdiff_t I, ptrdiff_t H, const float *x, const float *W_ih,
+static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T,
+                         ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const float *x, const float *W_ih,
                          const float *h0, const float *c0, const float *y, const float *cs,
                          const float *W_b, float *gates, const float *dy, float *dh, float *dc,
                          float *dx, float *dW_ih, float *dW_hh, float *db)
@@ -604,7 +605,8 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
             const int mode = t == T - 1 ? 0 : 1;
             const float *dP_next = gates + (t + 1) * N * G;
             for (ptrdiff_t w = w0; w < w1; ++w) {
-                const FN(work) it = FN(work_item)(w, by_rows, N, nblocks, npanels, pfirst, plast, W_b, G * PW, G);
+                const FN(work) it = FN(work_item)(w, by_rows, N, nblocks, npanels, pfirst,
+                                                   plast, W_b, G * PW, G);
                 const ptrdiff_t j0 = it.p * PW, n0 = it.n0;
                 const ptrdiff_t nvalid = H - j0 < PW ? H - j0 : PW;
                 const float *c_prev = t ? cs + ((t - 1) * N + n0) * H : c0 + n0 * H;
@@ -621,7 +623,8 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
         }
         /* dh0 = dP[0] . W_hh: the product of a step that does not exist. */
         for (ptrdiff_t w = w0; w < w1; ++w) {
-            const FN(work) it = FN(work_item)(w, by_rows, N, nblocks, npanels, pfirst, plast, W_b, G * PW, G);
+            const FN(work) it = FN(work_item)(w, by_rows, N, nblocks, npanels, pfirst,
+                                                   plast, W_b, G * PW, G);
             const ptrdiff_t j0 = it.p * PW, n0 = it.n0;
             const ptrdiff_t nvalid = H - j0 < PW ? H - j0 : PW;
             FN(backward_rows)((int)(it.n1 - n0), 2, H, nvalid, W_b + it.p * G * PW, gates + n0 * G,
