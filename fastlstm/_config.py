@@ -24,15 +24,16 @@ KERNELS = ("auto", "avx512", "avx2", "portable", "blas")
 #: Environment variable capping the threads of the fused kernels.
 THREADS_ENV = "FASTLSTM_NUM_THREADS"
 
-#: Below this many multiply-adds per step (N * 4H * H) the fused forward and
-#: step run on one thread: the per-step barrier would cost more than the
-#: second thread saves. The backward pass, whose per-step work splits less
-#: evenly, waits for BACKWARD_WORK_FACTOR times as much. Measured on two
-#: cores: N=1 at H=96 (37k) gains 8% forward and 12% per step, and the
-#: backward gains from N=1, H=160 (102k) up (11%; 35% at 160k).
+#: Below this many multiply-adds per step (N * 4H * H) the fused time loops
+#: (forward and backward) run on one thread: the per-step barrier would cost
+#: more than the second thread saves. `step` (one barrier per layer, no
+#: packing) splits from a third of it. Measured on two cores
+#: (bench/ab_builds.py, alternating rounds): at 65k (N=1, H=128 and N=4,
+#: H=64) two threads were 0.86-1.16x the time of one, at 102k (N=1, H=160)
+#: 0.70-0.78x; a 2-layer step at H=96 (37k) 0.75-0.94x, at H=128 0.68-0.82x.
 MIN_PARALLEL_WORK_ENV = "FASTLSTM_MIN_PARALLEL_WORK"
-MIN_PARALLEL_WORK = 32_000
-BACKWARD_WORK_FACTOR = 3
+MIN_PARALLEL_WORK = 96_000
+STEP_WORK_DIVISOR = 3
 
 
 def kernel():
@@ -57,11 +58,11 @@ def num_threads(default):
     return n
 
 
-def threads_for(N, H, available, backward=False):
-    """Threads to use for one layer's time loop (or step) of batch N and hidden size H."""
+def threads_for(N, H, available, step=False):
+    """Threads for one layer's time loop (or, with step, one step) of batch N and hidden size H."""
     n = num_threads(available)
     threshold = int(os.environ.get(MIN_PARALLEL_WORK_ENV, MIN_PARALLEL_WORK))
-    if N * 4 * H * H < threshold * (BACKWARD_WORK_FACTOR if backward else 1):
+    if N * 4 * H * H * (STEP_WORK_DIVISOR if step else 1) < threshold:
         return 1
     return max(1, n)
 

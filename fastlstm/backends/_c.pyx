@@ -303,7 +303,7 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] h0, const float
         name = kernel_path()
         if name != "blas":
             path = _PATHS[name]
-            nthreads = _config.threads_for(N, H, lstm_fused_max_threads(), backward=True)
+            nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
             by_rows = _config.split_by_rows(4 * G * H, nthreads)
             packed = _aligned_floats(lstm_fused_backward_pack_size(path, H))
             with nogil:
@@ -407,7 +407,7 @@ def step_layers(x_t, h, c, W_ih, W_hh, b, h_out, c_out, gates):
                  h_out[l], c_out[l], gates)
         return
     cdef int path = _PATHS[name]
-    cdef int nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
+    cdef int nthreads = _config.threads_for(N, H, lstm_fused_max_threads(), step=True)
     cdef const float[:, ::1] xv = x_t
     cdef const float[:, :, ::1] hv = h
     cdef const float[:, :, ::1] cv = c
