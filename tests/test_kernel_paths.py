@@ -73,13 +73,15 @@ def test_unknown_kernel_name_is_refused(monkeypatch):
         layer(np.zeros((1, 1, 2), np.float32))
 
 
-def test_unknown_fuse_input_mode_is_refused(monkeypatch):
+@pytest.mark.parametrize("variable, value", [("FASTLSTM_FUSE_INPUT", "sometimes"),
+                                             ("FASTLSTM_THREAD_SPLIT", "diagonal")])
+def test_unknown_mode_is_refused(monkeypatch, variable, value):
     monkeypatch.setenv("FASTLSTM_KERNEL", PATHS[0])
-    monkeypatch.setenv("FASTLSTM_FUSE_INPUT", "sometimes")
+    monkeypatch.setenv(variable, value)
     layer = fastlstm.LSTM(2, 3, backend="c")
     if PATHS[0] == "blas":
         pytest.skip("no fused path on this build: the mode is never read")
-    with pytest.raises(ValueError, match="FASTLSTM_FUSE_INPUT"):
+    with pytest.raises(ValueError, match=variable):
         layer(np.zeros((1, 4, 2), np.float32))
 
 
@@ -107,12 +109,6 @@ def test_thread_split_rule(monkeypatch):
     assert not _config.split_by_rows(1024, 2)
     monkeypatch.setenv("FASTLSTM_THREAD_SPLIT", "rows")
     assert _config.split_by_rows(1 << 30, 2)
-    monkeypatch.setenv("FASTLSTM_THREAD_SPLIT", "diagonal")
-    layer = fastlstm.LSTM(2, 3, backend="c")
-    if PATHS[0] == "blas":
-        pytest.skip("no fused path on this build: the mode is never read")
-    with pytest.raises(ValueError, match="FASTLSTM_THREAD_SPLIT"):
-        layer(np.zeros((1, 4, 2), np.float32))
 
 
 def test_thread_rule(monkeypatch):
