@@ -234,8 +234,8 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] h0, const floati
             nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
             if I > 0 and _config.fuse_input(I, H, N, nthreads):
                 Ip = I
-            by_rows = _config.split_by_rows(4 * G * (Ip + H), nthreads)
             packed = _aligned_floats(lstm_fused_forward_pack_size(path, Ip, H))
+            by_rows = _config.split_by_rows(4 * packed.shape[0], nthreads)
             with nogil:
                 lstm_fused_pack_forward(path, Ip, H, &W_ih[0, 0] if Ip else NULL, &W_hh[0, 0],
                                         &packed[0])
@@ -304,8 +304,8 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] h0, const float
         if name != "blas":
             path = _PATHS[name]
             nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
-            by_rows = _config.split_by_rows(4 * G * H, nthreads)
             packed = _aligned_floats(lstm_fused_backward_pack_size(path, H))
+            by_rows = _config.split_by_rows(4 * packed.shape[0], nthreads)
             with nogil:
                 lstm_fused_pack_backward(path, H, &W_hh[0, 0], &packed[0])
     with nogil:
