@@ -77,3 +77,16 @@ def test_end_to_end_on_a_tiny_grid(tmp_path, monkeypatch):
         assert "Targets" in text
     else:
         assert r["torch_fwd"] is None
+
+
+def test_one_roof_per_thread_count_the_best_of_the_run(monkeypatch):
+    roofs = iter([2.0, 5.0, 3.0])  # before the first point, after each of the two
+    monkeypatch.setattr(bench, "roof_gflops", lambda budget_s: next(roofs))
+    grid = [("a", 1, 8, 3, 2, 4), ("b", 1, 4, 2, 1, 3)]
+    rows = bench.run(grid, [1], 0.001, "numpy", log=lambda text: None)
+    assert [r["name"] for r in rows] == ["a", "b"]
+    for r in rows:
+        assert r["roof"] == 5.0
+        flop = bench.forward_flop(r["L"], r["H"], r["T"], r["N"], r["I"])
+        if r["torch_fwd_bwd"] is not None:
+            assert r["ratio_at_roof_fwd_bwd"] == pytest.approx(3 * flop / 5e9 / r["torch_fwd_bwd"])
