@@ -64,10 +64,22 @@ def make_layers(L, H, T, N, I, rng):
     return layers
 
 
-def runner(module, layers, backward):
+def accepts_keep(module):
+    """Whether a build's forward takes keep= (builds before it always keep the gates)."""
+    a = make_layers(1, 1, 1, 1, 1, np.random.default_rng(0))[0]
+    try:
+        module.forward(*a["fwd"], keep=False)
+    except TypeError:
+        return False
+    return True
+
+
+def runner(module, layers, backward, inference=False):
+    extra = {"keep": False} if inference and not backward and accepts_keep(module) else {}
+
     def run():
         for a in layers:
-            module.forward(*a["fwd"])
+            module.forward(*a["fwd"], **extra)
         if backward:
             for a in reversed(layers):
                 x, h0, c0, W_ih, W_hh, _, y, _, _, gates, cs = a["fwd"]
@@ -84,6 +96,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--kernel", default=None, help="FASTLSTM_KERNEL for both (default: the fastest)")
     parser.add_argument("--backward", action="store_true", help="time forward+backward")
+    parser.add_argument("--inference", action="store_true",
+                        help="time the forward as inference (keep=False, where a build has it)")
     parser.add_argument("cases", nargs="*", default=CASES, help="L,H,T,N,I (default: %(default)s)")
     args = parser.parse_args(argv)
     os.environ["FASTLSTM_NUM_THREADS"] = str(args.threads)
@@ -98,12 +112,12 @@ def main(argv=None):
     builds = {"base": load_build("ab_base", os.path.abspath(args.base)),
               "new": load_build("ab_new", os.path.abspath(args.new))}
     rng = np.random.default_rng(0)
-    what = "forward+backward" if args.backward else "forward"
+    what = "forward+backward" if args.backward else "inference forward" if args.inference else "forward"
     print(f"{what}, {args.threads} thread(s), kernel {args.kernel or 'auto'}, {args.rounds} alternating rounds")
     for case in args.cases:
         L, H, T, N, I = (int(v) for v in case.split(","))
         layers = make_layers(L, H, T, N, I, rng)
-        runs = {tag: runner(m, layers, args.backward) for tag, m in builds.items()}
+        runs = {tag: runner(m, layers, args.backward, args.inference) for tag, m in builds.items()}
         times = {tag: [] for tag in runs}
         for run in runs.values():
             run()  # warm-up

@@ -296,24 +296,25 @@ void lstm_fused_pack_backward(int path, ptrdiff_t H, const float *W_hh, float *W
 void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows,
                         ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, const float *x,
                         const float *W_ih, const float *b, const float *W_f,
-                        const float *h0, const float *c0, float *gates, float *y, float *cs)
+                        const float *h0, const float *c0, float *gates, int keep, float *y,
+                        float *cs)
 {
     if (T <= 0 || N <= 0 || H <= 0) return;
     switch (usable(path)) {
 #ifdef FASTLSTM_X86_PATHS
     case LSTM_PATH_AVX512:
         forward_avx512(blas, nthreads, by_rows, T, N, I, Ip, H, x, W_ih, b, W_f, h0, c0,
-                       gates, y, cs);
+                       gates, keep, y, cs);
         break;
     case LSTM_PATH_AVX2:
         forward_avx2(blas, nthreads, by_rows, T, N, I, Ip, H, x, W_ih, b, W_f, h0, c0,
-                     gates, y, cs);
+                     gates, keep, y, cs);
         break;
 #endif
 #ifdef FASTLSTM_VECTOR_PATHS
     default:
         forward_portable(blas, nthreads, by_rows, T, N, I, Ip, H, x, W_ih, b, W_f, h0, c0,
-                         gates, y, cs);
+                         gates, keep, y, cs);
         break;
 #else
     default:

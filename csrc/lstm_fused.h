@@ -77,7 +77,8 @@ typedef struct {
  *   Ip:    0 or I, as given to lstm_fused_pack_forward
  *   W_f:   packed weights (lstm_fused_pack_forward, same path and Ip) IN
  *   h0,c0: [N, H] IN
- *   gates: [T, N, G] OUT   activated gates (kept for backward)
+ *   gates: [T, N, G] OUT   activated gates (kept for backward); with keep = 0
+ *                          (inference: no backward follows) only scratch
  *   y:     [T, N, H] OUT   h_t
  *   cs:    [T, N, H] OUT   c_t
  * Every size must fit an int for BLAS except T*N, which is cut into chunks.
@@ -88,7 +89,8 @@ typedef struct {
 void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows,
                         ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, const float *x,
                         const float *W_ih, const float *b, const float *W_f,
-                        const float *h0, const float *c0, float *gates, float *y, float *cs);
+                        const float *h0, const float *c0, float *gates, int keep, float *y,
+                        float *cs);
 
 /* Backward pass of one layer.
  *   x, W_ih, h0, c0, y, cs   IN  as in the forward pass

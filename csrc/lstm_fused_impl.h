@@ -283,11 +283,13 @@ INLINE FN(work) FN(work_item)(ptrdiff_t w, int by_rows, ptrdiff_t N, ptrdiff_t n
  * x_t[rows] . W_ih^T[:, panel] (the input projection fused into the step,
  * panel rows 0..I-1, W_hh's after them) plus the bias; without it the
  * hoisted projection is read from gates. The gates are finished in
- * registers and written out. */
+ * registers and written out, unless keep is 0 (an inference pass keeps
+ * nothing for backward, and saves the stores and the cache lines they would
+ * take from the weights). */
 INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t nvalid,
                               const float *Wp, const float *x_rows, const float *bias,
-                              const float *h_prev, const float *c_prev,
-                              float *gates, float *c, float *h, const char *pf)
+                              const float *h_prev, const float *c_prev, float *gates,
+                              int keep, float *c, float *h, const char *pf)
 {
     const ptrdiff_t G = 4 * H;
     VF acc[RF][4];
@@ -336,10 +338,12 @@ INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t n
         VF g = FN(tanh)(acc[r][2] + b2);
         VF o = FN(sigmoid)(acc[r][3] + b3);
         VF cn = f * FN(loadn)(c_prev + r * H, nvalid) + i * g;
-        FN(storen)(pre, i, nvalid);
-        FN(storen)(pre + H, f, nvalid);
-        FN(storen)(pre + 2 * H, g, nvalid);
-        FN(storen)(pre + 3 * H, o, nvalid);
+        if (keep) {
+            FN(storen)(pre, i, nvalid);
+            FN(storen)(pre + H, f, nvalid);
+            FN(storen)(pre + 2 * H, g, nvalid);
+            FN(storen)(pre + 3 * H, o, nvalid);
+        }
         FN(storen)(c + r * H, cn, nvalid);
         FN(storen)(h + r * H, o * FN(tanh)(cn), nvalid);
     }
@@ -347,12 +351,13 @@ INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t n
 
 #define FWD_CASE(R_)                                                                        \
     case R_:                                                                                \
-        FN(forward_block)(R_, H, I, nvalid, Wp, x_rows, bias, h_prev, c_prev, gates, c, h, pf); \
+        FN(forward_block)(R_, H, I, nvalid, Wp, x_rows, bias, h_prev, c_prev, gates, keep, c, h, \
+                          pf);                                                              \
         break;
 
 static void FN(forward_rows)(int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t nvalid, const float *Wp,
                              const float *x_rows, const float *bias, const float *h_prev,
-                             const float *c_prev, float *gates, float *c, float *h,
+                             const float *c_prev, float *gates, int keep, float *c, float *h,
                              const char *pf)
 {
     switch (R) {
@@ -409,7 +414,7 @@ static void FN(pack_forward)(ptrdiff_t Ip, ptrdiff_t H, const float *W_ih, const
 static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T,
                         ptrdiff_t N, ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, const float *x,
                         const float *W_ih, const float *b, const float *W_f, const float *h0,
-                        const float *c0, float *gates, float *y, float *cs)
+                        const float *c0, float *gates, int keep, float *y, float *cs)
 {
     const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H, K = Ip + H;
     const ptrdiff_t nblocks = (N + RF - 1) / RF, nitems = npanels * nblocks;
@@ -443,7 +448,7 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
                 const ptrdiff_t nvalid = H - j0 < VL ? H - j0 : VL;
                 FN(forward_rows)((int)(it.n1 - n0), H, Ip, nvalid, W_f + it.p * K * 4 * VL,
                                  Ip ? x + (t * N + n0) * Ip : NULL, b + j0, h_prev + n0 * H,
-                                 c_prev + n0 * H + j0, gates + (t * N + n0) * G + j0,
+                                 c_prev + n0 * H + j0, gates + (t * N + n0) * G + j0, keep,
                                  cs + (t * N + n0) * H + j0, y + (t * N + n0) * H + j0, it.pf);
             }
 #ifdef _OPENMP

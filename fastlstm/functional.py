@@ -87,7 +87,7 @@ def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, worksp
     cT = xp.empty((N, H), dt) if cT is None else cT
     gates = take((T, N, 4 * H), dt)
     cs = take((T, N, H), dt)
-    be.forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs)
+    be.forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=training)
     if training:
         return y, hT, cT, LSTMCache(be, x, h0, c0, W_ih, W_hh, y, gates, cs, arrays=xp)
     if workspace is not None:

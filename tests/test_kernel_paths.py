@@ -43,6 +43,42 @@ def test_path_matches_reference(monkeypatch, threads, path, projection, T, N, I,
     assert_all_close(actual, expected, np.float32, f"{path}-{threads}-{projection}")
 
 
+@pytest.mark.parametrize("projection", ["fused", "hoisted"])
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("T,N,I,H,L", SHAPES[1:4], ids=[shape_id(*s) for s in SHAPES[1:4]])
+def test_path_inference_matches_training_forward(monkeypatch, threads, path, projection, T, N, I, H, L):
+    # an inference pass keeps no gates for backward: the outputs must not change by a bit
+    monkeypatch.setenv("FASTLSTM_KERNEL", path)
+    monkeypatch.setenv("FASTLSTM_FUSE_INPUT", "always" if projection == "fused" else "never")
+    x, state, _, _ = make_inputs(11, T, N, I, H, L, np.float32)
+    layer = fastlstm.LSTM(I, H, L, backend="c", seed=5)
+    y_train, (h_train, c_train) = layer.forward(x, state, training=True)
+    for _ in range(2):  # the second call runs on the workspace the first one left
+        y, (h, c) = layer.forward(x, state)
+        np.testing.assert_array_equal(y, y_train)
+        np.testing.assert_array_equal(h, h_train)
+        np.testing.assert_array_equal(c, c_train)
+    # and a training pass after them still has its gates for backward
+    ref = fastlstm.LSTM(I, H, L, backend=REFERENCE, seed=5)
+    assert_all_close(run_layer(layer, x, state), run_layer(ref, x, state), np.float32, path)
+
+
+@pytest.mark.parametrize("path", [p for p in PATHS if p != "blas"])
+def test_fused_inference_stores_no_gates(monkeypatch, path):
+    # the point of keep=False: the fused kernels skip the T*N*4H stores
+    monkeypatch.setenv("FASTLSTM_KERNEL", path)
+    monkeypatch.setenv("FASTLSTM_FUSE_INPUT", "always")
+    T, N, I, H = 3, 7, 5, 20
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal(shape).astype(np.float32)
+            for shape in ((T, N, I), (N, H), (N, H), (4 * H, I), (4 * H, H), (4 * H,))]
+    outs = [np.empty((T, N, H), np.float32), np.empty((N, H), np.float32), np.empty((N, H), np.float32)]
+    for keep in (False, True):
+        gates = np.full((T, N, 4 * H), 7.0, np.float32)
+        c_backend.forward(*args, *outs, gates, np.empty((T, N, H), np.float32), keep=keep)
+        assert (gates == 7.0).all() != keep
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_path_propagates_nan(monkeypatch, path):
     monkeypatch.setenv("FASTLSTM_KERNEL", path)

@@ -59,7 +59,8 @@ cdef extern from "lstm_fused.h" nogil:
     void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows, Py_ssize_t T,
                             Py_ssize_t N, Py_ssize_t I, Py_ssize_t Ip, Py_ssize_t H, const float *x,
                             const float *W_ih, const float *b, const float *W_f,
-                            const float *h0, const float *c0, float *gates, float *y, float *cs)
+                            const float *h0, const float *c0, float *gates, int keep, float *y,
+                            float *cs)
     void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows, Py_ssize_t T,
                              Py_ssize_t N, Py_ssize_t I, Py_ssize_t H, const float *x,
                              const float *W_ih, const float *h0, const float *c0, const float *y,
@@ -207,7 +208,7 @@ def _shape(a):
 def forward(const floating[:, :, ::1] x, const floating[:, ::1] h0, const floating[:, ::1] c0,
             const floating[:, ::1] W_ih, const floating[:, ::1] W_hh, const floating[::1] b,
             floating[:, :, ::1] y, floating[:, ::1] hT, floating[:, ::1] cT,
-            floating[:, :, ::1] gates, floating[:, :, ::1] cs):
+            floating[:, :, ::1] gates, floating[:, :, ::1] cs, bint keep=True):
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef Py_ssize_t G = 4 * H
     _check("h0", _shape(h0), (N, H)); _check("c0", _shape(c0), (N, H))
@@ -242,9 +243,10 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] h0, const floati
     with nogil:
         if path >= 0:
             if floating is float:
+                # Without keep (inference) the fused kernels store no activated gates.
                 lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, I, Ip, H, &x[0, 0, 0],
                                    &W_ih[0, 0], &b[0], &packed[0], &h0[0, 0], &c0[0, 0],
-                                   &gates[0, 0, 0], &y[0, 0, 0], &cs[0, 0, 0])
+                                   &gates[0, 0, 0], keep, &y[0, 0, 0], &cs[0, 0, 0])
         else:
             # Input projection of every step: P = x . W_ih^T + b.
             t0 = 0

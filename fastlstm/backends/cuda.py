@@ -227,7 +227,7 @@ def _run_forward(x, h0, c0, W_ih, W_hh, b, y, gates, cs):
         k.forward_step[_grid(N * H), THREADS](t, gates, cs, y, h0, c0, WhhT)
 
 
-def forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs):
+def forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=True):
     io = _Args()
     x, h0, c0, W_ih, W_hh, b = (io.inp(a) for a in (x, h0, c0, W_ih, W_hh, b))
     y, hT, cT, gates, cs = (io.out(a) for a in (y, hT, cT, gates, cs))

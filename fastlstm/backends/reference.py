@@ -9,7 +9,7 @@ Gate order i, f, g, o (PyTorch's).
 
 Backend contract
 ----------------
-forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs)
+forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=True)
     x      [T, N, I] IN    input sequence
     h0, c0 [N, H]    IN    initial state
     W_ih   [G, I]    IN    input weights (PyTorch layout)
@@ -19,6 +19,8 @@ forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs)
     hT, cT [N, H]    OUT   final state
     gates  [T, N, G] OUT   activated gates (sigma i, sigma f, tanh g, sigma o): kept for backward
     cs     [T, N, H] OUT   c_t for every step: kept for backward
+    keep   False: no backward will follow (inference); a backend may then
+           leave gates unwritten or use it as scratch (y, hT, cT are the same)
 
 backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih, dW_hh, db)
     x, h0, c0, W_ih, W_hh, y, cs   IN as above (y and cs from the forward pass)
@@ -74,7 +76,7 @@ def _cell(pre, c_prev, H):
     return a, c, h
 
 
-def forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs):
+def forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=True):
     T, N, _ = x.shape
     H = h0.shape[1]
     # One product for the input projection of every step.
