@@ -392,3 +392,26 @@ void lstm_fused_step(const lstm_blas *blas, int path, int nthreads, ptrdiff_t L,
 #endif
     }
 }
+
+void lstm_fused_activations(int path, ptrdiff_t n, const float *x, float *sig, float *th)
+{
+    if (n <= 0) return;
+    switch (usable(path)) {
+#ifdef FASTLSTM_X86_PATHS
+    case LSTM_PATH_AVX512:
+        activations_avx512(n, x, sig, th);
+        break;
+    case LSTM_PATH_AVX2:
+        activations_avx2(n, x, sig, th);
+        break;
+#endif
+#ifdef FASTLSTM_VECTOR_PATHS
+    default:
+        activations_portable(n, x, sig, th);
+        break;
+#else
+    default:
+        break;
+#endif
+    }
+}

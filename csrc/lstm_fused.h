@@ -122,6 +122,10 @@ void lstm_fused_step(const lstm_blas *blas, int path, int nthreads, ptrdiff_t L,
                      const float *const *W_hh, const float *const *b, const float *h,
                      const float *c, float *gates, float *h_out, float *c_out);
 
+/* sigmoid and tanh of x [n], as the fused kernels of path compute them (for
+ * tests of their accuracy); nothing is written on a path without kernels. */
+void lstm_fused_activations(int path, ptrdiff_t n, const float *x, float *sig, float *th);
+
 #ifdef __cplusplus
 }
 #endif

@@ -69,11 +69,12 @@ INLINE VF FN(select)(VI mask, VF a, VF b)
 INLINE VF FN(abs)(VF x) { return (VF)((VI)x & 0x7fffffff); }
 
 #if VL == 16 && defined(FASTLSTM_X86_PATHS)
-/* AVX-512: the same functions in fewer instructions (the gate math competes
- * with the FMAs for the same two ports). exp rounds with vrndscaleps and
- * scales by 2^n with vscalefps, which also underflows to denormals and 0
- * exactly; reciprocals are rcp14 plus one Newton step (about 2^-28). Within
- * 2.5 ulp of sigmoid and tanh everywhere; NaN stays NaN. */
+/* AVX-512: the gate math competes with the FMAs for the same two ports, so
+ * these spend as few instructions as they can. exp rounds with vrndscaleps
+ * and scales by 2^n with vscalefps; reciprocals are rcp14 plus one Newton
+ * step (about 2^-28). Within 3 ulp of sigmoid and tanh (tests/
+ * test_activations.py), except sigmoid below -87, which returns its value at
+ * -87 (1.6e-38) instead of a denormal or 0; NaN stays NaN. */
 INLINE VF FN(recip)(VF d)
 {
     const __m512 dv = (__m512)d, r = _mm512_rcp14_ps(dv);
@@ -81,53 +82,54 @@ INLINE VF FN(recip)(VF d)
     return (VF)_mm512_fmadd_ps(r, err, r);
 }
 
-/* exp(x) for x <= 0: Cody-Waite reduction, Cephes' degree-6 polynomial. */
-INLINE VF FN(exp_neg)(VF xv)
+/* exp(x) = 2^n (1 + q) for -104 <= x <= 88.7 (NaN stays NaN): Cody-Waite
+ * reduction to r in [-ln2/2, ln2/2], q = r + r^2 Q(r) with a degree-4 Q
+ * fitted for relative error (3e-9 in exact arithmetic). q is e^r - 1 without
+ * the rounding of adding 1, which tanh needs near 0. */
+INLINE __m512 FN(exp_parts)(__m512 x, __m512 *q)
 {
-    /* max(lo, x) keeps a NaN x; below -104 the result is 0 either way */
-    const __m512 x = _mm512_max_ps(_mm512_set1_ps(-104.0f), (__m512)xv);
     const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    /* 1 + r + r^2 p as 1 + r (1 + r p) */
+    __m512 p = _mm512_set1_ps(1.381461276e-3f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.368710056e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.166838899e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.666652113e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.999999404e-1f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return (VF)_mm512_scalef_ps(p, n);
+    *q = _mm512_mul_ps(p, r);
+    return n;
 }
 
+/* 1 / (1 + exp(-x)), with x clamped to [-87, 104] so that exp(-x) neither
+ * overflows nor leaves the reduction's range (max/min keep a NaN x). */
 INLINE VF FN(sigmoid)(VF xv)
 {
-    const __m512 x = (__m512)xv;
-    const __m512 e = (__m512)FN(exp_neg)(-FN(abs)(xv));
-    const __m512 s = (__m512)FN(recip)((VF)_mm512_add_ps(e, _mm512_set1_ps(1.0f)));
-    const __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
-    return (VF)_mm512_mask_mul_ps(s, negative, e, s);
+    __m512 x = _mm512_min_ps(_mm512_set1_ps(104.0f), _mm512_max_ps(_mm512_set1_ps(-87.0f), (__m512)xv));
+    __m512 q;
+    const __m512 n = FN(exp_parts)(_mm512_castsi512_ps(_mm512_xor_si512(
+        _mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u))), &q);
+    const __m512 e = _mm512_scalef_ps(_mm512_add_ps(q, _mm512_set1_ps(1.0f)), n);
+    return FN(recip)((VF)_mm512_add_ps(e, _mm512_set1_ps(1.0f)));
 }
 
+/* tanh |x| = -m / (2 + m) with m = expm1(-2|x|) = 2^n q + (2^n - 1), which
+ * keeps its relative accuracy near 0 (n = 0 there), and the sign of x. */
 INLINE VF FN(tanh)(VF xv)
 {
-    const __m512 x = (__m512)xv, a = (__m512)FN(abs)(xv), one = _mm512_set1_ps(1.0f);
-    const __m512 e = (__m512)FN(exp_neg)((VF)_mm512_mul_ps(a, _mm512_set1_ps(-2.0f)));
-    __m512 big = _mm512_mul_ps(_mm512_sub_ps(one, e), (__m512)FN(recip)((VF)_mm512_add_ps(one, e)));
-    /* big | (x & sign bit): big is >= 0 */
-    big = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(
-        _mm512_castps_si512(big), _mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u), 0xF8));
-    const __m512 z = _mm512_mul_ps(x, x);
-    __m512 p = _mm512_set1_ps(-5.70498872745e-3f);
-    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(2.06390887954e-2f));
-    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-5.37397155531e-2f));
-    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(1.33314422036e-1f));
-    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-3.33332819422e-1f));
-    const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), x, x);
-    const __mmask16 near0 = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.625f), _CMP_LT_OQ);
-    return (VF)_mm512_mask_blend_ps(near0, big, small);
+    const __m512 x = (__m512)xv, one = _mm512_set1_ps(1.0f);
+    const __m512 y = _mm512_max_ps(_mm512_set1_ps(-104.0f), _mm512_mul_ps((__m512)FN(abs)(xv), _mm512_set1_ps(-2.0f)));
+    __m512 q;
+    const __m512 n = FN(exp_parts)(y, &q);
+    const __m512 m = _mm512_add_ps(_mm512_scalef_ps(q, n), _mm512_sub_ps(_mm512_scalef_ps(one, n), one));
+    /* m / d: rcp14, then one Newton step on the quotient itself (about 2^-28) */
+    const __m512 d = _mm512_add_ps(m, _mm512_set1_ps(2.0f)), r = _mm512_rcp14_ps(d);
+    const __m512 t0 = _mm512_mul_ps(m, r);
+    const __m512 t = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, t0, m), t0);
+    /* |t| with the sign of x: the sign bit from x, the others from t (t <= 0) */
+    return (VF)_mm512_castsi512_ps(_mm512_ternarylogic_epi32(
+        _mm512_castps_si512(t), _mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u), 0xD8));
 }
 #else
 /* exp(x) for x <= 0 (all the activations need): Cody-Waite reduction to
@@ -708,6 +710,17 @@ static void FN(step)(const lstm_blas *blas, int nthreads, ptrdiff_t L, ptrdiff_t
 #endif
         }
         blas_threads_leave(blas, saved);
+    }
+}
+
+/* sigmoid and tanh of n values, as the kernels compute them (for tests). */
+static void FN(activations)(ptrdiff_t n, const float *x, float *sig, float *th)
+{
+    for (ptrdiff_t i = 0; i < n; i += VL) {
+        const ptrdiff_t nv = n - i < VL ? n - i : VL;
+        const VF v = FN(loadn)(x + i, nv);
+        FN(storen)(sig + i, FN(sigmoid)(v), nv);
+        FN(storen)(th + i, FN(tanh)(v), nv);
     }
 }
 

@@ -70,6 +70,7 @@ cdef extern from "lstm_fused.h" nogil:
                          Py_ssize_t I0, Py_ssize_t H, const float *x, const float *const *W_ih,
                          const float *const *W_hh, const float *const *b, const float *h,
                          const float *c, float *gates, float *h_out, float *c_out)
+    void lstm_fused_activations(int path, Py_ssize_t n, const float *x, float *sig, float *th)
 
 import numpy as np
 from .. import _config
@@ -105,6 +106,22 @@ def kernel_path():
 def max_threads():
     """Threads the fused kernels may use (OpenMP's count, or FASTLSTM_NUM_THREADS)."""
     return _config.num_threads(lstm_fused_max_threads())
+
+
+def activations(str path, const float[::1] x):
+    """(sigmoid(x), tanh(x)) as the fused kernels of `path` compute them (for tests)."""
+    if path not in KERNELS or path == "blas":
+        raise ValueError(f"path {path!r} has no fused kernels here; expected one of "
+                         f"{', '.join(k for k in KERNELS if k != 'blas')}")
+    cdef Py_ssize_t n = x.shape[0]
+    sig = np.empty(n, np.float32)
+    th = np.empty(n, np.float32)
+    cdef float[::1] s = sig, t = th
+    cdef int code = _PATHS[path]
+    if n:
+        with nogil:
+            lstm_fused_activations(code, n, &x[0], &s[0], &t[0])
+    return sig, th
 
 
 cdef float[::1] _aligned_floats(Py_ssize_t n):
