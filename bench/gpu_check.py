@@ -16,6 +16,7 @@ when a correctness check fails. Budget: about 3 minutes on an H100.
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -83,6 +84,32 @@ def ours(w, x, dy, to_dev, to_host):
     return {k: to_host(v) for k, v in out.items()}
 
 
+def package_version(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def persistent_kernel_notes(cb):
+    """Registers per thread and max cooperative grid per compiled persistent kernel."""
+    from fastlstm.backends._cuda_kernels import kernels
+    notes = []
+    for dtype in (np.float32, np.float64):
+        ks = kernels(np.dtype(dtype))
+        for name in ("forward_persistent", "backward_persistent"):
+            disp = getattr(ks, name)
+            for sig, kern in getattr(disp, "overloads", {}).items():
+                try:
+                    regs = kern.regs_per_thread if hasattr(kern, "regs_per_thread") else "?"
+                    coop = {th: kern.max_cooperative_grid_blocks(th) for th in (256, 512, 1024)}
+                except Exception as exc:  # diagnostics only
+                    regs, coop = "?", repr(exc)[:200]
+                notes.append(f"- {np.dtype(dtype).name} {name}: {regs} registers/thread; "
+                             f"max cooperative blocks by threads {coop}")
+    return notes
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="bench/GPU_RESULTS.md", help="markdown results file (JSON beside it)")
@@ -130,7 +157,14 @@ def main(argv=None):
             want = reference(w, x, dy)
             for loop in ("persistent", "steps"):
                 os.environ["FASTLSTM_CUDA_LOOP"] = loop
-                got = ours(w, x, dy, to_dev, to_host)
+                try:
+                    got = ours(w, x, dy, to_dev, to_host)
+                except Exception as exc:  # a refused launch is a finding: record it, go on
+                    row[f"err_{loop}"] = f"{type(exc).__name__}: {exc}"[:300]
+                    row[f"fwd_{loop}"] = row[f"fb_{loop}"] = float("inf")
+                    failed = True
+                    print(f"H={H} N={N} {loop}: {row[f'err_{loop}']}", flush=True)
+                    continue
                 err = max(rel_err(got[k], want[k]) for k in want)
                 row[f"err_{loop}"] = err
                 failed |= not err < REL_TOL
@@ -181,6 +215,8 @@ def main(argv=None):
             print(json.dumps({k: (round(v, 7) if isinstance(v, float) else v) for k, v in row.items()}),
                   flush=True)
     elapsed = time.time() - t_start
+    kernel_notes = persistent_kernel_notes(cb)
+    print("\n".join(kernel_notes), flush=True)
 
     def ms(v):
         return f"{1000 * v:.3f}" if isinstance(v, float) else "-"
@@ -189,8 +225,8 @@ def main(argv=None):
         f"# GPU check: fastlstm cuda backend vs PyTorch cuDNN ({datetime.date.today().isoformat()})",
         "",
         f"- Card: {card}",
-        f"- fastlstm {fastlstm.__version__}, numba-cuda "
-        f"{getattr(sys.modules.get('numba.cuda'), '__version__', '?')}, "
+        f"- fastlstm {fastlstm.__version__}, numba-cuda {package_version('numba-cuda')}, "
+        f"NumPy {np.__version__}, "
         f"torch {torch.__version__ if torch else 'absent'}, Python {platform.python_version()}",
         f"- Command: `python bench/gpu_check.py --out {args.out}` ({elapsed:.0f} s)",
         f"- One layer, T={args.steps}, I=H, float32; medians, synchronised inside each timed call; weights "
@@ -203,13 +239,20 @@ def main(argv=None):
         "| ratio fwd | ratio fwd+bwd |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    def err(v):
+        return f"{v:.1e}" if isinstance(v, float) else "refused"
+
     for r in rows:
         lines.append(
-            f"| {r['H']} | {r['N']} | {r['err_persistent']:.1e} | {r['err_steps']:.1e} "
+            f"| {r['H']} | {r['N']} | {err(r['err_persistent'])} | {err(r['err_steps'])} "
             f"| {ms(r['fwd_persistent'])} | {ms(r['fwd_steps'])} | {ms(r.get('fwd_cudnn_fp32'))} "
             f"| {ms(r['fb_persistent'])} | {ms(r['fb_steps'])} | {ms(r.get('fb_cudnn_fp32'))} "
             f"| {ms(r.get('fb_cudnn_tf32'))} | {r.get('ratio_fwd', float('nan')):.2f} "
             f"| {r.get('ratio_fb', float('nan')):.2f} |")
+    lines += ["", "Persistent kernels as compiled (registers per thread, cooperative blocks "
+              "the device allows at the block sizes used):", ""] + kernel_notes
+    lines += [f"- H={r['H']} N={r['N']}: {r[f'err_{loop}']}" for r in rows
+              for loop in ("persistent", "steps") if isinstance(r[f"err_{loop}"], str)]
     lines.append("")
     lines.append("Correctness: " + ("FAILED (an error above 1e-5)" if failed else "all below 1e-5"))
     with open(args.out, "w") as fh:

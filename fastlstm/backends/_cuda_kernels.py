@@ -22,6 +22,13 @@ SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
 GEMM_THREADS = 4 if SIMULATOR else 16
 GEMM_TILE = 4 * GEMM_THREADS
 GEMM_K = 4 if SIMULATOR else 16    # depth of one shared-memory slab
+#: Long sums (the all-steps gradient products over K = T*N rows, the bias
+#: gradient) add SUM_SLAB terms into a partial and the partials into the total:
+#: the float32 rounding error then grows like K/SUM_SLAB + SUM_SLAB, not like K.
+SUM_SLAB = 256
+#: Threads per block of the persistent kernels, given to the compiler as their
+#: launch bound so that a block of this size always fits on one SM (register cap).
+PERSISTENT_THREADS = 1024
 
 
 @lru_cache(maxsize=None)
@@ -37,6 +44,9 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
     GEMM_REG = 4
     GEMM_K = gemm_k
     zero, one = ft(0.0), ft(1.0)
+    # The simulator's jit has no launch bounds (and no registers to cap).
+    persistent_jit = cuda.jit if SIMULATOR else cuda.jit(launch_bounds=(PERSISTENT_THREADS, 1))
+    fold_every = max(1, SUM_SLAB // GEMM_K)   # shared-memory slabs per partial sum
 
     @cuda.jit(device=True, inline=True)
     def sigmoid(z):
@@ -70,6 +80,7 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
         sA = cuda.shared.array((GEMM_K, GEMM_TILE), ft)   # sA[k, m]
         sB = cuda.shared.array((GEMM_K, GEMM_TILE), ft)   # sB[k, p]
         acc = cuda.local.array((GEMM_REG, GEMM_REG), ft)
+        part = cuda.local.array((GEMM_REG, GEMM_REG), ft)   # the current SUM_SLAB terms
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         tid = ty * GEMM_THREADS + tx
@@ -81,6 +92,7 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
         for r in range(GEMM_REG):
             for s in range(GEMM_REG):
                 acc[r, s] = zero
+                part[r, s] = zero
         for k0 in range(0, K, GEMM_K):
             # Each thread loads GEMM_K * GEMM_TILE / threads elements of each slab.
             # B stored untransposed is laid out as A stored transposed, hence "not tb".
@@ -94,8 +106,13 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
                 for r in range(GEMM_REG):
                     a = sA[kk, ty + r * GEMM_THREADS]
                     for s in range(GEMM_REG):
-                        acc[r, s] += a * sB[kk, tx + s * GEMM_THREADS]
+                        part[r, s] += a * sB[kk, tx + s * GEMM_THREADS]
             cuda.syncthreads()
+            if (k0 // GEMM_K) % fold_every == fold_every - 1 or k0 + GEMM_K >= K:
+                for r in range(GEMM_REG):
+                    for s in range(GEMM_REG):
+                        acc[r, s] += part[r, s]
+                        part[r, s] = zero
         for r in range(GEMM_REG):
             m = m0 + ty + r * GEMM_THREADS
             for s in range(GEMM_REG):
@@ -122,8 +139,11 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
             m = e // P
             p = e % P
             v = zero
-            for k in range(K):
-                v += (A[k, m] if ta else A[m, k]) * (B[p, k] if tb else B[k, p])
+            for k0 in range(0, K, SUM_SLAB):
+                part = zero
+                for k in range(k0, min(k0 + SUM_SLAB, K)):
+                    part += (A[k, m] if ta else A[m, k]) * (B[p, k] if tb else B[k, p])
+                v += part
             if bias.shape[0] > 0:
                 v += bias[p]
             if accumulate:
@@ -157,12 +177,15 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
 
     @cuda.jit
     def column_sums(A, out):
-        """out[g] += sum over rows of A[:, g] (bias gradients)."""
+        """out[g] += sum over rows of A[:, g] (bias gradients), in SUM_SLAB partials."""
         R, S = A.shape
         for g in range(cuda.grid(1), S, cuda.gridsize(1)):
             s = zero
-            for r in range(R):
-                s += A[r, g]
+            for r0 in range(0, R, SUM_SLAB):
+                part = zero
+                for r in range(r0, min(r0 + SUM_SLAB, R)):
+                    part += A[r, g]
+                s += part
             out[g] += s
 
     @cuda.jit(device=True, inline=True)
@@ -280,7 +303,7 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
         H = dh0.shape[1]
         first_dh(gates, W_hh, W_hh[0], False, dh0, 0, H, cuda.grid(1), cuda.gridsize(1))
 
-    @cuda.jit
+    @persistent_jit
     def forward_persistent(gates, cs, y, h0, c0, WhhT, hb, use_smem):
         """Every step in one cooperative launch; block b owns units [b*hb, (b+1)*hb)."""
         Ws = cuda.shared.array(0, ft)
@@ -301,7 +324,7 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
             forward_units(t, gates, cs, y, h0, c0, WhhT, Ws, use_smem, j0, hb, tid, nth)
             grid.sync()
 
-    @cuda.jit
+    @persistent_jit
     def backward_persistent(gates, cs, c0, dy, dhT, W_hh, dc, dh0, hb, use_smem):
         Ws = cuda.shared.array(0, ft)
         T = gates.shape[0]

@@ -13,6 +13,7 @@ Importing this module raises ImportError when numba-cuda or a GPU is missing
 
 import ctypes
 import math
+import warnings
 
 import numpy as np
 
@@ -30,13 +31,25 @@ if not cuda.is_available():
     raise ImportError("no usable CUDA GPU or driver (numba.cuda.is_available() is False); "
                       "NUMBA_ENABLE_CUDASIM=1 runs the CUDA simulator instead")
 
-from ._cuda_kernels import kernels  # noqa: E402
+if not SIMULATOR:
+    # numba-cuda loads its NumPy typing lazily, at the first compile; a NumPy it does
+    # not know (numba-cuda 0.30 with NumPy 2.5: np.row_stack is gone) would surface
+    # there as a bare AttributeError. Load it now so the backend reports it instead.
+    try:
+        from numba.cuda import cudaimpl  # noqa: F401
+    except (AttributeError, ImportError) as exc:
+        raise ImportError(
+            f"numba-cuda {getattr(numba.cuda, '__version__', '?')} does not load with NumPy "
+            f"{np.__version__} ({exc}); install a NumPy this numba-cuda supports "
+            "(or a newer numba-cuda)") from exc
+
+from ._cuda_kernels import PERSISTENT_THREADS, kernels  # noqa: E402
 
 NAME = "cuda"
 on_device = True                            # this module is also the layer's array namespace
 THREADS = 16 if SIMULATOR else 256          # threads per block of the elementwise kernels
 MAX_BLOCKS = 1 if SIMULATOR else 4096       # grid-stride kernels cap their grid here
-_persistent_failed = set()                  # shapes whose cooperative launch was refused
+_persistent_refused = set()                 # shapes whose cooperative grid does not fit
 #: "tiled" (shared-memory, register-blocked) or "simple" (one thread per output,
 #: what the simulator runs in the layer tests; tests run the tiled one directly).
 GEMM = "simple" if SIMULATOR else "tiled"
@@ -188,24 +201,38 @@ def _persistent_plan(N, H, itemsize):
         blocks = min(H, sms)
         hb = math.ceil(H / blocks)
         blocks = math.ceil(H / hb)
-        threads = min(1024, 32 * math.ceil(N * hb / 32))
+        threads = min(PERSISTENT_THREADS, 32 * math.ceil(N * hb / 32))
     smem = 4 * hb * H * itemsize
     use_smem = smem <= _config.cuda_smem_bytes()
     return blocks, hb, threads, use_smem, smem if use_smem else 0
 
 
 def _try_persistent(kernel, plan, key, *args):
-    """Launch a persistent kernel; False (and remembered) when the device refuses."""
-    if plan is None or key in _persistent_failed:
+    """Launch a persistent kernel; False when its cooperative grid cannot be co-resident.
+
+    The device is asked first (max_cooperative_grid_blocks for the compiled kernel at
+    this block and shared-memory size). Too large: in auto mode a warning (once per
+    shape) and the caller loops per step; with FASTLSTM_CUDA_LOOP=persistent an error.
+    Anything else (compile errors, launch faults) is raised, never hidden.
+    """
+    if plan is None or key in _persistent_refused:
         return False
     blocks, hb, threads, use_smem, smem = plan
-    try:
-        kernel[blocks, threads, 0, smem](*args, hb, use_smem)
-    except Exception:
-        if _config.cuda_loop() == "persistent" or SIMULATOR:
-            raise
-        _persistent_failed.add(key)  # too large to be co-resident: launch per step instead
-        return False
+    args = (*args, hb, use_smem)
+    if not SIMULATOR:
+        compiled = kernel.compile(tuple(kernel.typeof_pyval(a) for a in args))
+        fits = compiled.max_cooperative_grid_blocks(threads, smem)
+        if fits < blocks:
+            reason = (f"a cooperative grid of {blocks} blocks of {threads} threads "
+                      f"({smem} bytes of shared memory each) does not fit on this device, "
+                      f"which allows {fits} such blocks")
+            if _config.cuda_loop() == "persistent":
+                raise RuntimeError(f"FASTLSTM_CUDA_LOOP=persistent: {reason}")
+            warnings.warn(f"fastlstm cuda: {reason}; running one launch per step for "
+                          f"N={key[1]}, H={key[2]}", RuntimeWarning, stacklevel=3)
+            _persistent_refused.add(key)
+            return False
+    kernel[blocks, threads, 0, smem](*args)
     return True
 
 
