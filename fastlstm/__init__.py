@@ -12,7 +12,6 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 import importlib.util as _importlib_util
-import os as _os
 import warnings as _warnings
 
 from . import _config
@@ -32,8 +31,11 @@ def _warn_without_c_backend() -> None:
         return
     if _config.backend_override() is not None:  # a backend was chosen by name
         return
-    if _os.environ.get("FASTLSTM_PUREPYTHON", "") not in ("", "0"):
-        return
+    try:
+        if _config.pure_python():
+            return
+    except _config.ConfigError:  # a bad value is reported by show_config, not at import
+        pass
     _warnings.warn(
         "fastlstm: the compiled C backend is not installed (no wheel for this platform and no "
         "working C compiler at install time, or FASTLSTM_PUREPYTHON=1); running on the "

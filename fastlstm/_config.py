@@ -1,17 +1,80 @@
 """Knobs of fastlstm in one place, each with its environment override.
 
-Read at call time (not import time) so that tests can patch the environment.
+Every ``FASTLSTM_*`` variable is read here, at call time (not import time, so
+that tests can patch the environment), through one of the typed helpers
+below; a value that cannot be used raises :class:`ConfigError` naming the
+variable, its value and what is allowed. ``VARIABLES`` lists them all.
 """
 
+from __future__ import annotations
+
 import os
+
+#: Backend names (the one list the API, the CLI and FASTLSTM_BACKEND share).
+BACKENDS = ("c", "cuda", "numpy")
+
+
+class ConfigError(ValueError):
+    """A FASTLSTM_* environment variable holds a value that cannot be used."""
+
+
+def _raw(name: str) -> str:
+    return os.environ.get(name, "").strip()
+
+
+def env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    """The value of ``name`` (case-insensitive), one of ``choices``; ``default`` when unset."""
+    value = _raw(name).lower()
+    if not value:
+        return default
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not valid: expected one of {', '.join(choices)}")
+    return value
+
+
+def env_int(name: str, default: int, minimum: int = 0) -> int:
+    """The integer value of ``name`` (at least ``minimum``); ``default`` when unset."""
+    value = _raw(name)
+    if not value:
+        return default
+    try:
+        n = int(value.replace("_", ""))
+    except ValueError:
+        n = None
+    if n is None or n < minimum:
+        raise ConfigError(f"{name}={value!r} is not valid: expected an integer >= {minimum}")
+    return n
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """A yes/no variable (1/0, true/false, yes/no, on/off); ``default`` when unset."""
+    value = _raw(name).lower()
+    if not value:
+        return default
+    if value not in _TRUE + _FALSE:
+        raise ConfigError(f"{name}={value!r} is not valid: expected 1 or 0 (true/false, yes/no, on/off)")
+    return value in _TRUE
+
+
+def env_text(name: str) -> str | None:
+    """The text of ``name`` (stripped), or None when unset or empty."""
+    return _raw(name) or None
+
 
 #: Environment variable naming the backend used when ``backend="auto"``.
 BACKEND_ENV = "FASTLSTM_BACKEND"
 
 
 def backend_override():
-    """The backend named by FASTLSTM_BACKEND, or None when unset or "auto"."""
-    name = os.environ.get(BACKEND_ENV, "").strip().lower()
+    """The backend named by FASTLSTM_BACKEND, or None when unset or "auto".
+
+    The name is checked where every backend name is, in ``backends._require``
+    (whose error lists the backends available here)."""
+    name = _raw(BACKEND_ENV).lower()
     return None if name in ("", "auto") else name
 
 #: Environment variable choosing the float32 kernel path of the C backend:
@@ -38,30 +101,18 @@ STEP_WORK_DIVISOR = 3
 
 def kernel():
     """The kernel path asked for (FASTLSTM_KERNEL), "auto" by default."""
-    name = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
-    if name not in KERNELS:
-        raise ValueError(f"{KERNEL_ENV} must be one of {', '.join(KERNELS)}, got {name!r}")
-    return name
+    return env_choice(KERNEL_ENV, KERNELS, "auto")
 
 
 def num_threads(default):
     """Threads for the fused kernels: FASTLSTM_NUM_THREADS, else ``default``."""
-    value = os.environ.get(THREADS_ENV, "").strip()
-    if not value:
-        return default
-    try:
-        n = int(value)
-    except ValueError:
-        raise ValueError(f"{THREADS_ENV} must be a positive integer, got {value!r}") from None
-    if n < 1:
-        raise ValueError(f"{THREADS_ENV} must be a positive integer, got {value!r}")
-    return n
+    return env_int(THREADS_ENV, default, minimum=1)
 
 
 def threads_for(N, H, available, step=False):
     """Threads for one layer's time loop (or, with step, one step) of batch N and hidden size H."""
     n = num_threads(available)
-    threshold = int(os.environ.get(MIN_PARALLEL_WORK_ENV, MIN_PARALLEL_WORK))
+    threshold = env_int(MIN_PARALLEL_WORK_ENV, MIN_PARALLEL_WORK)
     if N * 4 * H * H * (STEP_WORK_DIVISOR if step else 1) < threshold:
         return 1
     return max(1, n)
@@ -72,7 +123,7 @@ BLAS_LOCAL_THREADS_ENV = "FASTLSTM_BLAS_LOCAL_THREADS"
 
 
 def blas_local_threads():
-    return os.environ.get(BLAS_LOCAL_THREADS_ENV, "1").strip() not in ("0", "false", "no")
+    return env_flag(BLAS_LOCAL_THREADS_ENV, True)
 
 
 #: Fuse the input projection into the time loop (instead of one product over
@@ -97,14 +148,12 @@ _PANEL_ROW_BYTES = 4 * 16 * 4
 
 def fuse_input(I, H, N, nthreads):
     """Whether the C kernels fuse x_t . W_ih^T into each step (see above)."""
-    mode = os.environ.get(FUSE_INPUT_ENV, "auto").strip().lower()
-    if mode in ("always", "never"):
-        return mode == "always"
+    mode = env_choice(FUSE_INPUT_ENV, ("auto", "always", "never"), "auto")
     if mode != "auto":
-        raise ValueError(f"{FUSE_INPUT_ENV}={mode!r}: expected auto, always or never")
+        return mode == "always"
     if N < FUSE_MIN_ROWS:
         return False
-    limit = int(os.environ.get(FUSE_INPUT_BYTES_ENV, FUSE_INPUT_BYTES))
+    limit = env_int(FUSE_INPUT_BYTES_ENV, FUSE_INPUT_BYTES)
     K = I + H
     if 4 * H * K * 4 / max(1, nthreads) <= limit:
         return True
@@ -125,11 +174,9 @@ ROW_SPLIT_BYTES = 896 * 1024
 
 def split_by_rows(weight_bytes, nthreads):
     """Whether the threads split a step by batch rows (see above)."""
-    mode = os.environ.get(THREAD_SPLIT_ENV, "auto").strip().lower()
-    if mode in ("rows", "units"):
-        return mode == "rows"
+    mode = env_choice(THREAD_SPLIT_ENV, ("auto", "rows", "units"), "auto")
     if mode != "auto":
-        raise ValueError(f"{THREAD_SPLIT_ENV}={mode!r}: expected auto, rows or units")
+        return mode == "rows"
     return nthreads > 1 and weight_bytes <= ROW_SPLIT_BYTES
 
 #: The CUDA backend's time loop: "auto" (one persistent cooperative launch for
@@ -145,11 +192,74 @@ CUDA_SMEM_BYTES = 48 * 1024
 
 
 def cuda_loop():
-    name = os.environ.get(CUDA_LOOP_ENV, "auto").strip().lower() or "auto"
-    if name not in CUDA_LOOPS:
-        raise ValueError(f"{CUDA_LOOP_ENV} must be one of {', '.join(CUDA_LOOPS)}, got {name!r}")
-    return name
+    return env_choice(CUDA_LOOP_ENV, CUDA_LOOPS, "auto")
 
 
 def cuda_smem_bytes():
-    return int(os.environ.get(CUDA_SMEM_BYTES_ENV, CUDA_SMEM_BYTES))
+    return env_int(CUDA_SMEM_BYTES_ENV, CUDA_SMEM_BYTES)
+
+
+#: Set (to 1) when the install without the C extension is intended: no warning at import.
+PUREPYTHON_ENV = "FASTLSTM_PUREPYTHON"
+
+
+def pure_python():
+    return env_flag(PUREPYTHON_ENV, False)
+
+
+#: The char-model trainer's BLAS thread policy (fastlstm train; see its options module).
+TRAIN_BLAS_ENV = "FASTLSTM_TRAIN_BLAS"
+TRAIN_BLAS_MODES = ("all1", "numpy1", "none")
+
+
+def train_blas():
+    return env_choice(TRAIN_BLAS_ENV, TRAIN_BLAS_MODES, "all1")
+
+
+#: Folder of the trainer's corpora (default: the user's cache folder).
+DATA_ENV = "FASTLSTM_DATA"
+#: Where the Macbeth corpus is downloaded from when it is not on disk.
+MACBETH_URL_ENV = "FASTLSTM_MACBETH_URL"
+
+
+def data_folder():
+    """FASTLSTM_DATA, or None when unset."""
+    return env_text(DATA_ENV)
+
+
+def macbeth_url():
+    """FASTLSTM_MACBETH_URL, or None when unset."""
+    return env_text(MACBETH_URL_ENV)
+
+
+#: Every variable fastlstm reads at run time (the build reads FASTLSTM_PUREPYTHON,
+#: FASTLSTM_REQUIRE_C and FASTLSTM_SANITIZE too; the tests FASTLSTM_REQUIRE_*).
+VARIABLES = (BACKEND_ENV, KERNEL_ENV, THREADS_ENV, MIN_PARALLEL_WORK_ENV, BLAS_LOCAL_THREADS_ENV,
+             FUSE_INPUT_ENV, FUSE_INPUT_BYTES_ENV, THREAD_SPLIT_ENV, CUDA_LOOP_ENV,
+             CUDA_SMEM_BYTES_ENV, PUREPYTHON_ENV, TRAIN_BLAS_ENV, DATA_ENV, MACBETH_URL_ENV)
+_BUILD_AND_TEST = ("FASTLSTM_REQUIRE_C", "FASTLSTM_REQUIRE_CUDA", "FASTLSTM_SANITIZE")
+
+
+def settings():
+    """The FASTLSTM_* variables set in this process: {name: value}, and {name: problem}
+    for those that cannot be used (a bad value, or a name fastlstm does not know)."""
+    found, problems = {}, {}
+    for name in sorted(k for k in os.environ if k.startswith("FASTLSTM_")):
+        found[name] = os.environ[name]
+        if name not in VARIABLES + _BUILD_AND_TEST:
+            problems[name] = "not a fastlstm variable (a typo?)"
+    checks = {KERNEL_ENV: kernel, THREADS_ENV: lambda: num_threads(1),
+              MIN_PARALLEL_WORK_ENV: lambda: env_int(MIN_PARALLEL_WORK_ENV, 0),
+              BLAS_LOCAL_THREADS_ENV: blas_local_threads,
+              FUSE_INPUT_ENV: lambda: env_choice(FUSE_INPUT_ENV, ("auto", "always", "never"), "auto"),
+              FUSE_INPUT_BYTES_ENV: lambda: env_int(FUSE_INPUT_BYTES_ENV, 0),
+              THREAD_SPLIT_ENV: lambda: env_choice(THREAD_SPLIT_ENV, ("auto", "rows", "units"), "auto"),
+              CUDA_LOOP_ENV: cuda_loop, CUDA_SMEM_BYTES_ENV: cuda_smem_bytes,
+              PUREPYTHON_ENV: pure_python, TRAIN_BLAS_ENV: train_blas}
+    for name, check in checks.items():
+        if name in found:
+            try:
+                check()
+            except ConfigError as exc:
+                problems[name] = str(exc)
+    return found, problems

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import _config
 
-KNOWN = ("c", "cuda", "numpy")
+KNOWN = _config.BACKENDS
 _MODULES = {"c": "fastlstm.backends._c", "cuda": "fastlstm.backends.cuda",
             "numpy": "fastlstm.backends.reference"}
 _loaded = {}
@@ -96,6 +96,10 @@ def get_backend(name: str = "auto", arrays: Iterable[Any] = ()) -> ModuleType:
     name = check_name(name)
     if name == "auto":
         name = _config.backend_override() or "auto"
+        if name != "auto" and name not in KNOWN:
+            raise ValueError(f"unknown backend {name!r} (from {_config.BACKEND_ENV}); known "
+                             f"backends: {', '.join(KNOWN)}; available here: "
+                             f"{', '.join(available_backends())}")
     if name != "auto":
         return _require(name)
     if any(is_device_array(a) for a in arrays) and _load("cuda") is not None:
