@@ -96,8 +96,9 @@ def main(argv=None):
     lines = [
         f"# Peak memory of one training forward+backward ({datetime.date.today().isoformat()})",
         "",
-        "Growth of the peak resident set size (VmHWM, reset through /proc/self/clear_refs) over the resident size just before the step "
-        "(layer and inputs built, one tiny step run for the libraries' lazy set-up), each library and configuration in its own process; "
+        "Growth of the peak resident set size (VmHWM, reset through /proc/self/clear_refs) over the "
+        "resident size just before the step (layer and inputs built, one tiny step run for the "
+        "libraries' lazy set-up), each library and configuration in its own process; "
         "float32, 2 threads. `saved` is what a forward pass keeps for backward by arithmetic "
         "(activated gates, c_t and h_t: 6·T·N·H floats per layer).",
         "",

@@ -99,7 +99,7 @@ def persistent_kernel_notes(cb):
         ks = kernels(np.dtype(dtype))
         for name in ("forward_persistent", "backward_persistent"):
             disp = getattr(ks, name)
-            for sig, kern in getattr(disp, "overloads", {}).items():
+            for kern in getattr(disp, "overloads", {}).values():
                 try:
                     regs = kern.regs_per_thread if hasattr(kern, "regs_per_thread") else "?"
                     coop = {th: kern.max_cooperative_grid_blocks(th) for th in (256, 512, 1024)}
@@ -171,10 +171,10 @@ def main(argv=None):
                 dw = {k: to_dev(v) for k, v in w.items()}
                 dx_, ddy = to_dev(x), to_dev(dy)
 
-                def fwd():
+                def fwd(dx_=dx_, dw=dw):
                     fastlstm.lstm_forward(dx_, **dw, training=False)
 
-                def fwd_bwd():
+                def fwd_bwd(dx_=dx_, dw=dw, ddy=ddy):
                     _, _, cache = fastlstm.lstm_forward(dx_, **dw)
                     fastlstm.lstm_backward(cache, ddy)
 
@@ -196,11 +196,11 @@ def main(argv=None):
                         row["err_cudnn"] = rel_err(y_t.detach().cpu().numpy(), want["y"])
                     tag = "tf32" if tf32 else "fp32"
 
-                    def t_fwd():
+                    def t_fwd(lstm=lstm, tx=tx):
                         with torch.no_grad():
                             lstm(tx)
 
-                    def t_fb():
+                    def t_fb(lstm=lstm, tx=tx, tdy=tdy):
                         y, _ = lstm(tx)
                         y.backward(tdy)
 

@@ -1,5 +1,6 @@
-"""show_config(): what fastlstm runs on here (versions, backends, BLAS, threads, and the
-C kernel path picked for this CPU). ``config()`` returns the same facts as a dict.
+"""show_config(): what fastlstm runs on here (versions, backends, BLAS, threads, the
+C kernel path picked for this CPU, the FASTLSTM_* settings in force). ``config()``
+returns the same facts as a dict; a bad setting is reported there, never raised.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ def config() -> dict[str, Any]:
         this CPU can run) and ``c_threads``. With the cuda backend: ``cuda_device``
         (the GPU's name, compute capability and SMs, or the simulator) and
         ``numba``. ``blas``: the BLAS and OpenMP
-        libraries loaded and their threads (needs threadpoolctl).
+        libraries loaded and their threads (needs threadpoolctl). ``settings``: the
+        ``FASTLSTM_*`` variables set, and ``setting_problems`` for any that cannot be
+        used (a bad value, an unknown name); ``OPENBLAS_CORETYPE`` when it is set.
 
     See Also
     --------
@@ -34,7 +37,7 @@ def config() -> dict[str, Any]:
     import numpy
     import scipy
 
-    from . import __version__
+    from . import __version__, _config
     from .backends import _load, available_backends, unavailable_reasons
 
     info = {
@@ -47,12 +50,20 @@ def config() -> dict[str, Any]:
         "unavailable": unavailable_reasons(),
         "cpu_count": os.cpu_count(),
     }
+    settings, problems = _config.settings()
+    info["settings"] = settings or "none (every FASTLSTM_* variable unset: the defaults)"
+    if problems:
+        info["setting_problems"] = problems
+    coretype = os.environ.get("OPENBLAS_CORETYPE")
+    if coretype:
+        info["OPENBLAS_CORETYPE"] = (f"{coretype}: forces this OpenBLAS kernel instead of the one "
+                                     "it picks for this CPU (can be 2x slower; unset it)")
     c = _load("c")
     if c is not None:
         info["c_openmp"] = bool(getattr(c, "OPENMP", False))
-        info["c_kernel"] = c.kernel_path()
+        info["c_kernel"] = _reported(c.kernel_path)
         info["c_kernels_supported"] = list(c.KERNELS)
-        info["c_threads"] = c.max_threads()
+        info["c_threads"] = _reported(c.max_threads)
     gpu = _load("cuda")
     if gpu is not None:
         import numba
@@ -69,27 +80,46 @@ def config() -> dict[str, Any]:
     return info
 
 
-def show_config() -> dict[str, Any]:
+def _reported(fn):
+    """fn(), or the error a bad setting makes it raise, as text (show_config never raises)."""
+    try:
+        return fn()
+    except ValueError as exc:
+        return f"error: {exc}"
+
+
+def show_config(mode: str = "stdout") -> dict[str, Any] | None:
     """Print what fastlstm runs on here: versions, backends, BLAS, threads, kernel path.
 
     The ``c_kernel`` line names the float32 code path of the C backend that runs on
     this CPU (``avx512``, ``avx2`` or ``portable``; picked at run time, so one
-    x86-64 wheel serves every x86-64 CPU).
+    x86-64 wheel serves every x86-64 CPU). Bad ``FASTLSTM_*`` settings are listed,
+    not raised.
+
+    Parameters
+    ----------
+    mode : {"stdout", "dicts"}
+        "stdout" prints and returns None (as ``numpy.show_config``); "dicts" prints
+        nothing and returns the facts as a dict (:func:`config`).
 
     Returns
     -------
-    dict
-        What was printed, as returned by :func:`config`.
+    dict or None
+        The facts with ``mode="dicts"``; None when they are printed.
 
     Examples
     --------
     >>> import fastlstm
-    >>> info = fastlstm.show_config()  # doctest: +SKIP
+    >>> fastlstm.show_config()  # doctest: +SKIP
     fastlstm: 0.1.0
     ...
     c_kernel: avx512
     """
+    if mode not in ("stdout", "dicts"):
+        raise ValueError(f"mode must be 'stdout' or 'dicts', got {mode!r}")
     info = config()
+    if mode == "dicts":
+        return info
     for key, value in info.items():
         if isinstance(value, list) and value and isinstance(value[0], dict):
             print(f"{key}:")
@@ -101,4 +131,4 @@ def show_config() -> dict[str, Any]:
                 print(f"  {k}: {v}")
         else:
             print(f"{key}: {value}")
-    return info
+    return None

@@ -8,6 +8,7 @@ arrays (CUDA) in give device arrays out, computed by the cuda backend.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,22 +56,26 @@ class Workspace:
 
     Fresh multi-megabyte arrays cost page faults on every call; a layer that
     is called again with the same shapes gets its previous buffers back. At
-    most ``limit`` buffers are kept.
+    most ``limit`` buffers are kept. A buffer taken belongs to its caller until
+    given back, so calls from several threads never share one (hence the lock).
     """
 
     def __init__(self, limit=8):
         self.limit = limit
         self._free = []
+        self._lock = threading.Lock()
 
     def take(self, shape, dtype):
-        for k, a in enumerate(self._free):
-            if a.shape == shape and a.dtype == dtype:
-                return self._free.pop(k)
+        with self._lock:
+            for k, a in enumerate(self._free):
+                if a.shape == shape and a.dtype == dtype:
+                    return self._free.pop(k)
         return np.empty(shape, dtype)
 
     def give(self, *arrays):
-        self._free.extend(arrays)
-        del self._free[:-self.limit]
+        with self._lock:
+            self._free.extend(arrays)
+            del self._free[:-self.limit]
 
 
 def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, workspace=None,

@@ -5,10 +5,14 @@ forward/backward/step validate at the edge, then run one backend call per
 layer. Gradients accumulate into ``grads``; dropout (between layers, training
 only) uses the layer's own seeded generator. Device (CUDA) inputs run on the
 cuda backend and give device outputs; parameters and gradients stay NumPy.
+Inference calls (forward with training=False, __call__, step) on one object
+are safe from several threads at once: their buffers are per call or per
+thread. A training forward and its backward belong to one thread.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Mapping
 
 import numpy as np
@@ -84,12 +88,13 @@ class LSTM:
             for name, shape in shapes.items():
                 self.params[f"{name}_l{layer}"] = self._rng.uniform(-k, k, shape).astype(self.dtype)
         self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
+        self._shapes = {name: p.shape for name, p in self.params.items()}
         self._saved = None
-        self._step_workspace = {}
-        self._bias_sums = [np.zeros(G, self.dtype) for _ in range(self.num_layers)]
+        self._per_thread = threading.local()   # bias-sum buffers, one set per thread
         self._layer_keys = [tuple(f"{name}_l{k}" for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
                             for k in range(self.num_layers)]
         self._workspace = Workspace(limit=2 * self.num_layers + 2)
+        self._step_workspace = Workspace(limit=4)
 
     # -- parameters -------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -145,14 +150,34 @@ class LSTM:
         for g in self.grads.values():
             g[...] = 0
 
+    def _param(self, name):
+        """params[name], checked: users may have replaced the array (the one rule for
+        every backend: the layer's dtype, C order, the shape the layer was made with)."""
+        p = self.params[name]
+        if type(p) is np.ndarray and p.dtype == self.dtype and p.flags.c_contiguous \
+                and p.shape == self._shapes[name]:
+            return p
+        want = f"a C-contiguous {self.dtype} ndarray of shape {self._shapes[name]}"
+        got = (f"{type(p).__name__} of dtype {getattr(p, 'dtype', '?')}, shape "
+               f"{getattr(p, 'shape', '?')}" + ("" if getattr(getattr(p, "flags", None),
+                                                      "c_contiguous", True) else ", not C-contiguous"))
+        exc = ValueError if isinstance(p, np.ndarray) and p.shape != self._shapes[name] \
+            else TypeError
+        raise exc(f"params[{name!r}] must be {want}, got {got}; update it in place "
+                  f"(params[{name!r}][...] = value) or use load_state_dict, which converts")
+
     def _layer_weights(self, layer):
-        """W_ih, W_hh and the summed bias of one layer (the bias in a buffer of
-        the layer's, rewritten on every call: the parameters may have changed)."""
-        p, b = self.params, self._bias_sums[layer]
+        """W_ih, W_hh and the summed bias of one layer (the bias in a buffer of this
+        thread's, rewritten on every call: the parameters may have changed)."""
         ih, hh, b_ih, b_hh = self._layer_keys[layer]
+        sums = getattr(self._per_thread, "bias_sums", None)
+        if sums is None:
+            sums = self._per_thread.bias_sums = [np.zeros(4 * self.hidden_size, self.dtype)
+                                                 for _ in range(self.num_layers)]
+        b = sums[layer]
         if self.bias:
-            np.add(p[b_ih], p[b_hh], out=b)
-        return p[ih], p[hh], b
+            np.add(self._param(b_ih), self._param(b_hh), out=b)
+        return self._param(ih), self._param(hh), b
 
     def _state(self, name, state, N, xp):
         L, H = self.num_layers, self.hidden_size
@@ -304,12 +329,11 @@ class LSTM:
         h, c = self._state("state", state, N, xp)
         h_new = xp.empty(h.shape, self.dtype)
         c_new = xp.empty(c.shape, self.dtype)
-        gates = self._step_workspace.get(N)
-        if gates is None:
-            gates = self._step_workspace[N] = np.empty((N, 4 * self.hidden_size), self.dtype)
+        gates = self._step_workspace.take((N, 4 * self.hidden_size), self.dtype)
         weights = [self._layer_weights(layer) for layer in range(self.num_layers)]
         be.step_layers(x_t, h, c, [w[0] for w in weights], [w[1] for w in weights],
                        [w[2] for w in weights], h_new, c_new, gates)
+        self._step_workspace.give(gates)
         return xp.copy(h_new[-1]), (h_new, c_new)
 
     def __repr__(self) -> str:

@@ -5,8 +5,20 @@ An explicit backend= wins over FASTLSTM_BACKEND, so CI's "numpy" run still cover
 
 import pytest
 
-from lstm_testing import (BACKENDS, DTYPES, GRADCHECK, REFERENCE, TOL, assert_close,  # noqa: F401
-                          check_close, make_inputs, randn, seed_of, shape_id, tol)
+from lstm_testing import (  # noqa: F401
+    BACKENDS,
+    DTYPES,
+    GRADCHECK,
+    REFERENCE,
+    TOL,
+    assert_close,
+    check_close,
+    make_inputs,
+    randn,
+    seed_of,
+    shape_id,
+    tol,
+)
 
 
 @pytest.fixture(params=BACKENDS, ids=lambda b: b)

@@ -10,8 +10,7 @@ import pytest
 
 import fastlstm
 from fastlstm.backends import get_backend
-from lstm_testing import (DTYPES, REFERENCE, assert_all_close, assert_close, make_inputs,
-                          run_layer, seed_of, shape_id)
+from lstm_testing import DTYPES, REFERENCE, assert_all_close, assert_close, make_inputs, run_layer, seed_of, shape_id
 
 # T x N x I x H x L (72 shapes), each in float32 and float64; the four
 # (initial state, batch_first) combinations and dstate on/off rotate over the

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 import fastlstm
-
 from lstm_testing import REL_TOL, rel_err
 
 GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")

@@ -9,8 +9,19 @@ import numpy as np
 import pytest
 
 import fastlstm
-from lstm_testing import (SIMULATED_CUDA, skip_if_too_big_to_simulate, BACKENDS, DTYPES, GRADCHECK, REFERENCE, assert_all_close, assert_close,
-                          check_close, make_inputs, run_layer)
+from lstm_testing import (
+    BACKENDS,
+    DTYPES,
+    GRADCHECK,
+    REFERENCE,
+    SIMULATED_CUDA,
+    assert_all_close,
+    assert_close,
+    check_close,
+    make_inputs,
+    run_layer,
+    skip_if_too_big_to_simulate,
+)
 
 T, N, I, H, L = 5, 3, 4, 6, 2
 
@@ -544,8 +555,9 @@ def test_available_backends_has_numpy():
 
 
 def test_show_config(capsys):
-    info = fastlstm.show_config()
+    assert fastlstm.show_config() is None  # printed once in a REPL, not echoed again
     out = capsys.readouterr().out
+    info = fastlstm.show_config(mode="dicts")
     assert isinstance(info, dict)
     assert info["backends"] == fastlstm.available_backends()
     assert info["fastlstm"] == fastlstm.__version__
@@ -558,3 +570,28 @@ def test_repr_names_the_configuration(backend):
     text = repr(fastlstm.LSTM(I, H, 2, batch_first=True, dropout=0.25, dtype=np.float64, backend=backend))
     for part in (f"LSTM({I}, {H}", "num_layers=2", "batch_first=True", "dropout=0.25", "float64", backend):
         assert part in text
+
+
+def test_show_config_reports_bad_settings(capsys, monkeypatch):
+    """A bad or unknown FASTLSTM_* variable is listed by show_config, never raised."""
+    monkeypatch.setenv("FASTLSTM_KERNEL", "avx3")
+    monkeypatch.setenv("FASTLSTM_NUM_THREADS", "two")
+    monkeypatch.setenv("FASTLSTM_KERNLE", "avx2")
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    fastlstm.show_config()
+    out = capsys.readouterr().out
+    info = fastlstm.show_config(mode="dicts")
+    problems = info["setting_problems"]
+    assert "FASTLSTM_KERNEL='avx3'" in problems["FASTLSTM_KERNEL"]
+    assert "FASTLSTM_NUM_THREADS='two'" in problems["FASTLSTM_NUM_THREADS"]
+    assert "not a fastlstm variable" in problems["FASTLSTM_KERNLE"]
+    assert info["settings"]["FASTLSTM_KERNEL"] == "avx3"
+    assert "Haswell" in info["OPENBLAS_CORETYPE"]
+    assert "FASTLSTM_KERNEL" in out and "avx3" in out
+    if "c" in info["backends"]:
+        assert info["c_kernel"].startswith("error: FASTLSTM_KERNEL='avx3'")
+
+
+def test_show_config_mode_is_checked():
+    with pytest.raises(ValueError, match="mode must be"):
+        fastlstm.show_config(mode="json")

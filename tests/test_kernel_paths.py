@@ -173,5 +173,5 @@ def test_path_step_is_the_same_in_either_weight_order(monkeypatch, threads, path
 
 
 def test_show_config_names_the_kernel_path():
-    info = fastlstm.show_config()
+    info = fastlstm.show_config(mode="dicts")
     assert info["c_kernel"] in PATHS

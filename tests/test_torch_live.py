@@ -11,7 +11,8 @@ import fastlstm
 
 torch = pytest.importorskip("torch")
 
-from lstm_testing import REL_TOL, rel_err, skip_if_too_big_to_simulate
+from lstm_testing import REL_TOL, rel_err, skip_if_too_big_to_simulate  # noqa: E402 (after the skip)
+
 TORCH_DTYPE = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
 
 BACKENDS = fastlstm.available_backends()
