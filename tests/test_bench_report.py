@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from fastlstm import bench
+from fastlstm.bench import grid as bench
 
 
 def row(name, fwd, torch_fwd, fwd_bwd, torch_fwd_bwd, roof=100.0, flop=1e9, threads=1):
@@ -90,3 +90,22 @@ def test_one_roof_per_thread_count_the_best_of_the_run(monkeypatch):
         flop = bench.forward_flop(r["L"], r["H"], r["T"], r["N"], r["I"])
         if r["torch_fwd_bwd"] is not None:
             assert r["ratio_at_roof_fwd_bwd"] == pytest.approx(3 * flop / 5e9 / r["torch_fwd_bwd"])
+
+
+def test_printed_rows_line_up_under_the_headings():
+    r = row("tutorial N30 I64", fwd=0.02, torch_fwd=0.0125, fwd_bwd=0.05, torch_fwd_bwd=0.04)
+    head, line = bench.header_line(), bench.format_row(r)
+    assert len(head) == len(line)
+    for heading, _ in bench.COLUMNS:
+        assert heading in head
+    # each value ends where its heading ends (right-aligned numbers)
+    assert line.rstrip().endswith("1.25") and head.rstrip().endswith("ratio fwd+bwd")
+    assert "n/a" in bench.format_row(row("b", fwd=0.02, torch_fwd=None, fwd_bwd=0.05, torch_fwd_bwd=None))
+
+
+def test_machine_info_is_the_same_from_run_to_run():
+    """pytest-benchmark compares machine_info between runs: nothing per run goes in."""
+    from fastlstm.bench import machine
+    a, b = machine.machine_info(), machine.machine_info()
+    assert a == b
+    assert a["cpu"] and a["versions"]["fastlstm"] and "OPENBLAS_CORETYPE" in a["env"]

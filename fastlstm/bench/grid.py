@@ -1,6 +1,6 @@
 """`python -m fastlstm.bench`: time fastlstm against PyTorch's CPU LSTM and the matmul roof.
 
-Runs the comparison grid of the CPU-speed issue at 1 and 2 threads (or
+Runs the comparison grid at 1 and 2 threads (or
 --threads), prints a table of medians and ratios, and writes a markdown
 report, a JSON file and a PNG chart of the ratios (matplotlib, if installed).
 PyTorch is optional: without it the ratio columns say n/a.
@@ -9,14 +9,15 @@ PyTorch is optional: without it the ratio columns say n/a.
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
 import time
 
 import numpy as np
 
 import fastlstm
+
+from .machine import machine_info as _machine_info
+from .machine import median_time, paired_medians, round_times
 
 # (name, L, H, T, N, I): the tutorial's model and one-layer sizes.
 GRID = [(f"tutorial N{n} I{i}", 2, 300, 50, n, i) for n in (1, 30, 128) for i in (1, 64)] + [
@@ -27,53 +28,6 @@ QUICK = [g for g in GRID if g[0] in ("tutorial N30 I64", "tutorial N128 I64", "1
 def forward_flop(L, H, T, N, I):
     """2·T·N·4H·(I_k + H) summed over layers; backward counts twice that."""
     return sum(2 * T * N * 4 * H * ((I if k == 0 else H) + H) for k in range(L))
-
-
-def round_times(fn, budget_s, min_rounds=3, max_rounds=50):
-    """Times of fn over as many rounds as fit in budget_s (within the bounds), after a warm-up."""
-    fn()  # warm-up
-    t0 = time.perf_counter()
-    fn()
-    one = max(time.perf_counter() - t0, 1e-6)
-    rounds = int(min(max_rounds, max(min_rounds, budget_s / one)))
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def median_time(fn, budget_s, min_rounds=3, max_rounds=50):
-    return statistics.median(round_times(fn, budget_s, min_rounds, max_rounds))
-
-
-#: Pause before each timed call of paired_medians: the thread pools of the
-#: library timed just before (OpenMP, OpenBLAS) spin for a while after a
-#: call and would take cores from the next one.
-PAUSE_S = 0.005
-
-
-def paired_medians(fns, budget_s, min_rounds=5, max_rounds=60):
-    """Median time of each function, timed in alternating rounds (a b, b a, ...)
-    so that a slow stretch of a shared machine falls on all of them alike."""
-    for fn in fns:
-        fn()  # warm-up
-    one = 0.0
-    for fn in fns:
-        t0 = time.perf_counter()
-        fn()
-        one += time.perf_counter() - t0
-    rounds = int(min(max_rounds, max(min_rounds, budget_s * len(fns) / max(one, 1e-6))))
-    times = [[] for _ in fns]
-    for r in range(rounds):
-        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
-        for i in order:
-            time.sleep(PAUSE_S)
-            t0 = time.perf_counter()
-            fns[i]()
-            times[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
 
 
 class Threads:
@@ -185,6 +139,7 @@ def run(grid, threads, budget_s, backend, log=print):
         with Threads(n):
             roof = roof_gflops(budget_s)
             log(f"threads={n}: matmul roof {roof:.0f} GFLOP/s")
+            log(header_line())
             first = len(rows)
             for name, L, H, T, N, I in grid:
                 model, fwd, fwd_bwd = fastlstm_cases(L, H, T, N, I, backend)
@@ -258,14 +213,30 @@ def target_summary(rows):
     return lines
 
 
+#: The printed table: (heading, width) per column; format_row fills them in this order.
+COLUMNS = (("case", 18), ("thr", 3), ("fwd ms", 8), ("fwd+bwd ms", 10), ("fwd GFLOP/s", 11),
+           ("fwd+bwd GFLOP/s", 15), ("% roof", 6), ("torch fwd ms", 12), ("torch fwd+bwd ms", 16),
+           ("ratio fwd", 9), ("ratio fwd+bwd", 13))
+
+
+def header_line():
+    """Column headings of format_row's lines (ratio = fastlstm time / torch time)."""
+    return "  " + " ".join(f"{h:<{w}}" if k == 0 else f"{h:>{w}}" for k, (h, w) in enumerate(COLUMNS))
+
+
 def format_row(r):
     rf = _ratio(r["fwd"], r["torch_fwd"])
     rb = _ratio(r["fwd_bwd"], r["torch_fwd_bwd"])
-    torch_part = "torch n/a" if rf is None else (
-        f"torch {r['torch_fwd'] * 1e3:8.2f} / {r['torch_fwd_bwd'] * 1e3:8.2f} ms  ratio {rf:4.2f} / {rb:4.2f}")
-    text = (f"  {r['name']:<18} t{r['threads']}  fastlstm {r['fwd'] * 1e3:8.2f} / {r['fwd_bwd'] * 1e3:8.2f} ms "
-            f"({r['gflops_fwd']:5.0f} / {r['gflops_fwd_bwd']:5.0f} GFLOP/s, "
-            f"{r['gflops_fwd_bwd'] / r['roof']:4.0%} of roof)  {torch_part}")
+
+    def opt(value, spec):
+        return "n/a" if value is None else format(value, spec)
+
+    cells = [r["name"], r["threads"], f"{r['fwd'] * 1e3:.2f}", f"{r['fwd_bwd'] * 1e3:.2f}",
+             f"{r['gflops_fwd']:.0f}", f"{r['gflops_fwd_bwd']:.0f}", f"{r['gflops_fwd_bwd'] / r['roof']:.0%}",
+             opt(r["torch_fwd"] and r["torch_fwd"] * 1e3, ".2f"),
+             opt(r["torch_fwd_bwd"] and r["torch_fwd_bwd"] * 1e3, ".2f"), opt(rf, ".2f"), opt(rb, ".2f")]
+    text = "  " + " ".join(f"{c:<{w}}" if k == 0 else f"{c:>{w}}"
+                           for k, (c, (_, w)) in enumerate(zip(cells, COLUMNS)))
     if "step_chars_s" in r:
         peer = r.get("torch_step_chars_s")
         text += f"\n  {'':<18}      step: {r['step_chars_s']:,.0f} chars/s" + (
@@ -274,27 +245,15 @@ def format_row(r):
 
 
 def machine_info():
-    info = {"python": platform.python_version(), "numpy": np.__version__,
-            "fastlstm": fastlstm.__version__, "platform": platform.platform()}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        info["cpu"] = platform.processor()
-    info["cores"] = os.cpu_count()
-    torch = _torch()
-    info["torch"] = torch.__version__ if torch is not None else "not installed"
-    cfg = fastlstm._info.config()
-    info["c_kernel"] = cfg.get("c_kernel")
-    blas = cfg.get("blas")
-    if isinstance(blas, list):
-        info["openblas"] = "; ".join(f"{b.get('internal_api')} {b.get('version')} {b.get('architecture')}"
-                                     for b in blas if b.get("internal_api") == "openblas")
-    info["OPENBLAS_CORETYPE"] = os.environ.get("OPENBLAS_CORETYPE", "unset")
-    return info
+    """The shared machine facts, flattened for this report's list."""
+    info = _machine_info()
+    flat = {"cpu": info["cpu"], "cores": info["cores"], "platform": info["platform"]}
+    flat.update({k: v or "not installed" for k, v in info["versions"].items() if k != "pytest-benchmark"})
+    flat["c_kernel"] = info["c_backend"].get("c_kernel")
+    if "openblas" in info:
+        flat["openblas"] = info["openblas"]
+    flat["OPENBLAS_CORETYPE"] = info["env"]["OPENBLAS_CORETYPE"]
+    return flat
 
 
 def markdown(rows, info, command):
@@ -324,7 +283,7 @@ def markdown(rows, info, command):
                    f"{fmt(r['ratio_at_roof_fwd_bwd'], '.2f')} |")
     summary = target_summary(rows)
     if summary:
-        out += ["", "Targets (CPU-speed issue), over the points above:", ""] + summary
+        out += ["", "Targets, over the points above:", ""] + summary
     out += ["", "| threads | matmul roof GFLOP/s | step chars/s (tutorial model, N=1) | torch step chars/s |",
             "| --- | --- | --- | --- |"]
     for n in sorted({r["threads"] for r in rows}):
@@ -372,7 +331,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts to run (default: 1 2)")
     parser.add_argument("--quick", action="store_true", help="only four cases, for a first look")
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of timed calls per measurement")
-    parser.add_argument("--backend", default="c", help="fastlstm backend to time (default: c)")
+    parser.add_argument("--backend", default="c", choices=fastlstm._config.BACKENDS,
+                        help="fastlstm backend to time (default: c)")
     parser.add_argument("--out", default="fastlstm-bench", help="folder for RESULTS.md, results.json and ratios.png")
     args = parser.parse_args(argv)
     if args.backend not in fastlstm.available_backends():

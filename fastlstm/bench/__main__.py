@@ -1,0 +1,5 @@
+"""`python -m fastlstm.bench`: the comparison grid against PyTorch (see grid.py)."""
+
+from .grid import main
+
+main()
