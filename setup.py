@@ -12,6 +12,7 @@ import os
 import shlex
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
@@ -61,12 +62,30 @@ def _openmp_flags(compiler):
     return None
 
 
+def _compile_in_parallel(compiler):
+    """Make compiler.compile run one compiler process per source file at once, on as
+    many cores as there are (setuptools' own --parallel only splits extensions, and
+    there is one). MAX_JOBS caps it."""
+    jobs = int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1)
+    serial = compiler.compile
+
+    def compile(sources, *args, **kwargs):
+        if jobs < 2 or len(sources) < 2:
+            return serial(sources, *args, **kwargs)
+        with ThreadPoolExecutor(min(jobs, len(sources))) as pool:
+            parts = list(pool.map(lambda src: serial([src], *args, **kwargs), sources))
+        return [obj for objs in parts for obj in objs]
+
+    compiler.compile = compile
+
+
 class OptionalBuildExt(build_ext):
-    """build_ext that adds OpenMP when available and never fails the install
-    (unless FASTLSTM_REQUIRE_C=1)."""
+    """build_ext that adds OpenMP when available, compiles the sources in parallel and
+    never fails the install (unless FASTLSTM_REQUIRE_C=1)."""
 
     def build_extensions(self):
         omp = _openmp_flags(self.compiler)
+        _compile_in_parallel(self.compiler)
         for ext in self.extensions:
             if omp:
                 ext.extra_compile_args += omp[0]

@@ -48,7 +48,7 @@ class LSTMCache:
     gates: np.ndarray    # [T, N, G] activated gates; consumed by backward
     cs: np.ndarray       # [T, N, H]
     consumed: bool = False
-    arrays: object = HostArrays  # where the arrays live (fastlstm._arrays)
+    arrays: Any = HostArrays  # where the arrays live (fastlstm._arrays)
 
 
 class Workspace:

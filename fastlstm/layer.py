@@ -82,14 +82,14 @@ class LSTM:
         self.params = {}
         for layer in range(self.num_layers):
             I_k = self.input_size if layer == 0 else H
-            shapes = {"weight_ih": (G, I_k), "weight_hh": (G, H)}
+            shapes: dict[str, tuple[int, ...]] = {"weight_ih": (G, I_k), "weight_hh": (G, H)}
             if self.bias:
                 shapes.update(bias_ih=(G,), bias_hh=(G,))
             for name, shape in shapes.items():
                 self.params[f"{name}_l{layer}"] = self._rng.uniform(-k, k, shape).astype(self.dtype)
         self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
         self._shapes = {name: p.shape for name, p in self.params.items()}
-        self._saved = None
+        self._saved: tuple[list[Any], list[Any], tuple[int, ...], Any] | None = None
         self._per_thread = threading.local()   # bias-sum buffers, one set per thread
         self._layer_keys = [tuple(f"{name}_l{k}" for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
                             for k in range(self.num_layers)]

@@ -19,8 +19,8 @@ from .. import _config
 KNOWN = _config.BACKENDS
 _MODULES = {"c": "fastlstm.backends._c", "cuda": "fastlstm.backends.cuda",
             "numpy": "fastlstm.backends.reference"}
-_loaded = {}
-_reasons = {}
+_loaded: dict[str, ModuleType] = {}
+_reasons: dict[str, str] = {}
 
 
 def _load(name):
