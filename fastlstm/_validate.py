@@ -23,6 +23,13 @@ def check_dtype(dtype):
     return dt
 
 
+def check_dropout(name, value):
+    """A dropout probability: a real number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
 def check_size(name, value, minimum=1):
     """A positive integer size such as hidden_size."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

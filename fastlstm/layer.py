@@ -70,10 +70,7 @@ class LSTM:
         self.num_layers = v.check_size("num_layers", num_layers)
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
-        if not isinstance(dropout, (int, float, np.floating)) or isinstance(dropout, bool) \
-                or not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-        self.dropout = float(dropout)
+        self.dropout = v.check_dropout("dropout", dropout)
         self.dtype = v.check_dtype(dtype)
         self.backend = check_name(backend)
         self._rng = np.random.default_rng(seed)
