@@ -70,6 +70,15 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
             return X[k, i] if stored_t else X[i, k]
         return zero
 
+    @cuda.jit(device=True, inline=True)
+    def store(C, m, p, v, bias, accumulate):
+        """C[m, p] = v (+ bias[p] when there is a bias) (+ C[m, p] when accumulating)."""
+        if bias.shape[0] > 0:
+            v += bias[p]
+        if accumulate:
+            v += C[m, p]
+        C[m, p] = v
+
     @cuda.jit
     def gemm(A, B, C, bias, ta, tb, accumulate):
         """C[M, P] (+)= op(A)[M, K] . op(B)[K, P] + bias[P]; op transposes when ta/tb.
@@ -118,12 +127,7 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
             for s in range(GEMM_REG):
                 p = p0 + tx + s * GEMM_THREADS
                 if m < M and p < P:
-                    v = acc[r, s]
-                    if bias.shape[0] > 0:
-                        v += bias[p]
-                    if accumulate:
-                        v += C[m, p]
-                    C[m, p] = v
+                    store(C, m, p, acc[r, s], bias, accumulate)
 
     @cuda.jit
     def gemm_simple(A, B, C, bias, ta, tb, accumulate):
@@ -144,11 +148,7 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
                 for k in range(k0, min(k0 + SUM_SLAB, K)):
                     part += (A[k, m] if ta else A[m, k]) * (B[p, k] if tb else B[k, p])
                 v += part
-            if bias.shape[0] > 0:
-                v += bias[p]
-            if accumulate:
-                v += C[m, p]
-            C[m, p] = v
+            store(C, m, p, v, bias, accumulate)
 
     @cuda.jit
     def transpose(A, At):
