@@ -22,6 +22,16 @@ forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=True)
     keep   False: no backward will follow (inference); a backend may then
            leave gates unwritten or use it as scratch (y, hT, cT are the same)
 
+    Keyword options (variable lengths, the reverse direction, projections):
+    lengths [N] integers in [0, T], or None (every row runs T steps): row n runs
+           its own lengths[n] steps; y past them is zero; hT, cT are the state
+           after its last step (h0, c0 for a length of 0)
+    reverse  run each row from its own last step (lengths[n] - 1) down to 0
+    W_hr   [P, H] IN   projection (0 < P < H): h_t = W_hr . (o * tanh c_t); then
+           h0, hT, y and the rows of W_hh have P columns/features, not H
+    ms     [T, N, H] OUT with W_hr: o * tanh c_t before the projection (kept for backward)
+    gates and cs (and ms) at padded steps are left unspecified.
+
 backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih, dW_hh, db)
     x, h0, c0, W_ih, W_hh, y, cs   IN as above (y and cs from the forward pass)
     gates  [T, N, G] INOUT activated gates in; overwritten with the
@@ -33,8 +43,11 @@ backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih,
     dW_ih  [G, I]    INOUT accumulated (+=)
     dW_hh  [G, H]    INOUT accumulated (+=)
     db     [G]       INOUT accumulated (+=); the gradient of b_ih and of b_hh
+    lengths, reverse, W_hr, ms: as given to forward; dy at padded steps is
+           ignored and dx there is zero; dhT, dcT reach each row's last step
+    dW_hr  [P, H]    INOUT with W_hr: accumulated (+=)
 
-step(x_t, h, c, W_ih, W_hh, b, h_out, c_out, gates)
+step(x_t, h, c, W_ih, W_hh, b, h_out, c_out, gates, *, W_hr=None)
     x_t    [N, I]    IN
     h, c   [N, H]    IN    carried state
     h_out, c_out [N, H] OUT  new state (may not alias h, c)
@@ -76,66 +89,112 @@ def _cell(pre, c_prev, H):
     return a, c, h
 
 
-def forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=True):
+def _lengths(lengths, T, N):
+    """Each row's own length ([N] integers in [0, T]); T for every row when None."""
+    return np.full(N, T, np.int64) if lengths is None else np.asarray(lengths, np.int64)
+
+
+def _active(s, lens, reverse):
+    """Step s of every sequence still running: (its rows, the time index each reads).
+
+    Forward, step s of a row is time s; reverse, it is time len - 1 - s (each
+    sequence runs from its own last step down to 0)."""
+    rows = np.flatnonzero(lens > s)
+    t = lens[rows] - 1 - s if reverse else np.full(rows.size, s)
+    return rows, t
+
+
+def forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=True, *,
+            lengths=None, reverse=False, W_hr=None, ms=None):
     T, N, _ = x.shape
-    H = h0.shape[1]
+    H = cs.shape[2]
+    lens = _lengths(lengths, T, N)
     # One product for the input projection of every step.
     gates[...] = (x.reshape(T * N, x.shape[2]) @ W_ih.T + b).reshape(T, N, 4 * H)
-    h, c = h0, c0
-    for t in range(T):
-        a, c, h = _cell(gates[t] + h @ W_hh.T, c, H)
-        gates[t] = a
-        cs[t] = c
-        y[t] = h
+    y[...] = 0  # outputs past each sequence's end are zero
+    h, c = h0.copy(), c0.copy()
+    for s in range(T):
+        rows, t = _active(s, lens, reverse)
+        if rows.size == 0:
+            break  # lengths only shrink the active set
+        a, c_new, m = _cell(gates[t, rows] + h[rows] @ W_hh.T, c[rows], H)
+        h_new = m if W_hr is None else m @ W_hr.T
+        gates[t, rows] = a
+        cs[t, rows] = c_new
+        if W_hr is not None:
+            ms[t, rows] = m
+        y[t, rows] = h_new
+        h[rows] = h_new
+        c[rows] = c_new
     hT[...] = h
     cT[...] = c
 
 
 def backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT,
-             dx, dh0, dc0, dW_ih, dW_hh, db):
+             dx, dh0, dc0, dW_ih, dW_hh, db, *, lengths=None, reverse=False,
+             W_hr=None, ms=None, dW_hr=None):
     T, N, I = x.shape
-    H = h0.shape[1]
-    dh_next = dhT.copy()
+    H = cs.shape[2]
+    lens = _lengths(lengths, T, N)
+    valid = np.arange(T)[:, None] < lens[None, :]          # [T, N]: steps that ran
+    gates[~valid] = 0  # no gradient at padded steps: the products below skip them
+    dh = dhT.copy()    # gradient reaching each row's latest h (its final state first)
     dc = dcT.copy()
-    for t in range(T - 1, -1, -1):
-        a = gates[t]
+    for s in range(T - 1, -1, -1):
+        rows, t = _active(s, lens, reverse)
+        if rows.size == 0:
+            continue
+        a = gates[t, rows]
         i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-        c_prev = cs[t - 1] if t > 0 else c0
-        dh = dy[t] + dh_next
-        tc = np.tanh(cs[t])
-        dct = dc + dh * o * (1 - tc * tc)
+        if s == 0:
+            c_prev = c0[rows]
+        else:
+            c_prev = cs[t + 1 if reverse else t - 1, rows]
+        dh_t = dy[t, rows] + dh[rows]
+        if W_hr is not None:  # h = W_hr . m: the gradient reaches m through W_hr
+            dW_hr += dh_t.T @ ms[t, rows]
+            dh_t = dh_t @ W_hr
+        tc = np.tanh(cs[t, rows])
+        dct = dc[rows] + dh_t * o * (1 - tc * tc)
         dpre = np.concatenate([
             dct * g * i * (1 - i),
             dct * c_prev * f * (1 - f),
             dct * i * (1 - g * g),
-            dh * tc * o * (1 - o),
+            dh_t * tc * o * (1 - o),
         ], axis=1)
-        dc = dct * f
-        gates[t] = dpre
-        dh_next = dpre @ W_hh
-    dh0[...] = dh_next
+        dc[rows] = dct * f
+        gates[t, rows] = dpre
+        dh[rows] = dpre @ W_hh
+    dh0[...] = dh
     dc0[...] = dc
     if T == 0:
         dx[...] = 0
         return
     dP = gates.reshape(T * N, 4 * H)
-    h_prev = np.concatenate([h0[None], y[:-1]]).reshape(T * N, H)
+    # The h each step read: h0 at each sequence's first step, else the output of
+    # the step before it in the direction of the run.
+    if reverse:
+        h_prev = np.concatenate([y[1:], h0[None]])
+        last = lens > 0
+        h_prev[lens[last] - 1, np.flatnonzero(last)] = h0[last]
+    else:
+        h_prev = np.concatenate([h0[None], y[:-1]])
     dx[...] = (dP @ W_ih).reshape(T, N, I)
     dW_ih += dP.T @ x.reshape(T * N, I)
-    dW_hh += dP.T @ h_prev
+    dW_hh += dP.T @ h_prev.reshape(T * N, h0.shape[1])
     db += dP.sum(axis=0)
 
 
-def step(x_t, h, c, W_ih, W_hh, b, h_out, c_out, gates):
-    H = h.shape[1]
-    a, c_new, h_new = _cell(x_t @ W_ih.T + b + h @ W_hh.T, c, H)
+def step(x_t, h, c, W_ih, W_hh, b, h_out, c_out, gates, *, W_hr=None):
+    H = c.shape[1]
+    a, c_new, m = _cell(x_t @ W_ih.T + b + h @ W_hh.T, c, H)
     gates[...] = a
     c_out[...] = c_new
-    h_out[...] = h_new
+    h_out[...] = m if W_hr is None else m @ W_hr.T
 
 
-def step_layers(x_t, h, c, W_ih, W_hh, b, h_out, c_out, gates):
+def step_layers(x_t, h, c, W_ih, W_hh, b, h_out, c_out, gates, *, W_hr=None):
     for layer in range(len(W_ih)):
         inp = x_t if layer == 0 else h_out[layer - 1]
         step(inp, h[layer], c[layer], W_ih[layer], W_hh[layer], b[layer],
-             h_out[layer], c_out[layer], gates)
+             h_out[layer], c_out[layer], gates, W_hr=None if W_hr is None else W_hr[layer])
