@@ -37,6 +37,20 @@ class HostArrays:
     def to_host(a):
         return a
 
+    @staticmethod
+    def add(a, b):
+        return a + b
+
+    @staticmethod
+    def concat_features(arrays):
+        """(T, N, F_k) arrays -> (T, N, sum F_k): the directions of a layer side by side."""
+        return np.concatenate(arrays, axis=2)
+
+    @staticmethod
+    def take_features(a, start, stop):
+        """a[..., start:stop], contiguous."""
+        return np.ascontiguousarray(a[..., start:stop])
+
 
 def backend_and_arrays(backend, name, value):
     """The backend module for ``backend`` and input ``value``, and its array namespace.

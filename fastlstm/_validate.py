@@ -65,6 +65,24 @@ def check_shape(name, arr, expected, letters):
     return arr
 
 
+def check_lengths(name, value, N, T):
+    """Per-sequence lengths: N integers in [0, T] (an array-like on the host)."""
+    if hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a host array-like of integers (a list or a NumPy array), "
+                        "got a device array")
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be an array-like of integers: {exc}") from exc
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    if arr.shape != (N,):
+        raise ValueError(f"{name} must have shape (N,) = ({N},), got shape {arr.shape}")
+    if N and (arr.min() < 0 or arr.max() > T):
+        raise ValueError(f"{name} must be in [0, T] = [0, {T}], got values from {arr.min()} to {arr.max()}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
 def as_pair(name, value):
     """A state given as a pair (h, c); None stays None."""
     if value is None:

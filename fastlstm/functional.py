@@ -9,6 +9,7 @@ arrays (CUDA) in give device arrays out, computed by the cuda backend.
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,9 @@ class LSTMCache:
         The backend that ran the forward pass (backward runs on it too).
     x, h0, c0, W_ih, W_hh, y, gates, cs : arrays
         The inputs, weights and saved results of the forward pass.
+    lengths, reverse, W_hr, ms
+        The forward's options (per-sequence lengths, direction, projection)
+        and, with a projection, the unprojected outputs.
     consumed : bool
         Set once backward has run.
     arrays : namespace
@@ -49,6 +53,10 @@ class LSTMCache:
     cs: np.ndarray       # [T, N, H]
     consumed: bool = False
     arrays: Any = HostArrays  # where the arrays live (fastlstm._arrays)
+    lengths: Any = None  # [N] int64, or None: every sequence runs T steps
+    reverse: bool = False
+    W_hr: Any = None     # [P, H] projection, or None
+    ms: Any = None       # [T, N, H] o * tanh(c_t) before the projection
 
 
 class Workspace:
@@ -78,66 +86,121 @@ class Workspace:
             del self._free[:-self.limit]
 
 
+_FALLBACK_WARNED: set = set()
+
+
+def _backend_with(be, options, xp):
+    """``be``, or the NumPy reference when ``be`` does not run these options yet (lengths,
+    reverse, projection): a warning once per backend and option, never a wrong result."""
+    missing = [k for k, v in options.items() if v is not None and v is not False
+               and k not in getattr(be, "OPTIONS", ())]
+    if not missing:
+        return be
+    what = ", ".join(missing)
+    if xp.on_device:
+        raise NotImplementedError(f"the {be.NAME!r} backend does not run {what} yet")
+    from .backends import get_backend
+    key = (be.NAME, what)
+    if key not in _FALLBACK_WARNED:
+        _FALLBACK_WARNED.add(key)
+        warnings.warn(f"fastlstm: the {be.NAME!r} backend does not run {what} yet; those calls "
+                      "run on the NumPy backend (same results, slower)", RuntimeWarning, stacklevel=4)
+    return get_backend("numpy")
+
+
+def _options(lengths, reverse, W_hr, ms=None, dW_hr=None):
+    """The backend call's keyword options: only those in use, so that a backend
+    without them serves every call that does not need them."""
+    extra = {}
+    if lengths is not None:
+        extra["lengths"] = lengths
+    if reverse:
+        extra["reverse"] = True
+    if W_hr is not None:
+        extra["W_hr"] = W_hr
+        extra["ms"] = ms
+        if dW_hr is not None:
+            extra["dW_hr"] = dW_hr
+    return extra
+
+
 def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, workspace=None,
-                xp=HostArrays):
-    """Validated arrays in; (y, hT, cT, cache or None) out. ``xp``: where x lives."""
+                xp=HostArrays, lengths=None, reverse=False, W_hr=None):
+    """Validated arrays in; (y, hT, cT, cache or None) out. ``xp``: where x lives.
+
+    lengths ([N] int64 or None), reverse and W_hr ([P, H] or None) as in the
+    backend contract; h0, hT and y have P features with a projection."""
     T, N, _ = x.shape
-    H = W_hh.shape[1]
+    H = W_hh.shape[0] // 4
+    K = W_hh.shape[1]  # H, or P with a projection
     dt = x.dtype
+    be = _backend_with(be, {"lengths": lengths, "reverse": reverse, "projection": W_hr}, xp)
     if xp.on_device:
         workspace = None  # the workspace keeps host buffers
     take = workspace.take if workspace is not None else xp.empty
-    y = xp.empty((T, N, H), dt)
-    hT = xp.empty((N, H), dt) if hT is None else hT
+    y = xp.empty((T, N, K), dt)
+    hT = xp.empty((N, K), dt) if hT is None else hT
     cT = xp.empty((N, H), dt) if cT is None else cT
     gates = take((T, N, 4 * H), dt)
     cs = take((T, N, H), dt)
-    be.forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=training)
+    ms = take((T, N, H), dt) if W_hr is not None else None
+    be.forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=training,
+               **_options(lengths, reverse, W_hr, ms))
     if training:
-        return y, hT, cT, LSTMCache(be, x, h0, c0, W_ih, W_hh, y, gates, cs, arrays=xp)
+        return y, hT, cT, LSTMCache(be, x, h0, c0, W_ih, W_hh, y, gates, cs, arrays=xp,
+                                    lengths=lengths, reverse=reverse, W_hr=W_hr, ms=ms)
     if workspace is not None:
-        workspace.give(gates, cs)
+        workspace.give(gates, cs, *(() if ms is None else (ms,)))
     return y, hT, cT, None
 
 
-def run_backward(cache, dy, dhT, dcT, dW_ih, dW_hh, db, dh0=None, dc0=None, workspace=None):
-    """Validated arrays in; (dx, dh0, dc0) out; parameter gradients accumulate."""
+def run_backward(cache, dy, dhT, dcT, dW_ih, dW_hh, db, dh0=None, dc0=None, workspace=None,
+                 dW_hr=None):
+    """Validated arrays in; (dx, dh0, dc0) out; parameter gradients (dW_hr too, with a
+    projection) accumulate."""
     if cache.consumed:
         raise RuntimeError("backward was already run on this forward pass; run a training forward again")
     x = cache.x
     dt = x.dtype
-    N, H = cache.h0.shape
+    N, K = cache.h0.shape
+    H = cache.c0.shape[1]
     xp = cache.arrays
     if xp.on_device:
         workspace = None
     dx = xp.empty(x.shape, dt)
-    dh0 = xp.empty((N, H), dt) if dh0 is None else dh0
+    dh0 = xp.empty((N, K), dt) if dh0 is None else dh0
     dc0 = xp.empty((N, H), dt) if dc0 is None else dc0
     cache.consumed = True  # the backend overwrites the saved gates
     cache.backend.backward(x, cache.h0, cache.c0, cache.W_ih, cache.W_hh, cache.y,
-                           cache.gates, cache.cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih, dW_hh, db)
+                           cache.gates, cache.cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih, dW_hh, db,
+                           **_options(cache.lengths, cache.reverse, cache.W_hr, cache.ms, dW_hr))
     if workspace is not None:
-        workspace.give(cache.gates, cache.cs)
-    cache.gates = cache.cs = None
+        workspace.give(cache.gates, cache.cs, *(() if cache.ms is None else (cache.ms,)))
+    cache.gates = cache.cs = cache.ms = None
     return dx, dh0, dc0
 
 
-def _state_or_zeros(name, state, N, H, dt, xp=HostArrays):
+def _state_or_zeros(name, state, N, H, dt, xp=HostArrays, K=None):
+    """(h, c) of shapes (N, K) and (N, H) (K = H without a projection); zeros when omitted."""
+    K = H if K is None else K
     pair = v.as_pair(name, state)
+    shapes = ((N, K), (N, H))
+    letters = ("(N, P)" if K != H else "(N, H)", "(N, H)")
     if pair is None:
-        return xp.zeros((N, H), dt), xp.zeros((N, H), dt)
+        return xp.zeros(shapes[0], dt), xp.zeros(shapes[1], dt)
     out = []
     for k, value in enumerate(pair):
         if value is None:
-            out.append(xp.zeros((N, H), dt))
+            out.append(xp.zeros(shapes[k], dt))
             continue
         arr = xp.as_array(f"{name}[{k}]", value, dt)
-        out.append(v.check_shape(f"{name}[{k}]", arr, (N, H), "(N, H)"))
+        out.append(v.check_shape(f"{name}[{k}]", arr, shapes[k], letters[k]))
     return tuple(out)
 
 
 def lstm_forward(x: Any, weight_ih: Any, weight_hh: Any, bias_ih: Any = None, bias_hh: Any = None,
-                 state: Any = None, *, training: bool = True,
+                 state: Any = None, *, lengths: Any = None, reverse: bool = False, W_hr: Any = None,
+                 training: bool = True,
                  backend: str = "auto") -> tuple[Any, tuple[Any, Any], LSTMCache | None]:
     """Run one LSTM layer over a whole sequence.
 
@@ -151,10 +214,19 @@ def lstm_forward(x: Any, weight_ih: Any, weight_hh: Any, bias_ih: Any = None, bi
     weight_ih : array_like, shape (4H, I)
         Input weights, gates stacked i, f, g, o (PyTorch's ``weight_ih_l0``).
         Its dtype (float32 or float64) sets the computation's dtype.
-    weight_hh : array_like, shape (4H, H)
+    weight_hh : array_like, shape (4H, H), or (4H, P) with a projection
     bias_ih, bias_hh : array_like, shape (4H,), optional
-    state : pair of array_like (h0, c0), each (N, H), optional
+    state : pair of array_like (h0, c0), (N, H) each (h0 (N, P) with a projection), optional
         Zeros when omitted.
+    lengths : array_like of N integers in [0, T], optional
+        Sequence n runs its own first lengths[n] steps (torch's packed sequences):
+        y is zero past them, (h_n, c_n) is each sequence's state after its last
+        step, the initial state for a length of 0.
+    reverse : bool
+        Run each sequence from its own last step down to 0 (the reverse half of
+        a bidirectional layer).
+    W_hr : array_like, shape (P, H), optional
+        Projection (torch's ``weight_hr_l0``, 0 < P < H): h_t = W_hr (o * tanh c_t).
     training : bool
         Keep what ``lstm_backward`` needs (returned as the cache).
     backend : str
@@ -162,9 +234,9 @@ def lstm_forward(x: Any, weight_ih: Any, weight_hh: Any, bias_ih: Any = None, bi
 
     Returns
     -------
-    y : ndarray (T, N, H)
+    y : ndarray (T, N, H), or (T, N, P) with a projection
         h_t for every step.
-    (h_n, c_n) : pair of ndarray (N, H)
+    (h_n, c_n) : pair of ndarray, (N, H) or (N, P), and (N, H)
         The final state.
     cache : LSTMCache or None
         Pass to ``lstm_backward``; None when ``training`` is False.
@@ -190,19 +262,29 @@ def lstm_forward(x: Any, weight_ih: Any, weight_hh: Any, bias_ih: Any = None, bi
     if G == 0 or G % 4:
         raise ValueError(f"weight_ih must have shape (4H, I) with H >= 1, got shape {W_ih.shape}")
     H = G // 4
-    W_hh = v.check_shape("weight_hh", xp.as_array("weight_hh", weight_hh, dt), (G, H), "(4H, H)")
+    K = H
+    if W_hr is not None:
+        W_hr = v.check_shape("W_hr", xp.as_array("W_hr", W_hr, dt), (None, H), "(P, H)")
+        K = W_hr.shape[0]
+        if not 0 < K < H:
+            raise ValueError(f"W_hr must have shape (P, H) with 0 < P < H = {H}, got shape {W_hr.shape}")
+    W_hh = v.check_shape("weight_hh", xp.as_array("weight_hh", weight_hh, dt), (G, K),
+                         "(4H, P)" if W_hr is not None else "(4H, H)")
     b = np.zeros(G, dt)
     for name, bias in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
         if bias is not None:
             bias = xp.to_host(xp.as_array(name, bias, dt))  # G numbers: summed on the host
             b += v.check_shape(name, bias, (G,), "(4H,)")
     x = v.check_shape("x", xp.as_array("x", x, dt), (None, None, I), "(T, N, I)")
-    h0, c0 = _state_or_zeros("state", state, x.shape[1], H, dt, xp)
-    y, hT, cT, cache = run_forward(be, x, h0, c0, W_ih, W_hh, xp.as_array("b", b, dt), training, xp=xp)
+    T, N = x.shape[:2]
+    lens = None if lengths is None else v.check_lengths("lengths", lengths, N, T)
+    h0, c0 = _state_or_zeros("state", state, N, H, dt, xp, K)
+    y, hT, cT, cache = run_forward(be, x, h0, c0, W_ih, W_hh, xp.as_array("b", b, dt), training, xp=xp,
+                                   lengths=lens, reverse=bool(reverse), W_hr=W_hr)
     return y, (hT, cT), cache
 
 
-def lstm_backward(cache: LSTMCache, dy: Any,
+def lstm_backward(cache: LSTMCache, dy: Any = None,
                   dstate: Any = None) -> tuple[Any, tuple[Any, Any], dict[str, Any]]:
     """Gradients of one layer from the cache of a training ``lstm_forward``.
 
@@ -210,9 +292,10 @@ def lstm_backward(cache: LSTMCache, dy: Any,
     ----------
     cache : LSTMCache
         From ``lstm_forward(..., training=True)``; consumed (one backward per forward).
-    dy : array_like, shape (T, N, H)
-        Gradient of the loss with respect to ``y``.
-    dstate : pair (dh_n, dc_n) of array_like (N, H), optional
+    dy : array_like, shaped like ``y``, or None
+        Gradient of the loss with respect to ``y`` (ignored past each sequence's
+        length); None for zeros (a loss on the final state only).
+    dstate : pair (dh_n, dc_n) of array_like, shaped like (h_n, c_n), optional
         Gradient with respect to the final state; zeros when omitted.
 
     Returns
@@ -223,7 +306,8 @@ def lstm_backward(cache: LSTMCache, dy: Any,
         Gradient with respect to the initial state.
     grads : dict
         ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` (the two bias
-        gradients are equal); device arrays when the forward ran on the device.
+        gradients are equal), and ``weight_hr`` with a projection; device arrays
+        when the forward ran on the device.
     """
     if not isinstance(cache, LSTMCache):
         raise TypeError("cache must be the LSTMCache returned by lstm_forward(..., training=True), "
@@ -231,13 +315,22 @@ def lstm_backward(cache: LSTMCache, dy: Any,
     T, N, _ = cache.x.shape
     G, I = cache.W_ih.shape
     H = G // 4
+    K = cache.W_hh.shape[1]
     dt = cache.x.dtype
     xp = cache.arrays
-    dy = v.check_shape("dy", xp.as_array("dy", dy, dt), (T, N, H), "(T, N, H)")
-    dhT, dcT = _state_or_zeros("dstate", dstate, N, H, dt, xp)
+    if dy is None:
+        if dstate is None:
+            raise ValueError("lstm_backward needs dy or dstate (or both)")
+        dy = xp.zeros((T, N, K), dt)
+    letters = "(T, N, P)" if K != H else "(T, N, H)"
+    dy = v.check_shape("dy", xp.as_array("dy", dy, dt), (T, N, K), letters)
+    dhT, dcT = _state_or_zeros("dstate", dstate, N, H, dt, xp, K)
     dW_ih = xp.zeros((G, I), dt)
-    dW_hh = xp.zeros((G, H), dt)
+    dW_hh = xp.zeros((G, K), dt)
     db = xp.zeros(G, dt)
-    dx, dh0, dc0 = run_backward(cache, dy, dhT, dcT, dW_ih, dW_hh, db)
+    dW_hr = None if cache.W_hr is None else xp.zeros(cache.W_hr.shape, dt)
+    dx, dh0, dc0 = run_backward(cache, dy, dhT, dcT, dW_ih, dW_hh, db, dW_hr=dW_hr)
     grads = {"weight_ih": dW_ih, "weight_hh": dW_hh, "bias_ih": db, "bias_hh": xp.copy(db)}
+    if dW_hr is not None:
+        grads["weight_hr"] = dW_hr
     return dx, (dh0, dc0), grads

@@ -62,6 +62,8 @@ step_layers(x_t, h, c, W_ih, W_hh, b, h_out, c_out, gates)
 import numpy as np
 
 NAME = "numpy"
+#: The keyword options of the contract this backend runs.
+OPTIONS = ("lengths", "reverse", "projection")
 
 
 def _sigmoid(z):
