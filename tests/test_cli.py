@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import fastlstm
-from fastlstm import cli, data
+from fastlstm import _config
+from fastlstm.charlm import cli
 
 from test_trainer import make_text
 
@@ -149,8 +150,8 @@ def test_train_offline_without_corpus(tmp_path, capsys, monkeypatch):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    monkeypatch.setenv(data.DATA_ENV, str(tmp_path / "empty"))
-    monkeypatch.setenv(data.URL_ENV, f"http://127.0.0.1:{port}/macbeth.txt")
+    monkeypatch.setenv(_config.DATA_ENV, str(tmp_path / "empty"))
+    monkeypatch.setenv(_config.MACBETH_URL_ENV, f"http://127.0.0.1:{port}/macbeth.txt")
     status = main(["train", "--out", tmp_path / "o", "--max-steps", 1, *TINY])
     assert_one_line_error(capsys, status, "--text")
 
