@@ -303,6 +303,18 @@ class CharModel:
         buf[0, 0] = i / self.vocab_size
         return buf
 
+    def warm_up(self) -> None:
+        """Pay the first call's costs now: one forward and one step on a throwaway character.
+
+        The first LSTM call of a process loads its backend (the C backend imports SciPy's BLAS,
+        about 0.2 s) and allocates the step workspace; callers that time generation call this
+        first. Parameters and dropout generators are left as they were; a training forward
+        waiting for its backward is dropped, so do not call it between the two.
+        """
+        ids = np.zeros((1, 1), np.int64)
+        _, state = self.lstm.forward(self._inputs(ids, False), None)
+        self.lstm.step(self._step_input(0, np.empty((1, 1), self.dtype)), state)
+
     def step_logits(self, char_id: int, state: State = None) -> tuple[NDArray[np.floating], State]:
         """Feed one character with a carried state (one ``LSTM.step``).
 
