@@ -30,7 +30,7 @@ ROOT = HERE.parent
 RESULTS = HERE / "TRAINER_RESULTS.md"
 sys.path.insert(0, str(ROOT))  # benchmark the checkout (the workers get it on PYTHONPATH too)
 
-#: The peer setup, as fastlstm.train options.
+#: The peer setup, as fastlstm.charlm.options options.
 PEER = dict(seq_len=100, batch_size=64, lr=2e-3, dropout=0.2, clip=0.0, hidden_size=300, num_layers=2,
             embed_dim=64, target="all", input_mode="embedding", lowercase=False)
 TRAINERS = ("torch", "fastlstm", "fastlstm-defaults")
@@ -38,10 +38,12 @@ TRAINERS = ("torch", "fastlstm", "fastlstm-defaults")
 
 # ----------------------------------------------------------------------------- workers
 def _trainer(options, seed, out):
-    from fastlstm import train
-    opts = train.resolve_options(dict(options, seed=seed))
-    text, source = train.prepare_text(opts)
-    return train.Trainer(opts, text, out=out, source=source)
+    from fastlstm.charlm.options import resolve_options
+    from fastlstm.charlm.run import prepare_text
+    from fastlstm.charlm.trainer import Trainer
+    opts = resolve_options(dict(options, seed=seed))
+    text, source = prepare_text(opts)
+    return Trainer(opts, text, out=out, source=source)
 
 
 def _loop(step, evaluate, budget, eval_interval, target):
@@ -67,10 +69,10 @@ def _loop(step, evaluate, budget, eval_interval, target):
 
 def worker_fastlstm(args, options):
     import fastlstm
-    from fastlstm import train
+    from fastlstm.charlm.threads import compute_threads
     out = Path(args.workdir)
     tr = _trainer(options, args.seed, out)
-    with train.compute_threads():
+    with compute_threads():
         tr.train_step()  # warm-up (first-call allocations), not timed
         res = _loop(tr.train_step, tr.evaluate, args.budget, args.eval_interval, args.target)
     tr.save()  # for the generation measurement
@@ -114,7 +116,7 @@ def worker_torch(args, options):
         opt.zero_grad(set_to_none=False)
         loss.backward()
         opt.step()
-        tr.step += 1
+        tr.steps_done += 1
 
     def evaluate():
         net.eval()
@@ -148,9 +150,9 @@ def worker_torch(args, options):
 
 
 def run_worker(args):
-    from fastlstm import train
+    from fastlstm.charlm.options import DEFAULTS
     if args.worker == "fastlstm-defaults":
-        options = {k: train.DEFAULTS[k] for k in PEER}
+        options = {k: DEFAULTS[k] for k in PEER}
     else:
         options = dict(PEER)
     res = (worker_torch if args.worker == "torch" else worker_fastlstm)(args, options)
@@ -218,8 +220,8 @@ def machine_info():
 
 
 def _defaults_diff():
-    from fastlstm import train
-    diff = [f"{k.replace('_', ' ')} {train.DEFAULTS[k]:g}" for k in sorted(PEER) if train.DEFAULTS[k] != PEER[k]]
+    from fastlstm.charlm.options import DEFAULTS
+    diff = [f"{k.replace('_', ' ')} {DEFAULTS[k]:g}" for k in sorted(PEER) if DEFAULTS[k] != PEER[k]]
     return "the peer setup but " + ", ".join(diff) if diff else "the peer setup"
 
 

@@ -1,8 +1,8 @@
-"""``python -m fastlstm``: the same command as the ``fastlstm`` console script (see cli.py)."""
+"""``python -m fastlstm``: the same command as the ``fastlstm`` console script (see charlm/cli.py)."""
 
 import sys
 
-from .cli import main
+from .charlm.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

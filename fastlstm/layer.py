@@ -21,7 +21,7 @@ from . import _validate as v
 from ._arrays import backend_and_arrays
 from .backends import check_name
 from .functional import Workspace, run_backward, run_forward
-from .nn import keep_mask
+from ._dropout import keep_mask
 
 
 class LSTM:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import fastlstm
-from fastlstm import cli, data
+from fastlstm import _config
+from fastlstm.charlm import cli
 
 from test_trainer import make_text
 
@@ -117,6 +118,42 @@ def test_resume_continues_the_run(tmp_path, corpus):
     assert meta["step"] == 5 and meta["options"]["hidden_size"] == 12
 
 
+# In a fresh process: which modules the timed part of `generate --timing` imports (none may: the
+# first LSTM call's lazy imports, such as SciPy's BLAS for the C backend, are start-up).
+TIMED_IMPORTS = """
+import json, sys
+from fastlstm.charlm import cli, model
+real = model.CharModel.generate
+seen = {}
+
+def generate(self, *args, **kwargs):
+    seen["before"] = set(sys.modules)
+    ids = real(self, *args, **kwargs)
+    seen["during"] = sorted(set(sys.modules) - seen["before"])
+    return ids
+
+model.CharModel.generate = generate
+status = cli.main(["generate", "--checkpoint", sys.argv[1], "--length", "1", "--timing"])
+with open(sys.argv[2], "w") as f:
+    json.dump({"status": status, "during": seen["during"]}, f)
+"""
+
+
+def test_generate_timing_reports_start_up_apart(run_dir, tmp_path):
+    report = tmp_path / "report.json"
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(Path(fastlstm.__file__).resolve().parents[1]) + (
+        os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    r = subprocess.run([sys.executable, "-c", TIMED_IMPORTS, str(run_dir), str(report)], capture_output=True,
+                       text=True, env=e, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(report.read_text())
+    assert got["status"] == 0 and got["during"] == [], got
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("start-up ") and line.count("chars/s") == 1, line
+    assert line.index("start-up") < line.index("generated 1 characters") < line.index("chars/s"), line
+
+
 # ----------------------------------------------------------------------------- bad input: train
 @pytest.mark.parametrize("content,fragment", [
     (None, "does not exist"),
@@ -149,8 +186,8 @@ def test_train_offline_without_corpus(tmp_path, capsys, monkeypatch):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    monkeypatch.setenv(data.DATA_ENV, str(tmp_path / "empty"))
-    monkeypatch.setenv(data.URL_ENV, f"http://127.0.0.1:{port}/macbeth.txt")
+    monkeypatch.setenv(_config.DATA_ENV, str(tmp_path / "empty"))
+    monkeypatch.setenv(_config.MACBETH_URL_ENV, f"http://127.0.0.1:{port}/macbeth.txt")
     status = main(["train", "--out", tmp_path / "o", "--max-steps", 1, *TINY])
     assert_one_line_error(capsys, status, "--text")
 

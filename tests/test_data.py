@@ -1,4 +1,4 @@
-"""Corpus loading (fastlstm.data): the default corpus's download path on loopback (a local
+"""Corpus loading (fastlstm.charlm.data): the default corpus's download path on loopback (a local
 http.server on 127.0.0.1), checksums, atomic caching, offline errors; reading user files with
 clear errors; the vocabulary and the held-out split.
 """
@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastlstm import data
+from fastlstm import _config
+from fastlstm.charlm import data
 
 SMALL = b"First Witch. When shall we three meet againe?\nIn Thunder, Lightning, or in Raine?\n"
 
@@ -52,8 +53,8 @@ def server():
 def small_corpus(monkeypatch, tmp_path, server):
     """FASTLSTM_DATA -> an empty folder, the URL -> the local server, the checksum -> SMALL's."""
     folder = tmp_path / "data"
-    monkeypatch.setenv(data.DATA_ENV, str(folder))
-    monkeypatch.setenv(data.URL_ENV, server.url + "/macbeth.txt")
+    monkeypatch.setenv(_config.DATA_ENV, str(folder))
+    monkeypatch.setenv(_config.MACBETH_URL_ENV, server.url + "/macbeth.txt")
     monkeypatch.setattr(data, "MACBETH_SHA256", hashlib.sha256(SMALL).hexdigest())
     return folder
 
@@ -103,8 +104,8 @@ def test_cached_file_with_wrong_checksum_is_replaced(small_corpus, server):
 
 
 def test_offline_error_says_how_to_pass_a_file(monkeypatch, tmp_path):
-    monkeypatch.setenv(data.DATA_ENV, str(tmp_path / "nowhere"))
-    monkeypatch.setenv(data.URL_ENV, closed_port_url())
+    monkeypatch.setenv(_config.DATA_ENV, str(tmp_path / "nowhere"))
+    monkeypatch.setenv(_config.MACBETH_URL_ENV, closed_port_url())
     with pytest.raises(data.DataError) as e:
         data.fetch_macbeth(timeout=5)
     msg = str(e.value)
@@ -113,7 +114,7 @@ def test_offline_error_says_how_to_pass_a_file(monkeypatch, tmp_path):
 
 
 def test_http_error_is_a_data_error(small_corpus, server, monkeypatch):
-    monkeypatch.setenv(data.URL_ENV, server.url + "/missing.txt")
+    monkeypatch.setenv(_config.MACBETH_URL_ENV, server.url + "/missing.txt")
     with pytest.raises(data.DataError, match="--text"):
         data.fetch_macbeth()
     assert not (small_corpus / "macbeth.txt").exists()
@@ -130,19 +131,19 @@ def test_failed_write_leaves_nothing(small_corpus, server, monkeypatch):
 
 
 def test_default_data_dir(monkeypatch, tmp_path):
-    monkeypatch.delenv(data.DATA_ENV, raising=False)
+    monkeypatch.delenv(_config.DATA_ENV, raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert data.data_dir() == tmp_path / ".cache" / "fastlstm"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert data.data_dir() == tmp_path / "xdg" / "fastlstm"
-    monkeypatch.setenv(data.DATA_ENV, str(tmp_path / "d"))
+    monkeypatch.setenv(_config.DATA_ENV, str(tmp_path / "d"))
     assert data.data_dir() == tmp_path / "d"
 
 
 def shared_data_dir():
     """The project's shared data folder (as CI's FASTLSTM_DATA), or None."""
-    env = os.environ.get(data.DATA_ENV)
+    env = os.environ.get(_config.DATA_ENV)
     for folder in ([Path(env)] if env else []) + [Path(__file__).resolve().parents[2] / "shared" / "data"]:
         if (folder / data.MACBETH_FILENAME).is_file():
             return folder
@@ -152,8 +153,8 @@ def shared_data_dir():
 @pytest.mark.skipif(shared_data_dir() is None, reason="the Macbeth corpus is not in the data folder here")
 def test_real_corpus_is_found_without_download(monkeypatch):
     folder = shared_data_dir()
-    monkeypatch.setenv(data.DATA_ENV, str(folder))
-    monkeypatch.setenv(data.URL_ENV, closed_port_url())  # a download would fail
+    monkeypatch.setenv(_config.DATA_ENV, str(folder))
+    monkeypatch.setenv(_config.MACBETH_URL_ENV, closed_port_url())  # a download would fail
     path = data.fetch_macbeth()
     assert path == folder / "macbeth.txt"
     text, _ = data.load_corpus(None)

@@ -1,14 +1,13 @@
-"""The trainer's NumPy toolkit (fastlstm.nn) and the character model against central finite
+"""The trainer's NumPy toolkit (fastlstm.charlm.nn) and the character model against central finite
 differences in float64; Adam against its textbook formula; clipping; state round trips.
 """
 
 import numpy as np
 import pytest
 
-from fastlstm import nn
-from fastlstm.charmodel import CharModel
+from fastlstm.charlm import nn
+from fastlstm.charlm.model import CharModel
 from lstm_testing import assert_close, gc_close, numeric_grad
-
 
 
 # ----------------------------------------------------------------------------- layers
@@ -98,6 +97,24 @@ def test_dropout_rate_eval_identity_and_reproducibility():
     assert np.array_equal(nn.Dropout(0.0, seed=1).forward(x, training=True), x)
     with pytest.raises(ValueError, match="dropout"):
         nn.Dropout(1.0)
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Embedding(3, 2, dtype=np.float16),
+                                  lambda: nn.Dense(2, 2, dtype=np.int32),
+                                  lambda: nn.Dense(2, 2, dtype="no-such-type")],
+                         ids=["embedding-float16", "dense-int32", "dense-unknown"])
+def test_toolkit_dtype_follows_the_library_rule(make):
+    # the toolkit checks dtypes with fastlstm._validate.check_dtype, so it raises what LSTM does
+    with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+        make()
+
+
+@pytest.mark.parametrize("p", [1.0, -0.1, "0.5", True, None])
+def test_dropout_rule_is_one_value_error(p):
+    with pytest.raises(ValueError, match=r"--dropout must be in \[0, 1\)"):
+        nn.check_dropout(p, "--dropout")
+    with pytest.raises(ValueError, match="dropout probability"):
+        nn.Dropout(p)
 
 
 def test_softmax_cross_entropy_gradient_matches_finite_differences():

@@ -18,9 +18,9 @@ import pytest
 
 import fastlstm
 import fastlstm._info
-import fastlstm.charmodel
-import fastlstm.data
-import fastlstm.nn
+import fastlstm.charlm.data
+import fastlstm.charlm.model
+import fastlstm.charlm.nn
 
 PKG = Path(fastlstm.__file__).resolve().parent
 WARNING_TEXT = "the compiled C backend is not installed"
@@ -129,7 +129,7 @@ def test_no_warning_with_the_extension():
 def _public_callables():
     yield "fastlstm.show_config", fastlstm.show_config
     yield "fastlstm._info.config", fastlstm._info.config
-    for mod in (fastlstm.nn, fastlstm.charmodel, fastlstm.data):
+    for mod in (fastlstm.charlm.nn, fastlstm.charlm.model, fastlstm.charlm.data):
         for name in mod.__all__:
             obj = getattr(mod, name)
             if inspect.isfunction(obj):

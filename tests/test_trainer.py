@@ -1,9 +1,10 @@
-"""The character-model trainer (fastlstm.train, fastlstm.charmodel) on small generated text:
-the loss falls; checkpoints round-trip exactly; an interrupted-then-resumed run matches an
+"""The character-model trainer (fastlstm.charlm: run loop, Trainer, checkpoints, model) on small
+generated text: the loss falls; checkpoints round-trip exactly; an interrupted-then-resumed run matches an
 uninterrupted one step for step; seeded generation is reproducible; generating with
 ``LSTM.step`` equals re-running forward on the whole prefix. Tiny models keep it fast.
 """
 
+import hashlib
 import json
 import os
 import signal
@@ -11,9 +12,13 @@ import signal
 import numpy as np
 import pytest
 
-from fastlstm import train
-from fastlstm.charmodel import CharModel
-from fastlstm.data import DataError
+from fastlstm.charlm import checkpoints
+from fastlstm.charlm.checkpoints import CheckpointError, find_checkpoint, load_checkpoint, model_from_checkpoint
+from fastlstm.charlm.data import DataError
+from fastlstm.charlm.model import INPUT_MODES, CharModel
+from fastlstm.charlm.options import LOSS_TARGETS, resolve_options
+from fastlstm.charlm.run import prepare_run, run_training
+from fastlstm.charlm.threads import compute_threads
 from lstm_testing import assert_close
 
 WORDS = ("the king is dead and the queen is in the castle . a witch sees the heath and "
@@ -45,11 +50,11 @@ def text_file(tmp_path):
 def start(text_file, out, resume=False, overwrite=False, **kw):
     given = dict(TINY, text=str(text_file))
     given.update(kw)
-    return train.prepare_run(given, out, resume=resume, overwrite=overwrite)
+    return prepare_run(given, out, resume=resume, overwrite=overwrite)
 
 
 def run(trainer, **kw):
-    return train.run_training(trainer, progress="none", write_plot=False, **kw)
+    return run_training(trainer, progress="none", write_plot=False, **kw)
 
 
 def test_loss_falls_within_a_few_dozen_steps(text_file, tmp_path):
@@ -78,7 +83,7 @@ def test_checkpoint_round_trip_is_exact(text_file, tmp_path):
     out = tmp_path / "run"
     tr = start(text_file, out, max_steps=7)
     run(tr)
-    meta, arrays = train.load_checkpoint(out)
+    meta, arrays = load_checkpoint(out)
     assert meta["step"] == 7 and meta["vocab"] == tr.vocab.chars
     for k, p in tr.model.params.items():
         assert arrays["model." + k].dtype == p.dtype
@@ -89,7 +94,7 @@ def test_checkpoint_round_trip_is_exact(text_file, tmp_path):
     json.loads((out / "checkpoint.json").read_text())
     np.load(out / "checkpoint.npz", allow_pickle=False).close()
     back = start(text_file, out, resume=True)
-    assert back.step == 7 and back.chars_seen == tr.chars_seen
+    assert back.steps_done == 7 and back.chars_seen == tr.chars_seen
     for k, p in tr.model.params.items():
         assert np.array_equal(back.model.params[k], p), k
     for k, a in tr.adam.state_arrays().items():
@@ -99,7 +104,7 @@ def test_checkpoint_round_trip_is_exact(text_file, tmp_path):
     assert back.model.rng_states() == tr.model.rng_states()
     # generate accepts the folder, the json and the npz
     for path in (out, out / "checkpoint.json", out / "checkpoint.npz"):
-        m = train.model_from_checkpoint(*train.load_checkpoint(path))
+        m = model_from_checkpoint(*load_checkpoint(path))
         for k, p in tr.model.params.items():
             assert np.array_equal(m.params[k], p)
 
@@ -132,13 +137,13 @@ def test_keyboard_interrupt_saves_and_resume_matches(text_file, tmp_path):
     ref = run(whole)["losses"]
 
     def stop_at_4(trainer, loss):
-        if trainer.step == 4:
+        if trainer.steps_done == 4:
             raise KeyboardInterrupt
 
     tr = start(text_file, tmp_path / "b", max_steps=10)
     res = run(tr, step_callback=stop_at_4)
     assert res["status"] == "interrupted" and res["step"] == 4
-    assert train.load_checkpoint(tmp_path / "b")[0]["step"] == 4
+    assert load_checkpoint(tmp_path / "b")[0]["step"] == 4
     rest = run(start(text_file, tmp_path / "b", resume=True, max_steps=10))["losses"]
     assert res["losses"] + rest == ref
 
@@ -146,20 +151,20 @@ def test_keyboard_interrupt_saves_and_resume_matches(text_file, tmp_path):
 @pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name == "nt", reason="POSIX signals")
 def test_ctrl_c_finishes_the_step_saves_and_stops(text_file, tmp_path):
     def ctrl_c_at_3(trainer, loss):
-        if trainer.step == 3:
+        if trainer.steps_done == 3:
             os.kill(os.getpid(), signal.SIGINT)
 
     tr = start(text_file, tmp_path / "b", max_steps=10)
     res = run(tr, step_callback=ctrl_c_at_3)
     assert res["status"] == "interrupted" and res["step"] == 3
-    assert train.load_checkpoint(tmp_path / "b")[0]["step"] == 3
+    assert load_checkpoint(tmp_path / "b")[0]["step"] == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
 def test_run_folder_contents(text_file, tmp_path):
     out = tmp_path / "run"
     tr = start(text_file, out, max_steps=10)
-    train.run_training(tr, progress="none", write_plot=True)
+    run_training(tr, progress="none", write_plot=True)
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     vals = [r for r in recs if "val_loss" in r]
     assert [r["step"] for r in vals] == [5, 10]
@@ -172,26 +177,26 @@ def test_run_folder_contents(text_file, tmp_path):
     assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
     # best.json: the state of the lowest validation loss; generate prefers it in a folder
     best = min(vals, key=lambda r: r["val_loss"])
-    meta, _ = train.load_checkpoint(out, prefer_best=True)
+    meta, _ = load_checkpoint(out, prefer_best=True)
     assert meta["step"] == best["step"]
-    assert train.find_checkpoint(out, prefer_best=True).name == "best.json"
-    assert train.find_checkpoint(out).name == "checkpoint.json"
-    with pytest.raises(train.CheckpointError, match="--resume"):
+    assert find_checkpoint(out, prefer_best=True).name == "best.json"
+    assert find_checkpoint(out).name == "checkpoint.json"
+    with pytest.raises(CheckpointError, match="--resume"):
         start(text_file, out)  # a new run does not overwrite an existing checkpoint
     again = start(text_file, out, overwrite=True, max_steps=3)
     assert (out / "best.json").exists()  # nothing removed before the run starts
     run(again)
-    assert train.load_checkpoint(out, prefer_best=True)[0]["step"] == 3  # the old run's best is gone
+    assert load_checkpoint(out, prefer_best=True)[0]["step"] == 3  # the old run's best is gone
 
 
 def test_resume_with_other_sizes_or_text_is_refused(text_file, tmp_path):
     out = tmp_path / "run"
     run(start(text_file, out, max_steps=2))
-    with pytest.raises(train.CheckpointError, match="--hidden-size"):
+    with pytest.raises(CheckpointError, match="--hidden-size"):
         start(text_file, out, resume=True, hidden_size=32)
     other = tmp_path / "other.txt"
     other.write_text("XYZ" * 400)
-    with pytest.raises(train.CheckpointError, match="vocabulary"):
+    with pytest.raises(CheckpointError, match="vocabulary"):
         start(other, out, resume=True)
 
 
@@ -199,7 +204,35 @@ def test_text_shorter_than_one_window(tmp_path):
     p = tmp_path / "short.txt"
     p.write_text("abcdefghij" * 2)
     with pytest.raises(DataError, match="too short.*--seq-len"):
-        train.prepare_run(dict(TINY, text=str(p), seq_len=50), tmp_path / "run")
+        prepare_run(dict(TINY, text=str(p), seq_len=50), tmp_path / "run")
+
+
+@pytest.mark.parametrize("name,value,flag", [
+    ("dropout", 1.5, "--dropout"),
+    ("input_mode", "onehot", "--input"),
+    ("target", "first", "--target"),
+    ("dtype", "float16", "--dtype"),
+    ("dtype", "no-such-type", "--dtype"),
+    ("seq_len", 0, "--seq-len"),
+])
+def test_bad_options_are_value_errors_naming_the_flag(name, value, flag):
+    with pytest.raises(ValueError, match=f"^{flag} must be"):
+        resolve_options({name: value})
+
+
+def test_command_line_choices_come_from_the_rules():
+    from fastlstm import _config
+    from fastlstm.charlm import cli
+
+    actions = {}
+    for sub in cli.build_parser()._subparsers._group_actions[0].choices.values():
+        for action in sub._actions:
+            actions.setdefault(action.dest, []).append(action.choices)
+    assert actions["input_mode"] == [tuple(INPUT_MODES)]
+    assert actions["target"] == [LOSS_TARGETS]
+    assert actions["dtype"] == [("float32", "float64")]
+    assert actions["backend"] == [("auto", *_config.BACKENDS)] * 2
+    assert resolve_options({"dtype": "f8"})["dtype"] == "float64"  # stored by name in checkpoints
 
 
 # ----------------------------------------------------------------------------- generation
@@ -281,7 +314,7 @@ def test_sampling_follows_softmax_with_temperature():
 def test_resume_takes_its_duration_from_the_command_line(text_file, tmp_path):
     out = tmp_path / "run"
     run(start(text_file, out, max_steps=3))
-    tr = train.prepare_run(dict(text=str(text_file), max_time=0.5), out, resume=True)
+    tr = prepare_run(dict(text=str(text_file), max_time=0.5), out, resume=True)
     assert tr.opts["max_steps"] is None and tr.opts["max_time"] == 0.5
     assert tr.opts["hidden_size"] == TINY["hidden_size"]  # the sizes come from the checkpoint
     res = run(tr)
@@ -292,21 +325,92 @@ def test_resume_takes_its_duration_from_the_command_line(text_file, tmp_path):
 def test_compute_threads_modes_restore_the_thread_counts(mode):
     threadpoolctl = pytest.importorskip("threadpoolctl")
     before = [(d["filepath"], d["num_threads"]) for d in threadpoolctl.threadpool_info()]
-    with train.compute_threads(mode):
+    with compute_threads(mode):
         pass
     assert [(d["filepath"], d["num_threads"]) for d in threadpoolctl.threadpool_info()] == before
     with pytest.raises(ValueError, match="FASTLSTM_TRAIN_BLAS"):
-        with train.compute_threads("bogus"):
+        with compute_threads("bogus"):
+            pass
+
+
+def test_train_blas_variable_is_read_through_config(monkeypatch):
+    from fastlstm import _config
+
+    monkeypatch.setenv(_config.TRAIN_BLAS_ENV, "bogus")
+    with pytest.raises(_config.ConfigError, match="FASTLSTM_TRAIN_BLAS='bogus'"):
+        with compute_threads():
             pass
 
 
 def test_best_checkpoint_without_hard_links(text_file, tmp_path, monkeypatch):
     def no_link(src, dst):
         raise OSError(1, "Operation not permitted")
-    monkeypatch.setattr(train.os, "link", no_link)
+    monkeypatch.setattr(checkpoints.os, "link", no_link)
     out = tmp_path / "run"
     run(start(text_file, out, max_steps=5))
-    meta, arrays = train.load_checkpoint(out, prefer_best=True)  # checksum verified
+    meta, arrays = load_checkpoint(out, prefer_best=True)  # checksum verified
     assert meta["npz"] == "best.npz" and meta["step"] == 5
     assert os.stat(out / "best.npz").st_nlink == 1
     assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+
+
+# ----------------------------------------------------------------------------- file compatibility
+def write_format_1_checkpoint(folder, text_file, steps_done=3):
+    """A checkpoint laid out as format 1 is, written here without the package's writer: the
+    reader, generation and --resume must keep accepting what earlier versions wrote."""
+    chars = sorted(set(text_file.read_text(encoding="utf-8")))
+    V, H, E, G = len(chars), TINY["hidden_size"], TINY["embed_dim"], 4 * TINY["hidden_size"]
+    shapes = {"embedding.weight": (V, E), "dense.weight": (V, H), "dense.bias": (V,)}
+    for k, inputs in ((0, E), (1, H)):
+        shapes.update({f"lstm.weight_ih_l{k}": (G, inputs), f"lstm.weight_hh_l{k}": (G, H),
+                       f"lstm.bias_ih_l{k}": (G,), f"lstm.bias_hh_l{k}": (G,)})
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for name, shape in shapes.items():
+        arrays["model." + name] = (0.3 * rng.standard_normal(shape)).astype(np.float32)
+        arrays["adam.m." + name] = np.zeros(shape, np.float32)
+        arrays["adam.v." + name] = np.full(shape, 1e-4, np.float32)
+    folder.mkdir()
+    np.savez(folder / "checkpoint.npz", **arrays)
+    options = dict(text=str(text_file), corpus="macbeth", encoding="utf-8", lowercase=False, preset="default",
+                   hidden_size=H, num_layers=2, dropout=0.1, embed_dim=E, input_mode="embedding", seq_len=16,
+                   target="all", batch_size=8, lr=1e-2, clip=5.0, epochs=None, max_time=None, max_steps=3,
+                   eval_every=5, sample_length=20, temperature=0.8, greedy=False, seed=0, val_fraction=0.1,
+                   dtype="float32", backend="auto")
+
+    def pcg(seed):
+        return np.random.default_rng(seed).bit_generator.state
+
+    meta = {"format": "fastlstm-charmodel", "format_version": 1, "fastlstm_version": "0.1.0",
+            "options": options, "vocab": chars, "source": str(text_file),
+            "model": dict(vocab_size=V, hidden_size=H, num_layers=2, dropout=0.1, embed_dim=E,
+                          input_mode="embedding"),
+            "step": steps_done, "epoch": 0.1, "steps_per_epoch": 38, "elapsed": 1.5, "chars_seen": 384,
+            "optimizer": {"t": steps_done, "lr": 1e-2, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0},
+            "rng": {"data": pcg(1), "dropout": pcg(2), "lstm_dropout": pcg(3)},
+            "val_history": [{"step": steps_done, "time": 1.5, "val_loss": 3.0}],
+            "saved_at": "2025-01-01T00:00:00", "npz": "checkpoint.npz",
+            "npz_sha256": hashlib.sha256((folder / "checkpoint.npz").read_bytes()).hexdigest()}
+    (folder / "checkpoint.json").write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
+    return arrays
+
+
+def test_format_1_checkpoint_loads_generates_and_resumes(text_file, tmp_path, capsys):
+    from fastlstm.charlm import cli
+
+    out = tmp_path / "old"
+    arrays = write_format_1_checkpoint(out, text_file)
+    meta, loaded = load_checkpoint(out)
+    model = model_from_checkpoint(meta, loaded)
+    for k, p in model.params.items():
+        assert np.array_equal(p, arrays["model." + k]), k
+    assert len(model.generate([0], 15, seed=1)) == 15
+    capsys.readouterr()
+    assert cli.main(["generate", "--checkpoint", str(out), "--length", "12", "--seed", "1"]) == 0
+    assert len(capsys.readouterr().out) == 12 + 1
+    tr = prepare_run(dict(max_steps=6), out, resume=True)
+    assert tr.steps_done == 3 and tr.adam.t == 3 and tr.chars_seen == 384
+    res = run(tr)
+    assert res["step"] == 6 and len(res["losses"]) == 3
+    saved = json.loads((out / "checkpoint.json").read_text())
+    assert saved["step"] == 6 and "steps_done" not in saved  # the file keeps its key

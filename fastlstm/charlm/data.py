@@ -1,6 +1,6 @@
-"""Text corpora for the character-level trainer: reading a user's UTF-8 file with clear errors,
-finding (or downloading, checksum-verified, cached atomically) the default corpus ``macbeth``,
-the character vocabulary, and the train/validation split (the last 10% held out).
+"""Text corpora of the char model: reading a user's file with clear errors, finding (or
+downloading, checksum-verified, cached atomically) the default corpus ``macbeth``, the
+character vocabulary, and the train/validation split (the last 10% held out).
 """
 
 from __future__ import annotations
@@ -17,16 +17,13 @@ from typing import BinaryIO
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .. import _config
+
 #: A path given as a string or a path object.
 PathLike = str | os.PathLike[str]
 
-__all__ = ["DataError", "Vocab", "read_text", "data_dir", "fetch_macbeth", "load_corpus",
-           "split_train_val", "MACBETH_URL", "MACBETH_SHA256", "CORPORA"]
-
-#: Environment variable naming the data folder (default: a cache folder under the home).
-DATA_ENV = "FASTLSTM_DATA"
-#: Environment variable overriding the download address of the default corpus.
-URL_ENV = "FASTLSTM_MACBETH_URL"
+__all__ = ["CORPORA", "MACBETH_SHA256", "MACBETH_URL", "DataError", "Vocab", "data_dir", "fetch_macbeth",
+           "load_corpus", "read_text", "split_train_val"]
 
 MACBETH_FILENAME = "macbeth.txt"
 #: NLTK's Gutenberg copy of the First Folio Macbeth, pinned to one commit.
@@ -53,7 +50,7 @@ def data_dir() -> Path:
         ``$FASTLSTM_DATA``, else ``$XDG_CACHE_HOME/fastlstm``, else ``~/.cache/fastlstm``
         (not created here).
     """
-    env = os.environ.get(DATA_ENV, "").strip()
+    env = _config.data_folder()
     if env:
         return Path(env).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME", "").strip()
@@ -61,7 +58,8 @@ def data_dir() -> Path:
     return base / "fastlstm"
 
 
-def _sha256_file(path: PathLike) -> str:
+def sha256_file(path: PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB pieces (corpora and checkpoint arrays)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -93,7 +91,8 @@ def decode_text(raw: bytes, source: str, encoding: str = "utf-8") -> str:
     """
     if not raw:
         raise DataError(f"{source} is empty: pass a text file with some text in it")
-    if b"\x00" in raw[:1 << 20] and encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig", "ascii", "latin1"):
+    plain = encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig", "ascii", "latin1")
+    if plain and b"\x00" in raw[:1 << 20]:
         raise DataError(f"{source} looks binary (it contains NUL bytes): pass a plain text file "
                         f"(UTF-8, or name its encoding with --encoding)")
     try:
@@ -105,8 +104,7 @@ def decode_text(raw: bytes, source: str, encoding: str = "utf-8") -> str:
         raise DataError(f"{source} is not valid {encoding} (byte 0x{raw[e.start]:02x} at offset {e.start}): "
                         f"name its real encoding with --encoding (e.g. --encoding latin-1) "
                         f"or convert it to UTF-8") from None
-    if text.startswith("\ufeff"):
-        text = text[1:]  # a UTF-8 byte-order mark is not part of the text
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not part of the text
     if not text:
         raise DataError(f"{source} is empty: pass a text file with some text in it")
     if "\x00" in text:
@@ -216,18 +214,18 @@ def fetch_macbeth(folder: PathLike | None = None, *, url: str | None = None,
         to do instead.
     """
     folder = Path(folder) if folder is not None else data_dir()
-    url = url or os.environ.get(URL_ENV, "").strip() or MACBETH_URL
+    url = url or _config.macbeth_url() or MACBETH_URL
     expected = sha256 or MACBETH_SHA256
     timeout = DOWNLOAD_TIMEOUT if timeout is None else timeout
     path = folder / MACBETH_FILENAME
     if path.is_file():
         try:
-            if _sha256_file(path) == expected:
+            if sha256_file(path) == expected:
                 return path
         except OSError:
             pass
     how = (f"pass a UTF-8 text file with --text PATH, or put {MACBETH_FILENAME} "
-           f"(sha256 {expected}) in {folder} (set {DATA_ENV} to choose that folder)")
+           f"(sha256 {expected}) in {folder} (set {_config.DATA_ENV} to choose that folder)")
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             raw = resp.read()
@@ -244,7 +242,7 @@ def fetch_macbeth(folder: PathLike | None = None, *, url: str | None = None,
         atomic_write(path, raw)
     except OSError as e:
         raise DataError(f"cannot cache the default corpus in {folder} ({e.strerror or e}): "
-                        f"set {DATA_ENV} to a writable folder, or pass a file with --text PATH") from None
+                        f"set {_config.DATA_ENV} to a writable folder, or pass a file with --text PATH") from None
     return path
 
 
@@ -415,5 +413,5 @@ def split_train_val(ids: Sequence[int] | NDArray[np.integer],
         Slices of ``ids`` (views for arrays).
     """
     n = len(ids)
-    n_val = int(round(n * val_fraction))
+    n_val = round(n * val_fraction)
     return ids[:n - n_val], ids[n - n_val:]

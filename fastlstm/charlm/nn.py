@@ -1,7 +1,6 @@
-"""A small NumPy toolkit beside the LSTM, enough for the character model of the trainer:
-Embedding, Dense, Dropout, numerically stable softmax cross-entropy, Adam and global
-gradient-norm clipping. Each layer keeps ``params`` / ``grads`` dicts (gradients
-accumulate, like ``fastlstm.LSTM``) and has paired forward/backward methods.
+"""The char model's NumPy toolkit beside ``fastlstm.LSTM``: Embedding, Dense, Dropout, stable
+softmax cross-entropy, Adam and global gradient-norm clipping. Each layer keeps ``params`` /
+``grads`` dicts (gradients accumulate, as in ``fastlstm.LSTM``) and paired forward/backward methods.
 """
 
 from __future__ import annotations
@@ -12,20 +11,51 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
+from .._dropout import keep_mask
+from .._validate import check_dtype
+
 #: A seed for ``numpy.random.default_rng`` or a Generator to use as it is.
 SeedLike = int | np.random.SeedSequence | np.random.Generator | None
 #: Gradients: a dict of named arrays, or any iterable of arrays.
 Grads = Mapping[str, NDArray[np.floating]] | Iterable[NDArray[np.floating]]
 
-__all__ = ["Embedding", "Dense", "Dropout", "SoftmaxCrossEntropy", "Adam", "clip_grad_norm",
-           "log_softmax", "softmax", "softmax_cross_entropy", "global_norm"]
+__all__ = ["Adam", "Dense", "Dropout", "Embedding", "SoftmaxCrossEntropy", "check_dropout", "clip_grad_norm",
+           "global_norm", "log_softmax", "softmax", "softmax_cross_entropy"]
 
 
-def _dtype(dtype: DTypeLike) -> np.dtype:
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-    return dtype
+def check_dropout(p: float, name: str = "dropout probability") -> float:
+    """The one rule for a dropout probability: a real number in [0, 1).
+
+    Parameters
+    ----------
+    p : float
+        The probability of zeroing an element.
+    name : str, optional
+        What the error message calls it (the trainer passes its flag, ``--dropout``).
+
+    Returns
+    -------
+    float
+        ``p`` as a float.
+
+    Raises
+    ------
+    ValueError
+        When ``p`` is not a number in [0, 1).
+    """
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= float(p) < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {p!r}")
+    return float(p)
+
+
+def _take_saved(layer: Any, attr: str, forward: str) -> Any:
+    """What the last forward kept for backward, cleared: each forward allows one backward."""
+    saved = getattr(layer, attr)
+    if saved is None:
+        raise RuntimeError(f"{type(layer).__name__}.backward needs a preceding {forward}")
+    setattr(layer, attr, None)
+    return saved
 
 
 def _rng(seed_or_rng: SeedLike) -> np.random.Generator:
@@ -53,17 +83,20 @@ class Embedding:
 
     Attributes
     ----------
-    params : dict of str to ndarray
-        ``{"weight": (V, D)}``.
-    grads : dict of str to ndarray
-        Gradients of ``params``, same keys and shapes; they accumulate.
+    params, grads : dict of str to ndarray
+        ``{"weight": (V, D)}`` and its gradient, which accumulates.
+
+    Raises
+    ------
+    TypeError
+        For a dtype other than float32 and float64 (the rule of ``fastlstm.LSTM``).
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, *, dtype: DTypeLike = np.float32,
                  seed: SeedLike = None) -> None:
         self.num_embeddings = int(num_embeddings)
         self.embedding_dim = int(embedding_dim)
-        self.dtype = _dtype(dtype)
+        self.dtype = check_dtype(dtype)
         rng = _rng(seed)
         W = rng.standard_normal((self.num_embeddings, self.embedding_dim)).astype(self.dtype)
         self.params = {"weight": W}
@@ -108,9 +141,7 @@ class Embedding:
         RuntimeError
             Without a preceding ``forward(..., training=True)``.
         """
-        if self._ids is None:
-            raise RuntimeError("Embedding.backward needs a preceding forward(..., training=True)")
-        ids, self._ids = self._ids, None
+        ids = _take_saved(self, "_ids", "forward(..., training=True)")
         D = self.embedding_dim
         ids = ids.reshape(-1)
         dout = np.asarray(dout).reshape(-1, D)
@@ -119,7 +150,6 @@ class Embedding:
         sorted_ids = ids[order]
         starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
         self.grads["weight"][sorted_ids[starts]] += np.add.reduceat(dout[order], starts, axis=0)
-        return None
 
 
 class Dense:
@@ -134,10 +164,9 @@ class Dense:
         Widths of the input and the output.
     bias : bool, optional
         Add a bias (default True).
-    dtype : float32 or float64, optional
-        Dtype of the parameters (default float32).
-    seed : int, SeedSequence, Generator or None, optional
-        Seeds the initialisation.
+    dtype, seed : optional
+        The parameters' dtype (float32, the default, or float64) and the seed of their
+        initialisation (int, SeedSequence or Generator; None draws fresh entropy).
 
     Attributes
     ----------
@@ -145,13 +174,18 @@ class Dense:
         ``{"weight": (out, in), "bias": (out,)}`` (no bias with ``bias=False``).
     grads : dict of str to ndarray
         Gradients of ``params``; they accumulate.
+
+    Raises
+    ------
+    TypeError
+        For a dtype other than float32 and float64.
     """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
                  dtype: DTypeLike = np.float32, seed: SeedLike = None) -> None:
         self.in_features = int(in_features)
         self.out_features = int(out_features)
-        self.dtype = _dtype(dtype)
+        self.dtype = check_dtype(dtype)
         rng = _rng(seed)
         k = 1.0 / np.sqrt(self.in_features)
         self.params = {"weight": rng.uniform(-k, k, (self.out_features, self.in_features)).astype(self.dtype)}
@@ -203,9 +237,7 @@ class Dense:
         RuntimeError
             Without a preceding ``forward(..., training=True)``.
         """
-        if self._x is None:
-            raise RuntimeError("Dense.backward needs a preceding forward(..., training=True)")
-        x2, self._x = self._x, None
+        x2 = _take_saved(self, "_x", "forward(..., training=True)")
         dy = np.asarray(dy)
         dy2 = dy.reshape(-1, self.out_features)
         self.grads["weight"] += dy2.T @ x2
@@ -213,32 +245,6 @@ class Dense:
             self.grads["bias"] += dy2.sum(axis=0)
         dx = dy2 @ self.params["weight"]
         return dx.reshape(dy.shape[:-1] + (self.in_features,))
-
-
-def keep_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float) -> NDArray[np.bool_]:
-    """Dropout's keep mask: True with probability 1 - p (to within 2**-16) per element.
-
-    16 random bits per element, four to a raw 64-bit draw: a quarter of the cost
-    of uniform floats. Used by ``Dropout`` and by ``fastlstm.LSTM``.
-
-    Parameters
-    ----------
-    rng : numpy.random.Generator
-        The generator to draw from (its bit generator advances).
-    shape : tuple of int
-        Shape of the mask.
-    p : float
-        Drop probability in [0, 1).
-
-    Returns
-    -------
-    ndarray of bool
-        The mask, ``shape``.
-    """
-    size = int(np.prod(shape))
-    raw = rng.bit_generator.random_raw((size + 3) // 4)
-    bits = raw.view(np.uint16)[:size].reshape(shape)
-    return bits >= np.uint16(min(round(p * 65536), 65535))
 
 
 class Dropout:
@@ -260,9 +266,7 @@ class Dropout:
     """
 
     def __init__(self, p: float = 0.5, *, seed: SeedLike = None) -> None:
-        if not 0.0 <= float(p) < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p!r}")
-        self.p = float(p)
+        self.p = check_dropout(p)
         self.rng = _rng(seed)
         self.params: dict[str, NDArray[np.floating]] = {}
         self.grads: dict[str, NDArray[np.floating]] = {}
@@ -314,8 +318,16 @@ class Dropout:
         return dx
 
 
+def _shifted_exp(logits: NDArray[np.floating], axis: int) -> tuple[NDArray[np.floating], ...]:
+    """(logits - max, exp of that, its sum along ``axis``): subtracting the max first keeps every
+    exponent <= 0, so nothing overflows whatever the logits."""
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    e = np.exp(shifted)
+    return shifted, e, e.sum(axis=axis, keepdims=True)
+
+
 def log_softmax(logits: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
-    """Log-softmax via log-sum-exp with the max subtracted: never overflows.
+    """Log-softmax by log-sum-exp: ``logits - max - log(sum(exp(logits - max)))``.
 
     Parameters
     ----------
@@ -329,29 +341,27 @@ def log_softmax(logits: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
     ndarray
         ``log(softmax(logits))``, same shape.
     """
-    logits = np.asarray(logits)
-    shifted = logits - logits.max(axis=axis, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+    shifted, _, total = _shifted_exp(np.asarray(logits), axis)
+    return shifted - np.log(total)
 
 
 def softmax(logits: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
-    """Softmax with the max subtracted first (stable for any finite logits).
+    """Softmax, stable for any finite logits (the max is subtracted before exponentiating).
 
     Parameters
     ----------
     logits : array_like
-        Finite values, any shape.
+        Scores of any shape.
     axis : int, optional
-        The axis to normalise over (default the last).
+        Along this axis the result sums to 1 (default -1).
 
     Returns
     -------
     ndarray
-        Probabilities summing to 1 along ``axis``, same shape.
+        Probabilities, shaped like ``logits``.
     """
-    logits = np.asarray(logits)
-    e = np.exp(logits - logits.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+    _, e, total = _shifted_exp(np.asarray(logits), axis)
+    return e / total
 
 
 def softmax_cross_entropy(logits: ArrayLike, targets: ArrayLike) -> tuple[float, NDArray[np.floating]]:
@@ -381,9 +391,7 @@ def softmax_cross_entropy(logits: ArrayLike, targets: ArrayLike) -> tuple[float,
     M = logits.shape[0]
     if logits.ndim != 2 or targets.shape[0] != M:
         raise ValueError(f"logits must be (M, V) and targets (M,), got {logits.shape} and {targets.shape}")
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    s = e.sum(axis=1, keepdims=True)
+    shifted, e, s = _shifted_exp(logits, 1)
     rows = np.arange(M)
     # loss = mean(log s - shifted[target]); accumulate in float64 for a stable mean.
     loss = float(np.mean(np.log(s[:, 0]).astype(np.float64) - shifted[rows, targets]))
@@ -439,9 +447,7 @@ class SoftmaxCrossEntropy:
         RuntimeError
             Without a preceding :meth:`forward`.
         """
-        if self._dlogits is None:
-            raise RuntimeError("SoftmaxCrossEntropy.backward needs a preceding forward")
-        d, self._dlogits = self._dlogits, None
+        d = _take_saved(self, "_dlogits", "forward")
         if scale != 1.0:
             d *= d.dtype.type(scale)
         return d

@@ -1,7 +1,6 @@
-"""The character-level language model of the trainer: characters in (an embedding, or the
-tutorial's scaled integers), a multi-layer ``fastlstm.LSTM`` with dropout between layers,
-dropout, a dense layer to V logits, softmax. Time-major throughout: ids are (T, N).
-``generate`` carries the LSTM state with ``LSTM.step``: n characters cost n steps.
+"""The character-level language model: characters in (an embedding, or the tutorial's scaled
+integers), a multi-layer ``fastlstm.LSTM`` with dropout, a dense layer to V logits. Time-major
+(ids are (T, N)); ``generate`` carries the LSTM state with ``LSTM.step``: n characters, n steps.
 """
 
 from __future__ import annotations
@@ -12,16 +11,41 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from .layer import LSTM
+from ..layer import LSTM
 from .nn import Dense, Dropout, Embedding, softmax_cross_entropy
 
 #: The LSTM state carried between calls: (h, c), each (L, N, H); None means zeros.
 State = tuple[NDArray[np.floating], NDArray[np.floating]] | None
 
-__all__ = ["CharModel", "INPUT_MODES"]
+__all__ = ["INPUT_MODES", "CharModel", "check_input_mode"]
 
 #: "embedding": a learned (V, E) table; "scaled": one feature, id / V (the tutorial's input).
 INPUT_MODES = ("embedding", "scaled")
+
+
+def check_input_mode(mode: str, name: str = "input_mode") -> str:
+    """The one rule for how characters go in: one of :data:`INPUT_MODES`.
+
+    Parameters
+    ----------
+    mode : str
+        The input mode asked for.
+    name : str, optional
+        What the error message calls it (the trainer passes its flag, ``--input``).
+
+    Returns
+    -------
+    str
+        ``mode``.
+
+    Raises
+    ------
+    ValueError
+        For any other value.
+    """
+    if mode not in INPUT_MODES:
+        raise ValueError(f"{name} must be one of {', '.join(INPUT_MODES)}, got {mode!r}")
+    return mode
 
 
 class CharModel:
@@ -52,8 +76,8 @@ class CharModel:
     embedding : Embedding or None
         None with input_mode "scaled".
     lstm : fastlstm.LSTM
-    drop : fastlstm.nn.Dropout
-    dense : fastlstm.nn.Dense
+    drop : fastlstm.charlm.nn.Dropout
+    dense : fastlstm.charlm.nn.Dense
     params, grads : dict of str to ndarray
         Every parameter and its gradient by dotted name (``lstm.weight_ih_l0``, ``dense.bias``).
 
@@ -66,8 +90,7 @@ class CharModel:
     def __init__(self, vocab_size: int, hidden_size: int = 300, num_layers: int = 2,
                  dropout: float = 0.2, embed_dim: int = 64, input_mode: str = "embedding", *,
                  seed: int = 0, dtype: DTypeLike = np.float32, backend: str = "auto") -> None:
-        if input_mode not in INPUT_MODES:
-            raise ValueError(f"input_mode must be one of {', '.join(INPUT_MODES)}, got {input_mode!r}")
+        check_input_mode(input_mode)
         self.vocab_size = int(vocab_size)
         self.hidden_size = int(hidden_size)
         self.num_layers = int(num_layers)
@@ -80,11 +103,11 @@ class CharModel:
         self.embedding: Embedding | None
         if input_mode == "embedding":
             self.embedding = Embedding(V, self.embed_dim, dtype=self.dtype, seed=int(seeds[0]))
-            I = self.embed_dim
+            input_size = self.embed_dim
         else:
             self.embedding = None
-            I = 1
-        self.lstm = LSTM(I, H, self.num_layers, dropout=self.dropout if self.num_layers > 1 else 0.0,
+            input_size = 1
+        self.lstm = LSTM(input_size, H, self.num_layers, dropout=self.dropout if self.num_layers > 1 else 0.0,
                          dtype=self.dtype, backend=backend, seed=int(seeds[1]))
         self.drop = Dropout(self.dropout, seed=int(seeds[2]))
         self.dense = Dense(H, V, dtype=self.dtype, seed=int(seeds[3]))
@@ -105,9 +128,9 @@ class CharModel:
             ``vocab_size``, ``hidden_size``, ``num_layers``, ``dropout``, ``embed_dim``,
             ``input_mode`` (JSON-serialisable; ``CharModel(**config)`` rebuilds the shape).
         """
-        return dict(vocab_size=self.vocab_size, hidden_size=self.hidden_size,
-                    num_layers=self.num_layers, dropout=self.dropout, embed_dim=self.embed_dim,
-                    input_mode=self.input_mode)
+        return {"vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+                "num_layers": self.num_layers, "dropout": self.dropout, "embed_dim": self.embed_dim,
+                "input_mode": self.input_mode}
 
     def zero_grad(self) -> None:
         """Set every gradient to zero (gradients accumulate)."""
@@ -216,41 +239,13 @@ class CharModel:
             self._saved = (ids.shape, last_only)
         return logits, new_state
 
-    def loss_and_backward(self, ids: ArrayLike, targets: ArrayLike, *, last_only: bool = False) -> float:
-        """One training pass: forward, mean cross-entropy, backward.
-
-        Gradients accumulate in ``grads`` (call :meth:`zero_grad` first).
-
-        Parameters
-        ----------
-        ids : array_like of int
-            (T, N) input ids.
-        targets : array_like of int
-            (T, N) next-character ids, or (N,) with ``last_only``.
-        last_only : bool, optional
-            Train on the last step's prediction only (the tutorial's setup).
-
-        Returns
-        -------
-        float
-            The loss, nats per target.
-        """
-        logits, _ = self.forward(ids, training=True, last_only=last_only)
-        V = self.vocab_size
-        loss, dlogits = softmax_cross_entropy(logits.reshape(-1, V), np.asarray(targets).reshape(-1))
-        dtop = self.dense.backward(dlogits.reshape(logits.shape))
-        dtop = self.drop.backward(dtop)
-        T, N = self._saved[0]
-        if last_only:
-            dy = np.zeros((T, N, self.hidden_size), self.dtype)
-            dy[-1] = dtop
-        else:
-            dy = dtop
-        self._saved = None
-        dx, _ = self.lstm.backward(dy)
-        if self.embedding is not None:
-            self.embedding.backward(dx)
-        return loss
+    def _scored(self, ids: ArrayLike, targets: ArrayLike, last_only: bool,
+                training: bool) -> tuple[float, NDArray[np.floating], tuple[int, ...]]:
+        """Forward, then the mean cross-entropy: (loss, dlogits (M, V), the logits' shape)."""
+        logits, _ = self.forward(ids, training=training, last_only=last_only)
+        loss, dlogits = softmax_cross_entropy(logits.reshape(-1, self.vocab_size),
+                                              np.asarray(targets).reshape(-1))
+        return loss, dlogits, logits.shape
 
     def loss(self, ids: ArrayLike, targets: ArrayLike, *, last_only: bool = False) -> float:
         """Mean cross-entropy without dropout or gradients (evaluation).
@@ -269,8 +264,36 @@ class CharModel:
         float
             The loss, nats per target.
         """
-        logits, _ = self.forward(ids, training=False, last_only=last_only)
-        loss, _ = softmax_cross_entropy(logits.reshape(-1, self.vocab_size), np.asarray(targets).reshape(-1))
+        return self._scored(ids, targets, last_only, training=False)[0]
+
+    def loss_and_backward(self, ids: ArrayLike, targets: ArrayLike, *, last_only: bool = False) -> float:
+        """One training pass: forward with dropout, mean cross-entropy, backward.
+
+        Gradients accumulate in ``grads`` (call :meth:`zero_grad` first).
+
+        Parameters
+        ----------
+        ids, targets, last_only
+            As for :meth:`loss`; with ``last_only`` only the last step's prediction is trained
+            (the tutorial's setup).
+
+        Returns
+        -------
+        float
+            The loss before the update, nats per target.
+        """
+        loss, dlogits, shape = self._scored(ids, targets, last_only, training=True)
+        dtop = self.drop.backward(self.dense.backward(dlogits.reshape(shape)))
+        T, N = self._saved[0]
+        if last_only:
+            dy = np.zeros((T, N, self.hidden_size), self.dtype)
+            dy[-1] = dtop
+        else:
+            dy = dtop
+        self._saved = None
+        dx, _ = self.lstm.backward(dy)
+        if self.embedding is not None:
+            self.embedding.backward(dx)
         return loss
 
     # -- generation -------------------------------------------------------------
@@ -279,6 +302,18 @@ class CharModel:
             return self.embedding.params["weight"][i:i + 1]  # (1, E) view: no copy
         buf[0, 0] = i / self.vocab_size
         return buf
+
+    def warm_up(self) -> None:
+        """Pay the first call's costs now: one forward and one step on a throwaway character.
+
+        The first LSTM call of a process loads its backend (the C backend imports SciPy's BLAS,
+        about 0.2 s) and allocates the step workspace; callers that time generation call this
+        first. Parameters and dropout generators are left as they were; a training forward
+        waiting for its backward is dropped, so do not call it between the two.
+        """
+        ids = np.zeros((1, 1), np.int64)
+        _, state = self.lstm.forward(self._inputs(ids, False), None)
+        self.lstm.step(self._step_input(0, np.empty((1, 1), self.dtype)), state)
 
     def step_logits(self, char_id: int, state: State = None) -> tuple[NDArray[np.floating], State]:
         """Feed one character with a carried state (one ``LSTM.step``).

@@ -1,6 +1,6 @@
-"""The ``fastlstm`` command: ``fastlstm train`` (train the character model, see train.py) and
-``fastlstm generate`` (stream text from a checkpoint). Bad input ends with a one-line error
-on stderr that says what to do, and exit status 2; nothing is overwritten.
+"""The ``fastlstm`` command (console script and ``python -m fastlstm``): ``fastlstm train`` (the run
+loop of run.py) and ``fastlstm generate`` (stream text from a checkpoint). Bad input ends with a
+one-line error on stderr that says what to do, and exit status 2; nothing is overwritten.
 """
 
 import argparse
@@ -9,14 +9,20 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
+from .._config import BACKENDS
 from .data import CORPORA, DataError
-from .train import DEFAULT_EPOCHS, DEFAULTS, PRESETS, TARGETS
+from .model import INPUT_MODES
+from .options import DEFAULT_EPOCHS, DEFAULTS, DTYPES, LOSS_TARGETS, PRESETS
+from .progress import PROGRESS_MODES
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+#: --backend: "auto" (the library picks), or a backend by name.
+BACKEND_CHOICES = ("auto", *BACKENDS)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,10 +32,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the epilog's layout; every option's help states its own default."""
-
-
 def _default_out(text, preset):
     name = "macbeth" if text is None else (Path(text).stem or "run")
     if preset and preset != "default":
@@ -37,13 +39,14 @@ def _default_out(text, preset):
     return os.path.join("runs", name)
 
 
+_D, _TUT = DEFAULTS, PRESETS["tutorial"]  # short names keep the epilog's source lines short
 TRAIN_EPILOG = f"""\
 presets (explicit options win over them):
-  default   embedding input, every position of a {DEFAULTS['seq_len']}-character window predicts
-            its next character, batch {DEFAULTS['batch_size']}, Adam lr {DEFAULTS['lr']}, gradient norm clipped at {DEFAULTS['clip']}
-  tutorial  the classic Keras tutorial: lower-case text, {PRESETS['tutorial']['seq_len']}-character windows with ONE
+  default   embedding input, every position of a {_D['seq_len']}-character window predicts
+            its next character, batch {_D['batch_size']}, Adam lr {_D['lr']}, gradient norm clipped at {_D['clip']}
+  tutorial  the classic Keras tutorial: lower-case text, {_TUT['seq_len']}-character windows with ONE
             target each (the next character), the character index / V as the single input
-            feature, batch {PRESETS['tutorial']['batch_size']}, Adam lr {PRESETS['tutorial']['lr']}, no clipping, argmax samples
+            feature, batch {_TUT['batch_size']}, Adam lr {_TUT['lr']}, no clipping, argmax samples
 
 Without --epochs, --max-time or --max-steps, training runs {DEFAULT_EPOCHS} epochs. The run folder
 (--out) holds checkpoint.npz + checkpoint.json (the latest state, for --resume), best.npz +
@@ -77,7 +80,7 @@ def build_parser():
     sub.required = True
 
     t = sub.add_parser("train", help="train the character model on a text",
-                       formatter_class=_Formatter, epilog=TRAIN_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TRAIN_EPILOG,
                        description="Train the character-level model: characters -> embedding (or scaled "
                                    "index) -> LSTM x layers (dropout between) -> dropout -> dense -> softmax, "
                                    "cross-entropy, Adam. Option defaults shown are the built-in ones; "
@@ -103,7 +106,7 @@ def build_parser():
                    help=f"stacked LSTM layers (default {DEFAULTS['num_layers']})")
     g.add_argument("--dropout", type=float, default=None,
                    help=f"dropout after every LSTM layer, in [0, 1) (default {DEFAULTS['dropout']})")
-    g.add_argument("--input", dest="input_mode", choices=["embedding", "scaled"], default=None,
+    g.add_argument("--input", dest="input_mode", choices=INPUT_MODES, default=None,
                    help="how characters go in: a learned embedding, or 'scaled': the character index / V "
                         "as one feature (the tutorial's) (default embedding)")
     g.add_argument("--embed-dim", type=int, default=None, metavar="E",
@@ -112,7 +115,7 @@ def build_parser():
     g = t.add_argument_group("task and optimisation")
     g.add_argument("--seq-len", type=int, default=None, metavar="T",
                    help=f"window length in characters: the truncated-BPTT length (default {DEFAULTS['seq_len']})")
-    g.add_argument("--target", choices=list(TARGETS), default=None,
+    g.add_argument("--target", choices=LOSS_TARGETS, default=None,
                    help="'all': every position of a window predicts its next character; 'last': one "
                         "target per window, the character after it (default all)")
     g.add_argument("--batch-size", type=int, default=None, metavar="N",
@@ -151,20 +154,20 @@ def build_parser():
                    help="continue the run in --out from its checkpoint (same text, vocabulary and sizes)")
     g.add_argument("--overwrite", action="store_true",
                    help="start a new run in an --out that already holds a checkpoint, replacing it")
-    g.add_argument("--progress", choices=["auto", "bar", "lines", "none"], default="auto",
+    g.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
                    help="progress display: a tqdm bar on a terminal (when tqdm is installed), else "
                         "plain lines (default auto)")
     g.add_argument("--log-every", type=float, default=10.0, metavar="SECONDS",
                    help="seconds between plain progress lines (default 10)")
 
     g = t.add_argument_group("compute")
-    g.add_argument("--backend", choices=["auto", "c", "numpy", "cuda"], default=None,
+    g.add_argument("--backend", choices=BACKEND_CHOICES, default=None,
                    help="fastlstm backend of the LSTM (default auto)")
-    g.add_argument("--dtype", choices=["float32", "float64"], default=None,
+    g.add_argument("--dtype", choices=DTYPES, default=None,
                    help="floating-point type (default float32)")
 
     s = sub.add_parser("generate", help="generate text from a trained checkpoint",
-                       formatter_class=_Formatter, epilog=GENERATE_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=GENERATE_EPILOG,
                        description="Continue a prime text with a trained model, streaming characters to "
                                    "stdout as they come. The LSTM state is carried from character to "
                                    "character (one LSTM step per character).")
@@ -186,8 +189,9 @@ def build_parser():
     s.add_argument("--greedy", action="store_true",
                    help="always take the likeliest character (the tutorial's generation)")
     s.add_argument("--timing", action="store_true",
-                   help="report characters per second (after start-up) on stderr")
-    s.add_argument("--backend", choices=["auto", "c", "numpy", "cuda"], default="auto",
+                   help="report on stderr the start-up time (checkpoint, model, backend) and the "
+                        "characters per second after it")
+    s.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
                    help="fastlstm backend of the LSTM (default auto)")
     return p
 
@@ -198,7 +202,7 @@ def _fail(prog, msg):
 
 
 def _train(args):
-    from .train import prepare_run, run_training
+    from .run import prepare_run, run_training
     prog = "fastlstm train"
     given = {k: getattr(args, k) for k in DEFAULTS if hasattr(args, k)}
     out = args.out or _default_out(args.text, args.preset)
@@ -225,7 +229,8 @@ def _train(args):
 def _generate(args):
     import numpy as np
 
-    from .train import load_checkpoint, model_from_checkpoint
+    from .checkpoints import load_checkpoint, model_from_checkpoint
+    t_start = time.perf_counter()
     prog = "fastlstm generate"
     if args.length < 0:
         return _fail(prog, f"--length must be >= 0, got {args.length}")
@@ -236,9 +241,7 @@ def _generate(args):
     try:
         meta, arrays = load_checkpoint(args.checkpoint, prefer_best=True)
         model = model_from_checkpoint(meta, arrays, backend=args.backend)
-    except DataError as e:
-        return _fail(prog, str(e))
-    except ValueError as e:
+    except (DataError, ValueError) as e:
         return _fail(prog, str(e))
     chars = list(meta["vocab"])
     index = {c: i for i, c in enumerate(chars)}
@@ -258,6 +261,9 @@ def _generate(args):
     if temperature is None:
         temperature = 0.0 if meta["options"].get("greedy") else DEFAULTS["temperature"]
     greedy = args.greedy or temperature == 0
+    # the first LSTM call of a process loads the backend (SciPy's BLAS for C): start-up, paid
+    # before the first character is shown and before the clock of --timing starts
+    model.warm_up()
     out = sys.stdout
     with_errors = getattr(out, "reconfigure", None)
     if with_errors is not None:
@@ -288,8 +294,8 @@ def _generate(args):
         return 0
     if args.timing:
         rate = args.length / dt if dt > 0 else float("inf")
-        print(f"generated {args.length} characters in {dt:.3f} s: {rate:,.0f} chars/s "
-              f"(after start-up, backend {model.lstm.backend})", file=sys.stderr)
+        print(f"start-up {t0 - t_start:.3f} s (checkpoint, model, backend); generated {args.length} characters "
+              f"in {dt:.3f} s after it: {rate:,.0f} chars/s (backend {model.lstm.backend})", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,258 @@
+"""The run loop of ``fastlstm train``: ``prepare_run`` checks everything before anything is written
+and returns a ready Trainer; ``run_training`` steps it until a limit or Ctrl-C, validating,
+checkpointing, logging metrics and drawing the loss curve. The CLI and the tests call these two.
+"""
+
+import contextlib
+import math
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .checkpoints import BEST_JSON, BEST_NPZ, CHECKPOINT_JSON, CheckpointError, load_checkpoint
+from .data import Vocab, load_corpus
+from .metrics import METRICS_FILE, PLOT_FILE, MetricsLog, plot_metrics, truncate_metrics
+from .options import DEFAULT_EPOCHS, resolve_options
+from .progress import Progress, backend_label, hms
+from .threads import compute_threads
+from .trainer import Trainer
+
+__all__ = ["prepare_run", "prepare_text", "run_training"]
+
+
+def prepare_text(opts):
+    """Load the corpus named by the options, apply --lowercase. Returns (text, source)."""
+    text, source = load_corpus(opts["text"], opts["corpus"], opts["encoding"])
+    if opts["lowercase"]:
+        text = text.lower()
+    return text, source
+
+
+def prepare_run(given, out, *, resume=False, overwrite=False):
+    """Check everything a run needs before anything is written. Returns a ready Trainer.
+
+    Raises DataError/CheckpointError/ValueError for bad input (nothing written yet).
+    """
+    out = Path(out)
+    ckpt = out / CHECKPOINT_JSON
+    meta = arrays = None
+    if resume:
+        if not ckpt.is_file():
+            raise CheckpointError(f"nothing to resume: {str(ckpt)!r} does not exist: start a run without "
+                                  f"--resume, or pass the --out of the run to continue")
+        meta, arrays = load_checkpoint(out)
+        opts = resolve_options(given, meta["options"])
+    else:
+        if ckpt.exists() and not overwrite:
+            raise CheckpointError(f"{str(out)!r} already holds a checkpoint: continue it with --resume, "
+                                  f"start over with --overwrite, or choose another --out")
+        opts = resolve_options(given)
+    if opts["text"] is not None:
+        opts["text"] = str(Path(opts["text"]).resolve()) if Path(opts["text"]).exists() else opts["text"]
+    text, source = prepare_text(opts)
+    vocab = Vocab(meta["vocab"]) if meta is not None else None  # the Trainer checks the text against it
+    trainer = Trainer(opts, text, vocab, out=out, source=source)
+    if meta is not None:
+        trainer.load_state(meta, arrays)
+    return trainer
+
+
+def step_limit(opts, steps_per_epoch):
+    """The step a run stops at (--max-steps, --epochs, or DEFAULT_EPOCHS without any limit),
+    or None when only --max-time bounds it."""
+    max_steps = opts["max_steps"]
+    if opts["epochs"] is not None:
+        max_steps = min(max_steps or math.inf, opts["epochs"] * steps_per_epoch)
+    if max_steps is None and opts["max_time"] is None:
+        max_steps = DEFAULT_EPOCHS * steps_per_epoch
+    return max_steps
+
+
+class _CtrlC:
+    """SIGINT while training (main thread only): the first asks the loop to stop after the
+    current step; a second raises KeyboardInterrupt at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            with contextlib.suppress(ValueError):
+                self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class _Session:
+    """One call of run_training: its limits and clock, the running loss and rate, the best
+    validation loss so far, and where it reports (the progress display and the metrics log)."""
+
+    def __init__(self, trainer, bar, max_steps, max_time, step_callback):
+        self.trainer = trainer
+        self.bar = bar
+        self.say = bar.write
+        self.max_steps = max_steps
+        self.max_time = max_time
+        self.step_callback = step_callback
+        self.metrics = None  # the MetricsLog, while the loop runs
+        self.losses = []  # this session's, one per step
+        self.ema = None  # smoothed training loss for the messages
+        self.cps = 0.0  # characters per second of this session
+        history = trainer.val_history
+        self.last_val = history[-1]["val_loss"] if history else None
+        self.best_val = min((r["val_loss"] for r in history), default=math.inf)
+        self.t0 = time.perf_counter()
+        self.elapsed0 = trainer.elapsed
+        self.chars0 = trainer.chars_seen
+
+    def seconds(self):
+        return time.perf_counter() - self.t0
+
+    def limit_reached(self):
+        return ((self.max_steps is not None and self.trainer.steps_done >= self.max_steps)
+                or (self.max_time is not None and self.seconds() >= self.max_time))
+
+    def train(self, ctrl_c):
+        """Step until a limit, Ctrl-C or KeyboardInterrupt. Returns "done" or "interrupted"."""
+        tr = self.trainer
+        undo = None
+        try:
+            while not self.limit_reached():
+                if ctrl_c.requested:
+                    return "interrupted"
+                # everything a step changes before its update is restorable if it is interrupted
+                undo = (tr.data_rng.bit_generator.state, tr.model.rng_states(), tr.order)
+                loss = tr.train_step()
+                undo = None
+                self.after_step(loss)
+        except KeyboardInterrupt:
+            if tr.updating:  # stopped inside the parameter update: the state is torn
+                self.say(f"stopped during an update: nothing saved; the last checkpoint in {tr.out} is kept")
+                raise
+            if undo is not None:  # the step did not finish: undo its draws
+                tr.data_rng.bit_generator.state, rng_states, tr.order = undo
+                tr.model.set_rng_states(rng_states)
+            return "interrupted"
+        return "done"
+
+    def after_step(self, loss):
+        tr = self.trainer
+        self.losses.append(loss)
+        tr.elapsed = self.elapsed0 + self.seconds()
+        self.cps = (tr.chars_seen - self.chars0) / max(self.seconds(), 1e-9)
+        self.ema = loss if self.ema is None else 0.95 * self.ema + 0.05 * loss
+        self.metrics.log_step(tr.steps_done, tr.epoch, tr.elapsed, loss)
+        if self.step_callback is not None:
+            self.step_callback(tr, loss)
+        self.bar.update(tr.steps_done, tr.epoch, self.ema, self.cps, self.time_left())
+        if tr.steps_done % tr.opts["eval_every"] == 0:
+            tr.save(best=self.validate())
+
+    def time_left(self):
+        left = None
+        if self.max_time is not None:
+            left = self.max_time - self.seconds()
+        if self.max_steps is not None and self.losses:
+            by_steps = (self.max_steps - self.trainer.steps_done) * self.seconds() / len(self.losses)
+            left = by_steps if left is None else min(left, by_steps)
+        return left
+
+    def validate(self):
+        """Validation loss, sample, log line; returns whether it is the best so far."""
+        tr = self.trainer
+        v = self.last_val = tr.evaluate()
+        improved = v < self.best_val
+        self.best_val = min(v, self.best_val)
+        rec = {"step": tr.steps_done, "epoch": round(tr.epoch, 4), "time": round(tr.elapsed, 3), "val_loss": v}
+        rec["sample"] = sample = tr.sample() if tr.opts["sample_length"] else ""
+        tr.val_history.append({"step": tr.steps_done, "time": rec["time"], "val_loss": v})
+        self.metrics.log_validation(rec)
+        self.say(f"step {tr.steps_done} epoch {tr.epoch:.2f} validation loss {v:.4f} "
+                 f"(train {self.ema:.4f}, {self.cps:,.0f} chars/s, {hms(tr.elapsed)} trained)"
+                 if self.ema is not None else f"step {tr.steps_done} validation loss {v:.4f}")
+        if sample:
+            self.say("  | " + sample.replace("\n", "\n  | "))
+        return improved
+
+    def finish(self, status):
+        """The last validation (unless one ran at this step) and the checkpoint."""
+        tr = self.trainer
+        improved = False
+        if status == "done" and (not tr.val_history or tr.val_history[-1]["step"] != tr.steps_done):
+            improved = self.validate()
+        self.metrics.flush()
+        tr.save(best=improved)
+
+
+def _start_metrics(trainer):
+    """Metrics of a resumed run are cut back to its checkpoint; a new run (maybe --overwrite)
+    starts without anything of an earlier one."""
+    out = trainer.out
+    out.mkdir(parents=True, exist_ok=True)
+    if trainer.steps_done > 0:
+        truncate_metrics(out / METRICS_FILE, trainer.steps_done)
+        return
+    for name in (METRICS_FILE, BEST_JSON, BEST_NPZ):
+        with contextlib.suppress(FileNotFoundError):
+            (out / name).unlink()
+
+
+def _describe(trainer):
+    o, V = trainer.opts, len(trainer.vocab)
+    what = f"{len(trainer.train_ids):,} training / {len(trainer.val_ids):,} held-out characters"
+    return (f"fastlstm train: {trainer.source}, {what}, vocabulary {V}; model "
+            f"{o['input_mode']} -> LSTM({o['hidden_size']}) x {o['num_layers']} -> Dense({V}), "
+            f"{sum(p.size for p in trainer.model.params.values()):,} parameters; "
+            f"batch {o['batch_size']} x {o['seq_len']} chars, {trainer.steps_per_epoch} steps/epoch; "
+            f"backend {backend_label(trainer.model.lstm.backend)}"
+            + (f"; resuming at step {trainer.steps_done}" if trainer.steps_done else ""))
+
+
+def run_training(trainer, *, progress="auto", log_every=10.0, stream=None, step_callback=None,
+                 write_plot=True):
+    """Train until --epochs, --max-steps or --max-time (or Ctrl-C); checkpoint, metrics, PNG.
+
+    Returns a dict: status ("done" or "interrupted"), step (steps done), losses (this
+    session's, per step), val_loss (last), chars_per_s, elapsed (this session, seconds).
+    ``step_callback(trainer, loss)`` runs after each step (tests use it).
+    """
+    out = trainer.out
+    _start_metrics(trainer)
+    max_steps = step_limit(trainer.opts, trainer.steps_per_epoch)
+    max_time = trainer.opts["max_time"]
+    total = int(max_steps) if max_steps not in (None, math.inf) else None
+    bar = Progress(progress, total, trainer.steps_done, max_time=max_time, every=log_every,
+                   stream=stream or sys.stdout)
+    bar.write(_describe(trainer))
+    run = _Session(trainer, bar, max_steps, max_time, step_callback)
+    try:
+        with _CtrlC() as ctrl_c, MetricsLog(out / METRICS_FILE) as run.metrics, compute_threads():
+            status = run.train(ctrl_c)
+            run.finish(status)
+    finally:
+        bar.close()
+    note = plot_metrics(out / METRICS_FILE, out / PLOT_FILE) if write_plot else None
+    session = run.seconds()
+    if note:
+        run.say(f"note: {note}")
+    if status == "interrupted":
+        run.say(f"interrupted at step {trainer.steps_done}: checkpoint saved in {out}; continue with "
+                f"`fastlstm train --resume --out {out}`")
+    else:
+        b = min(trainer.val_history, key=lambda r: r["val_loss"])
+        run.say(f"done: step {trainer.steps_done} (epoch {trainer.epoch:.2f}), validation loss {run.last_val:.4f} "
+                f"(best {b['val_loss']:.4f} at step {b['step']}), {run.cps:,.0f} chars/s over {hms(session)}; "
+                f"checkpoints, metrics and plot in {out}; try `fastlstm generate --checkpoint {out}`")
+    return {"status": status, "step": trainer.steps_done, "losses": run.losses, "val_loss": run.last_val,
+            "chars_per_s": run.cps, "elapsed": session}
