@@ -15,7 +15,6 @@ memory (ru_maxrss of each subprocess) and generation characters/s at N=1 through
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import shlex
@@ -195,27 +194,20 @@ def generation_rate(checkpoint, length, env):
 
 
 def machine_info():
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """The shared machine facts (fastlstm.bench.machine), flattened for this report,
+    plus the load average at the start of this run."""
     import numpy
-    import scipy
-    info["numpy"], info["scipy"] = numpy.__version__, scipy.__version__
-    try:
-        import threadpoolctl
-        import fastlstm
-        fastlstm.LSTM(1, 1)(numpy.zeros((1, 1, 1), numpy.float32))  # load the kernels' BLAS
-        info["blas"] = [f"{d['internal_api']} {d.get('version')} {d.get('architecture')} "
-                        f"({Path(d['filepath']).parent.name}, {d['num_threads']} threads)"
-                        for d in threadpoolctl.threadpool_info()]
-    except ImportError:
-        pass
-    info["load"] = os.getloadavg()
+
+    import fastlstm
+    from fastlstm.bench import machine
+
+    fastlstm.LSTM(1, 1)(numpy.zeros((1, 1, 1), numpy.float32))  # load the kernels' BLAS first
+    shared = machine.machine_info()
+    info = {"cpu": shared["cpu"], "cpus": shared["cores"], "platform": shared["platform"],
+            "python": shared["versions"]["python"], "numpy": shared["versions"]["numpy"],
+            "scipy": shared["versions"]["scipy"], "load": os.getloadavg()}
+    info["blas"] = [f"{b['internal_api']} {b.get('version')} {b.get('architecture')} ({b['num_threads']} threads)"
+                    for b in shared.get("blas", [])]
     return info
 
 

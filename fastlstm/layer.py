@@ -19,9 +19,9 @@ import numpy as np
 
 from . import _validate as v
 from ._arrays import backend_and_arrays
+from ._dropout import keep_mask
 from .backends import check_name
 from .functional import Workspace, run_backward, run_forward
-from ._dropout import keep_mask
 
 
 class LSTM:
@@ -191,7 +191,7 @@ class LSTM:
         return tuple(out)
 
     def _dropout_mask(self, shape):
-        """0 or 1/(1-p) per element, kept with probability 1-p (nn.keep_mask)."""
+        """0 or 1/(1-p) per element, kept with probability 1-p (_dropout.keep_mask)."""
         mask = np.empty(shape, self.dtype)
         scale = self.dtype.type(1.0 / (1.0 - self.dropout))
         np.multiply(keep_mask(self._rng, shape, self.dropout), scale, out=mask)

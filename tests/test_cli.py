@@ -12,12 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_trainer import make_text
 
 import fastlstm
 from fastlstm import _config
 from fastlstm.charlm import cli
-
-from test_trainer import make_text
 
 TINY = ["--hidden-size", "12", "--embed-dim", "6", "--seq-len", "12", "--batch-size", "4",
         "--eval-every", "3", "--sample-length", "10", "--progress", "none"]
