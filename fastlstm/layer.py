@@ -12,7 +12,9 @@ thread. A training forward and its backward belong to one thread.
 
 from __future__ import annotations
 
+import numbers
 import threading
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -20,7 +22,7 @@ import numpy as np
 from . import _validate as v
 from ._arrays import backend_and_arrays
 from ._dropout import keep_mask
-from .backends import check_name
+from .backends import check_name, get_backend
 from .functional import Workspace, run_backward, run_forward
 
 
@@ -36,9 +38,16 @@ class LSTM:
     bias : bool
         With ``bias_ih_l{k}`` and ``bias_hh_l{k}`` (as PyTorch).
     batch_first : bool
-        x and y are (N, T, features) instead of (T, N, features). States stay (L, N, H).
+        x and y are (N, T, features) instead of (T, N, features). States stay (D*L, N, H).
     dropout : float in [0, 1)
         Dropout on the output of every layer but the last, in training forward passes.
+    bidirectional : bool
+        D = 2 directions per layer: parameters ``*_l{k}_reverse`` too, outputs of
+        2*H_out features (forward direction first), states ordered layer 0 forward,
+        layer 0 reverse, layer 1 forward, ...
+    proj_size : int
+        P with 0 < P < H projects each h_t to P features (``weight_hr_l{k}`` (P, H));
+        then H_out = P, ``weight_hh`` is (4H, P) and h states are (D*L, N, P). 0: none.
     dtype : float32 or float64
     backend : str
         "auto", "c", "numpy" or "cuda".
@@ -63,7 +72,8 @@ class LSTM:
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, *,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, *,
                  dtype: Any = np.float32, backend: str = "auto", seed: int | None = None) -> None:
         self.input_size = v.check_size("input_size", input_size)
         self.hidden_size = v.check_size("hidden_size", hidden_size)
@@ -71,27 +81,48 @@ class LSTM:
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.dropout = v.check_dropout("dropout", dropout)
-        self.dtype = v.check_dtype(dtype)
-        self.backend = check_name(backend)
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn("dropout adds dropout after all but the last layer, so a non-zero dropout "
+                          f"expects num_layers greater than 1, but got dropout={self.dropout} and "
+                          "num_layers=1", UserWarning, stacklevel=2)
+        self.bidirectional = bool(bidirectional)
+        if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral):
+            raise TypeError(f"proj_size must be an integer, got {type(proj_size).__name__} {proj_size!r}")
+        if proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable projections, "
+                             f"got {proj_size}")
+        if proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size has to be smaller than hidden_size ({self.hidden_size}), got {proj_size}")
+        self.proj_size: int = int(proj_size)
+        self.dtype: np.dtype = v.check_dtype(dtype)
+        self.backend: str = check_name(backend)
         self._rng = np.random.default_rng(seed)
-        H, G = self.hidden_size, 4 * self.hidden_size
+        H, G, D = self.hidden_size, 4 * self.hidden_size, 2 if self.bidirectional else 1
+        K = self.proj_size or H
         k = 1.0 / np.sqrt(H)
-        self.params = {}
+        self.params: dict[str, np.ndarray] = {}
+        self._layer_keys: list[tuple[Any, ...]] = []   # index layer * D + direction (None: no such parameter)
+        # torch's order (layer, direction, then w_ih, w_hh, b_ih, b_hh, w_hr): the same seed
+        # gives the same parameters as before for the options that existed then.
         for layer in range(self.num_layers):
-            I_k = self.input_size if layer == 0 else H
-            shapes: dict[str, tuple[int, ...]] = {"weight_ih": (G, I_k), "weight_hh": (G, H)}
-            if self.bias:
-                shapes.update(bias_ih=(G,), bias_hh=(G,))
-            for name, shape in shapes.items():
-                self.params[f"{name}_l{layer}"] = self._rng.uniform(-k, k, shape).astype(self.dtype)
-        self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
+            I_k = self.input_size if layer == 0 else D * K
+            for suffix in ("", "_reverse")[:D]:
+                shapes: dict[str, tuple[int, ...]] = {"weight_ih": (G, I_k), "weight_hh": (G, K)}
+                if self.bias:
+                    shapes.update(bias_ih=(G,), bias_hh=(G,))
+                if self.proj_size:
+                    shapes["weight_hr"] = (K, H)
+                for name, shape in shapes.items():
+                    self.params[f"{name}_l{layer}{suffix}"] = self._rng.uniform(-k, k, shape).astype(self.dtype)
+                self._layer_keys.append(tuple(f"{name}_l{layer}{suffix}" if name in shapes else None
+                                              for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh",
+                                                           "weight_hr")))
+        self.grads: dict[str, np.ndarray] = {name: np.zeros_like(p) for name, p in self.params.items()}
         self._shapes = {name: p.shape for name, p in self.params.items()}
-        self._saved: tuple[list[Any], list[Any], tuple[int, ...], Any] | None = None
+        self._saved: tuple[Any, ...] | None = None
         self._per_thread = threading.local()   # bias-sum buffers, one set per thread
-        self._layer_keys = [tuple(f"{name}_l{k}" for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-                            for k in range(self.num_layers)]
-        self._workspace = Workspace(limit=2 * self.num_layers + 2)
-        self._step_workspace = Workspace(limit=4)
+        self._workspace: Workspace = Workspace(limit=3 * D * self.num_layers + 2)
+        self._step_workspace: Workspace = Workspace(limit=4)
 
     # -- parameters -------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -163,32 +194,50 @@ class LSTM:
         raise exc(f"params[{name!r}] must be {want}, got {got}; update it in place "
                   f"(params[{name!r}][...] = value) or use load_state_dict, which converts")
 
-    def _layer_weights(self, layer):
-        """W_ih, W_hh and the summed bias of one layer (the bias in a buffer of this
-        thread's, rewritten on every call: the parameters may have changed)."""
-        ih, hh, b_ih, b_hh = self._layer_keys[layer]
+    @property
+    def num_directions(self) -> int:
+        """D: 2 for a bidirectional layer, else 1."""
+        return 2 if self.bidirectional else 1
+
+    def _layer_weights(self, index):
+        """W_ih, W_hh, the summed bias and W_hr (or None) of one (layer, direction), index
+        layer * D + direction (the bias in a buffer of this thread's, rewritten on every
+        call: the parameters may have changed)."""
+        ih, hh, b_ih, b_hh, hr = self._layer_keys[index]
         sums = getattr(self._per_thread, "bias_sums", None)
         if sums is None:
             sums = self._per_thread.bias_sums = [np.zeros(4 * self.hidden_size, self.dtype)
-                                                 for _ in range(self.num_layers)]
-        b = sums[layer]
+                                                 for _ in self._layer_keys]
+        b = sums[index]
         if self.bias:
             np.add(self._param(b_ih), self._param(b_hh), out=b)
-        return self._param(ih), self._param(hh), b
+        return self._param(ih), self._param(hh), b, None if hr is None else self._param(hr)
 
-    def _state(self, name, state, N, xp):
-        L, H = self.num_layers, self.hidden_size
+    def _state(self, name, state, N, xp, unbatched=False):
+        """(h, c) of shapes (D*L, N, H_out) and (D*L, N, H) ((D*L, H_out), (D*L, H)
+        unbatched); zeros when omitted."""
+        DL, H = self.num_directions * self.num_layers, self.hidden_size
+        K = self.proj_size or H
+        shapes = ((DL, N, K), (DL, N, H))
         pair = v.as_pair(name, state)
         if pair is None:
-            return xp.zeros((L, N, H), self.dtype), xp.zeros((L, N, H), self.dtype)
+            return xp.zeros(shapes[0], self.dtype), xp.zeros(shapes[1], self.dtype)
         out = []
         for k, value in enumerate(pair):
             if value is None:
-                out.append(xp.zeros((L, N, H), self.dtype))
+                out.append(xp.zeros(shapes[k], self.dtype))
                 continue
             arr = xp.as_array(f"{name}[{k}]", value, self.dtype)
-            out.append(v.check_shape(f"{name}[{k}]", arr, (L, N, H), "(L, N, H)"))
+            want = shapes[k][::2] if unbatched else shapes[k]
+            arr = v.check_shape(f"{name}[{k}]", arr, want, self._state_letters(k, unbatched))
+            out.append(arr.reshape(shapes[k]) if unbatched else arr)
         return tuple(out)
+
+    def _state_letters(self, k, unbatched):
+        """The shape of h (k = 0) or c (k = 1) in letters: (L, N, H), (2*L, N, P), ..."""
+        layers = "2*L" if self.bidirectional else "L"
+        features = "P" if k == 0 and self.proj_size else "H"
+        return f"({layers}, {features})" if unbatched else f"({layers}, N, {features})"
 
     def _dropout_mask(self, shape):
         """0 or 1/(1-p) per element, kept with probability 1-p (_dropout.keep_mask)."""
@@ -198,48 +247,72 @@ class LSTM:
         return mask
 
     # -- forward / backward ----------------------------------------------
-    def __call__(self, x: Any, state: Any = None, *, training: bool = False) -> tuple[Any, tuple[Any, Any]]:
+    def __call__(self, x: Any, state: Any = None, *, lengths: Any = None,
+                 training: bool = False) -> tuple[Any, tuple[Any, Any]]:
         """Same as :meth:`forward`."""
-        return self.forward(x, state, training=training)
+        return self.forward(x, state, lengths=lengths, training=training)
 
-    def forward(self, x: Any, state: Any = None, *, training: bool = False) -> tuple[Any, tuple[Any, Any]]:
+    def forward(self, x: Any, state: Any = None, *, lengths: Any = None,
+                training: bool = False) -> tuple[Any, tuple[Any, Any]]:
         """Run the whole sequence.
 
         Parameters
         ----------
-        x : array_like, (T, N, I), or (N, T, I) with ``batch_first``
+        x : array_like, (T, N, I), or (N, T, I) with ``batch_first``, or (T, I) unbatched
             A device array (``__cuda_array_interface__``) runs on the cuda
             backend and gives device arrays back.
-        state : pair (h0, c0) of (L, N, H) arrays, optional
-            Zeros when omitted.
+        state : pair (h0, c0) of (D*L, N, H_out) and (D*L, N, H) arrays, optional
+            Zeros when omitted ((D*L, H_out) and (D*L, H) unbatched).
+        lengths : array_like of N integers in [0, T], optional
+            Sequence n is its first lengths[n] steps, as torch's
+            ``pack_padded_sequence(x, lengths, enforce_sorted=False)``: outputs past
+            it are zero, the final state is each sequence's own, and the reverse
+            direction starts at its last step. A length of 0 (which torch refuses)
+            gives zero outputs and the initial state back.
         training : bool
             Keep what ``backward`` needs and apply dropout between layers.
 
         Returns
         -------
-        y : ndarray, (T, N, H) or (N, T, H)
+        y : ndarray, (T, N, D*H_out) or (N, T, D*H_out) ((T, D*H_out) unbatched)
             The top layer's output at every step.
-        (h_n, c_n) : pair of (L, N, H) ndarrays
-            The final state of every layer.
+        (h_n, c_n) : pair of (D*L, N, H_out) and (D*L, N, H) ndarrays
+            The final state of every layer and direction.
         """
-        letters = "(N, T, I)" if self.batch_first else "(T, N, I)"
         be, xp = backend_and_arrays(self.backend, "x", x)
-        x = v.check_shape("x", xp.as_array("x", x, self.dtype), (None, None, self.input_size), letters)
-        if self.batch_first:
-            x = xp.swap01(x)
-        N = x.shape[1]
-        h0, c0 = self._state("state", state, N, xp)
+        x = xp.as_array("x", x, self.dtype)
+        letters = "(N, T, I)" if self.batch_first else "(T, N, I)"
+        if len(x.shape) not in (2, 3):
+            raise ValueError(f"x must be 3-D {letters} (or 2-D (T, I) unbatched), got shape {x.shape}")
+        unbatched = len(x.shape) == 2
+        if unbatched:  # torch's unbatched input: (T, I), whatever batch_first says
+            x = v.check_shape("x", x, (None, self.input_size), "(T, I)").reshape(x.shape[0], 1, x.shape[1])
+        else:
+            x = v.check_shape("x", x, (None, None, self.input_size), letters)
+            if self.batch_first:
+                x = xp.swap01(x)
+        T, N = x.shape[0], x.shape[1]
+        lens = None if lengths is None else v.check_lengths("lengths", lengths, N, T)
+        if lens is not None and N and lens.min() == T:
+            lens = None  # every sequence full: the plain loop
+        h0, c0 = self._state("state", state, N, xp, unbatched)
         h_n = xp.empty(h0.shape, self.dtype)
         c_n = xp.empty(c0.shape, self.dtype)
+        D = self.num_directions
         caches, masks = [], []
         self._saved = None
         inp = x
         for layer in range(self.num_layers):
-            W_ih, W_hh, b = self._layer_weights(layer)
-            y, _, _, cache = run_forward(be, inp, h0[layer], c0[layer], W_ih, W_hh, b, training,
-                                         hT=h_n[layer], cT=c_n[layer], workspace=self._workspace,
-                                         xp=xp)
-            caches.append(cache)
+            outs = []
+            for d in range(D):
+                idx = layer * D + d
+                W_ih, W_hh, b, W_hr = self._layer_weights(idx)
+                y, _, _, cache = run_forward(be, inp, h0[idx], c0[idx], W_ih, W_hh, b, training,
+                                             hT=h_n[idx], cT=c_n[idx], workspace=self._workspace,
+                                             xp=xp, lengths=lens, reverse=d == 1, W_hr=W_hr)
+                caches.append(cache)
+                outs.append(y)
+            y = outs[0] if D == 1 else xp.concat_features(outs)
             if training and self.dropout > 0 and layer < self.num_layers - 1:
                 mask = xp.as_array("mask", self._dropout_mask(y.shape), self.dtype)
                 masks.append(mask)
@@ -248,56 +321,81 @@ class LSTM:
                 masks.append(None)
             inp = y
         if training:
-            self._saved = (caches, masks, x.shape, xp)
+            self._saved = (caches, masks, x.shape, xp, unbatched)
+        if unbatched:
+            return inp.reshape(T, inp.shape[2]), (h_n.reshape(h_n.shape[0], h_n.shape[2]),
+                                                  c_n.reshape(c_n.shape[0], c_n.shape[2]))
         if self.batch_first:
             inp = xp.swap01(inp)
         return inp, (h_n, c_n)
 
-    def backward(self, dy: Any, dstate: Any = None) -> tuple[Any, tuple[Any, Any]]:
+    def backward(self, dy: Any = None, dstate: Any = None) -> tuple[Any, tuple[Any, Any]]:
         """Back-propagate through the last training forward pass.
 
         Parameter gradients are added to ``self.grads``.
 
         Parameters
         ----------
-        dy : array_like, shaped like the forward output y
-            Gradient of the loss with respect to y.
-        dstate : pair (dh_n, dc_n) of (L, N, H) arrays, optional
-            Gradient with respect to the final state; zeros when omitted.
+        dy : array_like shaped like the forward output y, or None
+            Gradient of the loss with respect to y (ignored past each sequence's
+            length); None when the loss depends on the final state only.
+        dstate : pair (dh_n, dc_n) shaped like (h_n, c_n), optional
+            Gradient with respect to the final state; zeros when omitted. At
+            least one of dy and dstate is needed.
 
         Returns
         -------
         dx : ndarray, shaped like x
-            Gradient with respect to the input.
-        (dh0, dc0) : pair of (L, N, H) ndarrays
+            Gradient with respect to the input (zero past each sequence's length).
+        (dh0, dc0) : pair of ndarrays shaped like the initial state
             Gradient with respect to the initial state.
         """
         if self._saved is None:
             raise RuntimeError("backward needs a preceding forward(..., training=True) "
                                "(each training forward allows one backward)")
-        caches, masks, (T, N, _), xp = self._saved
-        H = self.hidden_size
-        if self.batch_first:
-            dy = v.check_shape("dy", xp.as_array("dy", dy, self.dtype), (N, T, H), "(N, T, H)")
+        if dy is None and dstate is None:
+            raise ValueError("backward needs dy or dstate (or both)")
+        caches, masks, (T, N, _), xp, unbatched = self._saved
+        D, H = self.num_directions, self.hidden_size
+        K = self.proj_size or H
+        F = D * K
+        feat = ("2*" if D == 2 else "") + ("P" if self.proj_size else "H")
+        if dy is None:
+            dy = xp.zeros((T, N, F), self.dtype)
+        elif unbatched:
+            dy = v.check_shape("dy", xp.as_array("dy", dy, self.dtype), (T, F), f"(T, {feat})")
+            dy = dy.reshape(T, 1, F)
+        elif self.batch_first:
+            dy = v.check_shape("dy", xp.as_array("dy", dy, self.dtype), (N, T, F), f"(N, T, {feat})")
             dy = xp.swap01(dy)
         else:
-            dy = v.check_shape("dy", xp.as_array("dy", dy, self.dtype), (T, N, H), "(T, N, H)")
-        dh_n, dc_n = self._state("dstate", dstate, N, xp)
+            dy = v.check_shape("dy", xp.as_array("dy", dy, self.dtype), (T, N, F), f"(T, N, {feat})")
+        dh_n, dc_n = self._state("dstate", dstate, N, xp, unbatched)
         self._saved = None
         dh0 = xp.empty(dh_n.shape, self.dtype)
         dc0 = xp.empty(dc_n.shape, self.dtype)
+        g = self.grads
         grad = dy
         for layer in range(self.num_layers - 1, -1, -1):
             if masks[layer] is not None:
                 grad = xp.multiply(grad, masks[layer])
-            g = self.grads
-            db = np.zeros(4 * H, self.dtype)
-            grad, _, _ = run_backward(caches[layer], grad, dh_n[layer], dc_n[layer],
-                                      g[f"weight_ih_l{layer}"], g[f"weight_hh_l{layer}"], db,
-                                      dh0=dh0[layer], dc0=dc0[layer], workspace=self._workspace)
-            if self.bias:
-                g[f"bias_ih_l{layer}"] += db
-                g[f"bias_hh_l{layer}"] += db
+            dx = None
+            for d in range(D):
+                idx = layer * D + d
+                ih, hh, b_ih, b_hh, hr = self._layer_keys[idx]
+                part = grad if D == 1 else xp.take_features(grad, d * K, (d + 1) * K)
+                db = np.zeros(4 * H, self.dtype)
+                dx_d, _, _ = run_backward(caches[idx], part, dh_n[idx], dc_n[idx], g[ih], g[hh], db,
+                                          dh0=dh0[idx], dc0=dc0[idx], workspace=self._workspace,
+                                          dW_hr=None if hr is None else g[hr])
+                if self.bias:
+                    g[b_ih] += db
+                    g[b_hh] += db
+                dx = dx_d if dx is None else xp.add(dx, dx_d)
+            grad = dx
+        if unbatched:
+            return grad.reshape(T, grad.shape[2]), (dh0.reshape(dh0.shape[0], dh0.shape[2]),
+                                                    dc0.reshape(dc0.shape[0], dc0.shape[2]))
         if self.batch_first:
             grad = xp.swap01(grad)
         return grad, (dh0, dc0)
@@ -310,16 +408,24 @@ class LSTM:
         ----------
         x_t : array_like, (N, I)
             The input of this step.
-        state : pair (h, c) of (L, N, H) arrays, optional
+        state : pair (h, c) of (L, N, H_out) and (L, N, H) arrays, optional
             The carried state; zeros when omitted.
 
         Returns
         -------
-        h_t : ndarray (N, H)
+        h_t : ndarray (N, H_out)
             The top layer's output.
-        (h, c) : pair of (L, N, H) ndarrays
+        (h, c) : pair of (L, N, H_out) and (L, N, H) ndarrays
             The new state, to pass to the next call.
+
+        Raises
+        ------
+        ValueError
+            On a bidirectional layer: one step has no reverse direction.
         """
+        if self.bidirectional:
+            raise ValueError("step runs one time step forward, and a bidirectional layer's reverse "
+                             "direction needs the whole sequence: use forward")
         be, xp = backend_and_arrays(self.backend, "x_t", x_t)
         x_t = v.check_shape("x_t", xp.as_array("x_t", x_t, self.dtype), (None, self.input_size), "(N, I)")
         N = x_t.shape[0]
@@ -328,12 +434,21 @@ class LSTM:
         c_new = xp.empty(c.shape, self.dtype)
         gates = self._step_workspace.take((N, 4 * self.hidden_size), self.dtype)
         weights = [self._layer_weights(layer) for layer in range(self.num_layers)]
+        extra = {}
+        if self.proj_size:
+            if "projection" not in getattr(be, "OPTIONS", ()):
+                if xp.on_device:
+                    raise NotImplementedError(f"the {be.NAME!r} backend does not run projections yet")
+                be = get_backend("numpy")
+            extra["W_hr"] = [w[3] for w in weights]
         be.step_layers(x_t, h, c, [w[0] for w in weights], [w[1] for w in weights],
-                       [w[2] for w in weights], h_new, c_new, gates)
+                       [w[2] for w in weights], h_new, c_new, gates, **extra)
         self._step_workspace.give(gates)
         return xp.copy(h_new[-1]), (h_new, c_new)
 
     def __repr__(self) -> str:
+        extra = (", bidirectional=True" if self.bidirectional else "") + (
+            f", proj_size={self.proj_size}" if self.proj_size else "")
         return (f"LSTM({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
-                f"bias={self.bias}, batch_first={self.batch_first}, dropout={self.dropout}, "
+                f"bias={self.bias}, batch_first={self.batch_first}, dropout={self.dropout}{extra}, "
                 f"dtype={self.dtype.name}, backend={self.backend!r})")

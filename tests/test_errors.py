@@ -61,7 +61,10 @@ def _functional_backward_twice(backend):
 # (id, call(backend), exception type, regex the message must match)
 CASES = [
     # forward: x
-    ("x-2d", lambda b: _layer(b)(_x(T, I)), ValueError, r"^x must be 3-D \(T, N, I\), got shape \(3, 4\)"),
+    ("x-1d", lambda b: _layer(b)(_x(T)), ValueError,
+     r"^x must be 3-D \(T, N, I\) \(or 2-D \(T, I\) unbatched\), got shape \(3,\)"),
+    ("x-2d-feature-size", lambda b: _layer(b)(_x(T, I + 1)), ValueError,
+     r"^x must have shape \(T, I\) = \(\?, 4\), got shape \(3, 5\)"),
     ("x-4d", lambda b: _layer(b)(_x(T, N, I, 1)), ValueError, r"^x must be 3-D"),
     ("x-feature-size", lambda b: _layer(b)(_x(T, N, I + 1)), ValueError,
      r"^x must have shape \(T, N, I\) = \(\?, \?, 4\), got shape \(3, 2, 5\)"),
