@@ -1,6 +1,6 @@
 """fastlstm: fast, exact LSTM forward and backward passes for NumPy.
 
-Public API: ``LSTM`` (multi-layer, torch.nn.LSTM conventions), the functional
+Public API: ``LSTM`` (multi-layer, torch.nn.LSTM conventions), ``LSTMCell``, the functional
 single-layer ``lstm_forward`` / ``lstm_backward``, ``available_backends()``
 and ``show_config()``. Importing it without the compiled C backend warns once
 (a ``RuntimeWarning``), unless ``FASTLSTM_BACKEND`` names a backend or
@@ -17,10 +17,11 @@ import warnings as _warnings
 from . import _config
 from ._info import show_config
 from .backends import available_backends
+from .cell import LSTMCell
 from .functional import LSTMCache, lstm_backward, lstm_forward
 from .layer import LSTM
 
-__all__ = ["LSTM", "LSTMCache", "lstm_forward", "lstm_backward", "available_backends",
+__all__ = ["LSTM", "LSTMCell", "LSTMCache", "lstm_forward", "lstm_backward", "available_backends",
            "show_config", "__version__"]
 
 
