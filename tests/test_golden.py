@@ -7,6 +7,7 @@ Each fixture is run through fastlstm.LSTM forward(training=True) + backward.
 import glob
 import os
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from lstm_testing import REL_TOL, rel_err
 
 GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 FIXTURES = sorted(glob.glob(os.path.join(GOLDEN_DIR, "*.npz")))
-PARAM_RE = re.compile(r"^(weight|bias)_(ih|hh)_l\d+$")
+PARAM_RE = re.compile(r"^(weight|bias)_(ih|hh|hr)_l\d+(_reverse)?$")
 BACKENDS = fastlstm.available_backends()
 
 
@@ -38,7 +39,8 @@ def make_model(g, backend):
     dtype = g["x"].dtype
     model = fastlstm.LSTM(int(g["input_size"]), int(g["hidden_size"]), int(g["num_layers"]),
                           bias=bool(g["bias"]), batch_first=bool(g["batch_first"]),
-                          dtype=dtype, backend=backend, seed=0)
+                          bidirectional=bool(g.get("bidirectional", False)),
+                          proj_size=int(g.get("proj_size", 0)), dtype=dtype, backend=backend, seed=0)
     model.load_state_dict({k: v for k, v in g.items() if PARAM_RE.match(k)})
     return model
 
@@ -61,8 +63,11 @@ def test_forward_backward_matches_torch(golden, backend):
     tol = REL_TOL[dtype]
     model = make_model(g, backend)
 
-    y_inf, (h_inf, c_inf) = model.forward(g["x"], (g["h0"], g["c0"]), training=False)
-    y, (h_n, c_n) = model.forward(g["x"], (g["h0"], g["c0"]), training=True)
+    lengths = g.get("lengths")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a backend without an option falls back
+        y_inf, (h_inf, c_inf) = model.forward(g["x"], (g["h0"], g["c0"]), lengths=lengths, training=False)
+        y, (h_n, c_n) = model.forward(g["x"], (g["h0"], g["c0"]), lengths=lengths, training=True)
     dx, (dh0, dc0) = model.backward(g["dy"], (g["dh_n"], g["dc_n"]))
 
     got = {"y": y, "h_n": h_n, "c_n": c_n, "dx": dx, "dh0": dh0, "dc0": dc0,
