@@ -273,3 +273,64 @@ def test_gpu_check_script_runs(cb, tmp_path):
     text = out.read_text()
     assert "| 5 | 2 |" in text and "Correctness: all below 1e-5" in text
     assert (tmp_path / "gpu.json").exists()
+
+
+@pytest.mark.parametrize("config, lengths", [
+    (dict(bidirectional=True), None),
+    (dict(proj_size=2), None),
+    (dict(), [3, 1, 0]),
+    (dict(bidirectional=True, proj_size=3, num_layers=2), [2, 4, 1]),
+], ids=["bidir", "proj", "lengths", "bidir-proj-lengths-L2"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_lstm_options_match_reference(monkeypatch, cb, config, lengths, dtype):
+    """Bidirectional layers, projections and variable lengths on the device kernels
+    (one launch per step), against the NumPy reference."""
+    T, N, I, H = 4, 3, 2, 5
+    ref = fastlstm.LSTM(I, H, dtype=dtype, backend=REFERENCE, seed=11, **config)
+    gpu = fastlstm.LSTM(I, H, dtype=dtype, backend="cuda", seed=5, **config)
+    gpu.load_state_dict(ref.state_dict())
+    D, L, K = 2 if ref.bidirectional else 1, ref.num_layers, ref.proj_size or H
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((T, N, I)).astype(dtype)
+    state = (rng.standard_normal((D * L, N, K)).astype(dtype), rng.standard_normal((D * L, N, H)).astype(dtype))
+    dy = rng.standard_normal((T, N, D * K)).astype(dtype)
+    dstate = (rng.standard_normal((D * L, N, K)).astype(dtype), rng.standard_normal((D * L, N, H)).astype(dtype))
+
+    def run(layer):
+        layer.zero_grad()
+        y, (h, c) = layer.forward(x, state, lengths=lengths, training=True)
+        dx, (dh0, dc0) = layer.backward(dy, dstate)
+        return dict(y=y, h_n=h, c_n=c, dx=dx, dh0=dh0, dc0=dc0,
+                    **{f"grad.{k}": g.copy() for k, g in layer.grads.items()})
+
+    assert_all_close(run(gpu), run(ref), dtype, "cuda options")
+
+
+def test_bidirectional_on_device_arrays(cb):
+    """Device input through a bidirectional layer: the directions are joined and split on the device."""
+    T, N, I, H = 3, 2, 2, 4
+    ref = fastlstm.LSTM(I, H, bidirectional=True, backend=REFERENCE, seed=1)
+    gpu = fastlstm.LSTM(I, H, bidirectional=True, backend="cuda")
+    gpu.load_state_dict(ref.state_dict())
+    x = np.random.default_rng(0).standard_normal((T, N, I)).astype(np.float32)
+    y_ref, _ = ref.forward(x, training=True)
+    dx_ref, _ = ref.backward(np.ones_like(y_ref))
+    y, _ = gpu.forward(cb.as_device(x), training=True)
+    assert is_device_array(y) and y.shape == (T, N, 2 * H)
+    dx, _ = gpu.backward(cb.as_device(np.ones((T, N, 2 * H), np.float32)))
+    np.testing.assert_allclose(y.copy_to_host(), y_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx.copy_to_host(), dx_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_step_with_a_projection_on_the_device_kernels(cb):
+    T, N, I, H = 3, 2, 2, 5
+    ref = fastlstm.LSTM(I, H, 2, proj_size=2, backend=REFERENCE, seed=3)
+    gpu = fastlstm.LSTM(I, H, 2, proj_size=2, backend="cuda")
+    gpu.load_state_dict(ref.state_dict())
+    x = np.random.default_rng(1).standard_normal((T, N, I)).astype(np.float32)
+    s_ref = s_gpu = None
+    for t in range(T):
+        h_ref, s_ref = ref.step(x[t], s_ref)
+        h_gpu, s_gpu = gpu.step(x[t], s_gpu)
+        np.testing.assert_allclose(h_gpu, h_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(s_gpu[1], s_ref[1], rtol=1e-5, atol=1e-6)

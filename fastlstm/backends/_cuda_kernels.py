@@ -189,26 +189,42 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
             out[g] += s
 
     @cuda.jit(device=True, inline=True)
-    def forward_units(t, gates, cs, y, h0, c0, WhhT, Ws, use_smem, j0, hb, tid, nthreads):
-        """Step t for the units j0 <= j < j0 + hb of every batch row.
+    def row_times(s, L, reverse):
+        """Step s of a sequence of length L: (its time index, the time index of the step
+        before it, the time index of the step after it). Forward the sequence runs
+        t = 0 .. L-1, reverse t = L-1 .. 0."""
+        if reverse:
+            t = L - 1 - s
+            return t, t + 1, t - 1
+        return s, s - 1, s + 1
+
+    @cuda.jit(device=True, inline=True)
+    def forward_units(s, lens, reverse, gates, cs, y, out, h0, c0, WhhT, Ws, use_smem, j0, hb,
+                      tid, nthreads):
+        """Step s of every sequence still running (s < lens[n]), units j0 <= j < j0 + hb.
 
         gates[t] holds the input projection (+ bias) on entry and the activated
-        gates on exit; h_{t-1}, c_{t-1} come from h0/c0 at t = 0, else y/cs.
-        With use_smem the unit slice of W_hh is read from Ws[k, g, jj].
+        gates on exit; the previous h, c come from h0/c0 at s = 0, else from y/cs
+        at the previous step's time. out[t] receives o * tanh(c) (y itself, or the
+        unprojected buffer when a projection follows). With use_smem the unit
+        slice of W_hh is read from Ws[k, g, jj].
         """
         N = gates.shape[1]
         H = cs.shape[2]
+        K = WhhT.shape[0]  # features of h: H, or P with a projection
         for p in range(tid, N * hb, nthreads):
             jj = p % hb
             n = p // hb
             j = j0 + jj
-            if j < H:
+            L = lens[n]
+            if j < H and s < L:
+                t, tp, _ = row_times(s, L, reverse)
                 ai = gates[t, n, j]
                 af = gates[t, n, H + j]
                 ag = gates[t, n, 2 * H + j]
                 ao = gates[t, n, 3 * H + j]
-                for k in range(H):
-                    hk = h0[n, k] if t == 0 else y[t - 1, n, k]
+                for k in range(K):
+                    hk = h0[n, k] if s == 0 else y[tp, n, k]
                     if use_smem:
                         base = k * 4 * hb + jj
                         ai += hk * Ws[base]
@@ -224,42 +240,55 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
                 f = sigmoid(af)
                 g = math.tanh(ag)
                 o = sigmoid(ao)
-                c_prev = c0[n, j] if t == 0 else cs[t - 1, n, j]
+                c_prev = c0[n, j] if s == 0 else cs[tp, n, j]
                 c = f * c_prev + i * g
                 gates[t, n, j] = i
                 gates[t, n, H + j] = f
                 gates[t, n, 2 * H + j] = g
                 gates[t, n, 3 * H + j] = o
                 cs[t, n, j] = c
-                y[t, n, j] = o * math.tanh(c)
+                out[t, n, j] = o * math.tanh(c)
 
     @cuda.jit(device=True, inline=True)
-    def backward_units(t, T, gates, cs, c0, dy, dhT, W_hh, Ws, use_smem, dc, j0, hb, tid, nthreads):
-        """Backward step t for units j0 <= j < j0 + hb: gates[t] becomes dP[t].
+    def grad_h(s, L, reverse, n, col, gates, dy, dhT, W_hh, Ws, use_smem, jj, hb):
+        """Gradient reaching h (feature col) at step s of row n: dy there, plus
+        dhT at the sequence's last step, else dP of the step after it . W_hh."""
+        t, _, tn = row_times(s, L, reverse)
+        dh = dy[t, n, col]
+        if s == L - 1:
+            dh += dhT[n, col]
+        else:
+            for k in range(gates.shape[2]):
+                w = Ws[k * hb + jj] if use_smem else W_hh[k, col]
+                dh += gates[tn, n, k] * w
+        return dh
 
-        dh = dy[t] + dP[t+1] . W_hh (dhT at the last step); dc (N, H) carries
-        dc_{t+1} in and dc_t out. With use_smem, Ws[k, jj] = W_hh[k, j0 + jj].
+    @cuda.jit(device=True, inline=True)
+    def backward_units(s, lens, reverse, gates, cs, c0, dy, dhT, W_hh, Ws, use_smem, dc, dm,
+                       proj, j0, hb, tid, nthreads):
+        """Backward step s for units j0 <= j < j0 + hb of the rows still running:
+        gates[t] becomes dP[t]; dc (N, H) carries each row's dc from the step after in
+        and its dc out. With proj, the gradient reaching o * tanh(c) is dm (N, H),
+        computed before; else it is grad_h. With use_smem, Ws[k, jj] = W_hh[k, j0 + jj].
         """
         N = gates.shape[1]
         H = cs.shape[2]
-        G = 4 * H
         for p in range(tid, N * hb, nthreads):
             jj = p % hb
             n = p // hb
             j = j0 + jj
-            if j < H:
-                dh = dy[t, n, j]
-                if t == T - 1:
-                    dh += dhT[n, j]
+            L = lens[n]
+            if j < H and s < L:
+                t, tp, _ = row_times(s, L, reverse)
+                if proj:
+                    dh = dm[n, j]
                 else:
-                    for k in range(G):
-                        w = Ws[k * hb + jj] if use_smem else W_hh[k, j]
-                        dh += gates[t + 1, n, k] * w
+                    dh = grad_h(s, L, reverse, n, j, gates, dy, dhT, W_hh, Ws, use_smem, jj, hb)
                 i = gates[t, n, j]
                 f = gates[t, n, H + j]
                 g = gates[t, n, 2 * H + j]
                 o = gates[t, n, 3 * H + j]
-                c_prev = c0[n, j] if t == 0 else cs[t - 1, n, j]
+                c_prev = c0[n, j] if s == 0 else cs[tp, n, j]
                 tc = math.tanh(cs[t, n, j])
                 dct = dc[n, j] + dh * o * (one - tc * tc)
                 gates[t, n, j] = dct * g * i * (one - i)
@@ -269,42 +298,165 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
                 dc[n, j] = dct * f
 
     @cuda.jit(device=True, inline=True)
-    def first_dh(gates, W_hh, Ws, use_smem, dh0, j0, hb, tid, nthreads):
-        """dh0 = dP[0] . W_hh for units j0 <= j < j0 + hb."""
+    def first_dh(lens, reverse, gates, W_hh, Ws, use_smem, dhT, dh0, j0, hb, tid, nthreads):
+        """dh0 = dP of each row's first step . W_hh for features j0 <= j < j0 + hb
+        (dhT for a row of length 0)."""
         N = gates.shape[1]
-        G = gates.shape[2]
-        H = G // 4
+        K = dh0.shape[1]
         for p in range(tid, N * hb, nthreads):
             jj = p % hb
             n = p // hb
             j = j0 + jj
-            if j < H:
-                s = zero
-                for k in range(G):
-                    w = Ws[k * hb + jj] if use_smem else W_hh[k, j]
-                    s += gates[0, n, k] * w
-                dh0[n, j] = s
+            L = lens[n]
+            if j < K:
+                if L == 0:
+                    dh0[n, j] = dhT[n, j]
+                else:
+                    t0 = L - 1 if reverse else 0
+                    s = zero
+                    for k in range(gates.shape[2]):
+                        w = Ws[k * hb + jj] if use_smem else W_hh[k, j]
+                        s += gates[t0, n, k] * w
+                    dh0[n, j] = s
 
     @cuda.jit
-    def forward_step(t, gates, cs, y, h0, c0, WhhT):
-        """One launch per step: every (n, j) unit of step t, grid-stride."""
+    def forward_step(s, lens, reverse, gates, cs, y, out, h0, c0, WhhT):
+        """One launch per step: every (n, j) unit of step s, grid-stride."""
         H = cs.shape[2]
-        forward_units(t, gates, cs, y, h0, c0, WhhT, WhhT[0], False, 0, H,
+        forward_units(s, lens, reverse, gates, cs, y, out, h0, c0, WhhT, WhhT[0], False, 0, H,
                       cuda.grid(1), cuda.gridsize(1))
 
     @cuda.jit
-    def backward_step(t, T, gates, cs, c0, dy, dhT, W_hh, dc):
-        H = cs.shape[2]
-        backward_units(t, T, gates, cs, c0, dy, dhT, W_hh, W_hh[0], False, dc, 0, H,
-                       cuda.grid(1), cuda.gridsize(1))
+    def project_step(s, lens, reverse, ms, W_hr, y):
+        """y[t, n, :] = W_hr . ms[t, n, :] for step s of every running row."""
+        N = ms.shape[1]
+        H = ms.shape[2]
+        P = W_hr.shape[0]
+        for e in range(cuda.grid(1), N * P, cuda.gridsize(1)):
+            n = e // P
+            q = e % P
+            L = lens[n]
+            if s < L:
+                t, _, _ = row_times(s, L, reverse)
+                v = zero
+                for j in range(H):
+                    v += W_hr[q, j] * ms[t, n, j]
+                y[t, n, q] = v
 
     @cuda.jit
-    def backward_first_dh(gates, W_hh, dh0):
-        H = dh0.shape[1]
-        first_dh(gates, W_hh, W_hh[0], False, dh0, 0, H, cuda.grid(1), cuda.gridsize(1))
+    def backward_step(s, lens, reverse, gates, cs, c0, dy, dhT, W_hh, dc, dm, proj):
+        H = cs.shape[2]
+        backward_units(s, lens, reverse, gates, cs, c0, dy, dhT, W_hh, W_hh[0], False, dc, dm, proj,
+                       0, H, cuda.grid(1), cuda.gridsize(1))
+
+    @cuda.jit
+    def projected_grads_step(s, lens, reverse, gates, dy, dhT, W_hh, dhs):
+        """With a projection: the gradient reaching each running row's h (P features)
+        at step s, into dhs[t] (kept for dW_hr and for dm_step)."""
+        N = gates.shape[1]
+        P = dhs.shape[2]
+        for e in range(cuda.grid(1), N * P, cuda.gridsize(1)):
+            n = e // P
+            q = e % P
+            L = lens[n]
+            if s < L:
+                t, _, _ = row_times(s, L, reverse)
+                dhs[t, n, q] = grad_h(s, L, reverse, n, q, gates, dy, dhT, W_hh, W_hh[0], False, 0, 1)
+
+    @cuda.jit
+    def dm_step(s, lens, reverse, dhs, W_hr, dm):
+        """dm[n, :] = dhs[t, n, :] . W_hr: the gradient reaching o * tanh(c) at step s."""
+        N = dhs.shape[1]
+        P = dhs.shape[2]
+        H = W_hr.shape[1]
+        for e in range(cuda.grid(1), N * H, cuda.gridsize(1)):
+            n = e // H
+            j = e % H
+            L = lens[n]
+            if s < L:
+                t, _, _ = row_times(s, L, reverse)
+                v = zero
+                for q in range(P):
+                    v += dhs[t, n, q] * W_hr[q, j]
+                dm[n, j] = v
+
+    @cuda.jit
+    def backward_first_dh(lens, reverse, gates, W_hh, dhT, dh0):
+        K = dh0.shape[1]
+        first_dh(lens, reverse, gates, W_hh, W_hh[0], False, dhT, dh0, 0, K, cuda.grid(1), cuda.gridsize(1))
+
+    @cuda.jit
+    def final_state(lens, reverse, y, cs, h0, c0, hT, cT):
+        """Each row's state after its own last step (h0, c0 for a length of 0)."""
+        N = hT.shape[0]
+        K = hT.shape[1]
+        H = cT.shape[1]
+        for e in range(cuda.grid(1), N * (K + H), cuda.gridsize(1)):
+            n = e // (K + H)
+            f = e % (K + H)
+            L = lens[n]
+            t = 0 if reverse else L - 1
+            if f < K:
+                hT[n, f] = h0[n, f] if L == 0 else y[t, n, f]
+            else:
+                cT[n, f - K] = c0[n, f - K] if L == 0 else cs[t, n, f - K]
+
+    @cuda.jit
+    def zero_past_lengths(A, lens):
+        """A[t, n, :] = 0 for t >= lens[n] (A is (T, N, F))."""
+        T, N, F = A.shape
+        for e in range(cuda.grid(1), T * N * F, cuda.gridsize(1)):
+            t = e // (N * F)
+            n = (e // F) % N
+            if t >= lens[n]:
+                A[t, n, e % F] = zero
+
+    @cuda.jit
+    def previous_h(lens, reverse, y, h0, out):
+        """out[t, n] = the h step t of row n read: h0 at its first step, else y at the
+        step before it (anything past its length, where dP is zero)."""
+        T, N, K = out.shape
+        for e in range(cuda.grid(1), T * N * K, cuda.gridsize(1)):
+            t = e // (N * K)
+            n = (e // K) % N
+            k = e % K
+            first = lens[n] - 1 if reverse else 0
+            if t == first:
+                out[t, n, k] = h0[n, k]
+            elif reverse:
+                out[t, n, k] = y[t + 1, n, k] if t + 1 < T else zero
+            else:
+                out[t, n, k] = y[t - 1, n, k]
+
+    @cuda.jit
+    def concat_features(A, B, out):
+        """out = [A | B] along the last axis of (T, N, F) arrays."""
+        T, N, F = out.shape
+        FA = A.shape[2]
+        for e in range(cuda.grid(1), T * N * F, cuda.gridsize(1)):
+            t = e // (N * F)
+            n = (e // F) % N
+            f = e % F
+            out[t, n, f] = A[t, n, f] if f < FA else B[t, n, f - FA]
+
+    @cuda.jit
+    def take_features(A, start, out):
+        """out = A[:, :, start:start + out.shape[2]]."""
+        T, N, F = out.shape
+        for e in range(cuda.grid(1), T * N * F, cuda.gridsize(1)):
+            t = e // (N * F)
+            n = (e // F) % N
+            f = e % F
+            out[t, n, f] = A[t, n, start + f]
+
+    @cuda.jit
+    def add(A, B, out):
+        """out = A + B elementwise over flat (1-D views of) arrays."""
+        for e in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+            out[e] = A[e] + B[e]
 
     @persistent_jit
-    def forward_persistent(gates, cs, y, h0, c0, WhhT, hb, use_smem):
+    def forward_persistent(lens, gates, cs, y, h0, c0, WhhT, hb, use_smem):
         """Every step in one cooperative launch; block b owns units [b*hb, (b+1)*hb)."""
         Ws = cuda.shared.array(0, ft)
         T = gates.shape[0]
@@ -321,11 +473,11 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
             cuda.syncthreads()
         grid = cuda.cg.this_grid()
         for t in range(T):
-            forward_units(t, gates, cs, y, h0, c0, WhhT, Ws, use_smem, j0, hb, tid, nth)
+            forward_units(t, lens, False, gates, cs, y, y, h0, c0, WhhT, Ws, use_smem, j0, hb, tid, nth)
             grid.sync()
 
     @persistent_jit
-    def backward_persistent(gates, cs, c0, dy, dhT, W_hh, dc, dh0, hb, use_smem):
+    def backward_persistent(lens, gates, cs, c0, dy, dhT, W_hh, dc, dh0, hb, use_smem):
         Ws = cuda.shared.array(0, ft)
         T = gates.shape[0]
         G = gates.shape[2]
@@ -339,11 +491,11 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
                 Ws[e] = W_hh[e // hb, j] if j < H else zero
             cuda.syncthreads()
         grid = cuda.cg.this_grid()
-        for s in range(T):
-            backward_units(T - 1 - s, T, gates, cs, c0, dy, dhT, W_hh, Ws, use_smem, dc,
+        for s in range(T - 1, -1, -1):
+            backward_units(s, lens, False, gates, cs, c0, dy, dhT, W_hh, Ws, use_smem, dc, dc, False,
                            j0, hb, tid, nth)
             grid.sync()
-        first_dh(gates, W_hh, Ws, use_smem, dh0, j0, hb, tid, nth)
+        first_dh(lens, False, gates, W_hh, Ws, use_smem, dhT, dh0, j0, hb, tid, nth)
 
     class Kernels:
         pass
@@ -351,8 +503,11 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
     ns = Kernels()
     ns.gemm_threads, ns.gemm_tile = GEMM_THREADS, GEMM_TILE
     for name, fn in dict(gemm=gemm, gemm_simple=gemm_simple, transpose=transpose, swap01=swap01, multiply=multiply,
-                         column_sums=column_sums, forward_step=forward_step,
-                         backward_step=backward_step, backward_first_dh=backward_first_dh,
+                         column_sums=column_sums, forward_step=forward_step, project_step=project_step,
+                         backward_step=backward_step, projected_grads_step=projected_grads_step,
+                         dm_step=dm_step, backward_first_dh=backward_first_dh, final_state=final_state,
+                         zero_past_lengths=zero_past_lengths, previous_h=previous_h,
+                         concat_features=concat_features, take_features=take_features, add=add,
                          forward_persistent=forward_persistent,
                          backward_persistent=backward_persistent).items():
         setattr(ns, name, fn)

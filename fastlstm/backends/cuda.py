@@ -236,45 +236,75 @@ def _try_persistent(kernel, plan, key, *args):
     return True
 
 
-def _run_forward(x, h0, c0, W_ih, W_hh, b, y, gates, cs):
+def _lengths_on_device(lengths, T, N):
+    """Each row's length as a device array (T for every row when lengths is None)."""
+    return cuda.to_device(np.full(N, T, np.int64) if lengths is None else np.asarray(lengths, np.int64))
+
+
+def _run_forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, lengths=None, reverse=False,
+                 W_hr=None, ms=None):
+    """The forward contract on device arrays (lengths a host array or None)."""
     T, N, I = x.shape
-    H = h0.shape[1]
+    H = cs.shape[2]
+    K = W_hh.shape[1]  # features of h: H, or P with a projection
     G = 4 * H
-    if T == 0 or N == 0:
+    if N == 0:
+        return
+    if T == 0:
+        hT.copy_to_device(h0)
+        cT.copy_to_device(c0)
         return
     k = kernels(x.dtype)
     _gemm(k, x.reshape(T * N, I), W_ih, gates.reshape(T * N, G), bias=b, tb=1)
-    WhhT = cuda.device_array((H, G), x.dtype)
-    k.transpose[_grid(G * H), THREADS](W_hh, WhhT)
-    plan = _persistent_plan(N, H, x.dtype.itemsize)
-    if _try_persistent(k.forward_persistent, plan, ("fwd", N, H, x.dtype.str),
-                       gates, cs, y, h0, c0, WhhT):
-        return
-    for t in range(T):
-        k.forward_step[_grid(N * H), THREADS](t, gates, cs, y, h0, c0, WhhT)
+    WhhT = cuda.device_array((K, G), x.dtype)
+    k.transpose[_grid(G * K), THREADS](W_hh, WhhT)
+    lens = _lengths_on_device(lengths, T, N)
+    plain = lengths is None and not reverse and W_hr is None
+    plan = _persistent_plan(N, H, x.dtype.itemsize) if plain else None
+    if not _try_persistent(k.forward_persistent, plan, ("fwd", N, H, x.dtype.str),
+                           lens, gates, cs, y, h0, c0, WhhT):
+        if lengths is not None:
+            k.zero_past_lengths[_grid(y.size), THREADS](y, lens)  # outputs past the ends are zero
+        out = y if W_hr is None else ms
+        for s in range(T):
+            k.forward_step[_grid(N * H), THREADS](s, lens, reverse, gates, cs, y, out, h0, c0, WhhT)
+            if W_hr is not None:
+                k.project_step[_grid(N * K), THREADS](s, lens, reverse, ms, W_hr, y)
+    if plain:
+        hT.copy_to_device(y[T - 1])
+        cT.copy_to_device(cs[T - 1])
+    else:
+        k.final_state[_grid(N * (K + H)), THREADS](lens, reverse, y, cs, h0, c0, hT, cT)
 
 
-def forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=True):
+#: The keyword options of the contract this backend runs.
+OPTIONS = ("lengths", "reverse", "projection")
+
+
+def forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=True, *, lengths=None,
+            reverse=False, W_hr=None, ms=None):
     io = _Args()
     x, h0, c0, W_ih, W_hh, b = (io.inp(a) for a in (x, h0, c0, W_ih, W_hh, b))
     y, hT, cT, gates, cs = (io.out(a) for a in (y, hT, cT, gates, cs))
-    _run_forward(x, h0, c0, W_ih, W_hh, b, y, gates, cs)
-    T = x.shape[0]
-    if hT.size:
-        hT.copy_to_device(y[T - 1] if T else h0)
-        cT.copy_to_device(cs[T - 1] if T else c0)
+    if W_hr is not None:
+        W_hr, ms = io.inp(W_hr), io.out(ms)
+    _run_forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, lengths, reverse, W_hr, ms)
     io.finish()
 
 
-def backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih, dW_hh, db):
+def backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih, dW_hh, db, *,
+             lengths=None, reverse=False, W_hr=None, ms=None, dW_hr=None):
     io = _Args()
     x, h0, c0, W_ih, W_hh, y, cs, dy, dhT, dcT = (
         io.inp(a) for a in (x, h0, c0, W_ih, W_hh, y, cs, dy, dhT, dcT))
     gates = io.out(gates, upload=True)
     dx, dh0, dc0 = (io.out(a) for a in (dx, dh0, dc0))
     dW_ih, dW_hh, db = (io.out(a, upload=True) for a in (dW_ih, dW_hh, db))
+    if W_hr is not None:
+        W_hr, ms, dW_hr = io.inp(W_hr), io.inp(ms), io.out(dW_hr, upload=True)
     T, N, I = x.shape
-    H = h0.shape[1]
+    H = cs.shape[2]
+    K = W_hh.shape[1]
     G = 4 * H
     if N == 0:
         io.finish()
@@ -286,46 +316,86 @@ def backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW
         return
     k = kernels(x.dtype)
     dc = copy(dcT)
-    plan = _persistent_plan(N, H, x.dtype.itemsize)
+    lens = _lengths_on_device(lengths, T, N)
+    plain = lengths is None and not reverse and W_hr is None
+    plan = _persistent_plan(N, H, x.dtype.itemsize) if plain else None
+    dhs = None
     if not _try_persistent(k.backward_persistent, plan, ("bwd", N, H, x.dtype.str),
-                           gates, cs, c0, dy, dhT, W_hh, dc, dh0):
-        for t in range(T - 1, -1, -1):
-            k.backward_step[_grid(N * H), THREADS](t, T, gates, cs, c0, dy, dhT, W_hh, dc)
-        k.backward_first_dh[_grid(N * H), THREADS](gates, W_hh, dh0)
+                           lens, gates, cs, c0, dy, dhT, W_hh, dc, dh0):
+        if lengths is not None:
+            k.zero_past_lengths[_grid(gates.size), THREADS](gates, lens)  # no gradient there
+        dm = cuda.device_array((N, H), x.dtype) if W_hr is not None else dc
+        if W_hr is not None:
+            dhs = zeros((T, N, K), x.dtype)
+        for s in range(T - 1, -1, -1):
+            if W_hr is not None:
+                k.projected_grads_step[_grid(N * K), THREADS](s, lens, reverse, gates, dy, dhT, W_hh, dhs)
+                k.dm_step[_grid(N * H), THREADS](s, lens, reverse, dhs, W_hr, dm)
+            k.backward_step[_grid(N * H), THREADS](s, lens, reverse, gates, cs, c0, dy, dhT, W_hh, dc,
+                                                   dm, W_hr is not None)
+        k.backward_first_dh[_grid(N * K), THREADS](lens, reverse, gates, W_hh, dhT, dh0)
     dc0.copy_to_device(dc)
     dP = gates.reshape(T * N, G)
     _gemm(k, dP, W_ih, dx.reshape(T * N, I))
     _gemm(k, dP, x.reshape(T * N, I), dW_ih, ta=1, accumulate=1)
-    h_prev = cuda.device_array((T, N, H), x.dtype)
-    h_prev[0].copy_to_device(h0)
-    if T > 1:
-        h_prev[1:].copy_to_device(y[:T - 1])
-    _gemm(k, dP, h_prev.reshape(T * N, H), dW_hh, ta=1, accumulate=1)
+    h_prev = cuda.device_array((T, N, K), x.dtype)
+    k.previous_h[_grid(h_prev.size), THREADS](lens, reverse, y, h0, h_prev)
+    _gemm(k, dP, h_prev.reshape(T * N, K), dW_hh, ta=1, accumulate=1)
     k.column_sums[_grid(G), THREADS](dP, db)
+    if dhs is not None:
+        _gemm(k, dhs.reshape(T * N, K), ms.reshape(T * N, H), dW_hr, ta=1, accumulate=1)
     io.finish()
 
 
-def _step(x_t, h, c, W_ih, W_hh, b, h_out, c_out, gates):
+def _step(x_t, h, c, W_ih, W_hh, b, h_out, c_out, gates, W_hr=None):
     N, I = x_t.shape
-    H = h.shape[1]
-    _run_forward(x_t.reshape(1, N, I), h, c, W_ih, W_hh, b, h_out.reshape(1, N, H),
-                 gates.reshape(1, N, 4 * H), c_out.reshape(1, N, H))
+    H, K = c.shape[1], h.shape[1]
+    ms = cuda.device_array((1, N, H), x_t.dtype) if W_hr is not None else None
+    y = cuda.device_array((1, N, K), x_t.dtype)
+    cs = cuda.device_array((1, N, H), x_t.dtype)
+    _run_forward(x_t.reshape(1, N, I), h, c, W_ih, W_hh, b, y, h_out, c_out,
+                 gates.reshape(1, N, 4 * H), cs, W_hr=W_hr, ms=ms)
 
 
-def step(x_t, h, c, W_ih, W_hh, b, h_out, c_out, gates):
+def step(x_t, h, c, W_ih, W_hh, b, h_out, c_out, gates, *, W_hr=None):
     io = _Args()
     x_t, h, c, W_ih, W_hh, b = (io.inp(a) for a in (x_t, h, c, W_ih, W_hh, b))
     h_out, c_out, gates = (io.out(a) for a in (h_out, c_out, gates))
-    _step(x_t, h, c, W_ih, W_hh, b, h_out, c_out, gates)
+    _step(x_t, h, c, W_ih, W_hh, b, h_out, c_out, gates, None if W_hr is None else io.inp(W_hr))
     io.finish()
 
 
-def step_layers(x_t, h, c, W_ih, W_hh, b, h_out, c_out, gates):
+def step_layers(x_t, h, c, W_ih, W_hh, b, h_out, c_out, gates, *, W_hr=None):
     io = _Args()
     x_t, h, c = (io.inp(a) for a in (x_t, h, c))
     h_out, c_out, gates = (io.out(a) for a in (h_out, c_out, gates))
     for layer in range(len(W_ih)):
         inp = x_t if layer == 0 else h_out[layer - 1]
         _step(inp, h[layer], c[layer], io.inp(W_ih[layer]), io.inp(W_hh[layer]), io.inp(b[layer]),
-              h_out[layer], c_out[layer], gates)
+              h_out[layer], c_out[layer], gates, None if W_hr is None else io.inp(W_hr[layer]))
     io.finish()
+
+
+# -- the layer's array namespace: the rest of what _arrays.HostArrays offers ----------
+def add(a, b):
+    out = cuda.device_array(a.shape, a.dtype)
+    if a.size:
+        kernels(a.dtype).add[_grid(a.size), THREADS](a.reshape(a.size), b.reshape(b.size),
+                                                     out.reshape(out.size))
+    return out
+
+
+def concat_features(arrays):
+    """[(T, N, F1), (T, N, F2)] -> (T, N, F1 + F2) (the two directions of a layer)."""
+    a, b = arrays
+    out = cuda.device_array(a.shape[:2] + (a.shape[2] + b.shape[2],), a.dtype)
+    if out.size:
+        kernels(a.dtype).concat_features[_grid(out.size), THREADS](a, b, out)
+    return out
+
+
+def take_features(a, start, stop):
+    out = cuda.device_array(a.shape[:2] + (stop - start,), a.dtype)
+    if out.size:
+        kernels(a.dtype).take_features[_grid(out.size), THREADS](a, start, out)
+    return out
