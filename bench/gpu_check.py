@@ -110,6 +110,68 @@ def persistent_kernel_notes(cb):
     return notes
 
 
+def option_rows(H, N, T, reps, to_dev, sync, torch, have_torch):
+    """One bidirectional layer and one batch of variable lengths (uniform in [1, T]) through
+    fastlstm.LSTM on the cuda backend: the relative error of outputs and gradients against
+    the float64 reference, and times against torch's bidirectional / packed cuDNN LSTM.
+    The layer keeps its weights on the host, so each call also uploads them."""
+    import fastlstm
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(1, T + 1, N)
+    rows = []
+    for name, kw, lens in (("bidirectional", dict(bidirectional=True), None), ("lengths", {}, lengths)):
+        gpu = fastlstm.LSTM(H, H, backend="cuda", seed=0, **kw)
+        ref = fastlstm.LSTM(H, H, dtype=np.float64, backend="numpy", **kw)
+        ref.load_state_dict({k: v.astype(np.float64) for k, v in gpu.state_dict().items()})
+        D = 2 if kw else 1
+        x = rng.standard_normal((T, N, H)).astype(np.float32)
+        dy = rng.standard_normal((T, N, D * H)).astype(np.float32)
+        got, want = {}, {}
+        for layer, out, dt in ((gpu, got, np.float32), (ref, want, np.float64)):
+            y, (h, c) = layer.forward(x.astype(dt), lengths=lens, training=True)
+            dx, _ = layer.backward(dy.astype(dt))
+            out.update(y=y, h=h, c=c, dx=dx, **{f"d{k}": g.copy() for k, g in layer.grads.items()})
+        err = max(rel_err(got[k], want[k]) for k in want)
+        dx_, ddy = to_dev(x), to_dev(dy)
+
+        def fwd(gpu=gpu, dx_=dx_, lens=lens):
+            gpu.forward(dx_, lengths=lens)
+
+        def fwd_bwd(gpu=gpu, dx_=dx_, ddy=ddy, lens=lens):
+            gpu.forward(dx_, lengths=lens, training=True)
+            gpu.backward(ddy)
+
+        row = {"case": f"{name} H={H} N={N} T={T}", "err": err,
+               "fwd": median_time(fwd, sync, reps), "fb": median_time(fwd_bwd, sync, reps)}
+        if have_torch:
+            from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+            m = torch.nn.LSTM(H, H, **kw).cuda()
+            m.load_state_dict({k: torch.from_numpy(v) for k, v in gpu.state_dict().items()})
+            tx = to_dev(x).requires_grad_(True)
+            tlens = None if lens is None else torch.from_numpy(lens)
+            torch.backends.cudnn.allow_tf32 = False
+
+            def t_run(m=m, tx=tx, tlens=tlens):
+                if tlens is None:
+                    return m(tx)[0]
+                out, _ = m(pack_padded_sequence(tx, tlens, enforce_sorted=False))
+                return pad_packed_sequence(out, total_length=T)[0]
+
+            def t_fwd(t_run=t_run):
+                with torch.no_grad():
+                    t_run()
+
+            def t_fb(t_run=t_run, ddy=ddy):
+                t_run().backward(ddy)
+
+            row["fwd_cudnn_fp32"] = median_time(t_fwd, sync, reps)
+            row["fb_cudnn_fp32"] = median_time(t_fb, sync, reps)
+            torch.backends.cudnn.allow_tf32 = True
+        rows.append(row)
+        print(json.dumps({k: (round(v, 7) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="bench/GPU_RESULTS.md", help="markdown results file (JSON beside it)")
@@ -214,6 +276,9 @@ def main(argv=None):
             rows.append(row)
             print(json.dumps({k: (round(v, 7) if isinstance(v, float) else v) for k, v in row.items()}),
                   flush=True)
+    extra = option_rows(args.hs[min(1, len(args.hs) - 1)], args.ns[min(2, len(args.ns) - 1)], args.steps,
+                        args.reps, to_dev, sync, torch, have_torch)
+    failed |= any(not r["err"] < REL_TOL for r in extra)
     elapsed = time.time() - t_start
     kernel_notes = persistent_kernel_notes(cb)
     print("\n".join(kernel_notes), flush=True)
@@ -249,6 +314,11 @@ def main(argv=None):
             f"| {ms(r['fb_persistent'])} | {ms(r['fb_steps'])} | {ms(r.get('fb_cudnn_fp32'))} "
             f"| {ms(r.get('fb_cudnn_tf32'))} | {r.get('ratio_fwd', float('nan')):.2f} "
             f"| {r.get('ratio_fb', float('nan')):.2f} |")
+    lines += ["", "torch.nn.LSTM's options on the cuda backend (fastlstm.LSTM, weights uploaded each call; "
+              "cuDNN with TF32 off, packed for lengths uniform in [1, T]):", "",
+              "| case | err | fwd ms | fwd cuDNN ms | fwd+bwd ms | fwd+bwd cuDNN ms |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['case']} | {r['err']:.1e} | {ms(r['fwd'])} | {ms(r.get('fwd_cudnn_fp32'))} "
+              f"| {ms(r['fb'])} | {ms(r.get('fb_cudnn_fp32'))} |" for r in extra]
     lines += ["", "Persistent kernels as compiled (registers per thread, cooperative blocks "
               "the device allows at the block sizes used):", ""] + kernel_notes
     lines += [f"- H={r['H']} N={r['N']}: {r[f'err_{loop}']}" for r in rows
@@ -258,7 +328,8 @@ def main(argv=None):
     with open(args.out, "w") as fh:
         fh.write("\n".join(lines) + "\n")
     with open(os.path.splitext(args.out)[0] + ".json", "w") as fh:
-        json.dump({"card": card, "date": datetime.date.today().isoformat(), "rows": rows}, fh, indent=1)
+        json.dump({"card": card, "date": datetime.date.today().isoformat(), "rows": rows, "options": extra},
+                  fh, indent=1)
     print("\n".join(lines))
     return 1 if failed else 0
 
