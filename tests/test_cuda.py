@@ -141,8 +141,8 @@ def test_tiled_gemm_matches_numpy(cb, ta, tb):
         bias = rng.standard_normal(P).astype(np.float32)
         want = (A.T if ta else A) @ (B.T if tb else B) + bias + C
         dC = cb.as_device(C)
-        grid = (-(-P // k.gemm_tile), -(-M // k.gemm_tile))
-        k.gemm[grid, (threads, threads)](cb.as_device(A), cb.as_device(B), dC, cb.as_device(bias), ta, tb, 1)
+        grid, block = cb.gemm_launch(M, P, k.gemm_tile, threads)
+        k.gemm[grid, block](cb.as_device(A), cb.as_device(B), dC, cb.as_device(bias), ta, tb, 1)
         np.testing.assert_allclose(dC.copy_to_host(), want, rtol=1e-5, atol=1e-5)
 
 
@@ -334,3 +334,13 @@ def test_step_with_a_projection_on_the_device_kernels(cb):
         h_gpu, s_gpu = gpu.step(x[t], s_gpu)
         np.testing.assert_allclose(h_gpu, h_ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(s_gpu[1], s_ref[1], rtol=1e-5, atol=1e-6)
+
+
+def test_gemm_launch_fits_the_grid_limits_for_long_inputs(cb):
+    """T*N beyond 65,535 row tiles (4.2M rows at tile 64) stays within the grid: rows
+    go to grid x (2**31 - 1), not grid y (65,535)."""
+    rows = 65_536 * 64 + 5                     # T*N = 4,194,309 > 4,194,240
+    (blocks,), block = cb.gemm_launch(rows, 1200, 64, 16)
+    assert blocks == 65_537 * 19 and blocks <= cb.MAX_GRID_X and block == (16, 16)
+    with pytest.raises(ValueError, match="more than a grid holds"):
+        cb.gemm_launch(2**40, 2**20, 64, 16)

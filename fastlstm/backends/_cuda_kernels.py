@@ -83,8 +83,9 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
     def gemm(A, B, C, bias, ta, tb, accumulate):
         """C[M, P] (+)= op(A)[M, K] . op(B)[K, P] + bias[P]; op transposes when ta/tb.
 
-        bias of length 0 means none. Block (GEMM_THREADS, GEMM_THREADS), grid
-        (ceil(P / GEMM_TILE), ceil(M / GEMM_TILE)).
+        bias of length 0 means none. Block (GEMM_THREADS, GEMM_THREADS), a 1-D grid of
+        ceil(M / GEMM_TILE) * ceil(P / GEMM_TILE) tiles (row-major over the tiles: grid x
+        allows 2**31 - 1 blocks, where grid y's 65,535 would cap T*N at about 4.2M rows).
         """
         sA = cuda.shared.array((GEMM_K, GEMM_TILE), ft)   # sA[k, m]
         sB = cuda.shared.array((GEMM_K, GEMM_TILE), ft)   # sB[k, p]
@@ -93,8 +94,9 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         tid = ty * GEMM_THREADS + tx
-        m0 = cuda.blockIdx.y * GEMM_TILE
-        p0 = cuda.blockIdx.x * GEMM_TILE
+        tiles_p = (C.shape[1] + GEMM_TILE - 1) // GEMM_TILE
+        m0 = (cuda.blockIdx.x // tiles_p) * GEMM_TILE
+        p0 = (cuda.blockIdx.x % tiles_p) * GEMM_TILE
         M = C.shape[0]
         P = C.shape[1]
         K = A.shape[0] if ta else A.shape[1]

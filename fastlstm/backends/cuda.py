@@ -185,8 +185,21 @@ def _gemm(k, A, B, C, bias=None, ta=0, tb=0, accumulate=0):
     if GEMM == "simple":
         k.gemm_simple[_grid(M * P), THREADS](A, B, C, bias, ta, tb, accumulate)
         return
-    grid = (math.ceil(P / k.gemm_tile), math.ceil(M / k.gemm_tile))
-    k.gemm[grid, (k.gemm_threads, k.gemm_threads)](A, B, C, bias, ta, tb, accumulate)
+    blocks, threads = gemm_launch(M, P, k.gemm_tile, k.gemm_threads)
+    k.gemm[blocks, threads](A, B, C, bias, ta, tb, accumulate)
+
+
+#: The largest grid x a CUDA device takes.
+MAX_GRID_X = 2**31 - 1
+
+
+def gemm_launch(M, P, tile, side):
+    """(grid, block) of the tiled GEMM for an (M, P) output: one block per tile, on
+    grid x (see _cuda_kernels.gemm)."""
+    blocks = math.ceil(M / tile) * math.ceil(P / tile)
+    if blocks > MAX_GRID_X:
+        raise ValueError(f"a product of {M} x {P} outputs needs {blocks} tiles, more than a grid holds")
+    return (blocks,), (side, side)
 
 
 def _persistent_plan(N, H, itemsize):
