@@ -215,3 +215,21 @@ def test_bad_input_is_named(call, error, pattern):
 def test_dropout_on_one_layer_warns_as_torch_does():
     with pytest.warns(UserWarning, match="num_layers greater than 1"):
         fastlstm.LSTM(I, H, 1, dropout=0.2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_padding_is_never_read(backend):
+    """Whatever the padding holds (NaN, inf), outputs and gradients are those of zero padding."""
+    layer = _layer(backend, np.float64, bidirectional=True, proj_size=2, num_layers=2)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((T, N, I))
+    dy = rng.standard_normal((T, N, 4))
+    clean, dirty = x.copy(), x.copy()
+    for n, n_len in enumerate(LENGTHS):
+        clean[n_len:, n] = 0
+        dirty[n_len:, n] = np.nan if n % 2 else np.inf
+        dy[n_len:, n] = np.nan
+    want = _run(layer, clean, None, np.nan_to_num(dy), None, LENGTHS)
+    got = _run(layer, dirty, None, dy, None, LENGTHS)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)

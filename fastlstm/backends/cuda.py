@@ -278,6 +278,8 @@ def _run_forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, lengths=None, r
                            lens, gates, cs, y, h0, c0, WhhT):
         if lengths is not None:
             k.zero_past_lengths[_grid(y.size), THREADS](y, lens)  # outputs past the ends are zero
+            if W_hr is not None:  # read by backward's dW_hr product, where dh is zero
+                k.zero_past_lengths[_grid(ms.size), THREADS](ms, lens)
         out = y if W_hr is None else ms
         for s in range(T):
             k.forward_step[_grid(N * H), THREADS](s, lens, reverse, gates, cs, y, out, h0, c0, WhhT)
@@ -350,6 +352,9 @@ def backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW
     dc0.copy_to_device(dc)
     dP = gates.reshape(T * N, G)
     _gemm(k, dP, W_ih, dx.reshape(T * N, I))
+    if lengths is not None:  # padding may hold anything (NaN too): it must not reach dW_ih
+        x = copy(x)
+        k.zero_past_lengths[_grid(x.size), THREADS](x, lens)
     _gemm(k, dP, x.reshape(T * N, I), dW_ih, ta=1, accumulate=1)
     h_prev = cuda.device_array((T, N, K), x.dtype)
     k.previous_h[_grid(h_prev.size), THREADS](lens, reverse, y, h0, h_prev)

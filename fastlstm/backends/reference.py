@@ -182,6 +182,8 @@ def backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT,
     else:
         h_prev = np.concatenate([h0[None], y[:-1]])
     dx[...] = (dP @ W_ih).reshape(T, N, I)
+    if lengths is not None:  # padding may hold anything (NaN too): it must not reach dW_ih
+        x = np.where(valid[:, :, None], x, 0)
     dW_ih += dP.T @ x.reshape(T * N, I)
     dW_hh += dP.T @ h_prev.reshape(T * N, h0.shape[1])
     db += dP.sum(axis=0)
