@@ -43,12 +43,7 @@ def as_real_array(name, value, dtype):
     """Convert to a C-contiguous array of ``dtype``; reject non-real data."""
     if type(value) is np.ndarray and value.dtype == dtype and value.flags.c_contiguous:
         return value  # already what is asked for (the common case; one step per character)
-    if hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray):
-        raise TypeError(f"{name} is a device array; this backend takes host (NumPy) arrays")
-    try:
-        arr = np.asarray(value)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{name} could not be converted to an array: {exc}") from exc
+    arr = _host_array(name, value, ValueError)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers (float or int), got dtype {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=dtype)
@@ -65,15 +60,19 @@ def check_shape(name, arr, expected, letters):
     return arr
 
 
+def _host_array(name, value, error):
+    """np.asarray(value); a device array is a TypeError, a failed conversion ``error``."""
+    if hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} is a device array; it must be a host (NumPy) array here")
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise error(f"{name} could not be converted to an array: {exc}") from exc
+
+
 def check_lengths(name, value, N, T):
     """Per-sequence lengths: N integers in [0, T] (an array-like on the host)."""
-    if hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray):
-        raise TypeError(f"{name} must be a host array-like of integers (a list or a NumPy array), "
-                        "got a device array")
-    try:
-        arr = np.asarray(value)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be an array-like of integers: {exc}") from exc
+    arr = _host_array(name, value, TypeError)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
     if arr.shape != (N,):

@@ -253,12 +253,7 @@ class LSTM(ParameterSet):
             inp = y
         if training:
             self._saved = (caches, masks, x.shape, xp, unbatched)
-        if unbatched:
-            return inp.reshape(T, inp.shape[2]), (h_n.reshape(h_n.shape[0], h_n.shape[2]),
-                                                  c_n.reshape(c_n.shape[0], c_n.shape[2]))
-        if self.batch_first:
-            inp = xp.swap01(inp)
-        return inp, (h_n, c_n)
+        return self._to_caller(inp, h_n, c_n, unbatched, xp)
 
     def backward(self, dy: Any = None, dstate: Any = None) -> tuple[Any, tuple[Any, Any]]:
         """Back-propagate through the last training forward pass.
@@ -324,12 +319,15 @@ class LSTM(ParameterSet):
                     g[b_hh] += db
                 dx = dx_d if dx is None else xp.add(dx, dx_d)
             grad = dx
+        return self._to_caller(grad, dh0, dc0, unbatched, xp)
+
+    def _to_caller(self, seq, h, c, unbatched, xp):
+        """A time-major (T, N, F) sequence and (D*L, N, F) states in the caller's layout:
+        without the batch axis when the input had none, else batch-major with batch_first."""
         if unbatched:
-            return grad.reshape(T, grad.shape[2]), (dh0.reshape(dh0.shape[0], dh0.shape[2]),
-                                                    dc0.reshape(dc0.shape[0], dc0.shape[2]))
-        if self.batch_first:
-            grad = xp.swap01(grad)
-        return grad, (dh0, dc0)
+            return seq.reshape(seq.shape[0], seq.shape[2]), (h.reshape(h.shape[0], h.shape[2]),
+                                                             c.reshape(c.shape[0], c.shape[2]))
+        return (xp.swap01(seq) if self.batch_first else seq), (h, c)
 
     # -- generation ---------------------------------------------------------
     def step(self, x_t: Any, state: Any = None) -> tuple[Any, tuple[Any, Any]]:

@@ -191,6 +191,18 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
             out[g] += s
 
     @cuda.jit(device=True, inline=True)
+    def unit_of(p, hb, j0, lens):
+        """Work item p of a block owning hb units from j0: (unit within the block,
+        batch row, unit, the row's length)."""
+        n = p // hb
+        return p % hb, n, j0 + p % hb, lens[n]
+
+    @cuda.jit(device=True, inline=True)
+    def split3(e, N, F):
+        """(t, n, f) of flat element e of a (T, N, F) array."""
+        return e // (N * F), (e // F) % N, e % F
+
+    @cuda.jit(device=True, inline=True)
     def row_times(s, L, reverse):
         """Step s of a sequence of length L: (its time index, the time index of the step
         before it, the time index of the step after it). Forward the sequence runs
@@ -215,10 +227,7 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
         H = cs.shape[2]
         K = WhhT.shape[0]  # features of h: H, or P with a projection
         for p in range(tid, N * hb, nthreads):
-            jj = p % hb
-            n = p // hb
-            j = j0 + jj
-            L = lens[n]
+            jj, n, j, L = unit_of(p, hb, j0, lens)
             if j < H and s < L:
                 t, tp, _ = row_times(s, L, reverse)
                 ai = gates[t, n, j]
@@ -276,10 +285,7 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
         N = gates.shape[1]
         H = cs.shape[2]
         for p in range(tid, N * hb, nthreads):
-            jj = p % hb
-            n = p // hb
-            j = j0 + jj
-            L = lens[n]
+            jj, n, j, L = unit_of(p, hb, j0, lens)
             if j < H and s < L:
                 t, tp, _ = row_times(s, L, reverse)
                 if proj:
@@ -306,10 +312,7 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
         N = gates.shape[1]
         K = dh0.shape[1]
         for p in range(tid, N * hb, nthreads):
-            jj = p % hb
-            n = p // hb
-            j = j0 + jj
-            L = lens[n]
+            jj, n, j, L = unit_of(p, hb, j0, lens)
             if j < K:
                 if L == 0:
                     dh0[n, j] = dhT[n, j]
@@ -329,21 +332,22 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
                       cuda.grid(1), cuda.gridsize(1))
 
     @cuda.jit
-    def project_step(s, lens, reverse, ms, W_hr, y):
-        """y[t, n, :] = W_hr . ms[t, n, :] for step s of every running row."""
-        N = ms.shape[1]
-        H = ms.shape[2]
-        P = W_hr.shape[0]
-        for e in range(cuda.grid(1), N * P, cuda.gridsize(1)):
-            n = e // P
-            q = e % P
-            L = lens[n]
+    def rows_product(s, lens, reverse, A, W, out, w_rows, out_at_t):
+        """For step s of every running row n (at its time t): with w_rows,
+        out[., n, f] = W[f, :] . A[t, n, :] (the projection h = W_hr m); else
+        out[., n, f] = A[t, n, :] . W[:, f] (dm = dh W_hr). out is indexed at t
+        when out_at_t, else at 0 (a one-step buffer)."""
+        N = A.shape[1]
+        F = W.shape[0] if w_rows else W.shape[1]
+        D = A.shape[2]
+        for e in range(cuda.grid(1), N * F, cuda.gridsize(1)):
+            _, n, f, L = unit_of(e, F, 0, lens)
             if s < L:
                 t, _, _ = row_times(s, L, reverse)
                 v = zero
-                for j in range(H):
-                    v += W_hr[q, j] * ms[t, n, j]
-                y[t, n, q] = v
+                for d in range(D):
+                    v += (W[f, d] if w_rows else W[d, f]) * A[t, n, d]
+                out[t if out_at_t else 0, n, f] = v
 
     @cuda.jit
     def backward_step(s, lens, reverse, gates, cs, c0, dy, dhT, W_hh, dc, dm, proj):
@@ -354,33 +358,14 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
     @cuda.jit
     def projected_grads_step(s, lens, reverse, gates, dy, dhT, W_hh, dhs):
         """With a projection: the gradient reaching each running row's h (P features)
-        at step s, into dhs[t] (kept for dW_hr and for dm_step)."""
+        at step s, into dhs[t] (kept for dW_hr and for the dm product)."""
         N = gates.shape[1]
         P = dhs.shape[2]
         for e in range(cuda.grid(1), N * P, cuda.gridsize(1)):
-            n = e // P
-            q = e % P
-            L = lens[n]
+            _, n, q, L = unit_of(e, P, 0, lens)
             if s < L:
                 t, _, _ = row_times(s, L, reverse)
                 dhs[t, n, q] = grad_h(s, L, reverse, n, q, gates, dy, dhT, W_hh, W_hh[0], False, 0, 1)
-
-    @cuda.jit
-    def dm_step(s, lens, reverse, dhs, W_hr, dm):
-        """dm[n, :] = dhs[t, n, :] . W_hr: the gradient reaching o * tanh(c) at step s."""
-        N = dhs.shape[1]
-        P = dhs.shape[2]
-        H = W_hr.shape[1]
-        for e in range(cuda.grid(1), N * H, cuda.gridsize(1)):
-            n = e // H
-            j = e % H
-            L = lens[n]
-            if s < L:
-                t, _, _ = row_times(s, L, reverse)
-                v = zero
-                for q in range(P):
-                    v += dhs[t, n, q] * W_hr[q, j]
-                dm[n, j] = v
 
     @cuda.jit
     def backward_first_dh(lens, reverse, gates, W_hh, dhT, dh0):
@@ -408,10 +393,9 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
         """A[t, n, :] = 0 for t >= lens[n] (A is (T, N, F))."""
         T, N, F = A.shape
         for e in range(cuda.grid(1), T * N * F, cuda.gridsize(1)):
-            t = e // (N * F)
-            n = (e // F) % N
+            t, n, f = split3(e, N, F)
             if t >= lens[n]:
-                A[t, n, e % F] = zero
+                A[t, n, f] = zero
 
     @cuda.jit
     def previous_h(lens, reverse, y, h0, out):
@@ -419,9 +403,7 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
         step before it (anything past its length, where dP is zero)."""
         T, N, K = out.shape
         for e in range(cuda.grid(1), T * N * K, cuda.gridsize(1)):
-            t = e // (N * K)
-            n = (e // K) % N
-            k = e % K
+            t, n, k = split3(e, N, K)
             first = lens[n] - 1 if reverse else 0
             if t == first:
                 out[t, n, k] = h0[n, k]
@@ -436,9 +418,7 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
         T, N, F = out.shape
         FA = A.shape[2]
         for e in range(cuda.grid(1), T * N * F, cuda.gridsize(1)):
-            t = e // (N * F)
-            n = (e // F) % N
-            f = e % F
+            t, n, f = split3(e, N, F)
             out[t, n, f] = A[t, n, f] if f < FA else B[t, n, f - FA]
 
     @cuda.jit
@@ -446,9 +426,7 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
         """out = A[:, :, start:start + out.shape[2]]."""
         T, N, F = out.shape
         for e in range(cuda.grid(1), T * N * F, cuda.gridsize(1)):
-            t = e // (N * F)
-            n = (e // F) % N
-            f = e % F
+            t, n, f = split3(e, N, F)
             out[t, n, f] = A[t, n, start + f]
 
     @cuda.jit
@@ -505,9 +483,9 @@ def kernels(dtype, gemm_threads=GEMM_THREADS, gemm_k=GEMM_K):
     ns = Kernels()
     ns.gemm_threads, ns.gemm_tile = GEMM_THREADS, GEMM_TILE
     for name, fn in dict(gemm=gemm, gemm_simple=gemm_simple, transpose=transpose, swap01=swap01, multiply=multiply,
-                         column_sums=column_sums, forward_step=forward_step, project_step=project_step,
+                         column_sums=column_sums, forward_step=forward_step, rows_product=rows_product,
                          backward_step=backward_step, projected_grads_step=projected_grads_step,
-                         dm_step=dm_step, backward_first_dh=backward_first_dh, final_state=final_state,
+                         backward_first_dh=backward_first_dh, final_state=final_state,
                          zero_past_lengths=zero_past_lengths, previous_h=previous_h,
                          concat_features=concat_features, take_features=take_features, add=add,
                          forward_persistent=forward_persistent,

@@ -135,12 +135,16 @@ def swap01(a):
     return out
 
 
-def multiply(a, b):
+def _elementwise(kernel_name, a, b):
     out = cuda.device_array(a.shape, a.dtype)
     if a.size:
-        kernels(a.dtype).multiply[_grid(a.size), THREADS](a.reshape(a.size), b.reshape(b.size),
-                                                          out.reshape(out.size))
+        kernel = getattr(kernels(a.dtype), kernel_name)
+        kernel[_grid(a.size), THREADS](a.reshape(a.size), b.reshape(b.size), out.reshape(out.size))
     return out
+
+
+def multiply(a, b):
+    return _elementwise("multiply", a, b)
 
 
 def device_info():
@@ -284,7 +288,7 @@ def _run_forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, lengths=None, r
         for s in range(T):
             k.forward_step[_grid(N * H), THREADS](s, lens, reverse, gates, cs, y, out, h0, c0, WhhT)
             if W_hr is not None:
-                k.project_step[_grid(N * K), THREADS](s, lens, reverse, ms, W_hr, y)
+                k.rows_product[_grid(N * K), THREADS](s, lens, reverse, ms, W_hr, y, True, True)
     if plain:
         hT.copy_to_device(y[T - 1])
         cT.copy_to_device(cs[T - 1])
@@ -339,15 +343,15 @@ def backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW
                            lens, gates, cs, c0, dy, dhT, W_hh, dc, dh0):
         if lengths is not None:
             k.zero_past_lengths[_grid(gates.size), THREADS](gates, lens)  # no gradient there
-        dm = cuda.device_array((N, H), x.dtype) if W_hr is not None else dc
+        dm = cuda.device_array((1, N, H), x.dtype) if W_hr is not None else dc
         if W_hr is not None:
             dhs = zeros((T, N, K), x.dtype)
         for s in range(T - 1, -1, -1):
             if W_hr is not None:
                 k.projected_grads_step[_grid(N * K), THREADS](s, lens, reverse, gates, dy, dhT, W_hh, dhs)
-                k.dm_step[_grid(N * H), THREADS](s, lens, reverse, dhs, W_hr, dm)
+                k.rows_product[_grid(N * H), THREADS](s, lens, reverse, dhs, W_hr, dm, False, False)
             k.backward_step[_grid(N * H), THREADS](s, lens, reverse, gates, cs, c0, dy, dhT, W_hh, dc,
-                                                   dm, W_hr is not None)
+                                                   dm if W_hr is None else dm[0], W_hr is not None)
         k.backward_first_dh[_grid(N * K), THREADS](lens, reverse, gates, W_hh, dhT, dh0)
     dc0.copy_to_device(dc)
     dP = gates.reshape(T * N, G)
@@ -396,11 +400,7 @@ def step_layers(x_t, h, c, W_ih, W_hh, b, h_out, c_out, gates, *, W_hr=None):
 
 # -- the layer's array namespace: the rest of what _arrays.HostArrays offers ----------
 def add(a, b):
-    out = cuda.device_array(a.shape, a.dtype)
-    if a.size:
-        kernels(a.dtype).add[_grid(a.size), THREADS](a.reshape(a.size), b.reshape(b.size),
-                                                     out.reshape(out.size))
-    return out
+    return _elementwise("add", a, b)
 
 
 def concat_features(arrays):
