@@ -51,7 +51,7 @@ def config() -> dict[str, Any]:
     if c is not None:
         info["c_openmp"] = bool(getattr(c, "OPENMP", False))
         info["c_kernel"] = c.kernel_path()
-        info["c_kernels_supported"] = list(c.KERNELS)
+        info["c_kernels_supported"] = list(c.SUPPORTED_KERNELS)
         info["c_threads"] = c.max_threads()
     gpu = _load("cuda")
     if gpu is not None:
