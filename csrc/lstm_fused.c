@@ -27,7 +27,8 @@
 /* Lanes of the widest path's vectors (its forward panels are that many units). */
 #define AVX512_LANES 16
 
-/* The entry points of one path, as lstm_fused_impl.h defines them. */
+/* The entry points of one path: lstm_fused_impl.h defines one of these,
+ * kernels_<path>, for each path it is included for. */
 typedef struct {
     ptrdiff_t lanes;          /* units per forward panel */
     ptrdiff_t backward_units; /* units per backward panel */
@@ -51,10 +52,6 @@ typedef struct {
     void (*activations)(ptrdiff_t n, const float *x, float *sig, float *th);
 } path_kernels;
 
-#define PATH_KERNELS(SFX_)                                                                   \
-    {VL, BV * VL, cpu_has_##SFX_, pack_forward_##SFX_, pack_backward_##SFX_,          \
-     forward_##SFX_, backward_##SFX_, step_##SFX_, activations_##SFX_}
-
 #ifdef FASTLSTM_VECTOR_PATHS
 /* portable: 4 lanes, which every SIMD ISA has (SSE2, NEON) or emulates */
 static int cpu_has_portable(void) { return 1; }
@@ -64,12 +61,6 @@ static int cpu_has_portable(void) { return 1; }
 #define RB 6
 #define BV 2
 #include "lstm_fused_impl.h"
-static const path_kernels PORTABLE = PATH_KERNELS(portable);
-#undef SFX
-#undef VL
-#undef RF
-#undef RB
-#undef BV
 
 #ifdef FASTLSTM_X86_PATHS
 static int cpu_has_avx2(void)
@@ -88,12 +79,6 @@ static int cpu_has_avx2(void)
 #define RB 6
 #define BV 2
 #include "lstm_fused_impl.h"
-static const path_kernels AVX2 = PATH_KERNELS(avx2);
-#undef SFX
-#undef VL
-#undef RF
-#undef RB
-#undef BV
 #ifdef __clang__
 #pragma clang attribute pop
 #endif
@@ -115,12 +100,6 @@ static int cpu_has_avx512(void)
 #define RB 6
 #define BV 4
 #include "lstm_fused_impl.h"
-static const path_kernels AVX512 = PATH_KERNELS(avx512);
-#undef SFX
-#undef VL
-#undef RF
-#undef RB
-#undef BV
 #ifdef __clang__
 #pragma clang attribute pop
 #endif
@@ -133,11 +112,11 @@ static const path_kernels *kernels_of(int path)
 {
     switch (path) {
 #ifdef FASTLSTM_VECTOR_PATHS
-    case LSTM_PATH_PORTABLE: return &PORTABLE;
+    case LSTM_PATH_PORTABLE: return &kernels_portable;
 #endif
 #ifdef FASTLSTM_X86_PATHS
-    case LSTM_PATH_AVX2: return &AVX2;
-    case LSTM_PATH_AVX512: return &AVX512;
+    case LSTM_PATH_AVX2: return &kernels_avx2;
+    case LSTM_PATH_AVX512: return &kernels_avx512;
 #endif
     default: return NULL;
     }

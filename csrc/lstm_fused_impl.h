@@ -2,7 +2,8 @@
  * the vector activations, the gate math of forward and step (FN(cell)) and
  * of backward (FN(backward_gates)), and the forward, backward and step loops.
  *
- * Included once per code path by lstm_fused.c, with these defined:
+ * Included once per code path by lstm_fused.c, with these defined (and
+ * undefined again at the end):
  *   SFX  name suffix of the path       VL  lanes of one vector (floats)
  *   RF   rows per forward block        RB  rows per backward block
  *   BV   vectors per backward panel (its width is BV * VL units)
@@ -698,6 +699,11 @@ static void FN(activations)(ptrdiff_t n, const float *x, float *sig, float *th)
     }
 }
 
+/* This path's entry in lstm_fused.c's table; cpu_has_<path> is defined there. */
+static const path_kernels FN(kernels) = {VL, BV * VL, FN(cpu_has), FN(pack_forward),
+                                         FN(pack_backward), FN(forward), FN(backward), FN(step),
+                                         FN(activations)};
+
 #undef FWD_CASE
 #undef BWD_CASE
 #undef INLINE
@@ -706,3 +712,8 @@ static void FN(activations)(ptrdiff_t n, const float *x, float *sig, float *th)
 #undef FN
 #undef CAT
 #undef CAT_
+#undef SFX
+#undef VL
+#undef RF
+#undef RB
+#undef BV

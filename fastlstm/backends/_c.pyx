@@ -173,6 +173,12 @@ cdef _check(str name, tuple got, tuple want):
         raise ValueError(f"{name} has shape {got}, expected {want}")
 
 
+cdef _check_all(tuple expected):
+    # _check for each (name, array, shape) of expected
+    for name, a, want in expected:
+        _check(name, _shape(a), want)
+
+
 cdef _check_entry(str name, Py_ssize_t l, tuple got, tuple want):
     # _check for entry l of a list of per-layer arrays (its name made only on failure)
     if got != want:
@@ -189,11 +195,9 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] h0, const floati
             floating[:, :, ::1] gates, floating[:, :, ::1] cs, bint keep=True):
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef Py_ssize_t G = 4 * H
-    _check("h0", _shape(h0), (N, H)); _check("c0", _shape(c0), (N, H))
-    _check("W_ih", _shape(W_ih), (G, I)); _check("W_hh", _shape(W_hh), (G, H))
-    _check("b", _shape(b), (G,)); _check("y", _shape(y), (T, N, H))
-    _check("hT", _shape(hT), (N, H)); _check("cT", _shape(cT), (N, H))
-    _check("gates", _shape(gates), (T, N, G)); _check("cs", _shape(cs), (T, N, H))
+    _check_all((("h0", h0, (N, H)), ("c0", c0, (N, H)), ("W_ih", W_ih, (G, I)),
+                ("W_hh", W_hh, (G, H)), ("b", b, (G,)), ("y", y, (T, N, H)), ("hT", hT, (N, H)),
+                ("cT", cT, (N, H)), ("gates", gates, (T, N, G)), ("cs", cs, (T, N, H))))
     if N == 0 or H == 0:
         return
     if T == 0:
@@ -237,14 +241,12 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] h0, const float
              floating[:, ::1] dW_ih, floating[:, ::1] dW_hh, floating[::1] db):
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef Py_ssize_t G = 4 * H
-    _check("h0", _shape(h0), (N, H)); _check("c0", _shape(c0), (N, H))
-    _check("W_ih", _shape(W_ih), (G, I)); _check("W_hh", _shape(W_hh), (G, H))
-    _check("y", _shape(y), (T, N, H)); _check("gates", _shape(gates), (T, N, G))
-    _check("cs", _shape(cs), (T, N, H)); _check("dy", _shape(dy), (T, N, H))
-    _check("dhT", _shape(dhT), (N, H)); _check("dcT", _shape(dcT), (N, H))
-    _check("dx", _shape(dx), (T, N, I)); _check("dh0", _shape(dh0), (N, H))
-    _check("dc0", _shape(dc0), (N, H)); _check("dW_ih", _shape(dW_ih), (G, I))
-    _check("dW_hh", _shape(dW_hh), (G, H)); _check("db", _shape(db), (G,))
+    _check_all((("h0", h0, (N, H)), ("c0", c0, (N, H)), ("W_ih", W_ih, (G, I)),
+                ("W_hh", W_hh, (G, H)), ("y", y, (T, N, H)), ("gates", gates, (T, N, G)),
+                ("cs", cs, (T, N, H)), ("dy", dy, (T, N, H)), ("dhT", dhT, (N, H)),
+                ("dcT", dcT, (N, H)), ("dx", dx, (T, N, I)), ("dh0", dh0, (N, H)),
+                ("dc0", dc0, (N, H)), ("dW_ih", dW_ih, (G, I)), ("dW_hh", dW_hh, (G, H)),
+                ("db", db, (G,))))
     if N == 0 or H == 0:
         if T * N * I > 0:
             dx[:, :, :] = 0
@@ -286,10 +288,9 @@ def step(const floating[:, ::1] x_t, const floating[:, ::1] h, const floating[:,
          floating[:, ::1] h_out, floating[:, ::1] c_out, floating[:, ::1] gates):
     """One step of one layer, on the BLAS path for both dtypes (see reference.step)."""
     cdef Py_ssize_t N = x_t.shape[0], I = x_t.shape[1], H = h.shape[1], G = 4 * H
-    _check("h", _shape(h), (N, H)); _check("c", _shape(c), (N, H))
-    _check("W_ih", _shape(W_ih), (G, I)); _check("W_hh", _shape(W_hh), (G, H))
-    _check("b", _shape(b), (G,)); _check("h_out", _shape(h_out), (N, H))
-    _check("c_out", _shape(c_out), (N, H)); _check("gates", _shape(gates), (N, G))
+    _check_all((("h", h, (N, H)), ("c", c, (N, H)), ("W_ih", W_ih, (G, I)), ("W_hh", W_hh, (G, H)),
+                ("b", b, (G,)), ("h_out", h_out, (N, H)), ("c_out", c_out, (N, H)),
+                ("gates", gates, (N, G))))
     if N == 0 or H == 0:
         return
     cdef const floating *wi = &W_ih[0, 0] if I > 0 else NULL
@@ -342,9 +343,8 @@ def step_layers(const floating[:, ::1] x_t, const floating[:, :, ::1] h,
     cdef Py_ssize_t G = 4 * H, l
     if len(W_hh) != L or len(b) != L:
         raise ValueError(f"W_ih, W_hh and b must have one entry per layer, got {len(W_ih)}, {len(W_hh)}, {len(b)}")
-    for name, a, want in (("h", h, (L, N, H)), ("c", c, (L, N, H)), ("h_out", h_out, (L, N, H)),
-                          ("c_out", c_out, (L, N, H)), ("gates", gates, (N, G))):
-        _check(name, _shape(a), want)
+    _check_all((("h", h, (L, N, H)), ("c", c, (L, N, H)), ("h_out", h_out, (L, N, H)),
+                ("c_out", c_out, (L, N, H)), ("gates", gates, (N, G))))
     for l in range(L):
         _check_entry("W_ih", l, tuple(W_ih[l].shape), (G, I0 if l == 0 else H))
         _check_entry("W_hh", l, tuple(W_hh[l].shape), (G, H))
