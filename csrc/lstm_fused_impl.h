@@ -248,28 +248,29 @@ INLINE void FN(gemv_rows)(ptrdiff_t m, ptrdiff_t k, const float *a, ptrdiff_t ld
     }
 }
 
-/* ---- gate math ------------------------------------------------------------
- * Four gate blocks of VL units at stride H (the layout of a gates row). */
-INLINE void FN(load4)(const float *p, ptrdiff_t H, ptrdiff_t n, VF v[4])
+/* ---- gate math ------------------------------------------------------------ */
+/* The forward gate math of n <= VL units of one row, shared by the forward
+ * and step loops. pi, pf, pg, po: the pre-activations; c_prev: [n] IN;
+ * gates: 4 blocks of n at stride H, OUT (the activated gates) when keep;
+ * c: [n] OUT = f*c_prev + i*g; h: [n] OUT = o*tanh(c). The gates are stored
+ * before tanh(c) is computed, which frees their registers for it (AVX2 has
+ * 16 of them), and this order keeps the forward loops' code as it was. */
+INLINE void FN(cell)(const VF pre[4], const VF add[4], const float *c_prev, float *gates,
+                     int keep, ptrdiff_t H, ptrdiff_t n, float *c, float *h)
 {
-    for (int g = 0; g < 4; ++g) v[g] = FN(loadn)(p + g * H, n);
-}
-INLINE void FN(store4)(float *p, ptrdiff_t H, ptrdiff_t n, const VF v[4])
-{
-    for (int g = 0; g < 4; ++g) FN(storen)(p + g * H, v[g], n);
-}
-
-/* The forward gate math of VL units of one row, for the forward and step
- * loops: pre-activations pre [4] (i, f, g, o) in, activated gates out in
- * place; c = f*c_prev + i*g and h = o*tanh(c). */
-INLINE void FN(cell)(VF pre[4], VF c_prev, VF *c, VF *h)
-{
-    pre[0] = FN(sigmoid)(pre[0]);
-    pre[1] = FN(sigmoid)(pre[1]);
-    pre[2] = FN(tanh)(pre[2]);
-    pre[3] = FN(sigmoid)(pre[3]);
-    *c = pre[1] * c_prev + pre[0] * pre[2];
-    *h = pre[3] * FN(tanh)(*c);
+    const VF i = FN(sigmoid)(add ? pre[0] + add[0] : pre[0]);
+    const VF f = FN(sigmoid)(add ? pre[1] + add[1] : pre[1]);
+    const VF g = FN(tanh)(add ? pre[2] + add[2] : pre[2]);
+    const VF o = FN(sigmoid)(add ? pre[3] + add[3] : pre[3]);
+    const VF cn = f * FN(loadn)(c_prev, n) + i * g;
+    if (keep) {
+        FN(storen)(gates, i, n);
+        FN(storen)(gates + H, f, n);
+        FN(storen)(gates + 2 * H, g, n);
+        FN(storen)(gates + 3 * H, o, n);
+    }
+    FN(storen)(c, cn, n);
+    FN(storen)(h, o * FN(tanh)(cn), n);
 }
 
 /* ---- work items of a step -------------------------------------------------
@@ -347,17 +348,22 @@ INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t n
         K = H;
     }
     VF add[4];
-    if (x_rows) FN(load4)(bias, H, nvalid, add);
+    if (x_rows) {
+        add[0] = FN(loadn)(bias, nvalid);
+        add[1] = FN(loadn)(bias + H, nvalid);
+        add[2] = FN(loadn)(bias + 2 * H, nvalid);
+        add[3] = FN(loadn)(bias + 3 * H, nvalid);
+    }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
         float *pre = gates + r * G;
-        if (!x_rows) FN(load4)(pre, H, nvalid, add);
-        VF v[4] = {acc[r][0] + add[0], acc[r][1] + add[1], acc[r][2] + add[2], acc[r][3] + add[3]};
-        VF cn, hn;
-        FN(cell)(v, FN(loadn)(c_prev + r * H, nvalid), &cn, &hn);
-        if (keep) FN(store4)(pre, H, nvalid, v);
-        FN(storen)(c + r * H, cn, nvalid);
-        FN(storen)(h + r * H, hn, nvalid);
+        if (!x_rows) {
+            add[0] = FN(loadn)(pre, nvalid);
+            add[1] = FN(loadn)(pre + H, nvalid);
+            add[2] = FN(loadn)(pre + 2 * H, nvalid);
+            add[3] = FN(loadn)(pre + 3 * H, nvalid);
+        }
+        FN(cell)(acc[r], add, c_prev + r * H, pre, keep, H, nvalid, c + r * H, h + r * H);
     }
 }
 
@@ -471,18 +477,22 @@ INLINE void FN(backward_gates)(ptrdiff_t H, ptrdiff_t n, VF dh_rec, float *gr,
                                const float *c_prev, const float *c, const float *dy, float *dc,
                                VF *sum)
 {
-    VF a[4];
-    FN(load4)(gr, H, n, a);
-    const VF i = a[0], f = a[1], g = a[2], o = a[3];
+    VF i = FN(loadn)(gr, n), f = FN(loadn)(gr + H, n);
+    VF g = FN(loadn)(gr + 2 * H, n), o = FN(loadn)(gr + 3 * H, n);
     VF dhv = dh_rec + FN(loadn)(dy, n);
     VF tc = FN(tanh)(FN(loadn)(c, n));
     VF dct = FN(loadn)(dc, n) + dhv * o * (1.0f - tc * tc);
     const VF di = dct * g * i * (1.0f - i), df = dct * FN(loadn)(c_prev, n) * f * (1.0f - f);
     const VF dg = dct * i * (1.0f - g * g), dout = dhv * tc * o * (1.0f - o);
-    const VF d[4] = {di, df, dg, dout};
-    FN(store4)(gr, H, n, d);
+    FN(storen)(gr, di, n);
+    FN(storen)(gr + H, df, n);
+    FN(storen)(gr + 2 * H, dg, n);
+    FN(storen)(gr + 3 * H, dout, n);
     FN(storen)(dc, dct * f, n);
-    for (int k = 0; k < 4; ++k) sum[k] += d[k];
+    sum[0] += di;
+    sum[1] += df;
+    sum[2] += dg;
+    sum[3] += dout;
 }
 
 /* One block: R rows x one panel of BV*VL units, doing what mode says
@@ -676,11 +686,11 @@ static void FN(step)(const lstm_blas *blas, int nthreads, ptrdiff_t L, ptrdiff_t
             for (ptrdiff_t n = 0; n < N; ++n)
                 for (ptrdiff_t j = u0; j < u1; j += VL) {
                     const ptrdiff_t nv = u1 - j < VL ? u1 - j : VL;
-                    VF pre[4], cn, hn;
-                    FN(load4)(gates + n * G + j, H, nv, pre);
-                    FN(cell)(pre, FN(loadn)(cl + n * H + j, nv), &cn, &hn);
-                    FN(storen)(co + n * H + j, cn, nv);
-                    FN(storen)(ho + n * H + j, hn, nv);
+                    const float *pre = gates + n * G + j;
+                    const VF p[4] = {FN(loadn)(pre, nv), FN(loadn)(pre + H, nv),
+                                     FN(loadn)(pre + 2 * H, nv), FN(loadn)(pre + 3 * H, nv)};
+                    FN(cell)(p, NULL, cl + n * H + j, NULL, 0, H, nv, co + n * H + j,
+                             ho + n * H + j);
                 }
             LSTM_BARRIER();
         }
