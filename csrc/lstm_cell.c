@@ -1,7 +1,8 @@
-/* lstm_cell.c - fused pointwise LSTM step, forward and backward (see lstm_cell.h).
+/* lstm_cell.c - the BLAS path's pointwise LSTM step, forward and backward
+ * (see lstm_cell.h).
  *
- * One template (a macro) instantiated for float and double, so the gate math
- * has a single source. The sigmoid is written on exp(-|x|), which never
+ * One template (a macro) instantiated for float and double, so that both
+ * dtypes share one source. The sigmoid is written on exp(-|x|), which never
  * overflows, and NaN inputs propagate to NaN outputs.
  */
 #include <math.h>
@@ -62,22 +63,6 @@
                 dcn[j] = dct * f;                                              \
             }                                                                  \
         }                                                                      \
-    }                                                                          \
-                                                                               \
-    void lstm_fill_rows_##SUFFIX(ptrdiff_t rows, ptrdiff_t G,                  \
-                                 const real *bias, real *out)                  \
-    {                                                                          \
-        for (ptrdiff_t r = 0; r < rows; ++r)                                   \
-            for (ptrdiff_t j = 0; j < G; ++j)                                  \
-                out[r * G + j] = bias[j];                                      \
-    }                                                                          \
-                                                                               \
-    void lstm_sum_rows_##SUFFIX(ptrdiff_t rows, ptrdiff_t G, const real *d,    \
-                                real *db)                                      \
-    {                                                                          \
-        for (ptrdiff_t r = 0; r < rows; ++r)                                   \
-            for (ptrdiff_t j = 0; j < G; ++j)                                  \
-                db[j] += d[r * G + j];                                         \
     }
 
 DEFINE_LSTM_CELL(f32, float, expf, tanhf, fabsf)

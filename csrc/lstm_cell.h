@@ -1,8 +1,8 @@
-/* lstm_cell.h - fused pointwise LSTM kernels for one time step, plain C.
- *
- * These are the only places the C backend does gate math. The Cython layer
- * (fastlstm/backends/_c.pyx) calls them once per time step between BLAS
- * products. Nothing here allocates, validates or knows about Python.
+/* lstm_cell.h - the BLAS path's gate math: one time step's pointwise LSTM
+ * cell, forward and backward, scalar C for float and double. The BLAS-path
+ * time loops (lstm_blas_loop_impl.h) call them once per step between BLAS
+ * products; the fused float32 paths have their own vector copy in
+ * lstm_fused_impl.h. Nothing here allocates, validates or knows about Python.
  *
  * Letters: N batch, H hidden size, G = 4H. Gate order i, f, g, o: row n of a
  * gates block holds [i(H) | f(H) | g(H) | o(H)], the layout of x.W_ih^T.
@@ -50,14 +50,6 @@ void lstm_cell_backward_f64(ptrdiff_t N, ptrdiff_t H, const double *gates,
                             const double *c_prev, const double *c,
                             const double *dy, const double *dh_next,
                             double *dc, double *dgates);
-
-/* Fill every row of out [rows, G] OUT with bias [G] IN. */
-void lstm_fill_rows_f32(ptrdiff_t rows, ptrdiff_t G, const float *bias, float *out);
-void lstm_fill_rows_f64(ptrdiff_t rows, ptrdiff_t G, const double *bias, double *out);
-
-/* Accumulate column sums: db [G] INOUT += sum over rows of d [rows, G] IN. */
-void lstm_sum_rows_f32(ptrdiff_t rows, ptrdiff_t G, const float *d, float *db);
-void lstm_sum_rows_f64(ptrdiff_t rows, ptrdiff_t G, const double *d, double *db);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,8 @@
-/* lstm_fused.h - float32 LSTM time loops with the recurrent product fused
- * into the gate math, on W_hh packed once per call into register-blocked
- * panels. Plain C (OpenMP optional), no Python.h.
+/* lstm_fused.h - the fused float32 paths of the C backend: LSTM time loops
+ * with the recurrent product fused into the gate math, on W_hh packed once
+ * per call into register-blocked panels. Plain C (OpenMP optional), no
+ * Python.h. The BLAS path (float64, and float32 without a fused path) is in
+ * lstm_blas_loop.h.
  *
  * Why: a BLAS call per step re-packs W_hh every time and runs the gate math
  * as a separate pass. Here each thread owns a fixed set of hidden units (a
@@ -11,7 +13,9 @@
  * Three code paths from one source (csrc/lstm_fused_impl.h), chosen at run
  * time from the CPU: AVX-512 (16-lane panels), AVX2 (8) and portable (4,
  * plain C vectors that any compiler lowers for any CPU, aarch64 included).
- * Packed layouts depend on the path: pack with the path you run.
+ * Packed layouts depend on the path: pack with the path you run. A path this
+ * CPU or build cannot run is replaced by the fastest one it can (never an
+ * illegal instruction); where none was built the calls do nothing.
  *
  * Letters: T steps, N batch, H hidden, G = 4H; U = lanes of the path.
  */
@@ -19,21 +23,35 @@
 #define FASTLSTM_LSTM_FUSED_H
 
 #include <stddef.h>
+#include "lstm_blas_loop.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-enum { LSTM_PATH_NONE = -1, LSTM_PATH_PORTABLE = 0, LSTM_PATH_AVX2 = 1, LSTM_PATH_AVX512 = 2 };
+/* Kernel paths; LSTM_PATH_BLAS (no fused kernels: lstm_blas_loop.h) is what
+ * lstm_fused_best_path says where no fused path can run. */
+enum {
+    LSTM_PATH_BLAS = -1,
+    LSTM_PATH_PORTABLE = 0,
+    LSTM_PATH_AVX2 = 1,
+    LSTM_PATH_AVX512 = 2,
+    LSTM_PATH_COUNT = 3 /* number of fused paths */
+};
 
 /* Fastest path this CPU (and this build) supports. */
 int lstm_fused_best_path(void);
 /* Whether `path` can run here (compiled in and supported by the CPU). */
 int lstm_fused_path_supported(int path);
-/* Name of a path ("avx512", "avx2", "portable"; "blas" for LSTM_PATH_NONE). */
+/* Name of a path ("avx512", "avx2", "portable"; "blas" for LSTM_PATH_BLAS). */
 const char *lstm_fused_path_name(int path);
 /* Number of OpenMP threads available (1 without OpenMP). */
 int lstm_fused_max_threads(void);
+
+/* Bytes per k-row of a packed forward panel at its widest (AVX-512: 4 gates
+ * x 16 units x 4 bytes): what fastlstm/_config.py's fuse_input rule assumes
+ * a streamed panel costs, for every path. */
+ptrdiff_t lstm_fused_panel_row_bytes(void);
 
 /* Floats needed by the forward pack (W_f) and the backward pack (W_b). */
 ptrdiff_t lstm_fused_forward_pack_size(int path, ptrdiff_t Ip, ptrdiff_t H);
@@ -50,26 +68,6 @@ void lstm_fused_pack_forward(int path, ptrdiff_t Ip, ptrdiff_t H, const float *W
  * units on AVX-512 and 2U on the other paths, zero padded. */
 void lstm_fused_pack_backward(int path, ptrdiff_t H, const float *W_hh, float *W_b);
 
-/* BLAS entry points, passed in by the caller (this file links no BLAS).
- * sgemm is the Fortran interface. set_threads_local, when not NULL, sets
- * the BLAS library's thread count for the calling thread only and returns
- * the previous one (OpenBLAS's openblas_set_num_threads_local): each of our
- * threads then runs its share of the big products single-threaded, so BLAS
- * worker threads never compete with ours for the cores. */
-typedef void (*lstm_sgemm_fn)(const char *transa, const char *transb, const int *m,
-                              const int *n, const int *k, const float *alpha,
-                              const float *a, const int *lda, const float *b, const int *ldb,
-                              const float *beta, float *c, const int *ldc);
-typedef void (*lstm_sgemv_fn)(const char *trans, const int *m, const int *n, const float *alpha,
-                              const float *a, const int *lda, const float *x, const int *incx,
-                              const float *beta, float *y, const int *incy);
-typedef int (*lstm_set_threads_fn)(int);
-typedef struct {
-    lstm_sgemm_fn sgemm;
-    lstm_sgemv_fn sgemv;
-    lstm_set_threads_fn set_threads_local;
-} lstm_blas;
-
 /* Forward pass of one layer, input projection included.
  *   x:     [T, N, I] IN
  *   W_ih:  [G, I] IN
@@ -81,8 +79,8 @@ typedef struct {
  *                          (inference: no backward follows) only scratch
  *   y:     [T, N, H] OUT   h_t
  *   cs:    [T, N, H] OUT   c_t
- * Every size must fit an int for BLAS except T*N, which is cut into chunks.
- * nthreads <= 1 runs single-threaded. by_rows: the threads split each step
+ * blas: lstm_blas_loop.h. Every size must fit an int for BLAS except T*N,
+ * which is cut into chunks. nthreads <= 1 runs single-threaded. by_rows: the threads split each step
  * by batch rows (each reads all of W_f, and only the h rows it wrote itself)
  * instead of by hidden units (each reads its share of W_f, and all of h).
  */

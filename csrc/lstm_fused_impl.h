@@ -1,6 +1,9 @@
-/* lstm_fused_impl.h - body of the fused float32 LSTM time loops (lstm_fused.h).
+/* lstm_fused_impl.h - body of the fused float32 LSTM time loops (lstm_fused.h):
+ * the vector activations, the gate math of forward and step (FN(cell)) and
+ * of backward (FN(backward_gates)), and the forward, backward and step loops.
  *
- * Included once per code path by lstm_fused.c, with these defined:
+ * Included once per code path by lstm_fused.c, with these defined (and
+ * undefined again at the end):
  *   SFX  name suffix of the path       VL  lanes of one vector (floats)
  *   RF   rows per forward block        RB  rows per backward block
  *   BV   vectors per backward panel (its width is BV * VL units)
@@ -245,6 +248,31 @@ INLINE void FN(gemv_rows)(ptrdiff_t m, ptrdiff_t k, const float *a, ptrdiff_t ld
     }
 }
 
+/* ---- gate math ------------------------------------------------------------ */
+/* The forward gate math of n <= VL units of one row, shared by the forward
+ * and step loops. pi, pf, pg, po: the pre-activations; c_prev: [n] IN;
+ * gates: 4 blocks of n at stride H, OUT (the activated gates) when keep;
+ * c: [n] OUT = f*c_prev + i*g; h: [n] OUT = o*tanh(c). The gates are stored
+ * before tanh(c) is computed, which frees their registers for it (AVX2 has
+ * 16 of them), and this order keeps the forward loops' code as it was. */
+INLINE void FN(cell)(const VF pre[4], const VF add[4], const float *c_prev, float *gates,
+                     int keep, ptrdiff_t H, ptrdiff_t n, float *c, float *h)
+{
+    const VF i = FN(sigmoid)(add ? pre[0] + add[0] : pre[0]);
+    const VF f = FN(sigmoid)(add ? pre[1] + add[1] : pre[1]);
+    const VF g = FN(tanh)(add ? pre[2] + add[2] : pre[2]);
+    const VF o = FN(sigmoid)(add ? pre[3] + add[3] : pre[3]);
+    const VF cn = f * FN(loadn)(c_prev, n) + i * g;
+    if (keep) {
+        FN(storen)(gates, i, n);
+        FN(storen)(gates + H, f, n);
+        FN(storen)(gates + 2 * H, g, n);
+        FN(storen)(gates + 3 * H, o, n);
+    }
+    FN(storen)(c, cn, n);
+    FN(storen)(h, o * FN(tanh)(cn), n);
+}
+
 /* ---- work items of a step -------------------------------------------------
  * A step's work is (panel, row block) items. Each thread runs a contiguous
  * range of them, so that the threads' loads differ by at most one item, with
@@ -319,35 +347,23 @@ INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t n
         src = h_prev;
         K = H;
     }
-    VF b0, b1, b2, b3;
+    VF add[4];
     if (x_rows) {
-        b0 = FN(loadn)(bias, nvalid);
-        b1 = FN(loadn)(bias + H, nvalid);
-        b2 = FN(loadn)(bias + 2 * H, nvalid);
-        b3 = FN(loadn)(bias + 3 * H, nvalid);
+        add[0] = FN(loadn)(bias, nvalid);
+        add[1] = FN(loadn)(bias + H, nvalid);
+        add[2] = FN(loadn)(bias + 2 * H, nvalid);
+        add[3] = FN(loadn)(bias + 3 * H, nvalid);
     }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
         float *pre = gates + r * G;
         if (!x_rows) {
-            b0 = FN(loadn)(pre, nvalid);
-            b1 = FN(loadn)(pre + H, nvalid);
-            b2 = FN(loadn)(pre + 2 * H, nvalid);
-            b3 = FN(loadn)(pre + 3 * H, nvalid);
+            add[0] = FN(loadn)(pre, nvalid);
+            add[1] = FN(loadn)(pre + H, nvalid);
+            add[2] = FN(loadn)(pre + 2 * H, nvalid);
+            add[3] = FN(loadn)(pre + 3 * H, nvalid);
         }
-        VF i = FN(sigmoid)(acc[r][0] + b0);
-        VF f = FN(sigmoid)(acc[r][1] + b1);
-        VF g = FN(tanh)(acc[r][2] + b2);
-        VF o = FN(sigmoid)(acc[r][3] + b3);
-        VF cn = f * FN(loadn)(c_prev + r * H, nvalid) + i * g;
-        if (keep) {
-            FN(storen)(pre, i, nvalid);
-            FN(storen)(pre + H, f, nvalid);
-            FN(storen)(pre + 2 * H, g, nvalid);
-            FN(storen)(pre + 3 * H, o, nvalid);
-        }
-        FN(storen)(c + r * H, cn, nvalid);
-        FN(storen)(h + r * H, o * FN(tanh)(cn), nvalid);
+        FN(cell)(acc[r], add, c_prev + r * H, pre, keep, H, nvalid, c + r * H, h + r * H);
     }
 }
 
@@ -420,25 +436,19 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
 {
     const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H, K = Ip + H;
     const ptrdiff_t nblocks = (N + RF - 1) / RF, nitems = npanels * nblocks;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-#endif
+    LSTM_PARALLEL(nthreads)
     {
-        int tid = 0, nt = 1;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-        nt = omp_get_num_threads();
-#endif
-        const ptrdiff_t w0 = nitems * tid / nt, w1 = nitems * (tid + 1) / nt;
+        const lstm_team me = lstm_team_join(blas);
+        const lstm_range mine = lstm_share(nitems, me);
+        const ptrdiff_t w0 = mine.lo, w1 = mine.hi;
         const ptrdiff_t pfirst = w0 / nblocks, plast = w1 > w0 ? (w1 - 1) / nblocks : pfirst;
-        const int saved = blas_threads_enter(blas);
         if (!Ip) {
             /* Hoisted projection for every step at once, split by units. */
-            const ptrdiff_t p0 = npanels * tid / nt, p1 = npanels * (tid + 1) / nt;
-            project_units(blas, T * N, I, H, p0 * VL, p1 * VL < H ? p1 * VL : H, x, W_ih, b, gates);
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
+            const lstm_range p = lstm_share(npanels, me);
+            const ptrdiff_t u0 = p.lo * VL, u1 = p.hi * VL < H ? p.hi * VL : H;
+            for (int g = 0; g < 4; ++g)
+                lstm_project_f32(blas, T * N, I, G, g * H + u0, g * H + u1, x, W_ih, b, gates);
+            LSTM_BARRIER();
         }
         for (ptrdiff_t t = 0; t < T; ++t) {
             const float *h_prev = t ? y + (t - 1) * N * H : h0;
@@ -453,11 +463,9 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
                                  c_prev + n0 * H + j0, gates + (t * N + n0) * G + j0, keep,
                                  cs + (t * N + n0) * H + j0, y + (t * N + n0) * H + j0, it.pf);
             }
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
+            LSTM_BARRIER();
         }
-        blas_threads_leave(blas, saved);
+        lstm_team_leave(blas, me);
     }
 }
 
@@ -487,12 +495,10 @@ INLINE void FN(backward_gates)(ptrdiff_t H, ptrdiff_t n, VF dh_rec, float *gr,
     sum[3] += dout;
 }
 
-/* One block: R rows x one panel of BV*VL units. mode 0: the step t = T-1
- * (dh_next is the given dh_T); mode 1: a step with dh_next = dP[t+1].W_hh;
- * mode 2: no step, just dh = dP[0].W_hh into dh. A step adds its rows' gate
- * gradients to db_part (the calling thread's partial db at the panel, or
- * NULL for none). */
-INLINE void FN(backward_block)(const int R, int mode, ptrdiff_t H, ptrdiff_t nvalid,
+/* One block: R rows x one panel of BV*VL units, doing what mode says
+ * (lstm_bwd_mode). A step adds its rows' gate gradients to db_part (the
+ * calling thread's partial db at the panel, or NULL for none). */
+INLINE void FN(backward_block)(const int R, lstm_bwd_mode mode, ptrdiff_t H, ptrdiff_t nvalid,
                                const float *Wp, const float *dP_next, float *gates,
                                const float *c_prev, const float *c, const float *dy,
                                float *dh, float *dc, float *db_part, const char *pf)
@@ -510,7 +516,7 @@ INLINE void FN(backward_block)(const int R, int mode, ptrdiff_t H, ptrdiff_t nva
 #pragma GCC unroll 4
         for (int v = 0; v < BV; ++v)
             acc[r][v] = FN(splat)(0.0f);
-    if (mode == 0) {
+    if (mode == LSTM_BWD_LAST) {
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
@@ -540,13 +546,13 @@ INLINE void FN(backward_block)(const int R, int mode, ptrdiff_t H, ptrdiff_t nva
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r) {
             const ptrdiff_t off = r * H + v * VL;
-            if (mode == 2)
+            if (mode == LSTM_BWD_DH0)
                 FN(storen)(dh + off, acc[r][v], nv[v]);
             else
                 FN(backward_gates)(H, nv[v], acc[r][v], gates + r * G + v * VL, c_prev + off,
                                    c + off, dy + off, dc + off, sum);
         }
-        if (mode != 2 && db_part)
+        if (mode != LSTM_BWD_DH0 && db_part)
 #pragma GCC unroll 4
             for (int g = 0; g < 4; ++g) {
                 float *d = db_part + g * H + v * VL;
@@ -563,7 +569,7 @@ INLINE void FN(backward_block)(const int R, int mode, ptrdiff_t H, ptrdiff_t nva
 
 _Static_assert(RB == 6, "backward_rows has cases for 1..6 rows");
 
-static void FN(backward_rows)(int R, int mode, ptrdiff_t H, ptrdiff_t nvalid, const float *Wp,
+static void FN(backward_rows)(int R, lstm_bwd_mode mode, ptrdiff_t H, ptrdiff_t nvalid, const float *Wp,
                               const float *dP_next, float *gates, const float *c_prev,
                               const float *c, const float *dy, float *dh, float *dc,
                               float *db_part, const char *pf)
@@ -594,22 +600,16 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
     const ptrdiff_t npanels = (H + BV * VL - 1) / (BV * VL), G = 4 * H;
     const ptrdiff_t nblocks = (N + RB - 1) / RB, nitems = npanels * nblocks, PW = BV * VL;
     /* db in one partial sum per thread, added up after the loop (without the
-     * memory, backward_products sums dP over all rows instead) */
+     * memory, lstm_backward_products sums dP over all rows instead) */
     float *db_parts = calloc((size_t)(nthreads > 1 ? nthreads : 1) * (size_t)G, sizeof(float));
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-#endif
+    LSTM_PARALLEL(nthreads)
     {
-        int tid = 0, nt = 1;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-        nt = omp_get_num_threads();
-#endif
-        const ptrdiff_t w0 = nitems * tid / nt, w1 = nitems * (tid + 1) / nt;
+        const lstm_team me = lstm_team_join(blas);
+        const lstm_range mine = lstm_share(nitems, me);
+        const ptrdiff_t w0 = mine.lo, w1 = mine.hi;
         const ptrdiff_t pfirst = w0 / nblocks, plast = w1 > w0 ? (w1 - 1) / nblocks : pfirst;
-        const int saved = blas_threads_enter(blas);
         for (ptrdiff_t t = T - 1; t >= 0; --t) {
-            const int mode = t == T - 1 ? 0 : 1;
+            const lstm_bwd_mode mode = t == T - 1 ? LSTM_BWD_LAST : LSTM_BWD_STEP;
             const float *dP_next = gates + (t + 1) * N * G;
             for (ptrdiff_t w = w0; w < w1; ++w) {
                 const FN(work) it = FN(work_item)(w, by_rows, N, nblocks, npanels, pfirst,
@@ -618,15 +618,13 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
                 const ptrdiff_t nvalid = H - j0 < PW ? H - j0 : PW;
                 const float *c_prev = t ? cs + ((t - 1) * N + n0) * H : c0 + n0 * H;
                 FN(backward_rows)((int)(it.n1 - n0), mode, H, nvalid, W_b + it.p * G * PW,
-                                  mode ? dP_next + n0 * G : NULL,
+                                  mode == LSTM_BWD_STEP ? dP_next + n0 * G : NULL,
                                   gates + (t * N + n0) * G + j0, c_prev + j0,
                                   cs + (t * N + n0) * H + j0, dy + (t * N + n0) * H + j0,
                                   dh + n0 * H + j0, dc + n0 * H + j0,
-                                  db_parts ? db_parts + tid * G + j0 : NULL, it.pf);
+                                  db_parts ? db_parts + me.tid * G + j0 : NULL, it.pf);
             }
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
+            LSTM_BARRIER();
         }
         /* dh0 = dP[0] . W_hh: the product of a step that does not exist. */
         for (ptrdiff_t w = w0; w < w1; ++w) {
@@ -634,17 +632,16 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
                                                    plast, W_b, G * PW, G);
             const ptrdiff_t j0 = it.p * PW, n0 = it.n0;
             const ptrdiff_t nvalid = H - j0 < PW ? H - j0 : PW;
-            FN(backward_rows)((int)(it.n1 - n0), 2, H, nvalid, W_b + it.p * G * PW, gates + n0 * G,
-                              NULL, NULL, NULL, NULL, dh + n0 * H + j0, NULL, NULL, it.pf);
+            FN(backward_rows)((int)(it.n1 - n0), LSTM_BWD_DH0, H, nvalid, W_b + it.p * G * PW,
+                              gates + n0 * G, NULL, NULL, NULL, NULL, dh + n0 * H + j0, NULL, NULL,
+                              it.pf);
         }
         /* The all-steps products need every column of dP: wait for all. */
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-        backward_products(blas, T, N, I, H, G * tid / nt, G * (tid + 1) / nt,
-                          T * N * tid / nt, T * N * (tid + 1) / nt, x, W_ih, h0, y, gates,
-                          dx, dW_ih, dW_hh, db, db_parts, nthreads > 1 ? nthreads : 1);
-        blas_threads_leave(blas, saved);
+        LSTM_BARRIER();
+        const lstm_range g = lstm_share(G, me), r = lstm_share(T * N, me);
+        lstm_backward_products_f32(blas, T, N, I, H, g.lo, g.hi, r.lo, r.hi, x, W_ih, h0, y, gates,
+                                   dx, dW_ih, dW_hh, db, db_parts, nthreads > 1 ? nthreads : 1);
+        lstm_team_leave(blas, me);
     }
     free(db_parts);
 }
@@ -659,18 +656,11 @@ static void FN(step)(const lstm_blas *blas, int nthreads, ptrdiff_t L, ptrdiff_t
                      const float *c, float *gates, float *h_out, float *c_out, int descending)
 {
     const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-#endif
+    LSTM_PARALLEL(nthreads)
     {
-        int tid = 0, nt = 1;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-        nt = omp_get_num_threads();
-#endif
-        const ptrdiff_t u0 = npanels * tid / nt * VL;
-        const ptrdiff_t u1e = npanels * (tid + 1) / nt * VL, u1 = u1e < H ? u1e : H;
-        const int saved = blas_threads_enter(blas);
+        const lstm_team me = lstm_team_join(blas);
+        const lstm_range p = lstm_share(npanels, me);
+        const ptrdiff_t u0 = p.lo * VL, u1 = p.hi * VL < H ? p.hi * VL : H;
         for (ptrdiff_t l = 0; l < L; ++l) {
             const float *in = l ? h_out + (l - 1) * N * H : x;
             const ptrdiff_t I = l ? H : I0;
@@ -687,29 +677,24 @@ static void FN(step)(const lstm_blas *blas, int nthreads, ptrdiff_t L, ptrdiff_t
                     FN(gemv_rows)(u1 - u0, H, W_hh[l] + (g * H + u0) * H, H, hl, P, descending);
                 }
             } else {
-                project_units(blas, N, I, H, u0, u1, in, W_ih[l], b[l], gates);
+                for (int g = 0; g < 4; ++g) {
+                    const ptrdiff_t c0 = g * H + u0, c1 = g * H + u1;
+                    lstm_project_f32(blas, N, I, G, c0, c1, in, W_ih[l], b[l], gates);
+                    lstm_add_product_f32(blas, N, H, G, c0, c1, hl, W_hh[l], gates);
+                }
             }
-            if (u1 > u0 && N > 1)
-                for (int g = 0; g < 4; ++g)
-                    gemm(blas, 'T', 'N', u1 - u0, N, H, W_hh[l] + (g * H + u0) * H, H, hl, H,
-                         1.0f, gates + g * H + u0, G);
             for (ptrdiff_t n = 0; n < N; ++n)
                 for (ptrdiff_t j = u0; j < u1; j += VL) {
                     const ptrdiff_t nv = u1 - j < VL ? u1 - j : VL;
                     const float *pre = gates + n * G + j;
-                    VF i = FN(sigmoid)(FN(loadn)(pre, nv));
-                    VF f = FN(sigmoid)(FN(loadn)(pre + H, nv));
-                    VF gg = FN(tanh)(FN(loadn)(pre + 2 * H, nv));
-                    VF o = FN(sigmoid)(FN(loadn)(pre + 3 * H, nv));
-                    VF cn = f * FN(loadn)(cl + n * H + j, nv) + i * gg;
-                    FN(storen)(co + n * H + j, cn, nv);
-                    FN(storen)(ho + n * H + j, o * FN(tanh)(cn), nv);
+                    const VF p[4] = {FN(loadn)(pre, nv), FN(loadn)(pre + H, nv),
+                                     FN(loadn)(pre + 2 * H, nv), FN(loadn)(pre + 3 * H, nv)};
+                    FN(cell)(p, NULL, cl + n * H + j, NULL, 0, H, nv, co + n * H + j,
+                             ho + n * H + j);
                 }
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
+            LSTM_BARRIER();
         }
-        blas_threads_leave(blas, saved);
+        lstm_team_leave(blas, me);
     }
 }
 
@@ -724,6 +709,11 @@ static void FN(activations)(ptrdiff_t n, const float *x, float *sig, float *th)
     }
 }
 
+/* This path's entry in lstm_fused.c's table; cpu_has_<path> is defined there. */
+static const path_kernels FN(kernels) = {VL, BV * VL, FN(cpu_has), FN(pack_forward),
+                                         FN(pack_backward), FN(forward), FN(backward), FN(step),
+                                         FN(activations)};
+
 #undef FWD_CASE
 #undef BWD_CASE
 #undef INLINE
@@ -732,3 +722,8 @@ static void FN(activations)(ptrdiff_t n, const float *x, float *sig, float *th)
 #undef FN
 #undef CAT
 #undef CAT_
+#undef SFX
+#undef VL
+#undef RF
+#undef RB
+#undef BV

@@ -142,12 +142,14 @@ FUSE_INPUT_BYTES = 1_500_000
 FUSE_MIN_ROWS = 4
 FUSE_STREAM_MIN_ROWS = 19
 FUSE_STREAM_FRACTION = 0.8
-#: Bytes per row of a packed forward panel at its widest (AVX-512: 4 gates x 16 units).
-_PANEL_ROW_BYTES = 4 * 16 * 4
 
 
-def fuse_input(I, H, N, nthreads):
-    """Whether the C kernels fuse x_t . W_ih^T into each step (see above)."""
+def fuse_input(I, H, N, nthreads, panel_row_bytes):
+    """Whether the C kernels fuse x_t . W_ih^T into each step (see above).
+
+    ``panel_row_bytes``: bytes per k-row of a packed forward panel, from the C
+    kernels (``lstm_fused_panel_row_bytes``), for the streamed-panel estimate.
+    """
     mode = env_choice(FUSE_INPUT_ENV, ("auto", "always", "never"), "auto")
     if mode != "auto":
         return mode == "always"
@@ -157,7 +159,7 @@ def fuse_input(I, H, N, nthreads):
     K = I + H
     if 4 * H * K * 4 / max(1, nthreads) <= limit:
         return True
-    streamed = 2 * K * _PANEL_ROW_BYTES + N * K * 4
+    streamed = 2 * K * panel_row_bytes + N * K * 4
     return N >= FUSE_STREAM_MIN_ROWS and streamed <= FUSE_STREAM_FRACTION * limit
 
 #: How the threads of the C time loops split a step: "units" (each takes a

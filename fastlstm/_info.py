@@ -62,7 +62,7 @@ def config() -> dict[str, Any]:
     if c is not None:
         info["c_openmp"] = bool(getattr(c, "OPENMP", False))
         info["c_kernel"] = _reported(c.kernel_path)
-        info["c_kernels_supported"] = list(c.KERNELS)
+        info["c_kernels_supported"] = list(c.SUPPORTED_KERNELS)
         info["c_threads"] = _reported(c.max_threads)
     gpu = _load("cuda")
     if gpu is not None:

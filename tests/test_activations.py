@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 c_backend = pytest.importorskip("fastlstm.backends._c", reason="C backend not built")
-FUSED = [p for p in c_backend.KERNELS if p != "blas"]
+FUSED = [p for p in c_backend.SUPPORTED_KERNELS if p != "blas"]
 if not FUSED:
     pytest.skip("no fused kernel paths on this build", allow_module_level=True)
 

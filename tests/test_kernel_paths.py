@@ -10,7 +10,7 @@ import fastlstm
 from lstm_testing import REFERENCE, assert_all_close, make_inputs, run_layer, shape_id
 
 c_backend = pytest.importorskip("fastlstm.backends._c", reason="C backend not built")
-PATHS = list(c_backend.KERNELS)
+PATHS = list(c_backend.SUPPORTED_KERNELS)
 
 # H: below, at and past the 16/32-unit panels; N: partial 6- and 12-row blocks.
 SHAPES = [(3, 1, 2, 1, 1), (4, 7, 3, 17, 2), (2, 13, 5, 33, 1), (3, 25, 4, 40, 2), (2, 3, 1, 64, 1)]

@@ -1,0 +1,109 @@
+/* lstm_blas_loop.h - the BLAS path of the C backend: whole-sequence LSTM time
+ * loops, float32 and float64, with every product a call to the caller's BLAS
+ * and the gate math in the scalar cell functions of lstm_cell.c. Float64
+ * always runs here; float32 when FASTLSTM_KERNEL=blas or no fused path was
+ * built. Plain C, no Python.h; nothing is allocated.
+ *
+ * Letters: T steps, N batch, I input size, H hidden size, G = 4H, L layers.
+ * Arrays are C-contiguous; every size must fit an int (BLAS's) except T*N,
+ * which the loops cut into chunks.
+ */
+#ifndef FASTLSTM_LSTM_BLAS_LOOP_H
+#define FASTLSTM_LSTM_BLAS_LOOP_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* BLAS entry points, passed in by the caller (csrc/ links no BLAS): the
+ * Fortran interfaces of sgemm, dgemm, sgemv and dgemv. set_threads_local,
+ * when not NULL, sets the BLAS library's thread count for the calling thread
+ * only and returns the previous one (OpenBLAS's
+ * openblas_set_num_threads_local); the fused paths' threads use it. */
+typedef void (*lstm_sgemm_fn)(const char *transa, const char *transb, const int *m,
+                              const int *n, const int *k, const float *alpha,
+                              const float *a, const int *lda, const float *b, const int *ldb,
+                              const float *beta, float *c, const int *ldc);
+typedef void (*lstm_dgemm_fn)(const char *transa, const char *transb, const int *m,
+                              const int *n, const int *k, const double *alpha,
+                              const double *a, const int *lda, const double *b, const int *ldb,
+                              const double *beta, double *c, const int *ldc);
+typedef void (*lstm_sgemv_fn)(const char *trans, const int *m, const int *n, const float *alpha,
+                              const float *a, const int *lda, const float *x, const int *incx,
+                              const float *beta, float *y, const int *incy);
+typedef void (*lstm_dgemv_fn)(const char *trans, const int *m, const int *n, const double *alpha,
+                              const double *a, const int *lda, const double *x, const int *incx,
+                              const double *beta, double *y, const int *incy);
+typedef int (*lstm_set_threads_fn)(int);
+typedef struct {
+    lstm_sgemm_fn sgemm;
+    lstm_dgemm_fn dgemm;
+    lstm_sgemv_fn sgemv;
+    lstm_dgemv_fn dgemv;
+    lstm_set_threads_fn set_threads_local;
+} lstm_blas;
+
+/* Forward pass of one layer: one product for the input projection of all
+ * steps, then per step the recurrent product and the cell.
+ *   x:     [T, N, I] IN
+ *   W_ih:  [G, I] IN, W_hh: [G, H] IN
+ *   b:     [G] IN        b_ih + b_hh
+ *   h0,c0: [N, H] IN
+ *   gates: [T, N, G] OUT  activated gates (what backward reads)
+ *   y:     [T, N, H] OUT  h_t
+ *   cs:    [T, N, H] OUT  c_t
+ */
+void lstm_blas_forward_f32(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, ptrdiff_t I,
+                           ptrdiff_t H, const float *x, const float *W_ih, const float *W_hh,
+                           const float *b, const float *h0, const float *c0, float *gates,
+                           float *y, float *cs);
+void lstm_blas_forward_f64(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, ptrdiff_t I,
+                           ptrdiff_t H, const double *x, const double *W_ih, const double *W_hh,
+                           const double *b, const double *h0, const double *c0, double *gates,
+                           double *y, double *cs);
+
+/* Backward pass of one layer: per step (t = T-1 .. 0) the cell and
+ * dh = dP[t] . W_hh, then the products over all steps.
+ *   x, W_ih, W_hh, h0, c0, y, cs  IN  as in the forward pass
+ *   gates: [T, N, G] INOUT activated gates in; pre-activation gradients dP out
+ *   dy:    [T, N, H] IN
+ *   dh:    [N, H] INOUT   dh_T in; dh_0 out
+ *   dc:    [N, H] INOUT   dc_T in; dc_0 out
+ *   dx:    [T, N, I] OUT
+ *   dW_ih: [G, I] INOUT, dW_hh: [G, H] INOUT, db: [G] INOUT  accumulated (+=)
+ */
+void lstm_blas_backward_f32(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, ptrdiff_t I,
+                            ptrdiff_t H, const float *x, const float *W_ih, const float *W_hh,
+                            const float *h0, const float *c0, const float *y, const float *cs,
+                            float *gates, const float *dy, float *dh, float *dc, float *dx,
+                            float *dW_ih, float *dW_hh, float *db);
+void lstm_blas_backward_f64(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, ptrdiff_t I,
+                            ptrdiff_t H, const double *x, const double *W_ih, const double *W_hh,
+                            const double *h0, const double *c0, const double *y, const double *cs,
+                            double *gates, const double *dy, double *dh, double *dc, double *dx,
+                            double *dW_ih, double *dW_hh, double *db);
+
+/* One time step of an L-layer stack (generation with a carried state).
+ *   x:       [N, I0] IN
+ *   W_ih[l]: [G, I_l] IN (I_0 = I0, I_l = H after; may be NULL when I_l = 0),
+ *   W_hh[l]: [G, H] IN, b[l]: [G] IN (b_ih + b_hh)        l = 0 .. L-1
+ *   h, c:    [L, N, H] IN   carried state
+ *   gates:   [N, G] workspace
+ *   h_out, c_out: [L, N, H] OUT  new state (must not alias h, c)
+ */
+void lstm_blas_step_f32(const lstm_blas *blas, ptrdiff_t L, ptrdiff_t N, ptrdiff_t I0,
+                        ptrdiff_t H, const float *x, const float *const *W_ih,
+                        const float *const *W_hh, const float *const *b, const float *h,
+                        const float *c, float *gates, float *h_out, float *c_out);
+void lstm_blas_step_f64(const lstm_blas *blas, ptrdiff_t L, ptrdiff_t N, ptrdiff_t I0,
+                        ptrdiff_t H, const double *x, const double *const *W_ih,
+                        const double *const *W_hh, const double *const *b, const double *h,
+                        const double *c, double *gates, double *h_out, double *c_out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,111 @@
+/* lstm_common.h - internal to csrc/: what every time loop of the C backend
+ * shares, so that each rule exists once: how threads split work, how BLAS
+ * products are cut to fit BLAS's int sizes, and the products over many rows
+ * (defined per dtype in lstm_blas_loop.c, used by the fused paths as well).
+ */
+#ifndef FASTLSTM_LSTM_COMMON_H
+#define FASTLSTM_LSTM_COMMON_H
+
+#include <limits.h>
+#include <stddef.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include "lstm_blas_loop.h"
+
+/* Parallel regions written once as macros: `LSTM_PARALLEL(n) { ... }` runs
+ * the block on n threads (on one when n <= 1 or without OpenMP), and
+ * LSTM_BARRIER() waits for the whole team inside it. */
+#if defined(_MSC_VER) && !defined(__clang__)
+#define LSTM_PRAGMA(x) __pragma(x)
+#else
+#define LSTM_PRAGMA(x) _Pragma(#x)
+#endif
+#ifdef _OPENMP
+#define LSTM_PARALLEL(n) LSTM_PRAGMA(omp parallel num_threads(n) if ((n) > 1))
+#define LSTM_BARRIER() LSTM_PRAGMA(omp barrier)
+#else
+#define LSTM_PARALLEL(n)
+#define LSTM_BARRIER()
+#endif
+
+/* One thread of a parallel region: its number, the team's size, and the
+ * BLAS thread count it replaced (see lstm_team_join). */
+typedef struct {
+    int tid, nt, blas_saved;
+} lstm_team;
+
+/* Called first by every thread of a region. Each thread runs its share of
+ * the big products single-threaded (set_threads_local), so that BLAS worker
+ * threads never compete with ours for the cores. */
+static inline lstm_team lstm_team_join(const lstm_blas *blas)
+{
+    lstm_team me = {0, 1, 0};
+#ifdef _OPENMP
+    me.tid = omp_get_thread_num();
+    me.nt = omp_get_num_threads();
+#endif
+    me.blas_saved = blas->set_threads_local ? blas->set_threads_local(1) : 0;
+    return me;
+}
+
+static inline void lstm_team_leave(const lstm_blas *blas, lstm_team me)
+{
+    if (blas->set_threads_local && me.blas_saved > 0) blas->set_threads_local(me.blas_saved);
+}
+
+/* Items [lo, hi) of n: thread me's contiguous share. Shares differ by at most
+ * one item, so no thread waits long at the barrier that follows. */
+typedef struct {
+    ptrdiff_t lo, hi;
+} lstm_range;
+
+static inline lstm_range lstm_share(ptrdiff_t n, lstm_team me)
+{
+    lstm_range r = {n * me.tid / me.nt, n * (me.tid + 1) / me.nt};
+    return r;
+}
+
+/* Rows per BLAS call so that rows * width (the largest offset BLAS may form
+ * from an int leading dimension) fits an int: products over all T*N rows are
+ * cut into calls of this many rows. */
+static inline ptrdiff_t lstm_rows_per_call(ptrdiff_t width)
+{
+    const ptrdiff_t r = INT_MAX / (width > 0 ? width : 1);
+    return r > 0 ? r : 1;
+}
+
+/* What a fused backward block does (backward_block in lstm_fused_impl.h). */
+typedef enum {
+    LSTM_BWD_LAST,   /* the step t = T-1: the recurrent dh is the given dh_T */
+    LSTM_BWD_STEP,   /* a step t < T-1: the recurrent dh is dP[t+1] . W_hh */
+    LSTM_BWD_DH0     /* after the steps: dh_0 = dP[0] . W_hh, no gate math */
+} lstm_bwd_mode;
+
+/* The products shared by the BLAS path and the fused paths, defined per
+ * dtype in lstm_blas_loop.c (float versions below; _f64 alike). Columns
+ * c0..c1 of G = 4H: the BLAS path takes all of them in one product, a fused
+ * thread the columns of its units, one gate block at a time.
+ *
+ * lstm_add_product: P [rows, G] INOUT at columns c0..c1 += in [rows, K] IN .
+ *   W [G, K]^T IN (rows c0..c1 of W), one matrix product; rows*G fits an int.
+ * lstm_project: P [rows, G] OUT at columns c0..c1 = x [rows, I] IN .
+ *   W_ih [G, I]^T IN + b [G] IN, for any number of rows.
+ * lstm_backward_products: after a backward time loop, dP = gates [T*N, G] IN:
+ *   dx [T*N, I] OUT = dP . W_ih [G, I] at rows r0..r1, and at gate rows
+ *   g0..g1 (of G): dW_ih [G, I] += dP^T . x [T*N, I], dW_hh [G, H] +=
+ *   dP^T . [h0 [N, H]; y [T-1 steps of N, H]], db [G] += the sum of the
+ *   nparts rows of db_parts [nparts, G] when it is not NULL, else of dP's rows.
+ */
+void lstm_add_product_f32(const lstm_blas *blas, ptrdiff_t rows, ptrdiff_t K, ptrdiff_t G,
+                          ptrdiff_t c0, ptrdiff_t c1, const float *in, const float *W, float *P);
+void lstm_project_f32(const lstm_blas *blas, ptrdiff_t rows, ptrdiff_t I, ptrdiff_t G,
+                      ptrdiff_t c0, ptrdiff_t c1, const float *x, const float *W_ih,
+                      const float *b, float *P);
+void lstm_backward_products_f32(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, ptrdiff_t I,
+                                ptrdiff_t H, ptrdiff_t g0, ptrdiff_t g1, ptrdiff_t r0,
+                                ptrdiff_t r1, const float *x, const float *W_ih, const float *h0,
+                                const float *y, const float *dP, float *dx, float *dW_ih,
+                                float *dW_hh, float *db, const float *db_parts, int nparts);
+
+#endif
