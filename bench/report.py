@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-ORDER = ["cuda", "c", "numpy", "torch"]
+ORDER = ["cuda", "c", "c-padded", "numpy", "torch"]
 #: The project's goal on the tutorial's model: C forward+backward this many times faster than NumPy's.
 GOAL_SPEEDUP = 2.0
 GOAL_GROUPS = ("forward+backward tutorial N30 I64", "forward+backward tutorial N128 I64")
