@@ -46,44 +46,60 @@ typedef struct {
 } lstm_blas;
 
 /* Forward pass of one layer: one product for the input projection of all
- * steps, then per step the recurrent product and the cell.
- *   x:     [T, N, I] IN
- *   W_ih:  [G, I] IN, W_hh: [G, H] IN
+ * steps, then per step the recurrent product and the cell (and with a
+ * projection, one more product: h_t = W_hr . m_t).
+ *   batch: [T] or NULL  rows per step with variable lengths (lstm_common.h:
+ *                       the per-step arrays below are then packed, `rows`
+ *                       rows in all instead of T*N)
+ *   P:     0, or the projection size (0 < P < H); K = P, or H without one
+ *   x:     [rows, I] IN
+ *   W_ih:  [G, I] IN, W_hh: [G, K] IN, W_hr: [P, H] IN (NULL when P = 0)
  *   b:     [G] IN        b_ih + b_hh
- *   h0,c0: [N, H] IN
- *   gates: [T, N, G] OUT  activated gates (what backward reads)
- *   y:     [T, N, H] OUT  h_t
- *   cs:    [T, N, H] OUT  c_t
+ *   h0:    [N, K] IN, c0: [N, H] IN   (rows sorted as batch says)
+ *   gates: [rows, G] OUT  activated gates (what backward reads)
+ *   y:     [rows, K] OUT  h_t
+ *   cs:    [rows, H] OUT  c_t
+ *   ms:    [rows, H] OUT  o * tanh(c_t) before the projection (only with P)
  */
-void lstm_blas_forward_f32(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, ptrdiff_t I,
-                           ptrdiff_t H, const float *x, const float *W_ih, const float *W_hh,
+void lstm_blas_forward_f32(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, const ptrdiff_t *batch,
+                           ptrdiff_t I, ptrdiff_t H, ptrdiff_t P, const float *x,
+                           const float *W_ih, const float *W_hh, const float *W_hr,
                            const float *b, const float *h0, const float *c0, float *gates,
-                           float *y, float *cs);
-void lstm_blas_forward_f64(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, ptrdiff_t I,
-                           ptrdiff_t H, const double *x, const double *W_ih, const double *W_hh,
+                           float *y, float *cs, float *ms);
+void lstm_blas_forward_f64(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, const ptrdiff_t *batch,
+                           ptrdiff_t I, ptrdiff_t H, ptrdiff_t P, const double *x,
+                           const double *W_ih, const double *W_hh, const double *W_hr,
                            const double *b, const double *h0, const double *c0, double *gates,
-                           double *y, double *cs);
+                           double *y, double *cs, double *ms);
 
 /* Backward pass of one layer: per step (t = T-1 .. 0) the cell and
  * dh = dP[t] . W_hh, then the products over all steps.
- *   x, W_ih, W_hh, h0, c0, y, cs  IN  as in the forward pass
- *   gates: [T, N, G] INOUT activated gates in; pre-activation gradients dP out
- *   dy:    [T, N, H] IN
- *   dh:    [N, H] INOUT   dh_T in; dh_0 out
+ *   batch, P, x, W_ih, W_hh, W_hr, h0, c0, y, cs, ms  IN  as in the forward pass
+ *   h_prev: [rows, K] IN or NULL  the h each row read (needed when packed;
+ *                       NULL: h0, then y one step behind)
+ *   gates: [rows, G] INOUT activated gates in; pre-activation gradients dP out
+ *   dy:    [rows, K] IN
+ *   dh:    [N, K] INOUT   dh_T in; dh_0 out
  *   dc:    [N, H] INOUT   dc_T in; dc_0 out
- *   dx:    [T, N, I] OUT
- *   dW_ih: [G, I] INOUT, dW_hh: [G, H] INOUT, db: [G] INOUT  accumulated (+=)
+ *   dx:    [rows, I] OUT
+ *   dW_ih: [G, I], dW_hh: [G, K], dW_hr: [P, H], db: [G]  INOUT accumulated (+=)
+ *   work:  [rows * P + N * H] workspace with a projection (else unused)
  */
-void lstm_blas_backward_f32(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, ptrdiff_t I,
-                            ptrdiff_t H, const float *x, const float *W_ih, const float *W_hh,
-                            const float *h0, const float *c0, const float *y, const float *cs,
-                            float *gates, const float *dy, float *dh, float *dc, float *dx,
-                            float *dW_ih, float *dW_hh, float *db);
-void lstm_blas_backward_f64(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, ptrdiff_t I,
-                            ptrdiff_t H, const double *x, const double *W_ih, const double *W_hh,
-                            const double *h0, const double *c0, const double *y, const double *cs,
-                            double *gates, const double *dy, double *dh, double *dc, double *dx,
-                            double *dW_ih, double *dW_hh, double *db);
+void lstm_blas_backward_f32(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N,
+                            const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H, ptrdiff_t P,
+                            const float *x, const float *W_ih, const float *W_hh,
+                            const float *W_hr, const float *h0, const float *c0, const float *y,
+                            const float *h_prev, const float *cs, const float *ms, float *gates,
+                            const float *dy, float *dh, float *dc, float *dx, float *dW_ih,
+                            float *dW_hh, float *dW_hr, float *db, float *work);
+void lstm_blas_backward_f64(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N,
+                            const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H, ptrdiff_t P,
+                            const double *x, const double *W_ih, const double *W_hh,
+                            const double *W_hr, const double *h0, const double *c0,
+                            const double *y, const double *h_prev, const double *cs,
+                            const double *ms, double *gates, const double *dy, double *dh,
+                            double *dc, double *dx, double *dW_ih, double *dW_hh, double *dW_hr,
+                            double *db, double *work);
 
 /* One time step of an L-layer stack (generation with a carried state).
  *   x:       [N, I0] IN

@@ -67,14 +67,16 @@ static void FN(add_step_product)(const lstm_blas *blas, ptrdiff_t N, ptrdiff_t K
 
 /* Contiguous ranges of rows and gate rows: one large product per thread
  * rather than many thin ones. */
-void FN(lstm_backward_products)(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, ptrdiff_t I,
-                                ptrdiff_t H, ptrdiff_t g0, ptrdiff_t g1, ptrdiff_t r0,
-                                ptrdiff_t r1, const REAL *x, const REAL *W_ih, const REAL *h0,
-                                const REAL *y, const REAL *dP, REAL *dx, REAL *dW_ih,
-                                REAL *dW_hh, REAL *db, const REAL *db_parts, int nparts)
+void FN(lstm_backward_products)(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, ptrdiff_t rows,
+                                ptrdiff_t I, ptrdiff_t H, ptrdiff_t K, ptrdiff_t g0, ptrdiff_t g1,
+                                ptrdiff_t r0, ptrdiff_t r1, const REAL *x, const REAL *W_ih,
+                                const REAL *h0, const REAL *y, const REAL *h_prev,
+                                const REAL *dP, REAL *dx, REAL *dW_ih, REAL *dW_hh, REAL *db,
+                                const REAL *db_parts, int nparts)
 {
-    const ptrdiff_t G = 4 * H, ng = g1 - g0, rows = T * N;
+    const ptrdiff_t G = 4 * H, ng = g1 - g0;
     const ptrdiff_t step = lstm_rows_per_call(G > I ? (G > H ? G : H) : (I > H ? I : H));
+    (void)T;
     for (ptrdiff_t a = r0; a < r1; a += step) {
         const ptrdiff_t nr = r1 - a < step ? r1 - a : step;
         FN(gemm)(blas, 'N', 'N', I, nr, G, W_ih, I, dP + a * G, G, 0, dx + a * I, I);
@@ -85,12 +87,20 @@ void FN(lstm_backward_products)(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N,
         FN(gemm)(blas, 'N', 'T', I, ng, nr, x + a * I, I, dP + a * G + g0, G, 1, dW_ih + g0 * I,
                  I);
     }
-    /* h_{t-1} is h0 for the first N rows of dP, then y shifted by one step */
-    FN(gemm)(blas, 'N', 'T', H, ng, N, h0, H, dP + g0, G, 1, dW_hh + g0 * H, H);
-    for (ptrdiff_t a = N; a < rows; a += step) {
-        const ptrdiff_t nr = rows - a < step ? rows - a : step;
-        FN(gemm)(blas, 'N', 'T', H, ng, nr, y + (a - N) * H, H, dP + a * G + g0, G, 1,
-                 dW_hh + g0 * H, H);
+    if (h_prev) {
+        for (ptrdiff_t a = 0; a < rows; a += step) {
+            const ptrdiff_t nr = rows - a < step ? rows - a : step;
+            FN(gemm)(blas, 'N', 'T', K, ng, nr, h_prev + a * K, K, dP + a * G + g0, G, 1,
+                     dW_hh + g0 * K, K);
+        }
+    } else {
+        /* h_{t-1} is h0 for the first N rows of dP, then y shifted by one step */
+        FN(gemm)(blas, 'N', 'T', K, ng, N, h0, K, dP + g0, G, 1, dW_hh + g0 * K, K);
+        for (ptrdiff_t a = N; a < rows; a += step) {
+            const ptrdiff_t nr = rows - a < step ? rows - a : step;
+            FN(gemm)(blas, 'N', 'T', K, ng, nr, y + (a - N) * K, K, dP + a * G + g0, G, 1,
+                     dW_hh + g0 * K, K);
+        }
     }
     const REAL *from = db_parts ? db_parts : dP;
     const ptrdiff_t nsum = db_parts ? nparts : rows;
@@ -100,44 +110,92 @@ void FN(lstm_backward_products)(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N,
     }
 }
 
-void FN(lstm_blas_forward)(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, ptrdiff_t I,
-                           ptrdiff_t H, const REAL *x, const REAL *W_ih, const REAL *W_hh,
-                           const REAL *b, const REAL *h0, const REAL *c0, REAL *gates, REAL *y,
-                           REAL *cs)
+/* out [rows, P] = in [rows, H] . W_hr [P, H]^T: the projection of one step. */
+static void FN(project_out)(const lstm_blas *blas, ptrdiff_t rows, ptrdiff_t H, ptrdiff_t P,
+                            const REAL *in, const REAL *W_hr, REAL *out)
 {
-    const ptrdiff_t G = 4 * H;
+    if (rows == 1)
+        FN(gemv)(blas, 'T', H, P, W_hr, H, in, 0, out);
+    else
+        FN(gemm)(blas, 'T', 'N', P, rows, H, W_hr, H, in, H, 0, out, P);
+}
+
+void FN(lstm_blas_forward)(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, const ptrdiff_t *batch,
+                           ptrdiff_t I, ptrdiff_t H, ptrdiff_t P, const REAL *x, const REAL *W_ih,
+                           const REAL *W_hh, const REAL *W_hr, const REAL *b, const REAL *h0,
+                           const REAL *c0, REAL *gates, REAL *y, REAL *cs, REAL *ms)
+{
+    const ptrdiff_t G = 4 * H, K = P ? P : H;
     if (T <= 0 || N <= 0 || H <= 0) return;
-    FN(lstm_project)(blas, T * N, I, G, 0, G, x, W_ih, b, gates);
+    FN(lstm_project)(blas, lstm_total_rows(batch, T, N), I, G, 0, G, x, W_ih, b, gates);
+    ptrdiff_t off = 0, off_prev = 0;
     for (ptrdiff_t t = 0; t < T; ++t) {
-        const REAL *h_prev = t ? y + (t - 1) * N * H : h0;
-        const REAL *c_prev = t ? cs + (t - 1) * N * H : c0;
-        REAL *P = gates + t * N * G;
-        FN(add_step_product)(blas, N, H, G, h_prev, W_hh, P);
-        FN(lstm_cell_forward)(N, H, P, c_prev, cs + t * N * H, y + t * N * H);
+        const ptrdiff_t Nt = lstm_rows_at(batch, t, N);
+        const REAL *h_prev = t ? y + off_prev * K : h0;
+        const REAL *c_prev = t ? cs + off_prev * H : c0;
+        REAL *Pt = gates + off * G;
+        FN(add_step_product)(blas, Nt, K, G, h_prev, W_hh, Pt);
+        if (P) {
+            /* the cell's output o * tanh(c) is kept in ms; h is its projection */
+            FN(lstm_cell_forward)(Nt, H, Pt, c_prev, cs + off * H, ms + off * H);
+            FN(project_out)(blas, Nt, H, P, ms + off * H, W_hr, y + off * P);
+        } else {
+            FN(lstm_cell_forward)(Nt, H, Pt, c_prev, cs + off * H, y + off * H);
+        }
+        off_prev = off;
+        off += Nt;
     }
 }
 
-void FN(lstm_blas_backward)(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, ptrdiff_t I,
-                            ptrdiff_t H, const REAL *x, const REAL *W_ih, const REAL *W_hh,
-                            const REAL *h0, const REAL *c0, const REAL *y, const REAL *cs,
-                            REAL *gates, const REAL *dy, REAL *dh, REAL *dc, REAL *dx,
-                            REAL *dW_ih, REAL *dW_hh, REAL *db)
+void FN(lstm_blas_backward)(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, const ptrdiff_t *batch,
+                            ptrdiff_t I, ptrdiff_t H, ptrdiff_t P, const REAL *x, const REAL *W_ih,
+                            const REAL *W_hh, const REAL *W_hr, const REAL *h0, const REAL *c0,
+                            const REAL *y, const REAL *h_prev, const REAL *cs, const REAL *ms,
+                            REAL *gates, const REAL *dy, REAL *dh, REAL *dc, REAL *dx, REAL *dW_ih,
+                            REAL *dW_hh, REAL *dW_hr, REAL *db, REAL *work)
 {
-    const ptrdiff_t G = 4 * H;
+    const ptrdiff_t G = 4 * H, K = P ? P : H;
     if (T <= 0 || N <= 0 || H <= 0) return;
+    const ptrdiff_t rows = lstm_total_rows(batch, T, N);
+    /* with a projection: dh_t [rows, P] for dW_hr, then dm [N, H] */
+    REAL *dhs = work, *dm = P ? work + rows * P : NULL;
+    ptrdiff_t off = rows;
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        REAL *dP = gates + t * N * G;
-        const REAL *c_prev = t ? cs + (t - 1) * N * H : c0;
-        /* in place: the activated gates of step t become its dP; dh is read
-         * here before the product below overwrites it with dh_{t-1} */
-        FN(lstm_cell_backward)(N, H, dP, c_prev, cs + t * N * H, dy + t * N * H, dh, dc, dP);
-        if (N == 1)
-            FN(gemv)(blas, 'N', H, G, W_hh, H, dP, 0, dh);
+        const ptrdiff_t Nt = lstm_rows_at(batch, t, N);
+        const ptrdiff_t off_prev = t ? off - Nt - lstm_rows_at(batch, t - 1, N) : 0;
+        off -= Nt;
+        REAL *dP = gates + off * G;
+        const REAL *c_prev = t ? cs + off_prev * H : c0;
+        /* in place: the activated gates of step t become its dP; dh (rows that
+         * end at this step still hold dh_T) is read here before the product
+         * below overwrites its first Nt rows with dh_{t-1} */
+        if (P) {
+            REAL *dht = dhs + off * P;
+            const REAL *dyt = dy + off * P;
+            for (ptrdiff_t k = 0; k < Nt * P; ++k) dht[k] = dyt[k] + dh[k];
+            if (Nt == 1)
+                FN(gemv)(blas, 'N', H, P, W_hr, H, dht, 0, dm);
+            else
+                FN(gemm)(blas, 'N', 'N', H, Nt, P, W_hr, H, dht, P, 0, dm, H);
+            FN(lstm_cell_backward)(Nt, H, dP, c_prev, cs + off * H, dm, NULL, dc, dP);
+        } else {
+            FN(lstm_cell_backward)(Nt, H, dP, c_prev, cs + off * H, dy + off * H, dh, dc, dP);
+        }
+        if (Nt == 1)
+            FN(gemv)(blas, 'N', K, G, W_hh, K, dP, 0, dh);
         else
-            FN(gemm)(blas, 'N', 'N', H, N, G, W_hh, H, dP, G, 0, dh, H);
+            FN(gemm)(blas, 'N', 'N', K, Nt, G, W_hh, K, dP, G, 0, dh, K);
     }
-    FN(lstm_backward_products)(blas, T, N, I, H, 0, G, 0, T * N, x, W_ih, h0, y, gates, dx,
-                               dW_ih, dW_hh, db, NULL, 0);
+    FN(lstm_backward_products)(blas, T, N, rows, I, H, K, 0, G, 0, rows, x, W_ih, h0, y, h_prev,
+                               gates, dx, dW_ih, dW_hh, db, NULL, 0);
+    if (P) {
+        /* dW_hr [P, H] += dh_t^T . m_t over every row */
+        const ptrdiff_t step = lstm_rows_per_call(H > P ? H : P);
+        for (ptrdiff_t a = 0; a < rows; a += step) {
+            const ptrdiff_t nr = rows - a < step ? rows - a : step;
+            FN(gemm)(blas, 'N', 'T', H, P, nr, ms + a * H, H, dhs + a * P, P, 1, dW_hr, H);
+        }
+    }
 }
 
 void FN(lstm_blas_step)(const lstm_blas *blas, ptrdiff_t L, ptrdiff_t N, ptrdiff_t I0,

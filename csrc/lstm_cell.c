@@ -49,11 +49,12 @@
             real *di = dgates + n * 4 * H;                                     \
             real *df = di + H, *dg = di + 2 * H, *dO = di + 3 * H;             \
             const real *cp = c_prev + n * H, *cn = c + n * H;                  \
-            const real *dyn = dy + n * H, *dhn = dh_next + n * H;              \
+            const real *dyn = dy + n * H;                                      \
+            const real *dhn = dh_next ? dh_next + n * H : NULL;                \
             real *dcn = dc + n * H;                                            \
             for (ptrdiff_t j = 0; j < H; ++j) {                                \
                 real i = gi[j], f = gf[j], g = gg[j], o = go[j];               \
-                real dh = dyn[j] + dhn[j];                                     \
+                real dh = dhn ? dyn[j] + dhn[j] : dyn[j];                      \
                 real tc = TANH(cn[j]);                                         \
                 real dct = dcn[j] + dh * o * ((real)1 - tc * tc);              \
                 di[j] = dct * g * i * ((real)1 - i);                           \

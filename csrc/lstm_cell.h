@@ -35,7 +35,8 @@ void lstm_cell_forward_f64(ptrdiff_t N, ptrdiff_t H, double *gates,
  *   c_prev:  [N, H] IN     cell state of the previous step (c0 at t = 0).
  *   c:       [N, H] IN     cell state of this step.
  *   dy:      [N, H] IN     gradient reaching h_t from the layer's output.
- *   dh_next: [N, H] IN     gradient reaching h_t from step t+1 (dP[t+1].W_hh).
+ *   dh_next: [N, H] IN     gradient reaching h_t from step t+1 (dP[t+1].W_hh),
+ *                         or NULL when dy already holds all of it.
  *   dc:      [N, H] INOUT  gradient reaching c_t from step t+1 in;
  *                          gradient reaching c_{t-1} out.
  *   dgates:  [N, G] OUT    gradient of the pre-activations of this step.

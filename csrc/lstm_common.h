@@ -75,6 +75,25 @@ static inline ptrdiff_t lstm_rows_per_call(ptrdiff_t width)
     return r > 0 ? r : 1;
 }
 
+/* Variable lengths (the `batch` argument of the time loops): with the rows
+ * sorted by length, longest first, step t runs the first batch[t] rows
+ * (non-increasing in t, each >= 1), and the per-step arrays are packed: step
+ * t's rows follow step t-1's (torch's PackedSequence layout). NULL: every
+ * step runs all N rows, which is the [T, N, ...] layout. */
+static inline ptrdiff_t lstm_rows_at(const ptrdiff_t *batch, ptrdiff_t t, ptrdiff_t N)
+{
+    return batch ? batch[t] : N;
+}
+
+/* Rows of the packed arrays: the sum of batch[0..T-1], or T*N. */
+static inline ptrdiff_t lstm_total_rows(const ptrdiff_t *batch, ptrdiff_t T, ptrdiff_t N)
+{
+    ptrdiff_t rows = 0;
+    if (!batch) return T * N;
+    for (ptrdiff_t t = 0; t < T; ++t) rows += batch[t];
+    return rows;
+}
+
 /* What a fused backward block does (backward_block in lstm_fused_impl.h). */
 typedef enum {
     LSTM_BWD_LAST,   /* the step t = T-1: the recurrent dh is the given dh_T */
@@ -91,21 +110,24 @@ typedef enum {
  *   W [G, K]^T IN (rows c0..c1 of W), one matrix product; rows*G fits an int.
  * lstm_project: P [rows, G] OUT at columns c0..c1 = x [rows, I] IN .
  *   W_ih [G, I]^T IN + b [G] IN, for any number of rows.
- * lstm_backward_products: after a backward time loop, dP = gates [T*N, G] IN:
- *   dx [T*N, I] OUT = dP . W_ih [G, I] at rows r0..r1, and at gate rows
- *   g0..g1 (of G): dW_ih [G, I] += dP^T . x [T*N, I], dW_hh [G, H] +=
- *   dP^T . [h0 [N, H]; y [T-1 steps of N, H]], db [G] += the sum of the
- *   nparts rows of db_parts [nparts, G] when it is not NULL, else of dP's rows.
+ * lstm_backward_products: after a backward time loop, dP = gates [rows, G] IN
+ *   (rows = T*N, or fewer when packed): dx [rows, I] OUT = dP . W_ih [G, I]
+ *   at rows r0..r1, and at gate rows g0..g1 (of G): dW_ih [G, I] +=
+ *   dP^T . x [rows, I], dW_hh [G, K] += dP^T . (the h each row read): h_prev
+ *   [rows, K] when it is not NULL, else [h0 [N, K]; y [T-1 steps of N, K]];
+ *   db [G] += the sum of the nparts rows of db_parts [nparts, G] when it is
+ *   not NULL, else of dP's rows. K is H, or P with a projection.
  */
 void lstm_add_product_f32(const lstm_blas *blas, ptrdiff_t rows, ptrdiff_t K, ptrdiff_t G,
                           ptrdiff_t c0, ptrdiff_t c1, const float *in, const float *W, float *P);
 void lstm_project_f32(const lstm_blas *blas, ptrdiff_t rows, ptrdiff_t I, ptrdiff_t G,
                       ptrdiff_t c0, ptrdiff_t c1, const float *x, const float *W_ih,
                       const float *b, float *P);
-void lstm_backward_products_f32(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, ptrdiff_t I,
-                                ptrdiff_t H, ptrdiff_t g0, ptrdiff_t g1, ptrdiff_t r0,
-                                ptrdiff_t r1, const float *x, const float *W_ih, const float *h0,
-                                const float *y, const float *dP, float *dx, float *dW_ih,
-                                float *dW_hh, float *db, const float *db_parts, int nparts);
+void lstm_backward_products_f32(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, ptrdiff_t rows,
+                                ptrdiff_t I, ptrdiff_t H, ptrdiff_t K, ptrdiff_t g0, ptrdiff_t g1,
+                                ptrdiff_t r0, ptrdiff_t r1, const float *x, const float *W_ih,
+                                const float *h0, const float *y, const float *h_prev,
+                                const float *dP, float *dx, float *dW_ih, float *dW_hh, float *db,
+                                const float *db_parts, int nparts);
 
 #endif

@@ -37,14 +37,15 @@ typedef struct {
                          float *W_f);
     void (*pack_backward)(ptrdiff_t H, const float *W_hh, float *W_b);
     void (*forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T, ptrdiff_t N,
-                    ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, const float *x, const float *W_ih,
-                    const float *b, const float *W_f, const float *h0, const float *c0,
-                    float *gates, int keep, float *y, float *cs);
+                    const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, const float *x,
+                    const float *W_ih, const float *b, const float *W_f, const float *h0,
+                    const float *c0, float *gates, int keep, float *y, float *cs);
     void (*backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T, ptrdiff_t N,
-                     ptrdiff_t I, ptrdiff_t H, const float *x, const float *W_ih,
-                     const float *h0, const float *c0, const float *y, const float *cs,
-                     const float *W_b, float *gates, const float *dy, float *dh, float *dc,
-                     float *dx, float *dW_ih, float *dW_hh, float *db);
+                     const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H, const float *x,
+                     const float *W_ih, const float *h0, const float *c0, const float *y,
+                     const float *h_prev, const float *cs, const float *W_b, float *gates,
+                     const float *dy, float *dh, float *dc, float *dx, float *dW_ih,
+                     float *dW_hh, float *db);
     void (*step)(const lstm_blas *blas, int nthreads, ptrdiff_t L, ptrdiff_t N, ptrdiff_t I0,
                  ptrdiff_t H, const float *x, const float *const *W_ih, const float *const *W_hh,
                  const float *const *b, const float *h, const float *c, float *gates,
@@ -189,27 +190,28 @@ void lstm_fused_pack_backward(int path, ptrdiff_t H, const float *W_hh, float *W
 }
 
 void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows,
-                        ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, const float *x,
-                        const float *W_ih, const float *b, const float *W_f,
-                        const float *h0, const float *c0, float *gates, int keep, float *y,
-                        float *cs)
+                        ptrdiff_t T, ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I,
+                        ptrdiff_t Ip, ptrdiff_t H, const float *x, const float *W_ih,
+                        const float *b, const float *W_f, const float *h0, const float *c0,
+                        float *gates, int keep, float *y, float *cs)
 {
     const path_kernels *k = usable(path);
     if (k && T > 0 && N > 0 && H > 0)
-        k->forward(blas, nthreads, by_rows, T, N, I, Ip, H, x, W_ih, b, W_f, h0, c0, gates, keep,
-                   y, cs);
+        k->forward(blas, nthreads, by_rows, T, N, batch, I, Ip, H, x, W_ih, b, W_f, h0, c0,
+                   gates, keep, y, cs);
 }
 
 void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows,
-                         ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const float *x,
-                         const float *W_ih, const float *h0, const float *c0, const float *y,
-                         const float *cs, const float *W_b, float *gates, const float *dy,
-                         float *dh, float *dc, float *dx, float *dW_ih, float *dW_hh, float *db)
+                         ptrdiff_t T, ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I,
+                         ptrdiff_t H, const float *x, const float *W_ih, const float *h0,
+                         const float *c0, const float *y, const float *h_prev, const float *cs,
+                         const float *W_b, float *gates, const float *dy, float *dh, float *dc,
+                         float *dx, float *dW_ih, float *dW_hh, float *db)
 {
     const path_kernels *k = usable(path);
     if (k && T > 0 && N > 0 && H > 0)
-        k->backward(blas, nthreads, by_rows, T, N, I, H, x, W_ih, h0, c0, y, cs, W_b, gates, dy,
-                    dh, dc, dx, dW_ih, dW_hh, db);
+        k->backward(blas, nthreads, by_rows, T, N, batch, I, H, x, W_ih, h0, c0, y, h_prev, cs,
+                    W_b, gates, dy, dh, dc, dx, dW_ih, dW_hh, db);
 }
 
 /* Every other step call reads the weights in the opposite order: the rows it

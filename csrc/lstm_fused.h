@@ -69,43 +69,49 @@ void lstm_fused_pack_forward(int path, ptrdiff_t Ip, ptrdiff_t H, const float *W
 void lstm_fused_pack_backward(int path, ptrdiff_t H, const float *W_hh, float *W_b);
 
 /* Forward pass of one layer, input projection included.
- *   x:     [T, N, I] IN
+ *   batch: [T] or NULL  rows per step with variable lengths (lstm_common.h:
+ *                       x, gates, y and cs are then packed, `rows` rows in
+ *                       all instead of T*N, and h0, c0 sorted as batch says)
+ *   x:     [rows, I] IN
  *   W_ih:  [G, I] IN
  *   b:     [G] IN         b_ih + b_hh
  *   Ip:    0 or I, as given to lstm_fused_pack_forward
  *   W_f:   packed weights (lstm_fused_pack_forward, same path and Ip) IN
  *   h0,c0: [N, H] IN
- *   gates: [T, N, G] OUT   activated gates (kept for backward); with keep = 0
+ *   gates: [rows, G] OUT   activated gates (kept for backward); with keep = 0
  *                          (inference: no backward follows) only scratch
- *   y:     [T, N, H] OUT   h_t
- *   cs:    [T, N, H] OUT   c_t
+ *   y:     [rows, H] OUT   h_t
+ *   cs:    [rows, H] OUT   c_t
  * blas: lstm_blas_loop.h. Every size must fit an int for BLAS except T*N,
  * which is cut into chunks. nthreads <= 1 runs single-threaded. by_rows: the threads split each step
  * by batch rows (each reads all of W_f, and only the h rows it wrote itself)
  * instead of by hidden units (each reads its share of W_f, and all of h).
  */
 void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows,
-                        ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, const float *x,
-                        const float *W_ih, const float *b, const float *W_f,
-                        const float *h0, const float *c0, float *gates, int keep, float *y,
-                        float *cs);
+                        ptrdiff_t T, ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I,
+                        ptrdiff_t Ip, ptrdiff_t H, const float *x, const float *W_ih,
+                        const float *b, const float *W_f, const float *h0, const float *c0,
+                        float *gates, int keep, float *y, float *cs);
 
 /* Backward pass of one layer.
- *   x, W_ih, h0, c0, y, cs   IN  as in the forward pass
+ *   batch, x, W_ih, h0, c0, y, cs   IN  as in the forward pass
+ *   h_prev: [rows, H] IN or NULL  the h each row read (needed with batch;
+ *                        NULL: h0, then y one step behind)
  *   W_b:   packed W_hh (lstm_fused_pack_backward, same path) IN
- *   gates: [T, N, G] INOUT activated gates in; pre-activation gradients dP out
- *   dy:    [T, N, H] IN
+ *   gates: [rows, G] INOUT activated gates in; pre-activation gradients dP out
+ *   dy:    [rows, H] IN
  *   dh:    [N, H] INOUT   dh_T in; dh_0 out
  *   dc:    [N, H] INOUT   dc_T in; dc_0 out
- *   dx:    [T, N, I] OUT
+ *   dx:    [rows, I] OUT
  *   dW_ih: [G, I] INOUT, dW_hh: [G, H] INOUT, db: [G] INOUT  accumulated (+=)
  * nthreads and by_rows as in lstm_fused_forward (W_b for W_f, dP for h).
  */
 void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows,
-                         ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const float *x,
-                         const float *W_ih, const float *h0, const float *c0, const float *y,
-                         const float *cs, const float *W_b, float *gates, const float *dy,
-                         float *dh, float *dc, float *dx, float *dW_ih, float *dW_hh, float *db);
+                         ptrdiff_t T, ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I,
+                         ptrdiff_t H, const float *x, const float *W_ih, const float *h0,
+                         const float *c0, const float *y, const float *h_prev, const float *cs,
+                         const float *W_b, float *gates, const float *dy, float *dh, float *dc,
+                         float *dx, float *dW_ih, float *dW_hh, float *db);
 
 /* One time step of an L-layer stack, for generation with a carried state.
  *   x:       [N, I0] IN

@@ -430,40 +430,48 @@ static void FN(pack_forward)(ptrdiff_t Ip, ptrdiff_t H, const float *W_ih, const
 }
 
 static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T,
-                        ptrdiff_t N, ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, const float *x,
-                        const float *W_ih, const float *b, const float *W_f, const float *h0,
-                        const float *c0, float *gates, int keep, float *y, float *cs)
+                        ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t Ip,
+                        ptrdiff_t H, const float *x, const float *W_ih, const float *b,
+                        const float *W_f, const float *h0, const float *c0, float *gates,
+                        int keep, float *y, float *cs)
 {
     const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H, K = Ip + H;
-    const ptrdiff_t nblocks = (N + RF - 1) / RF, nitems = npanels * nblocks;
+    const ptrdiff_t rows = lstm_total_rows(batch, T, N);
     LSTM_PARALLEL(nthreads)
     {
         const lstm_team me = lstm_team_join(blas);
-        const lstm_range mine = lstm_share(nitems, me);
-        const ptrdiff_t w0 = mine.lo, w1 = mine.hi;
-        const ptrdiff_t pfirst = w0 / nblocks, plast = w1 > w0 ? (w1 - 1) / nblocks : pfirst;
         if (!Ip) {
             /* Hoisted projection for every step at once, split by units. */
             const lstm_range p = lstm_share(npanels, me);
             const ptrdiff_t u0 = p.lo * VL, u1 = p.hi * VL < H ? p.hi * VL : H;
             for (int g = 0; g < 4; ++g)
-                lstm_project_f32(blas, T * N, I, G, g * H + u0, g * H + u1, x, W_ih, b, gates);
+                lstm_project_f32(blas, rows, I, G, g * H + u0, g * H + u1, x, W_ih, b, gates);
             LSTM_BARRIER();
         }
+        /* Step t's Nt rows start at row `off` of the packed arrays; they are
+         * the first Nt rows of the step before (at off_prev). */
+        ptrdiff_t off = 0, off_prev = 0;
         for (ptrdiff_t t = 0; t < T; ++t) {
-            const float *h_prev = t ? y + (t - 1) * N * H : h0;
-            const float *c_prev = t ? cs + (t - 1) * N * H : c0;
+            const ptrdiff_t Nt = lstm_rows_at(batch, t, N);
+            const ptrdiff_t nblocks = (Nt + RF - 1) / RF, nitems = npanels * nblocks;
+            const lstm_range mine = lstm_share(nitems, me);
+            const ptrdiff_t w0 = mine.lo, w1 = mine.hi;
+            const ptrdiff_t pfirst = w0 / nblocks, plast = w1 > w0 ? (w1 - 1) / nblocks : pfirst;
+            const float *h_prev = t ? y + off_prev * H : h0;
+            const float *c_prev = t ? cs + off_prev * H : c0;
             for (ptrdiff_t w = w0; w < w1; ++w) {
-                const FN(work) it = FN(work_item)(w, by_rows, N, nblocks, npanels, pfirst, plast,
+                const FN(work) it = FN(work_item)(w, by_rows, Nt, nblocks, npanels, pfirst, plast,
                                                    W_f, K * 4 * VL, K);
-                const ptrdiff_t j0 = it.p * VL, n0 = it.n0;
+                const ptrdiff_t j0 = it.p * VL, n0 = it.n0, r0 = off + it.n0;
                 const ptrdiff_t nvalid = H - j0 < VL ? H - j0 : VL;
                 FN(forward_rows)((int)(it.n1 - n0), H, Ip, nvalid, W_f + it.p * K * 4 * VL,
-                                 Ip ? x + (t * N + n0) * Ip : NULL, b + j0, h_prev + n0 * H,
-                                 c_prev + n0 * H + j0, gates + (t * N + n0) * G + j0, keep,
-                                 cs + (t * N + n0) * H + j0, y + (t * N + n0) * H + j0, it.pf);
+                                 Ip ? x + r0 * Ip : NULL, b + j0, h_prev + n0 * H,
+                                 c_prev + n0 * H + j0, gates + r0 * G + j0, keep,
+                                 cs + r0 * H + j0, y + r0 * H + j0, it.pf);
             }
             LSTM_BARRIER();
+            off_prev = off;
+            off += Nt;
         }
         lstm_team_leave(blas, me);
     }
@@ -591,44 +599,80 @@ static void FN(pack_backward)(ptrdiff_t H, const float *W_hh, float *W_b)
             }
 }
 
-static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T,
-                         ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const float *x, const float *W_ih,
-                         const float *h0, const float *c0, const float *y, const float *cs,
-                         const float *W_b, float *gates, const float *dy, float *dh, float *dc,
-                         float *dx, float *dW_ih, float *dW_hh, float *db)
+/* Rows [n0, n1) of a backward step whose first Nnext rows go on to a next
+ * step (mode STEP for them) and whose others end here (LAST: the given dh);
+ * a block across the boundary runs as two calls. */
+static void FN(backward_split)(lstm_bwd_mode mode, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t Nnext,
+                               ptrdiff_t H, ptrdiff_t nvalid, const float *Wp,
+                               const float *dP_next, float *gates, const float *c_prev,
+                               const float *c, const float *dy, float *dh, float *dc,
+                               float *db_part, const char *pf)
 {
-    const ptrdiff_t npanels = (H + BV * VL - 1) / (BV * VL), G = 4 * H;
-    const ptrdiff_t nblocks = (N + RB - 1) / RB, nitems = npanels * nblocks, PW = BV * VL;
+    const ptrdiff_t G = 4 * H;
+    const ptrdiff_t cut = mode != LSTM_BWD_STEP ? n0 : Nnext < n0 ? n0 : Nnext > n1 ? n1 : Nnext;
+    if (cut > n0)
+        FN(backward_rows)((int)(cut - n0), LSTM_BWD_STEP, H, nvalid, Wp, dP_next, gates, c_prev, c,
+                          dy, dh, dc, db_part, pf);
+    if (n1 > cut) {
+        const ptrdiff_t k = cut - n0;
+        FN(backward_rows)((int)(n1 - cut), mode == LSTM_BWD_STEP ? LSTM_BWD_LAST : mode, H, nvalid,
+                          Wp, dP_next ? dP_next + k * G : NULL, gates + k * G,
+                          c_prev ? c_prev + k * H : NULL, c ? c + k * H : NULL,
+                          dy ? dy + k * H : NULL, dh + k * H, dc ? dc + k * H : NULL, db_part, pf);
+    }
+}
+
+static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T,
+                         ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H,
+                         const float *x, const float *W_ih, const float *h0, const float *c0,
+                         const float *y, const float *h_prev, const float *cs, const float *W_b,
+                         float *gates, const float *dy, float *dh, float *dc, float *dx,
+                         float *dW_ih, float *dW_hh, float *db)
+{
+    const ptrdiff_t npanels = (H + BV * VL - 1) / (BV * VL), G = 4 * H, PW = BV * VL;
+    const ptrdiff_t rows = lstm_total_rows(batch, T, N);
     /* db in one partial sum per thread, added up after the loop (without the
      * memory, lstm_backward_products sums dP over all rows instead) */
     float *db_parts = calloc((size_t)(nthreads > 1 ? nthreads : 1) * (size_t)G, sizeof(float));
     LSTM_PARALLEL(nthreads)
     {
         const lstm_team me = lstm_team_join(blas);
-        const lstm_range mine = lstm_share(nitems, me);
-        const ptrdiff_t w0 = mine.lo, w1 = mine.hi;
-        const ptrdiff_t pfirst = w0 / nblocks, plast = w1 > w0 ? (w1 - 1) / nblocks : pfirst;
+        /* Step t's Nt rows start at row off of the packed arrays; the first
+         * Nnext of them run on to step t + 1, whose dP starts at off + Nt. */
+        ptrdiff_t off = rows;
         for (ptrdiff_t t = T - 1; t >= 0; --t) {
+            const ptrdiff_t Nt = lstm_rows_at(batch, t, N);
+            const ptrdiff_t Nnext = t + 1 < T ? lstm_rows_at(batch, t + 1, N) : 0;
+            const ptrdiff_t off_prev = t ? off - Nt - lstm_rows_at(batch, t - 1, N) : 0;
+            off -= Nt;
             const lstm_bwd_mode mode = t == T - 1 ? LSTM_BWD_LAST : LSTM_BWD_STEP;
-            const float *dP_next = gates + (t + 1) * N * G;
+            const float *dP_next = gates + (off + Nt) * G;
+            const ptrdiff_t nblocks = (Nt + RB - 1) / RB, nitems = npanels * nblocks;
+            const lstm_range mine = lstm_share(nitems, me);
+            const ptrdiff_t w0 = mine.lo, w1 = mine.hi;
+            const ptrdiff_t pfirst = w0 / nblocks, plast = w1 > w0 ? (w1 - 1) / nblocks : pfirst;
             for (ptrdiff_t w = w0; w < w1; ++w) {
-                const FN(work) it = FN(work_item)(w, by_rows, N, nblocks, npanels, pfirst,
+                const FN(work) it = FN(work_item)(w, by_rows, Nt, nblocks, npanels, pfirst,
                                                    plast, W_b, G * PW, G);
-                const ptrdiff_t j0 = it.p * PW, n0 = it.n0;
+                const ptrdiff_t j0 = it.p * PW, n0 = it.n0, r0 = off + n0;
                 const ptrdiff_t nvalid = H - j0 < PW ? H - j0 : PW;
-                const float *c_prev = t ? cs + ((t - 1) * N + n0) * H : c0 + n0 * H;
-                FN(backward_rows)((int)(it.n1 - n0), mode, H, nvalid, W_b + it.p * G * PW,
-                                  mode == LSTM_BWD_STEP ? dP_next + n0 * G : NULL,
-                                  gates + (t * N + n0) * G + j0, c_prev + j0,
-                                  cs + (t * N + n0) * H + j0, dy + (t * N + n0) * H + j0,
-                                  dh + n0 * H + j0, dc + n0 * H + j0,
-                                  db_parts ? db_parts + me.tid * G + j0 : NULL, it.pf);
+                const float *c_prev = t ? cs + (off_prev + n0) * H : c0 + n0 * H;
+                FN(backward_split)(mode, n0, it.n1, Nnext, H, nvalid, W_b + it.p * G * PW,
+                                   mode == LSTM_BWD_STEP ? dP_next + n0 * G : NULL,
+                                   gates + r0 * G + j0, c_prev + j0, cs + r0 * H + j0,
+                                   dy + r0 * H + j0, dh + n0 * H + j0, dc + n0 * H + j0,
+                                   db_parts ? db_parts + me.tid * G + j0 : NULL, it.pf);
             }
             LSTM_BARRIER();
         }
         /* dh0 = dP[0] . W_hh: the product of a step that does not exist. */
+        const ptrdiff_t N0 = lstm_rows_at(batch, 0, N);
+        const ptrdiff_t nblocks = (N0 + RB - 1) / RB, nitems = npanels * nblocks;
+        const lstm_range mine = lstm_share(nitems, me);
+        const ptrdiff_t w0 = mine.lo, w1 = mine.hi;
+        const ptrdiff_t pfirst = w0 / nblocks, plast = w1 > w0 ? (w1 - 1) / nblocks : pfirst;
         for (ptrdiff_t w = w0; w < w1; ++w) {
-            const FN(work) it = FN(work_item)(w, by_rows, N, nblocks, npanels, pfirst,
+            const FN(work) it = FN(work_item)(w, by_rows, N0, nblocks, npanels, pfirst,
                                                    plast, W_b, G * PW, G);
             const ptrdiff_t j0 = it.p * PW, n0 = it.n0;
             const ptrdiff_t nvalid = H - j0 < PW ? H - j0 : PW;
@@ -638,9 +682,10 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
         }
         /* The all-steps products need every column of dP: wait for all. */
         LSTM_BARRIER();
-        const lstm_range g = lstm_share(G, me), r = lstm_share(T * N, me);
-        lstm_backward_products_f32(blas, T, N, I, H, g.lo, g.hi, r.lo, r.hi, x, W_ih, h0, y, gates,
-                                   dx, dW_ih, dW_hh, db, db_parts, nthreads > 1 ? nthreads : 1);
+        const lstm_range g = lstm_share(G, me), r = lstm_share(rows, me);
+        lstm_backward_products_f32(blas, T, N, rows, I, H, H, g.lo, g.hi, r.lo, r.hi, x, W_ih, h0,
+                                   y, h_prev, gates, dx, dW_ih, dW_hh, db, db_parts,
+                                   nthreads > 1 ? nthreads : 1);
         lstm_team_leave(blas, me);
     }
     free(db_parts);

@@ -8,7 +8,9 @@ variable, its value and what is allowed. ``VARIABLES`` lists them all.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 
 #: Backend names (the one list the API, the CLI and FASTLSTM_BACKEND share).
 BACKENDS = ("c", "cuda", "numpy")
@@ -104,9 +106,33 @@ def kernel():
     return env_choice(KERNEL_ENV, KERNELS, "auto")
 
 
+_SHARE = threading.local()
+
+
 def num_threads(default):
-    """Threads for the fused kernels: FASTLSTM_NUM_THREADS, else ``default``."""
-    return env_int(THREADS_ENV, default, minimum=1)
+    """Threads for the fused kernels: FASTLSTM_NUM_THREADS, else ``default``; at
+    most the calling thread's share while a ``thread_share`` block runs."""
+    n = env_int(THREADS_ENV, default, minimum=1)
+    cap = getattr(_SHARE, "threads", None)
+    return n if cap is None else max(1, min(n, cap))
+
+
+@contextlib.contextmanager
+def thread_share(threads):
+    """Within the block, kernels called from this thread use at most ``threads``
+    threads (the two directions of a bidirectional layer run side by side, each
+    on its share of the cores)."""
+    old = getattr(_SHARE, "threads", None)
+    _SHARE.threads = threads
+    try:
+        yield
+    finally:
+        _SHARE.threads = old
+
+
+def thread_share_now():
+    """The calling thread's share (``thread_share``), or None outside one."""
+    return getattr(_SHARE, "threads", None)
 
 
 def threads_for(N, H, available, step=False):

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from . import _config
 from . import _validate as v
 from ._arrays import HostArrays, backend_and_arrays
 from .backends import is_device_array
@@ -106,6 +108,41 @@ def _backend_with(be, options, xp):
         warnings.warn(f"fastlstm: the {be.NAME!r} backend does not run {what} yet; those calls "
                       "run on the NumPy backend (same results, slower)", RuntimeWarning, stacklevel=4)
     return get_backend("numpy")
+
+
+_SIDE_POOL: list = []
+_SIDE_LOCK = threading.Lock()
+
+
+def _side_thread():
+    """One worker thread, made on first use, for the second of two tasks run side by side."""
+    with _SIDE_LOCK:
+        if not _SIDE_POOL:
+            _SIDE_POOL.append(ThreadPoolExecutor(1, thread_name_prefix="fastlstm-direction"))
+        return _SIDE_POOL[0]
+
+
+def run_directions(be, tasks, xp=HostArrays):
+    """Run the callables ``tasks`` (the directions of one layer) and return their results
+    in order. Two of them on a backend whose kernels release the GIL
+    (``be.SIDE_BY_SIDE``) with two or more threads to spare run at the same time, each
+    on half of the threads: each direction's weights stay in its own cores' caches
+    and neither waits for the other inside its time loop."""
+    threads = be.max_threads() if getattr(be, "SIDE_BY_SIDE", False) and not xp.on_device else 1
+    if len(tasks) != 2 or threads < 2:
+        return [task() for task in tasks]
+    half = threads // 2
+
+    def shared(task, n):
+        with _config.thread_share(n):
+            return task()
+
+    other = _side_thread().submit(shared, tasks[1], threads - half)
+    try:
+        first = shared(tasks[0], half)
+    finally:
+        second = other.result()  # waits (and re-raises) even when the first task failed
+    return [first, second]
 
 
 def _options(lengths, reverse, W_hr, ms=None, dW_hr=None):

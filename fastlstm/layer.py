@@ -12,6 +12,7 @@ thread. A training forward and its backward belong to one thread.
 
 from __future__ import annotations
 
+import functools
 import numbers
 import threading
 import warnings
@@ -24,7 +25,7 @@ from ._arrays import backend_and_arrays
 from ._dropout import keep_mask
 from ._params import ParameterSet
 from .backends import check_name, get_backend
-from .functional import Workspace, run_backward, run_forward
+from .functional import Workspace, run_backward, run_directions, run_forward
 
 
 class LSTM(ParameterSet):
@@ -234,13 +235,16 @@ class LSTM(ParameterSet):
         self._saved = None
         inp = x
         for layer in range(self.num_layers):
-            outs = []
+            tasks = []
             for d in range(D):
                 idx = layer * D + d
                 W_ih, W_hh, b, W_hr = self._layer_weights(idx)
-                y, _, _, cache = run_forward(be, inp, h0[idx], c0[idx], W_ih, W_hh, b, training,
-                                             hT=h_n[idx], cT=c_n[idx], workspace=self._workspace,
-                                             xp=xp, lengths=lens, reverse=d == 1, W_hr=W_hr)
+                tasks.append(functools.partial(
+                    run_forward, be, inp, h0[idx], c0[idx], W_ih, W_hh, b, training, hT=h_n[idx],
+                    cT=c_n[idx], workspace=self._workspace, xp=xp, lengths=lens, reverse=d == 1,
+                    W_hr=W_hr))
+            outs = []
+            for y, _, _, cache in run_directions(be, tasks, xp):
                 caches.append(cache)
                 outs.append(y)
             y = outs[0] if D == 1 else xp.concat_features(outs)
@@ -305,18 +309,22 @@ class LSTM(ParameterSet):
         for layer in range(self.num_layers - 1, -1, -1):
             if masks[layer] is not None:
                 grad = xp.multiply(grad, masks[layer])
-            dx = None
+            tasks, dbs = [], []
             for d in range(D):
                 idx = layer * D + d
-                ih, hh, b_ih, b_hh, hr = self._layer_keys[idx]
+                ih, hh, _, _, hr = self._layer_keys[idx]
                 part = grad if D == 1 else xp.take_features(grad, d * K, (d + 1) * K)
-                db = np.zeros(4 * H, self.dtype)
-                dx_d, _, _ = run_backward(caches[idx], part, dh_n[idx], dc_n[idx], g[ih], g[hh], db,
-                                          dh0=dh0[idx], dc0=dc0[idx], workspace=self._workspace,
-                                          dW_hr=None if hr is None else g[hr])
+                dbs.append(np.zeros(4 * H, self.dtype))
+                tasks.append(functools.partial(
+                    run_backward, caches[idx], part, dh_n[idx], dc_n[idx], g[ih], g[hh], dbs[d],
+                    dh0=dh0[idx], dc0=dc0[idx], workspace=self._workspace,
+                    dW_hr=None if hr is None else g[hr]))
+            dx = None
+            for d, (dx_d, _, _) in enumerate(run_directions(caches[layer * D].backend, tasks, xp)):
+                _, _, b_ih, b_hh, _ = self._layer_keys[layer * D + d]
                 if self.bias:
-                    g[b_ih] += db
-                    g[b_hh] += db
+                    g[b_ih] += dbs[d]
+                    g[b_hh] += dbs[d]
                 dx = dx_d if dx is None else xp.add(dx, dx_d)
             grad = dx
         return self._to_caller(grad, dh0, dc0, unbatched, xp)

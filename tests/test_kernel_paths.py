@@ -16,18 +16,6 @@ PATHS = list(c_backend.SUPPORTED_KERNELS)
 SHAPES = [(3, 1, 2, 1, 1), (4, 7, 3, 17, 2), (2, 13, 5, 33, 1), (3, 25, 4, 40, 2), (2, 3, 1, 64, 1)]
 
 
-@pytest.fixture(params=["1thread", "2threads-units", "2threads-rows"])
-def threads(request, monkeypatch):
-    """One thread, or two splitting each step by hidden units or by batch rows."""
-    if request.param.startswith("2threads"):
-        monkeypatch.setenv("FASTLSTM_NUM_THREADS", "2")
-        monkeypatch.setenv("FASTLSTM_MIN_PARALLEL_WORK", "0")
-        monkeypatch.setenv("FASTLSTM_THREAD_SPLIT", request.param.split("-")[1])
-    else:
-        monkeypatch.setenv("FASTLSTM_NUM_THREADS", "1")
-    return request.param
-
-
 @pytest.mark.parametrize("projection", ["fused", "hoisted"])
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("T,N,I,H,L", SHAPES, ids=[shape_id(*s) for s in SHAPES])

@@ -7,7 +7,8 @@ chooses the path, threads and fusion (fastlstm/_config.py) and calls:
 csrc/lstm_fused.h has the fused float32 paths, csrc/lstm_blas_loop.h the
 BLAS path (float64, and float32 with FASTLSTM_KERNEL=blas). Products go to
 BLAS through scipy.linalg.cython_blas (no link step). The GIL is released
-for the whole sequence.
+for the whole sequence. Variable lengths and the reverse direction go through
+a StepOrder (_steps.py): the C loops see sorted rows, packed step by step.
 """
 
 from cython cimport floating
@@ -37,25 +38,32 @@ cdef extern from "lstm_blas_loop.h" nogil:
         lstm_sgemv_fn sgemv
         lstm_dgemv_fn dgemv
         lstm_set_threads_fn set_threads_local
-    void lstm_blas_forward_f32(const lstm_blas *blas, Py_ssize_t T, Py_ssize_t N, Py_ssize_t I,
-                               Py_ssize_t H, const float *x, const float *W_ih, const float *W_hh,
-                               const float *b, const float *h0, const float *c0, float *gates,
-                               float *y, float *cs)
-    void lstm_blas_forward_f64(const lstm_blas *blas, Py_ssize_t T, Py_ssize_t N, Py_ssize_t I,
-                               Py_ssize_t H, const double *x, const double *W_ih, const double *W_hh,
-                               const double *b, const double *h0, const double *c0, double *gates,
-                               double *y, double *cs)
-    void lstm_blas_backward_f32(const lstm_blas *blas, Py_ssize_t T, Py_ssize_t N, Py_ssize_t I,
-                                Py_ssize_t H, const float *x, const float *W_ih, const float *W_hh,
-                                const float *h0, const float *c0, const float *y, const float *cs,
-                                float *gates, const float *dy, float *dh, float *dc, float *dx,
-                                float *dW_ih, float *dW_hh, float *db)
-    void lstm_blas_backward_f64(const lstm_blas *blas, Py_ssize_t T, Py_ssize_t N, Py_ssize_t I,
-                                Py_ssize_t H, const double *x, const double *W_ih,
-                                const double *W_hh, const double *h0, const double *c0,
-                                const double *y, const double *cs, double *gates,
-                                const double *dy, double *dh, double *dc, double *dx,
-                                double *dW_ih, double *dW_hh, double *db)
+    void lstm_blas_forward_f32(const lstm_blas *blas, Py_ssize_t T, Py_ssize_t N,
+                               const Py_ssize_t *batch, Py_ssize_t I, Py_ssize_t H, Py_ssize_t P,
+                               const float *x, const float *W_ih, const float *W_hh,
+                               const float *W_hr, const float *b, const float *h0,
+                               const float *c0, float *gates, float *y, float *cs, float *ms)
+    void lstm_blas_forward_f64(const lstm_blas *blas, Py_ssize_t T, Py_ssize_t N,
+                               const Py_ssize_t *batch, Py_ssize_t I, Py_ssize_t H, Py_ssize_t P,
+                               const double *x, const double *W_ih, const double *W_hh,
+                               const double *W_hr, const double *b, const double *h0,
+                               const double *c0, double *gates, double *y, double *cs, double *ms)
+    void lstm_blas_backward_f32(const lstm_blas *blas, Py_ssize_t T, Py_ssize_t N,
+                                const Py_ssize_t *batch, Py_ssize_t I, Py_ssize_t H, Py_ssize_t P,
+                                const float *x, const float *W_ih, const float *W_hh,
+                                const float *W_hr, const float *h0, const float *c0,
+                                const float *y, const float *h_prev, const float *cs,
+                                const float *ms, float *gates, const float *dy, float *dh,
+                                float *dc, float *dx, float *dW_ih, float *dW_hh, float *dW_hr,
+                                float *db, float *work)
+    void lstm_blas_backward_f64(const lstm_blas *blas, Py_ssize_t T, Py_ssize_t N,
+                                const Py_ssize_t *batch, Py_ssize_t I, Py_ssize_t H, Py_ssize_t P,
+                                const double *x, const double *W_ih, const double *W_hh,
+                                const double *W_hr, const double *h0, const double *c0,
+                                const double *y, const double *h_prev, const double *cs,
+                                const double *ms, double *gates, const double *dy, double *dh,
+                                double *dc, double *dx, double *dW_ih, double *dW_hh,
+                                double *dW_hr, double *db, double *work)
     void lstm_blas_step_f32(const lstm_blas *blas, Py_ssize_t L, Py_ssize_t N, Py_ssize_t I0,
                             Py_ssize_t H, const float *x, const float *const *W_ih,
                             const float *const *W_hh, const float *const *b, const float *h,
@@ -80,15 +88,16 @@ cdef extern from "lstm_fused.h" nogil:
                                  const float *W_hh, float *W_f)
     void lstm_fused_pack_backward(int path, Py_ssize_t H, const float *W_hh, float *W_b)
     void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows, Py_ssize_t T,
-                            Py_ssize_t N, Py_ssize_t I, Py_ssize_t Ip, Py_ssize_t H, const float *x,
-                            const float *W_ih, const float *b, const float *W_f,
-                            const float *h0, const float *c0, float *gates, int keep, float *y,
-                            float *cs)
+                            Py_ssize_t N, const Py_ssize_t *batch, Py_ssize_t I, Py_ssize_t Ip,
+                            Py_ssize_t H, const float *x, const float *W_ih, const float *b,
+                            const float *W_f, const float *h0, const float *c0, float *gates,
+                            int keep, float *y, float *cs)
     void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows, Py_ssize_t T,
-                             Py_ssize_t N, Py_ssize_t I, Py_ssize_t H, const float *x,
-                             const float *W_ih, const float *h0, const float *c0, const float *y,
-                             const float *cs, const float *W_b, float *gates, const float *dy,
-                             float *dh, float *dc, float *dx, float *dW_ih, float *dW_hh, float *db)
+                             Py_ssize_t N, const Py_ssize_t *batch, Py_ssize_t I, Py_ssize_t H,
+                             const float *x, const float *W_ih, const float *h0, const float *c0,
+                             const float *y, const float *h_prev, const float *cs,
+                             const float *W_b, float *gates, const float *dy, float *dh,
+                             float *dc, float *dx, float *dW_ih, float *dW_hh, float *db)
     void lstm_fused_step(const lstm_blas *blas, int path, int nthreads, Py_ssize_t L, Py_ssize_t N,
                          Py_ssize_t I0, Py_ssize_t H, const float *x, const float *const *W_ih,
                          const float *const *W_hh, const float *const *b, const float *h,
@@ -98,6 +107,14 @@ cdef extern from "lstm_fused.h" nogil:
 import numpy as np
 from .. import _config
 from ._blas_threads import set_threads_local_address
+from ._steps import StepOrder
+
+#: The keyword options of the backend contract this backend runs.
+OPTIONS = ("lengths", "reverse", "projection")
+#: Every loop releases the GIL: the two directions of a bidirectional layer may run
+#: at the same time on threads of their own (functional.run_directions).
+SIDE_BY_SIDE = True
+_NO_BATCH = np.empty(0, np.intp)
 
 cdef lstm_blas _BLAS
 _BLAS.sgemm = <lstm_sgemm_fn>sgemm
@@ -157,6 +174,25 @@ cdef float[::1] _aligned_floats(Py_ssize_t n):
     return raw[off:off + n]
 
 
+cdef int _blas_share() except -1:
+    """The BLAS thread count for a BLAS-path loop on this thread: its share while
+    the directions run side by side (_config.thread_share), else 0 (BLAS's own)."""
+    share = _config.thread_share_now()
+    return share if share is not None and _BLAS.set_threads_local != NULL else 0
+
+
+def _with_blas_share(fn, *args, **kwargs):
+    """fn(*args, **kwargs) with this thread's BLAS calls on its share of the threads."""
+    cdef int share = _blas_share(), saved = 0
+    if share:
+        saved = _BLAS.set_threads_local(share)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if share and saved > 0:
+            _BLAS.set_threads_local(saved)
+
+
 cdef int _fused_path(floating dtype_tag):
     """The fused path of this call, or LSTM_PATH_BLAS (float64 always runs there)."""
     if floating is double:
@@ -189,10 +225,10 @@ def _shape(a):
     return tuple(a.shape[:a.ndim])
 
 
-def forward(const floating[:, :, ::1] x, const floating[:, ::1] h0, const floating[:, ::1] c0,
-            const floating[:, ::1] W_ih, const floating[:, ::1] W_hh, const floating[::1] b,
-            floating[:, :, ::1] y, floating[:, ::1] hT, floating[:, ::1] cT,
-            floating[:, :, ::1] gates, floating[:, :, ::1] cs, bint keep=True):
+def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const floating[:, ::1] c0,
+                   const floating[:, ::1] W_ih, const floating[:, ::1] W_hh, const floating[::1] b,
+                   floating[:, :, ::1] y, floating[:, ::1] hT, floating[:, ::1] cT,
+                   floating[:, :, ::1] gates, floating[:, :, ::1] cs, bint keep=True):
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef Py_ssize_t G = 4 * H
     _check_all((("h0", h0, (N, H)), ("c0", c0, (N, H)), ("W_ih", W_ih, (G, I)),
@@ -219,26 +255,28 @@ def forward(const floating[:, :, ::1] x, const floating[:, ::1] h0, const floati
                                         &packed[0])
     with nogil:
         if floating is double:
-            lstm_blas_forward_f64(&_BLAS, T, N, I, H, &x[0, 0, 0], &W_ih[0, 0], &W_hh[0, 0], &b[0],
-                                  &h0[0, 0], &c0[0, 0], &gates[0, 0, 0], &y[0, 0, 0], &cs[0, 0, 0])
+            lstm_blas_forward_f64(&_BLAS, T, N, NULL, I, H, 0, &x[0, 0, 0], &W_ih[0, 0],
+                                  &W_hh[0, 0], NULL, &b[0], &h0[0, 0], &c0[0, 0], &gates[0, 0, 0],
+                                  &y[0, 0, 0], &cs[0, 0, 0], NULL)
         elif path == LSTM_PATH_BLAS:
-            lstm_blas_forward_f32(&_BLAS, T, N, I, H, &x[0, 0, 0], &W_ih[0, 0], &W_hh[0, 0], &b[0],
-                                  &h0[0, 0], &c0[0, 0], &gates[0, 0, 0], &y[0, 0, 0], &cs[0, 0, 0])
+            lstm_blas_forward_f32(&_BLAS, T, N, NULL, I, H, 0, &x[0, 0, 0], &W_ih[0, 0],
+                                  &W_hh[0, 0], NULL, &b[0], &h0[0, 0], &c0[0, 0], &gates[0, 0, 0],
+                                  &y[0, 0, 0], &cs[0, 0, 0], NULL)
         else:
             # Without keep (inference) the fused kernels store no activated gates.
-            lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, I, Ip, H, &x[0, 0, 0],
+            lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, NULL, I, Ip, H, &x[0, 0, 0],
                                &W_ih[0, 0], &b[0], &packed[0], &h0[0, 0], &c0[0, 0],
                                &gates[0, 0, 0], keep, &y[0, 0, 0], &cs[0, 0, 0])
         memcpy(&hT[0, 0], &y[T - 1, 0, 0], N * H * sizeof(floating))
         memcpy(&cT[0, 0], &cs[T - 1, 0, 0], N * H * sizeof(floating))
 
 
-def backward(const floating[:, :, ::1] x, const floating[:, ::1] h0, const floating[:, ::1] c0,
-             const floating[:, ::1] W_ih, const floating[:, ::1] W_hh,
-             const floating[:, :, ::1] y, floating[:, :, ::1] gates, const floating[:, :, ::1] cs,
-             const floating[:, :, ::1] dy, const floating[:, ::1] dhT, const floating[:, ::1] dcT,
-             floating[:, :, ::1] dx, floating[:, ::1] dh0, floating[:, ::1] dc0,
-             floating[:, ::1] dW_ih, floating[:, ::1] dW_hh, floating[::1] db):
+def _backward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const floating[:, ::1] c0,
+                    const floating[:, ::1] W_ih, const floating[:, ::1] W_hh,
+                    const floating[:, :, ::1] y, floating[:, :, ::1] gates, const floating[:, :, ::1] cs,
+                    const floating[:, :, ::1] dy, const floating[:, ::1] dhT, const floating[:, ::1] dcT,
+                    floating[:, :, ::1] dx, floating[:, ::1] dh0, floating[:, ::1] dc0,
+                    floating[:, ::1] dW_ih, floating[:, ::1] dW_hh, floating[::1] db):
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef Py_ssize_t G = 4 * H
     _check_all((("h0", h0, (N, H)), ("c0", c0, (N, H)), ("W_ih", W_ih, (G, I)),
@@ -267,20 +305,247 @@ def backward(const floating[:, :, ::1] x, const floating[:, ::1] h0, const float
                 lstm_fused_pack_backward(path, H, &W_hh[0, 0], &packed[0])
     with nogil:
         if floating is double:
-            lstm_blas_backward_f64(&_BLAS, T, N, I, H, &x[0, 0, 0], &W_ih[0, 0], &W_hh[0, 0],
-                                   &h0[0, 0], &c0[0, 0], &y[0, 0, 0], &cs[0, 0, 0], &gates[0, 0, 0],
-                                   &dy[0, 0, 0], &dh0[0, 0], &dc0[0, 0], &dx[0, 0, 0], &dW_ih[0, 0],
-                                   &dW_hh[0, 0], &db[0])
+            lstm_blas_backward_f64(&_BLAS, T, N, NULL, I, H, 0, &x[0, 0, 0], &W_ih[0, 0],
+                                   &W_hh[0, 0], NULL, &h0[0, 0], &c0[0, 0], &y[0, 0, 0], NULL,
+                                   &cs[0, 0, 0], NULL, &gates[0, 0, 0], &dy[0, 0, 0], &dh0[0, 0],
+                                   &dc0[0, 0], &dx[0, 0, 0], &dW_ih[0, 0], &dW_hh[0, 0], NULL,
+                                   &db[0], NULL)
         elif path == LSTM_PATH_BLAS:
-            lstm_blas_backward_f32(&_BLAS, T, N, I, H, &x[0, 0, 0], &W_ih[0, 0], &W_hh[0, 0],
-                                   &h0[0, 0], &c0[0, 0], &y[0, 0, 0], &cs[0, 0, 0], &gates[0, 0, 0],
-                                   &dy[0, 0, 0], &dh0[0, 0], &dc0[0, 0], &dx[0, 0, 0], &dW_ih[0, 0],
-                                   &dW_hh[0, 0], &db[0])
+            lstm_blas_backward_f32(&_BLAS, T, N, NULL, I, H, 0, &x[0, 0, 0], &W_ih[0, 0],
+                                   &W_hh[0, 0], NULL, &h0[0, 0], &c0[0, 0], &y[0, 0, 0], NULL,
+                                   &cs[0, 0, 0], NULL, &gates[0, 0, 0], &dy[0, 0, 0], &dh0[0, 0],
+                                   &dc0[0, 0], &dx[0, 0, 0], &dW_ih[0, 0], &dW_hh[0, 0], NULL,
+                                   &db[0], NULL)
         else:
-            lstm_fused_backward(&_BLAS, path, nthreads, by_rows, T, N, I, H, &x[0, 0, 0], &W_ih[0, 0],
-                                &h0[0, 0], &c0[0, 0], &y[0, 0, 0], &cs[0, 0, 0], &packed[0],
-                                &gates[0, 0, 0], &dy[0, 0, 0], &dh0[0, 0], &dc0[0, 0],
+            lstm_fused_backward(&_BLAS, path, nthreads, by_rows, T, N, NULL, I, H, &x[0, 0, 0],
+                                &W_ih[0, 0], &h0[0, 0], &c0[0, 0], &y[0, 0, 0], NULL, &cs[0, 0, 0],
+                                &packed[0], &gates[0, 0, 0], &dy[0, 0, 0], &dh0[0, 0], &dc0[0, 0],
                                 &dx[0, 0, 0], &dW_ih[0, 0], &dW_hh[0, 0], &db[0])
+
+
+cdef _check_batch(const Py_ssize_t[::1] batch, Py_ssize_t T, Py_ssize_t N, Py_ssize_t rows):
+    # Memory safety for the packed loops: T steps of 1..N rows, non-increasing, rows in all.
+    cdef Py_ssize_t t, total = 0
+    if batch.shape[0] == 0:
+        if T * N != rows:
+            raise ValueError(f"{rows} packed rows, expected T*N = {T * N}")
+        return
+    if batch.shape[0] != T:
+        raise ValueError(f"batch has {batch.shape[0]} steps, expected {T}")
+    for t in range(T):
+        if batch[t] < 1 or batch[t] > (batch[t - 1] if t else N):
+            raise ValueError(f"batch[{t}] = {batch[t]} is not in [1, {batch[t - 1] if t else N}]")
+        total += batch[t]
+    if total != rows:
+        raise ValueError(f"batch sums to {total}, expected {rows} packed rows")
+
+
+def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const floating[:, ::1] c0,
+                    const floating[:, ::1] W_ih, const floating[:, ::1] W_hh,
+                    const floating[:, ::1] W_hr, const floating[::1] b,
+                    const Py_ssize_t[::1] batch, floating[:, ::1] y, floating[:, ::1] gates,
+                    floating[:, ::1] cs, floating[:, ::1] ms, bint keep, Py_ssize_t T):
+    """The forward loop on packed rows (StepOrder): x [rows, I], y [rows, K],
+    gates [rows, G], cs and ms [rows, H]; h0 [N, K], c0 [N, H] sorted; batch
+    [T] rows per step, or empty for T*N rows in order. W_hr [P, H] (P = 0:
+    none). A projection runs on the BLAS loop, where it is one more product
+    per step; otherwise float32 takes the fused path."""
+    cdef Py_ssize_t rows = x.shape[0], I = x.shape[1], N = c0.shape[0], H = c0.shape[1]
+    cdef Py_ssize_t P = W_hr.shape[0], K = P if P else H, G = 4 * H
+    _check_all((("h0", h0, (N, K)), ("W_ih", W_ih, (G, I)), ("W_hh", W_hh, (G, K)),
+                ("W_hr", W_hr, (P, H)), ("b", b, (G,)), ("y", y, (rows, K)),
+                ("gates", gates, (rows, G)), ("cs", cs, (rows, H)),
+                ("ms", ms, (rows if P else 0, H))))
+    _check_batch(batch, T, N, rows)
+    if rows == 0 or H == 0:
+        return
+    cdef const Py_ssize_t *bp = &batch[0] if batch.shape[0] else NULL
+    cdef const floating *whr = &W_hr[0, 0] if P else NULL
+    cdef floating *msp = &ms[0, 0] if P else NULL
+    cdef int path = LSTM_PATH_BLAS if P else _fused_path(<floating>0), nthreads = 1, by_rows = 0
+    cdef Py_ssize_t Ip = 0
+    cdef float[::1] packed
+    if path != LSTM_PATH_BLAS:
+        nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
+        if I > 0 and _config.fuse_input(I, H, N, nthreads, _PANEL_ROW_BYTES):
+            Ip = I
+        packed = _aligned_floats(lstm_fused_forward_pack_size(path, Ip, H))
+        by_rows = _config.split_by_rows(4 * packed.shape[0], nthreads)
+        if floating is float:
+            with nogil:
+                lstm_fused_pack_forward(path, Ip, H, &W_ih[0, 0] if Ip else NULL, &W_hh[0, 0],
+                                        &packed[0])
+    with nogil:
+        if floating is double:
+            lstm_blas_forward_f64(&_BLAS, T, N, bp, I, H, P, &x[0, 0], &W_ih[0, 0], &W_hh[0, 0],
+                                  whr, &b[0], &h0[0, 0], &c0[0, 0], &gates[0, 0], &y[0, 0],
+                                  &cs[0, 0], msp)
+        elif path == LSTM_PATH_BLAS:
+            lstm_blas_forward_f32(&_BLAS, T, N, bp, I, H, P, &x[0, 0], &W_ih[0, 0], &W_hh[0, 0],
+                                  whr, &b[0], &h0[0, 0], &c0[0, 0], &gates[0, 0], &y[0, 0],
+                                  &cs[0, 0], msp)
+        else:
+            lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, bp, I, Ip, H, &x[0, 0],
+                               &W_ih[0, 0], &b[0], &packed[0], &h0[0, 0], &c0[0, 0], &gates[0, 0],
+                               keep, &y[0, 0], &cs[0, 0])
+
+
+def _backward_packed(const floating[:, ::1] x, const floating[:, ::1] h0,
+                     const floating[:, ::1] c0, const floating[:, ::1] W_ih,
+                     const floating[:, ::1] W_hh, const floating[:, ::1] W_hr,
+                     const floating[:, ::1] y, const floating[:, ::1] h_prev,
+                     const floating[:, ::1] cs, const floating[:, ::1] ms,
+                     floating[:, ::1] gates, const floating[:, ::1] dy, floating[:, ::1] dh,
+                     floating[:, ::1] dc, floating[:, ::1] dx, floating[:, ::1] dW_ih,
+                     floating[:, ::1] dW_hh, floating[:, ::1] dW_hr, floating[::1] db,
+                     const Py_ssize_t[::1] batch, Py_ssize_t T):
+    """The backward loop on packed rows, as _forward_packed; h_prev [rows, K] is the
+    h each row read (empty: h0, then y one step behind, for T*N rows in order);
+    dh [N, K] and dc [N, H] (sorted) carry dh_T, dc_T in and dh_0, dc_0 out."""
+    cdef Py_ssize_t rows = x.shape[0], I = x.shape[1], N = c0.shape[0], H = c0.shape[1]
+    cdef Py_ssize_t P = W_hr.shape[0], K = P if P else H, G = 4 * H
+    _check_all((("h0", h0, (N, K)), ("W_ih", W_ih, (G, I)), ("W_hh", W_hh, (G, K)),
+                ("y", y, (rows, K)), ("h_prev", h_prev, (rows if h_prev.shape[0] else 0, K)),
+                ("cs", cs, (rows, H)), ("ms", ms, (rows if P else 0, H)),
+                ("gates", gates, (rows, G)), ("dy", dy, (rows, K)), ("dh", dh, (N, K)),
+                ("dc", dc, (N, H)), ("dx", dx, (rows, I)), ("dW_ih", dW_ih, (G, I)),
+                ("dW_hh", dW_hh, (G, K)), ("dW_hr", dW_hr, (P, H)), ("db", db, (G,))))
+    _check_batch(batch, T, N, rows)
+    if batch.shape[0] and h_prev.shape[0] == 0:
+        raise ValueError("packed rows of several lengths need h_prev")
+    if rows == 0 or H == 0:
+        return
+    cdef const Py_ssize_t *bp = &batch[0] if batch.shape[0] else NULL
+    cdef const floating *hp = &h_prev[0, 0] if h_prev.shape[0] else NULL
+    cdef const floating *whr = &W_hr[0, 0] if P else NULL
+    cdef const floating *msp = &ms[0, 0] if P else NULL
+    cdef floating *dwhr = &dW_hr[0, 0] if P else NULL
+    cdef int path = LSTM_PATH_BLAS if P else _fused_path(<floating>0), nthreads = 1, by_rows = 0
+    cdef float[::1] packed
+    work_array = np.empty(rows * P + N * H if P else 1, np.float32 if floating is float else np.float64)
+    cdef floating[::1] work = work_array
+    if path != LSTM_PATH_BLAS:
+        nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
+        packed = _aligned_floats(lstm_fused_backward_pack_size(path, H))
+        by_rows = _config.split_by_rows(4 * packed.shape[0], nthreads)
+        if floating is float:
+            with nogil:
+                lstm_fused_pack_backward(path, H, &W_hh[0, 0], &packed[0])
+    with nogil:
+        if floating is double:
+            lstm_blas_backward_f64(&_BLAS, T, N, bp, I, H, P, &x[0, 0], &W_ih[0, 0], &W_hh[0, 0],
+                                   whr, &h0[0, 0], &c0[0, 0], &y[0, 0], hp, &cs[0, 0], msp,
+                                   &gates[0, 0], &dy[0, 0], &dh[0, 0], &dc[0, 0], &dx[0, 0],
+                                   &dW_ih[0, 0], &dW_hh[0, 0], dwhr, &db[0], &work[0])
+        elif path == LSTM_PATH_BLAS:
+            lstm_blas_backward_f32(&_BLAS, T, N, bp, I, H, P, &x[0, 0], &W_ih[0, 0], &W_hh[0, 0],
+                                   whr, &h0[0, 0], &c0[0, 0], &y[0, 0], hp, &cs[0, 0], msp,
+                                   &gates[0, 0], &dy[0, 0], &dh[0, 0], &dc[0, 0], &dx[0, 0],
+                                   &dW_ih[0, 0], &dW_hh[0, 0], dwhr, &db[0], &work[0])
+        else:
+            lstm_fused_backward(&_BLAS, path, nthreads, by_rows, T, N, bp, I, H, &x[0, 0],
+                                &W_ih[0, 0], &h0[0, 0], &c0[0, 0], &y[0, 0], hp, &cs[0, 0],
+                                &packed[0], &gates[0, 0], &dy[0, 0], &dh[0, 0], &dc[0, 0],
+                                &dx[0, 0], &dW_ih[0, 0], &dW_hh[0, 0], &db[0])
+
+
+def _rows_view(a, rows, width):
+    """The first rows x width elements of the C-contiguous array a, as [rows, width]
+    (a backend-private packed layout inside the caller's [T, N, width] buffer)."""
+    return a.reshape(-1)[:rows * width].reshape(rows, width)
+
+
+def forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=True, *, lengths=None,
+            reverse=False, W_hr=None, ms=None):
+    """The backend contract's forward (fastlstm/backends/reference.py). With lengths,
+    reverse or W_hr the rows go through a StepOrder: packed in step order for the C
+    loops, and y and the final state back in place; gates, cs and ms then hold the
+    packed layout (what backward reads back)."""
+    if _config.thread_share_now() is not None:
+        return _with_blas_share(_forward, x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep,
+                                lengths, reverse, W_hr, ms)
+    return _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reverse, W_hr, ms)
+
+
+def _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reverse, W_hr, ms):
+    if lengths is None and not reverse and W_hr is None:
+        _forward_plain(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep)
+        return
+    T, N = x.shape[:2]
+    H, K = cs.shape[2], W_hh.shape[1]
+    P = 0 if W_hr is None else W_hr.shape[0]
+    dt = x.dtype
+    want = [("y", y, (T, N, K)), ("hT", hT, (N, K)), ("cT", cT, (N, H)), ("gates", gates, (T, N, 4 * H)),
+            ("cs", cs, (T, N, H))]
+    if P:
+        want.append(("ms", ms, (T, N, H)))
+    _check_all(tuple(want))
+    order = StepOrder(lengths, T, N, reverse)
+    if order.rows == 0 or H == 0:
+        y[...] = 0
+        hT[...] = h0
+        cT[...] = c0
+        return
+    rows = order.rows
+    yp = _rows_view(y, rows, K) if order.identity else np.empty((rows, K), dt)
+    cp = _rows_view(cs, rows, H)
+    _forward_packed(order.packed(x), order.sorted(h0), order.sorted(c0), W_ih, W_hh,
+                    W_hr if P else np.empty((0, H), dt), b,
+                    order.batch if not order.identity else _NO_BATCH, yp,
+                    _rows_view(gates, rows, 4 * H), cp,
+                    _rows_view(ms, rows, H) if P else np.empty((0, H), dt), keep, order.steps)
+    order.unpack(yp, y)
+    order.final(yp, h0, hT)
+    order.final(cp, c0, cT)
+
+
+def backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih, dW_hh, db,
+             *, lengths=None, reverse=False, W_hr=None, ms=None, dW_hr=None):
+    """The backend contract's backward, after forward with the same options."""
+    if _config.thread_share_now() is not None:
+        return _with_blas_share(_backward, x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx,
+                                dh0, dc0, dW_ih, dW_hh, db, lengths, reverse, W_hr, ms, dW_hr)
+    return _backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih, dW_hh,
+                     db, lengths, reverse, W_hr, ms, dW_hr)
+
+
+def _backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih, dW_hh, db,
+              lengths, reverse, W_hr, ms, dW_hr):
+    if lengths is None and not reverse and W_hr is None:
+        _backward_plain(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih,
+                        dW_hh, db)
+        return
+    T, N, I = x.shape
+    H, K = cs.shape[2], W_hh.shape[1]
+    P = 0 if W_hr is None else W_hr.shape[0]
+    dt = x.dtype
+    want = [("y", y, (T, N, K)), ("gates", gates, (T, N, 4 * H)), ("cs", cs, (T, N, H)),
+            ("dy", dy, (T, N, K)), ("dhT", dhT, (N, K)), ("dcT", dcT, (N, H)),
+            ("dx", dx, (T, N, I)), ("dh0", dh0, (N, K)), ("dc0", dc0, (N, H))]
+    if P:
+        want += [("ms", ms, (T, N, H)), ("dW_hr", dW_hr, (P, H))]
+    _check_all(tuple(want))
+    order = StepOrder(lengths, T, N, reverse)
+    if order.rows == 0 or H == 0:
+        dx[...] = 0
+        dh0[...] = dhT
+        dc0[...] = dcT
+        return
+    rows = order.rows
+    dh = order.sorted(dhT)
+    dc = order.sorted(dcT)
+    dxp = _rows_view(dx, rows, I) if order.identity else np.empty((rows, I), dt)
+    _backward_packed(order.packed(x), order.sorted(h0), order.sorted(c0), W_ih, W_hh,
+                     W_hr if P else np.empty((0, H), dt), _rows_view(y, rows, K) if order.identity
+                     else np.empty((rows, K), dt),
+                     np.empty((0, K), dt) if order.identity else order.h_prev(h0, y),
+                     _rows_view(cs, rows, H), _rows_view(ms, rows, H) if P else np.empty((0, H), dt),
+                     _rows_view(gates, rows, 4 * H), order.packed(dy), dh, dc, dxp, dW_ih, dW_hh,
+                     dW_hr if P else np.empty((0, H), dt), db,
+                     order.batch if not order.identity else _NO_BATCH, order.steps)
+    order.unpack(dxp, dx)
+    order.unsort(dh, dh0)
+    order.unsort(dc, dc0)
 
 
 def step(const floating[:, ::1] x_t, const floating[:, ::1] h, const floating[:, ::1] c,
@@ -334,11 +599,27 @@ cdef void _layer_pointers(list W_ih, list W_hh, list b, const floating **ptrs) e
         ptrs[2 * L + l] = &v[0]
 
 
-def step_layers(const floating[:, ::1] x_t, const floating[:, :, ::1] h,
-                const floating[:, :, ::1] c, list W_ih, list W_hh, list b,
-                floating[:, :, ::1] h_out, floating[:, :, ::1] c_out, floating[:, ::1] gates):
+def step_layers(x_t, h, c, list W_ih, list W_hh, list b, h_out, c_out, gates, *, W_hr=None):
     """One step of an L-layer stack: lists W_ih, W_hh, b of L arrays; h, c,
-    h_out, c_out [L, N, H]; gates [N, G] workspace (see reference.step_layers)."""
+    h_out, c_out [L, N, H]; gates [N, G] workspace (see reference.step_layers).
+    With W_hr (a list of L [P, H] projections), h and h_out are [L, N, P]: each
+    layer is one step of the BLAS loop, its projection included."""
+    if W_hr is None:
+        _step_layers(x_t, h, c, W_ih, W_hh, b, h_out, c_out, gates)
+        return
+    L = len(W_ih)
+    if not (len(W_hh) == len(b) == len(W_hr) == L and len(h) == len(c) == len(h_out) == len(c_out) == L):
+        raise ValueError("W_ih, W_hh, b, W_hr, h, c, h_out and c_out need one entry per layer")
+    ms = np.empty(c.shape[1:], c.dtype)
+    for layer in range(L):
+        inp = x_t if layer == 0 else h_out[layer - 1]
+        _forward_packed(inp, h[layer], c[layer], W_ih[layer], W_hh[layer], W_hr[layer], b[layer],
+                        _NO_BATCH, h_out[layer], gates, c_out[layer], ms, False, 1)
+
+
+def _step_layers(const floating[:, ::1] x_t, const floating[:, :, ::1] h,
+                 const floating[:, :, ::1] c, list W_ih, list W_hh, list b,
+                 floating[:, :, ::1] h_out, floating[:, :, ::1] c_out, floating[:, ::1] gates):
     cdef Py_ssize_t L = len(W_ih), N = x_t.shape[0], I0 = x_t.shape[1], H = h.shape[2]
     cdef Py_ssize_t G = 4 * H, l
     if len(W_hh) != L or len(b) != L:

@@ -30,7 +30,9 @@ forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=True)
     W_hr   [P, H] IN   projection (0 < P < H): h_t = W_hr . (o * tanh c_t); then
            h0, hT, y and the rows of W_hh have P columns/features, not H
     ms     [T, N, H] OUT with W_hr: o * tanh c_t before the projection (kept for backward)
-    gates and cs (and ms) at padded steps are left unspecified.
+    gates, cs and ms are the backend's own between forward and backward: with these
+           options a backend may keep them in another layout (the C backend packs the
+           steps that ran, fastlstm/backends/_steps.py); pass them back unchanged.
 
 backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih, dW_hh, db)
     x, h0, c0, W_ih, W_hh, y, cs   IN as above (y and cs from the forward pass)

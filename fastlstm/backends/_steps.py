@@ -1,0 +1,92 @@
+"""Step order for variable lengths and the reverse direction (the C backend).
+
+The C loops know one thing about lengths: step s runs the first ``batch[s]``
+rows, and the per-step arrays are packed, step after step, as in torch's
+PackedSequence. ``StepOrder`` maps a padded (T, N, ...) batch to that form
+and back: the rows sorted by length (longest first, ties in batch order),
+and for each packed row the time index it reads: s, or ``len - 1 - s`` in
+the reverse direction (each sequence runs from its own last step down to 0).
+Padded positions are never read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class StepOrder:
+    """Where each packed row of a call lives in the padded batch.
+
+    Attributes
+    ----------
+    perm : [N] intp
+        Sorted row r is batch row ``perm[r]``.
+    batch : [steps] intp
+        Rows of each step (non-increasing, each >= 1).
+    steps, rows : int
+        Steps that run anything (the longest length) and packed rows (the sum
+        of the lengths).
+    identity : bool
+        Every row runs all T steps forward: the packed arrays are the padded
+        ones, reshaped, and nothing needs moving.
+    """
+
+    def __init__(self, lengths, T: int, N: int, reverse: bool):
+        lens = np.full(N, T, np.intp) if lengths is None else np.asarray(lengths, np.intp)
+        self.identity = not reverse and bool(np.all(lens == T))
+        self.perm = np.argsort(-lens, kind="stable")
+        self.sorted_lengths = lens[self.perm]
+        self.steps = int(self.sorted_lengths[0]) if N else 0
+        # rows with a length above s, for every step s (lengths are sorted descending)
+        self.batch = np.searchsorted(-self.sorted_lengths, -np.arange(self.steps), side="left")
+        self.batch = self.batch.astype(np.intp)
+        self._offsets = np.concatenate([[0], np.cumsum(self.batch)]).astype(np.intp)
+        self.rows = int(self._offsets[-1])
+        step = np.repeat(np.arange(self.steps, dtype=np.intp), self.batch)
+        self._sorted_row = np.arange(self.rows, dtype=np.intp) - self._offsets[step]
+        self._step = step
+        self.n_idx = self.perm[self._sorted_row]
+        self.t_idx = self.sorted_lengths[self._sorted_row] - 1 - step if reverse else step
+        ran = self.sorted_lengths > 0
+        self._last = self._offsets[self.sorted_lengths[ran] - 1] + np.flatnonzero(ran)
+        self._ran = ran
+
+    def packed(self, a):
+        """[T, N, F] -> [rows, F]: the rows in step order (a view when identity)."""
+        if self.identity:
+            return a.reshape(self.rows, a.shape[2])
+        return np.ascontiguousarray(a[self.t_idx, self.n_idx])
+
+    def unpack(self, packed, out):
+        """out [T, N, F] = packed rows at their places, zero at padded positions."""
+        if self.identity:
+            if not np.may_share_memory(packed, out):
+                out.reshape(self.rows, out.shape[2])[...] = packed
+            return
+        out[...] = 0
+        out[self.t_idx, self.n_idx] = packed
+
+    def sorted(self, a):
+        """[N, F] batch rows -> [N, F] in sorted order (a copy)."""
+        return np.ascontiguousarray(a[self.perm])
+
+    def unsort(self, a, out):
+        """out [N, F] (batch order) = a [N, F] (sorted order)."""
+        out[self.perm] = a
+
+    def final(self, packed, initial, out):
+        """out [N, F] = each row's value at its last step (packed [rows, F]), or
+        ``initial`` [N, F] (batch order) for a length of 0."""
+        out[...] = initial
+        out[self.perm[self._ran]] = packed[self._last]
+
+    def h_prev(self, h0, y):
+        """[rows, K]: the h each packed row read, h0 (batch order) at its first
+        step, else y [T, N, K] at its previous step (in the direction of the run)."""
+        hp = np.empty((self.rows, h0.shape[1]), h0.dtype)
+        first = self._step == 0
+        hp[first] = h0[self.n_idx[first]]
+        later = ~first
+        prev = self._offsets[self._step[later] - 1] + self._sorted_row[later]
+        hp[later] = y[self.t_idx[prev], self.n_idx[prev]]
+        return hp

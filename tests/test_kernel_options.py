@@ -1,0 +1,177 @@
+"""The C backend's own loops for variable lengths, the reverse direction and
+projections, on every kernel path, thread split and input-projection mode,
+against the NumPy reference (the functional single-layer API); and that they
+really run in C (no fallback warning).
+"""
+
+import threading
+import warnings
+
+import numpy as np
+import pytest
+
+import fastlstm
+from lstm_testing import REFERENCE, assert_close
+
+c_backend = pytest.importorskip("fastlstm.backends._c", reason="C backend not built")
+PATHS = list(c_backend.SUPPORTED_KERNELS)
+
+# (T, N, I, H, P, lengths): partial panels and row blocks, unsorted lengths with
+# T, 1 and 0, ties, a single row, and every length T (the plain loop, reversed).
+CASES = [
+    (7, 5, 3, 20, 0, [7, 1, 3, 0, 7]),
+    (9, 13, 6, 33, 0, [9, 4, 4, 1, 8, 2, 9, 0, 5, 6, 3, 7, 1]),
+    (4, 7, 2, 17, 0, None),
+    (1, 1, 2, 3, 0, [1]),
+    (6, 8, 5, 12, 5, [6, 2, 0, 5, 1, 6, 3, 4]),
+    (5, 3, 4, 9, 2, None),
+]
+
+
+def _run(backend, dtype, T, N, I, H, P, lengths, reverse):
+    rng = np.random.default_rng(T * 1000 + N * 10 + H)
+    K = P or H
+    x = rng.standard_normal((T, N, I)).astype(dtype)
+    W_ih = (0.3 * rng.standard_normal((4 * H, I))).astype(dtype)
+    W_hh = (0.3 * rng.standard_normal((4 * H, K))).astype(dtype)
+    b_ih, b_hh = (rng.standard_normal((2, 4 * H))).astype(dtype)
+    W_hr = (0.3 * rng.standard_normal((P, H))).astype(dtype) if P else None
+    state = (rng.standard_normal((N, K)).astype(dtype), rng.standard_normal((N, H)).astype(dtype))
+    y, (h, c), cache = fastlstm.lstm_forward(x, W_ih, W_hh, b_ih, b_hh, state, lengths=lengths,
+                                             reverse=reverse, W_hr=W_hr, backend=backend)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dstate = (rng.standard_normal(h.shape).astype(dtype), rng.standard_normal(c.shape).astype(dtype))
+    dx, (dh0, dc0), grads = fastlstm.lstm_backward(cache, dy, dstate)
+    return {"y": y, "h_n": h, "c_n": c, "dx": dx, "dh0": dh0, "dc0": dc0,
+            **{f"d{k}": g for k, g in grads.items()}}
+
+
+def _assert_matches(actual, expected, dtype, case):
+    assert sorted(actual) == sorted(expected)
+    for key, want in expected.items():
+        assert_close(actual[key], want, dtype, f"{case}: {key}")
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("fuse", ["always", "never"])
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"T{c[0]}-N{c[1]}-H{c[3]}-P{c[4]}"
+                         + ("-lengths" if c[5] else ""))
+def test_options_match_reference_on_every_path(monkeypatch, threads, path, fuse, case, reverse):
+    monkeypatch.setenv("FASTLSTM_KERNEL", path)
+    monkeypatch.setenv("FASTLSTM_FUSE_INPUT", fuse)
+    T, N, I, H, P, lengths = case
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback to NumPy would warn
+        actual = _run("c", np.float32, T, N, I, H, P, lengths, reverse)
+    expected = _run(REFERENCE, np.float32, T, N, I, H, P, lengths, reverse)
+    _assert_matches(actual, expected, np.float32, f"{path}-{threads}-{fuse}")
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"T{c[0]}-N{c[1]}-H{c[3]}-P{c[4]}"
+                         + ("-lengths" if c[5] else ""))
+def test_options_match_reference_in_float64(case, reverse):
+    T, N, I, H, P, lengths = case
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        actual = _run("c", np.float64, T, N, I, H, P, lengths, reverse)
+    _assert_matches(actual, _run(REFERENCE, np.float64, T, N, I, H, P, lengths, reverse),
+                    np.float64, "float64")
+
+
+def test_c_backend_declares_every_option():
+    assert set(c_backend.OPTIONS) == {"lengths", "reverse", "projection"}
+
+
+def test_all_lengths_zero_gives_initial_state_and_zero_gradients():
+    T, N, I, H = 3, 4, 2, 5
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((T, N, I)).astype(np.float32)
+    W_ih = rng.standard_normal((4 * H, I)).astype(np.float32)
+    W_hh = rng.standard_normal((4 * H, H)).astype(np.float32)
+    h0, c0 = rng.standard_normal((2, N, H)).astype(np.float32)
+    y, (h, c), cache = fastlstm.lstm_forward(x, W_ih, W_hh, state=(h0, c0), lengths=[0] * N, backend="c")
+    assert not y.any()
+    np.testing.assert_array_equal(h, h0)
+    np.testing.assert_array_equal(c, c0)
+    dh, dc = rng.standard_normal((2, N, H)).astype(np.float32)
+    dx, (dh0, dc0), grads = fastlstm.lstm_backward(cache, np.ones_like(y), (dh, dc))
+    assert not dx.any() and not any(g.any() for g in grads.values())
+    np.testing.assert_array_equal(dh0, dh)
+    np.testing.assert_array_equal(dc0, dc)
+
+
+def test_packed_loop_refuses_inconsistent_batch():
+    # the private packed entry point checks what the C loops trust: T steps of
+    # 1..N rows each, non-increasing, summing to the packed rows
+    f = np.float32
+    H, I, N, rows = 3, 2, 2, 3
+
+    def call(batch, T):
+        c_backend._forward_packed(
+            np.zeros((rows, I), f), np.zeros((N, H), f), np.zeros((N, H), f), np.zeros((4 * H, I), f),
+            np.zeros((4 * H, H), f), np.zeros((0, H), f), np.zeros(4 * H, f), np.array(batch, np.intp),
+            np.zeros((rows, H), f), np.zeros((rows, 4 * H), f), np.zeros((rows, H), f),
+            np.zeros((0, H), f), True, T)
+
+    call([2, 1], 2)  # consistent
+    for batch, T in (([1, 2], 2), ([2, 2], 2), ([3], 1), ([2, 1], 3), ([2, 0, 1], 3)):
+        with pytest.raises(ValueError):
+            call(batch, T)
+
+
+def test_directions_run_side_by_side_on_half_the_threads(monkeypatch):
+    from fastlstm import _config
+    from fastlstm.functional import run_directions
+
+    monkeypatch.setenv("FASTLSTM_NUM_THREADS", "2")
+    seen = []
+
+    def task(k):
+        def run():
+            seen.append((k, threading.current_thread().name, _config.thread_share_now()))
+            return k
+        return run
+
+    assert run_directions(c_backend, [task(0), task(1)]) == [0, 1]
+    (_, first, share0), (_, second, share1) = sorted(seen)
+    assert first != second and share0 == share1 == 1
+    seen.clear()
+    monkeypatch.setenv("FASTLSTM_NUM_THREADS", "1")  # nothing to share: one after the other
+    assert run_directions(c_backend, [task(0), task(1)]) == [0, 1]
+    assert [s for _, _, s in seen] == [None, None] and seen[0][1] == seen[1][1]
+
+
+def test_a_failing_direction_raises_after_both_finish(monkeypatch):
+    from fastlstm.functional import run_directions
+
+    monkeypatch.setenv("FASTLSTM_NUM_THREADS", "2")
+    done = []
+
+    def fails():
+        raise ValueError("direction 1")
+
+    with pytest.raises(ValueError, match="direction 1"):
+        run_directions(c_backend, [lambda: done.append(0), fails])
+    assert done == [0]
+
+
+@pytest.mark.parametrize("proj_size", [0, 3])
+@pytest.mark.parametrize("nthreads", ["1", "2"])
+def test_bidirectional_layer_matches_reference(monkeypatch, nthreads, proj_size):
+    # two layers, variable lengths, both directions side by side with two threads
+    monkeypatch.setenv("FASTLSTM_NUM_THREADS", nthreads)
+    monkeypatch.setenv("FASTLSTM_MIN_PARALLEL_WORK", "0")
+    T, N, I, H = 6, 5, 4, 9
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((T, N, I)).astype(np.float32)
+    lengths = [6, 2, 0, 5, 1]
+    out = {}
+    for backend in ("c", REFERENCE):
+        m = fastlstm.LSTM(I, H, 2, bidirectional=True, proj_size=proj_size, backend=backend, seed=2)
+        y, (h, c) = m.forward(x, lengths=lengths, training=True)
+        dx, (dh0, dc0) = m.backward(np.ones_like(y), (np.ones_like(h), np.ones_like(c)))
+        out[backend] = {"y": y, "h": h, "c": c, "dx": dx, "dh0": dh0, "dc0": dc0,
+                        **{k: g.copy() for k, g in m.grads.items()}}
+    _assert_matches(out["c"], out[REFERENCE], np.float32, f"bidirectional-{nthreads}")
