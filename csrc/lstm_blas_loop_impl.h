@@ -24,6 +24,14 @@ static void FN(gemm)(const lstm_blas *blas, char ta, char tb, ptrdiff_t m, ptrdi
     blas->GEMM(&ta, &tb, &im, &in, &ik, &one, a, &la, b, &lb, &beta, c, &lc);
 }
 
+void FN(lstm_gemm)(const lstm_blas *blas, char ta, char tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                   const REAL *a, ptrdiff_t lda, const REAL *b, ptrdiff_t ldb, REAL beta, REAL *c,
+                   ptrdiff_t ldc)
+{
+    if (k <= 0 && beta == 1) return;
+    FN(gemm)(blas, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
+}
+
 /* y = op(A) x + beta y for column-major A [m, n], unit strides: the product
  * of a one-row step, which a GEMM would run as a matrix product of width 1. */
 static void FN(gemv)(const lstm_blas *blas, char ta, ptrdiff_t m, ptrdiff_t n, const REAL *a,

@@ -118,6 +118,11 @@ typedef enum {
  *   db [G] += the sum of the nparts rows of db_parts [nparts, G] when it is
  *   not NULL, else of dP's rows. K is H, or P with a projection.
  */
+/* lstm_gemm: BLAS's column-major C = op(A) op(B) + beta C with ptrdiff_t sizes
+ *   (each fits an int; nothing happens for an empty C or k = 0 with beta 1). */
+void lstm_gemm_f32(const lstm_blas *blas, char ta, char tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                   const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb, float beta,
+                   float *c, ptrdiff_t ldc);
 void lstm_add_product_f32(const lstm_blas *blas, ptrdiff_t rows, ptrdiff_t K, ptrdiff_t G,
                           ptrdiff_t c0, ptrdiff_t c1, const float *in, const float *W, float *P);
 void lstm_project_f32(const lstm_blas *blas, ptrdiff_t rows, ptrdiff_t I, ptrdiff_t G,

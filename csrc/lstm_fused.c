@@ -46,6 +46,18 @@ typedef struct {
                      const float *h_prev, const float *cs, const float *W_b, float *gates,
                      const float *dy, float *dh, float *dc, float *dx, float *dW_ih,
                      float *dW_hh, float *db);
+    void (*forward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdiff_t N,
+                         const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H, ptrdiff_t P,
+                         const float *x, const float *W_ih, const float *W_hh, const float *W_hr,
+                         const float *b, const float *h0, const float *c0, float *gates,
+                         int keep, float *y, float *cs, float *ms);
+    void (*backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdiff_t N,
+                          const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H, ptrdiff_t P,
+                          const float *x, const float *W_ih, const float *W_hh,
+                          const float *W_hr, const float *h0, const float *c0, const float *y,
+                          const float *h_prev, const float *cs, const float *ms, float *gates,
+                          const float *dy, float *dh, float *dc, float *dx, float *dW_ih,
+                          float *dW_hh, float *dW_hr, float *db, float *work);
     void (*step)(const lstm_blas *blas, int nthreads, ptrdiff_t L, ptrdiff_t N, ptrdiff_t I0,
                  ptrdiff_t H, const float *x, const float *const *W_ih, const float *const *W_hh,
                  const float *const *b, const float *h, const float *c, float *gates,
@@ -212,6 +224,33 @@ void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_r
     if (k && T > 0 && N > 0 && H > 0)
         k->backward(blas, nthreads, by_rows, T, N, batch, I, H, x, W_ih, h0, c0, y, h_prev, cs,
                     W_b, gates, dy, dh, dc, dx, dW_ih, dW_hh, db);
+}
+
+void lstm_fused_forward_proj(const lstm_blas *blas, int path, int nthreads, ptrdiff_t T,
+                             ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H,
+                             ptrdiff_t P, const float *x, const float *W_ih, const float *W_hh,
+                             const float *W_hr, const float *b, const float *h0, const float *c0,
+                             float *gates, int keep, float *y, float *cs, float *ms)
+{
+    const path_kernels *k = usable(path);
+    if (k && T > 0 && N > 0 && H > 0 && P > 0)
+        k->forward_proj(blas, nthreads, T, N, batch, I, H, P, x, W_ih, W_hh, W_hr, b, h0, c0,
+                        gates, keep, y, cs, ms);
+}
+
+void lstm_fused_backward_proj(const lstm_blas *blas, int path, int nthreads, ptrdiff_t T,
+                              ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H,
+                              ptrdiff_t P, const float *x, const float *W_ih, const float *W_hh,
+                              const float *W_hr, const float *h0, const float *c0,
+                              const float *y, const float *h_prev, const float *cs,
+                              const float *ms, float *gates, const float *dy, float *dh,
+                              float *dc, float *dx, float *dW_ih, float *dW_hh, float *dW_hr,
+                              float *db, float *work)
+{
+    const path_kernels *k = usable(path);
+    if (k && T > 0 && N > 0 && H > 0 && P > 0)
+        k->backward_proj(blas, nthreads, T, N, batch, I, H, P, x, W_ih, W_hh, W_hr, h0, c0, y,
+                         h_prev, cs, ms, gates, dy, dh, dc, dx, dW_ih, dW_hh, dW_hr, db, work);
 }
 
 /* Every other step call reads the weights in the opposite order: the rows it

@@ -113,6 +113,24 @@ void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_r
                          const float *W_b, float *gates, const float *dy, float *dh, float *dc,
                          float *dx, float *dW_ih, float *dW_hh, float *db);
 
+/* A layer with a projection (proj_size P, 0 < P < H): the arguments of the
+ * BLAS loop's lstm_blas_forward_f32 and lstm_blas_backward_f32
+ * (lstm_blas_loop.h), on nthreads threads with the gate math of `path`; each
+ * product is a BLAS call on its thread (no packing). */
+void lstm_fused_forward_proj(const lstm_blas *blas, int path, int nthreads, ptrdiff_t T,
+                             ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H,
+                             ptrdiff_t P, const float *x, const float *W_ih, const float *W_hh,
+                             const float *W_hr, const float *b, const float *h0, const float *c0,
+                             float *gates, int keep, float *y, float *cs, float *ms);
+void lstm_fused_backward_proj(const lstm_blas *blas, int path, int nthreads, ptrdiff_t T,
+                              ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H,
+                              ptrdiff_t P, const float *x, const float *W_ih, const float *W_hh,
+                              const float *W_hr, const float *h0, const float *c0,
+                              const float *y, const float *h_prev, const float *cs,
+                              const float *ms, float *gates, const float *dy, float *dh,
+                              float *dc, float *dx, float *dW_ih, float *dW_hh, float *dW_hr,
+                              float *db, float *work);
+
 /* One time step of an L-layer stack, for generation with a carried state.
  *   x:       [N, I0] IN
  *   W_ih[l]: [G, I_l] IN (I_0 = I0, I_l = H after), W_hh[l]: [G, H] IN,

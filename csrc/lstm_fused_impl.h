@@ -675,6 +675,122 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
     free(db_parts);
 }
 
+/* ---- projections (proj_size) ---------------------------------------------
+ * h_t = W_hr . m_t with m_t = o * tanh(c_t): the recurrent product runs on the
+ * P projected features. Each step is two phases with a barrier after each:
+ * every thread takes its hidden units (the recurrent product of their gate
+ * columns, a BLAS call on the thread, then their gate math in vectors), then
+ * its share of the P outputs (the projection). Backward mirrors it: the
+ * gradient reaching h_t (P features), then per unit dm = dh_t . W_hr and the
+ * gate math. Rows as in forward and backward (batch: packed steps). */
+static void FN(forward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdiff_t N,
+                             const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H, ptrdiff_t P,
+                             const float *x, const float *W_ih, const float *W_hh,
+                             const float *W_hr, const float *b, const float *h0, const float *c0,
+                             float *gates, int keep, float *y, float *cs, float *ms)
+{
+    const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H;
+    const ptrdiff_t rows = lstm_total_rows(batch, T, N);
+    LSTM_PARALLEL(nthreads)
+    {
+        const lstm_team me = lstm_team_join(blas);
+        const lstm_range pu = lstm_share(npanels, me), pp = lstm_share(P, me);
+        const ptrdiff_t u0 = pu.lo * VL, u1 = pu.hi * VL < H ? pu.hi * VL : H;
+        /* the input projection of every step, for this thread's units only:
+         * they are all that this thread reads of it */
+        for (int g = 0; g < 4; ++g)
+            lstm_project_f32(blas, rows, I, G, g * H + u0, g * H + u1, x, W_ih, b, gates);
+        ptrdiff_t off = 0, off_prev = 0;
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            const ptrdiff_t Nt = lstm_rows_at(batch, t, N);
+            const float *h_prev = t ? y + off_prev * P : h0;
+            const float *c_prev = t ? cs + off_prev * H : c0;
+            float *Pt = gates + off * G;
+            for (int g = 0; g < 4 && u1 > u0; ++g)
+                lstm_add_product_f32(blas, Nt, P, G, g * H + u0, g * H + u1, h_prev, W_hh, Pt);
+            for (ptrdiff_t n = 0; n < Nt; ++n)
+                for (ptrdiff_t j = u0; j < u1; j += VL) {
+                    const ptrdiff_t nv = u1 - j < VL ? u1 - j : VL;
+                    float *pre = Pt + n * G + j;
+                    const VF v[4] = {FN(loadn)(pre, nv), FN(loadn)(pre + H, nv),
+                                     FN(loadn)(pre + 2 * H, nv), FN(loadn)(pre + 3 * H, nv)};
+                    FN(cell)(v, NULL, c_prev + n * H + j, pre, keep, H, nv,
+                             cs + (off + n) * H + j, ms + (off + n) * H + j);
+                }
+            LSTM_BARRIER();
+            /* y[rows, p0:p1] = m[rows] . W_hr[p0:p1]^T */
+            lstm_gemm_f32(blas, 'T', 'N', pp.hi - pp.lo, Nt, H, W_hr + pp.lo * H, H,
+                          ms + off * H, H, 0.0f, y + off * P + pp.lo, P);
+            LSTM_BARRIER();
+            off_prev = off;
+            off += Nt;
+        }
+        lstm_team_leave(blas, me);
+    }
+}
+
+static void FN(backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdiff_t N,
+                              const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H, ptrdiff_t P,
+                              const float *x, const float *W_ih, const float *W_hh,
+                              const float *W_hr, const float *h0, const float *c0,
+                              const float *y, const float *h_prev, const float *cs,
+                              const float *ms, float *gates, const float *dy, float *dh,
+                              float *dc, float *dx, float *dW_ih, float *dW_hh, float *dW_hr,
+                              float *db, float *work)
+{
+    const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H;
+    const ptrdiff_t rows = lstm_total_rows(batch, T, N);
+    float *dhs = work, *dm = work + rows * P; /* dh_t [rows, P]; dm [N, H] */
+    LSTM_PARALLEL(nthreads)
+    {
+        const lstm_team me = lstm_team_join(blas);
+        const lstm_range pu = lstm_share(npanels, me), pp = lstm_share(P, me);
+        const ptrdiff_t u0 = pu.lo * VL, u1 = pu.hi * VL < H ? pu.hi * VL : H;
+        const ptrdiff_t p0 = pp.lo, p1 = pp.hi;
+        ptrdiff_t off = rows;
+        for (ptrdiff_t t = T - 1; t >= 0; --t) {
+            const ptrdiff_t Nt = lstm_rows_at(batch, t, N);
+            const ptrdiff_t Nnext = t + 1 < T ? lstm_rows_at(batch, t + 1, N) : 0;
+            const ptrdiff_t off_prev = t ? off - Nt - lstm_rows_at(batch, t - 1, N) : 0;
+            off -= Nt;
+            float *dht = dhs + off * P;
+            /* dh_t[:, p0:p1] = dy_t + (dP[t+1] . W_hh for rows that go on; dh_T for rows
+             * that end here) */
+            for (ptrdiff_t n = 0; n < Nt; ++n) {
+                const float *d = dy + (off + n) * P, *rec = dh + n * P;
+                for (ptrdiff_t q = p0; q < p1; ++q) dht[n * P + q] = n < Nnext ? d[q] : d[q] + rec[q];
+            }
+            lstm_gemm_f32(blas, 'N', 'N', p1 - p0, Nnext, G, W_hh + p0, P, gates + (off + Nt) * G,
+                          G, 1.0f, dht + p0, P);
+            LSTM_BARRIER();
+            /* dm[:, u0:u1] = dh_t . W_hr[:, u0:u1], then the gate math of these units */
+            lstm_gemm_f32(blas, 'N', 'N', u1 - u0, Nt, P, W_hr + u0, H, dht, P, 0.0f, dm + u0, H);
+            const float *c_prev = t ? cs + off_prev * H : c0;
+            VF unused[4] = {FN(splat)(0.0f), FN(splat)(0.0f), FN(splat)(0.0f), FN(splat)(0.0f)};
+            for (ptrdiff_t n = 0; n < Nt; ++n)
+                for (ptrdiff_t j = u0; j < u1; j += VL) {
+                    const ptrdiff_t nv = u1 - j < VL ? u1 - j : VL;
+                    FN(backward_gates)(H, nv, FN(splat)(0.0f), gates + (off + n) * G + j,
+                                       c_prev + n * H + j, cs + (off + n) * H + j, dm + n * H + j,
+                                       dc + n * H + j, unused);
+                }
+            LSTM_BARRIER();
+        }
+        /* dh_0 = dP[0] . W_hh for the rows that ran (the others keep dh_T) */
+        lstm_gemm_f32(blas, 'N', 'N', p1 - p0, lstm_rows_at(batch, 0, N), G, W_hh + p0, P, gates, G,
+                      0.0f, dh + p0, P);
+        const lstm_range g = lstm_share(G, me), r = lstm_share(rows, me);
+        lstm_backward_products_f32(blas, T, N, rows, I, H, P, g.lo, g.hi, r.lo, r.hi, x, W_ih, h0,
+                                   y, h_prev, gates, dx, dW_ih, dW_hh, db, NULL, 0);
+        /* dW_hr[p0:p1] += dh^T . m over every row */
+        const ptrdiff_t step = lstm_rows_per_call(H > P ? H : P);
+        for (ptrdiff_t a0 = 0; a0 < rows; a0 += step)
+            lstm_gemm_f32(blas, 'N', 'T', H, p1 - p0, rows - a0 < step ? rows - a0 : step,
+                          ms + a0 * H, H, dhs + a0 * P + p0, P, 1.0f, dW_hr + p0 * H, H);
+        lstm_team_leave(blas, me);
+    }
+}
+
 /* ---- one step of an L-layer stack (generation) ----------------------------
  * No packing (the weights may change between calls): the products go to the
  * caller's BLAS, each thread for its own hidden units, then the gate math of
@@ -740,7 +856,8 @@ static void FN(activations)(ptrdiff_t n, const float *x, float *sig, float *th)
 
 /* This path's entry in lstm_fused.c's table; cpu_has_<path> is defined there. */
 static const path_kernels FN(kernels) = {VL, BV * VL, FN(cpu_has), FN(pack_forward),
-                                         FN(pack_backward), FN(forward), FN(backward), FN(step),
+                                         FN(pack_backward), FN(forward), FN(backward),
+                                         FN(forward_proj), FN(backward_proj), FN(step),
                                          FN(activations)};
 
 #undef FWD_CASE

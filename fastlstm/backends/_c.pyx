@@ -98,6 +98,20 @@ cdef extern from "lstm_fused.h" nogil:
                              const float *y, const float *h_prev, const float *cs,
                              const float *W_b, float *gates, const float *dy, float *dh,
                              float *dc, float *dx, float *dW_ih, float *dW_hh, float *db)
+    void lstm_fused_forward_proj(const lstm_blas *blas, int path, int nthreads, Py_ssize_t T,
+                                 Py_ssize_t N, const Py_ssize_t *batch, Py_ssize_t I, Py_ssize_t H,
+                                 Py_ssize_t P, const float *x, const float *W_ih, const float *W_hh,
+                                 const float *W_hr, const float *b, const float *h0,
+                                 const float *c0, float *gates, int keep, float *y, float *cs,
+                                 float *ms)
+    void lstm_fused_backward_proj(const lstm_blas *blas, int path, int nthreads, Py_ssize_t T,
+                                  Py_ssize_t N, const Py_ssize_t *batch, Py_ssize_t I,
+                                  Py_ssize_t H, Py_ssize_t P, const float *x, const float *W_ih,
+                                  const float *W_hh, const float *W_hr, const float *h0,
+                                  const float *c0, const float *y, const float *h_prev,
+                                  const float *cs, const float *ms, float *gates, const float *dy,
+                                  float *dh, float *dc, float *dx, float *dW_ih, float *dW_hh,
+                                  float *dW_hr, float *db, float *work)
     void lstm_fused_step(const lstm_blas *blas, int path, int nthreads, Py_ssize_t L, Py_ssize_t N,
                          Py_ssize_t I0, Py_ssize_t H, const float *x, const float *const *W_ih,
                          const float *const *W_hh, const float *const *b, const float *h,
@@ -358,8 +372,8 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
     """The forward loop on packed rows (StepOrder): x [rows, I], y [rows, K],
     gates [rows, G], cs and ms [rows, H]; h0 [N, K], c0 [N, H] sorted; batch
     [T] rows per step, or empty for T*N rows in order. W_hr [P, H] (P = 0:
-    none). A projection runs on the BLAS loop, where it is one more product
-    per step; otherwise float32 takes the fused path."""
+    none). float32 takes its fused path (with a projection: lstm_fused_forward_proj,
+    the projection one more product per step), float64 the BLAS loop."""
     cdef Py_ssize_t rows = x.shape[0], I = x.shape[1], N = c0.shape[0], H = c0.shape[1]
     cdef Py_ssize_t P = W_hr.shape[0], K = P if P else H, G = 4 * H
     _check_all((("h0", h0, (N, K)), ("W_ih", W_ih, (G, I)), ("W_hh", W_hh, (G, K)),
@@ -372,11 +386,12 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
     cdef const Py_ssize_t *bp = &batch[0] if batch.shape[0] else NULL
     cdef const floating *whr = &W_hr[0, 0] if P else NULL
     cdef floating *msp = &ms[0, 0] if P else NULL
-    cdef int path = LSTM_PATH_BLAS if P else _fused_path(<floating>0), nthreads = 1, by_rows = 0
+    cdef int path = _fused_path(<floating>0), nthreads = 1, by_rows = 0
     cdef Py_ssize_t Ip = 0
     cdef float[::1] packed
     if path != LSTM_PATH_BLAS:
         nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
+    if path != LSTM_PATH_BLAS and P == 0:
         if I > 0 and _config.fuse_input(I, H, N, nthreads, _PANEL_ROW_BYTES):
             Ip = I
         packed = _aligned_floats(lstm_fused_forward_pack_size(path, Ip, H))
@@ -394,6 +409,10 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
             lstm_blas_forward_f32(&_BLAS, T, N, bp, I, H, P, &x[0, 0], &W_ih[0, 0], &W_hh[0, 0],
                                   whr, &b[0], &h0[0, 0], &c0[0, 0], &gates[0, 0], &y[0, 0],
                                   &cs[0, 0], msp)
+        elif P:
+            lstm_fused_forward_proj(&_BLAS, path, nthreads, T, N, bp, I, H, P, &x[0, 0],
+                                    &W_ih[0, 0], &W_hh[0, 0], whr, &b[0], &h0[0, 0], &c0[0, 0],
+                                    &gates[0, 0], keep, &y[0, 0], &cs[0, 0], msp)
         else:
             lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, bp, I, Ip, H, &x[0, 0],
                                &W_ih[0, 0], &b[0], &packed[0], &h0[0, 0], &c0[0, 0], &gates[0, 0],
@@ -430,12 +449,13 @@ def _backward_packed(const floating[:, ::1] x, const floating[:, ::1] h0,
     cdef const floating *whr = &W_hr[0, 0] if P else NULL
     cdef const floating *msp = &ms[0, 0] if P else NULL
     cdef floating *dwhr = &dW_hr[0, 0] if P else NULL
-    cdef int path = LSTM_PATH_BLAS if P else _fused_path(<floating>0), nthreads = 1, by_rows = 0
+    cdef int path = _fused_path(<floating>0), nthreads = 1, by_rows = 0
     cdef float[::1] packed
     work_array = np.empty(rows * P + N * H if P else 1, np.float32 if floating is float else np.float64)
     cdef floating[::1] work = work_array
     if path != LSTM_PATH_BLAS:
         nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
+    if path != LSTM_PATH_BLAS and P == 0:
         packed = _aligned_floats(lstm_fused_backward_pack_size(path, H))
         by_rows = _config.split_by_rows(4 * packed.shape[0], nthreads)
         if floating is float:
@@ -452,6 +472,12 @@ def _backward_packed(const floating[:, ::1] x, const floating[:, ::1] h0,
                                    whr, &h0[0, 0], &c0[0, 0], &y[0, 0], hp, &cs[0, 0], msp,
                                    &gates[0, 0], &dy[0, 0], &dh[0, 0], &dc[0, 0], &dx[0, 0],
                                    &dW_ih[0, 0], &dW_hh[0, 0], dwhr, &db[0], &work[0])
+        elif P:
+            lstm_fused_backward_proj(&_BLAS, path, nthreads, T, N, bp, I, H, P, &x[0, 0],
+                                     &W_ih[0, 0], &W_hh[0, 0], whr, &h0[0, 0], &c0[0, 0], &y[0, 0],
+                                     hp, &cs[0, 0], msp, &gates[0, 0], &dy[0, 0], &dh[0, 0],
+                                     &dc[0, 0], &dx[0, 0], &dW_ih[0, 0], &dW_hh[0, 0], dwhr,
+                                     &db[0], &work[0])
         else:
             lstm_fused_backward(&_BLAS, path, nthreads, by_rows, T, N, bp, I, H, &x[0, 0],
                                 &W_ih[0, 0], &h0[0, 0], &c0[0, 0], &y[0, 0], hp, &cs[0, 0],
