@@ -392,6 +392,46 @@ static void FN(forward_rows)(int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t nvalid, 
 
 /* Panel p holds, for k over [W_ih^T rows (Ip of them, 0 if not fused);
  * W_hh^T rows (H)], the 4 gates x VL units of that row. */
+#if VL == 16 && defined(FASTLSTM_X86_PATHS)
+/* dst[k * stride + u] = src[u * lds + k] for u < nrows (<= 16), k < ncols: a
+ * block of rows stored column by column, 16 x 16 at a time (lanes u >= nrows
+ * are left as they are). */
+static void FN(transpose_rows)(ptrdiff_t nrows, ptrdiff_t ncols, const float *src, ptrdiff_t lds,
+                               float *dst, ptrdiff_t stride)
+{
+    for (ptrdiff_t k0 = 0; k0 < ncols; k0 += 16) {
+        const ptrdiff_t nk = ncols - k0 < 16 ? ncols - k0 : 16;
+        const __mmask16 kmask = (__mmask16)((1u << nk) - 1u);
+        __m512 r[16], a[16], b[16];
+        for (int u = 0; u < 16; ++u)
+            r[u] = u < nrows ? _mm512_maskz_loadu_ps(kmask, src + u * lds + k0) : _mm512_setzero_ps();
+        for (int i = 0; i < 8; ++i) {
+            a[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            a[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        for (int i = 0; i < 4; ++i) {
+            b[4 * i + 0] = _mm512_shuffle_ps(a[4 * i + 0], a[4 * i + 2], 0x44);
+            b[4 * i + 1] = _mm512_shuffle_ps(a[4 * i + 0], a[4 * i + 2], 0xEE);
+            b[4 * i + 2] = _mm512_shuffle_ps(a[4 * i + 1], a[4 * i + 3], 0x44);
+            b[4 * i + 3] = _mm512_shuffle_ps(a[4 * i + 1], a[4 * i + 3], 0xEE);
+        }
+        /* b[4i + c] holds, in 128-bit lane L, column 4L + c of rows 4i..4i+3 */
+        const __mmask16 umask = (__mmask16)((1u << nrows) - 1u);
+        for (int c = 0; c < 4; ++c) {
+            const __m512 e0 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0x88);
+            const __m512 e1 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0xDD);
+            const __m512 f0 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0x88);
+            const __m512 f1 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0xDD);
+            const __m512 col[4] = {_mm512_shuffle_f32x4(e0, f0, 0x88), _mm512_shuffle_f32x4(e1, f1, 0x88),
+                                   _mm512_shuffle_f32x4(e0, f0, 0xDD), _mm512_shuffle_f32x4(e1, f1, 0xDD)};
+            for (int L = 0; L < 4; ++L)
+                if (4 * L + c < nk)
+                    _mm512_mask_storeu_ps(dst + (k0 + 4 * L + c) * stride, umask, col[L]);
+        }
+    }
+}
+#endif
+
 static void FN(pack_forward)(ptrdiff_t Ip, ptrdiff_t H, const float *W_ih, const float *W_hh,
                              float *W_f)
 {
@@ -401,6 +441,19 @@ static void FN(pack_forward)(ptrdiff_t Ip, ptrdiff_t H, const float *W_ih, const
      * (Faster than gathering a panel row from VL rows of W: AVX-512 gathers
      * are slow on AMD Zen, and a call at N = 1 spent a fifth of its time here.) */
     if (H % VL) memset(W_f + (npanels - 1) * K * stride, 0, (size_t)(K * stride) * sizeof(float));
+#if VL == 16 && defined(FASTLSTM_X86_PATHS)
+    /* 16 rows x 16 columns at a time, transposed in registers */
+    for (ptrdiff_t p = 0; p < npanels; ++p) {
+        const ptrdiff_t nv = H - p * VL < VL ? H - p * VL : VL;
+        for (int g = 0; g < 4; ++g) {
+            const ptrdiff_t j0 = g * H + p * VL;
+            float *dst = W_f + p * K * stride + g * VL;
+            if (Ip) FN(transpose_rows)(nv, Ip, W_ih + j0 * Ip, Ip, dst, stride);
+            FN(transpose_rows)(nv, H, W_hh + j0 * H, H, dst + Ip * stride, stride);
+        }
+    }
+    return;
+#endif
     for (ptrdiff_t p = 0; p < npanels; ++p)
         for (int g = 0; g < 4; ++g)
             for (ptrdiff_t u = 0; u < VL && p * VL + u < H; ++u) {
