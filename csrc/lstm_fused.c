@@ -33,27 +33,23 @@ typedef struct {
     ptrdiff_t lanes;          /* units per forward panel */
     ptrdiff_t backward_units; /* units per backward panel */
     int (*cpu_has)(void);
-    void (*pack_forward)(ptrdiff_t Ip, ptrdiff_t H, const float *W_ih, const float *W_hh,
-                         float *W_f);
-    void (*pack_backward)(ptrdiff_t H, const float *W_hh, float *W_b);
+    void (*pack_forward)(ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t R, const float *W_ih,
+                         const float *W_hh, float *W_f);
+    void (*pack_backward)(ptrdiff_t H, ptrdiff_t R, const float *W_hh, float *W_b);
     void (*forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T, ptrdiff_t N,
-                    const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, const float *x,
-                    const float *W_ih, const float *b, const float *W_f, const float *h0,
-                    const float *c0, float *gates, int keep, float *y, float *cs);
+                    const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t P,
+                    const float *x, const float *W_ih, const float *b, const float *W_f,
+                    const float *W_hr, const float *h0, const float *c0, float *gates, int keep,
+                    float *y, float *cs, float *ms);
     void (*backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T, ptrdiff_t N,
                      const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H, const float *x,
                      const float *W_ih, const float *h0, const float *c0, const float *y,
                      const float *h_prev, const float *cs, const float *W_b, float *gates,
                      const float *dy, float *dh, float *dc, float *dx, float *dW_ih,
                      float *dW_hh, float *db);
-    void (*forward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdiff_t N,
-                         const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H, ptrdiff_t P,
-                         const float *x, const float *W_ih, const float *W_hh, const float *W_hr,
-                         const float *b, const float *h0, const float *c0, float *gates,
-                         int keep, float *y, float *cs, float *ms);
     void (*backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdiff_t N,
                           const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H, ptrdiff_t P,
-                          const float *x, const float *W_ih, const float *W_hh,
+                          const float *x, const float *W_ih, const float *W_b,
                           const float *W_hr, const float *h0, const float *c0, const float *y,
                           const float *h_prev, const float *cs, const float *ms, float *gates,
                           const float *dy, float *dh, float *dc, float *dx, float *dW_ih,
@@ -176,41 +172,41 @@ static const path_kernels *usable(int path)
     return kernels_of(lstm_fused_path_supported(path) ? path : lstm_fused_best_path());
 }
 
-ptrdiff_t lstm_fused_forward_pack_size(int path, ptrdiff_t Ip, ptrdiff_t H)
+ptrdiff_t lstm_fused_forward_pack_size(int path, ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t R)
 {
     const path_kernels *k = usable(path);
-    return k ? (H + k->lanes - 1) / k->lanes * k->lanes * 4 * (Ip + H) : 0;
+    return k ? (H + k->lanes - 1) / k->lanes * k->lanes * 4 * (Ip + R) : 0;
 }
 
-ptrdiff_t lstm_fused_backward_pack_size(int path, ptrdiff_t H)
+ptrdiff_t lstm_fused_backward_pack_size(int path, ptrdiff_t H, ptrdiff_t R)
 {
     const path_kernels *k = usable(path);
-    return k ? (H + k->backward_units - 1) / k->backward_units * k->backward_units * 4 * H : 0;
+    return k ? (R + k->backward_units - 1) / k->backward_units * k->backward_units * 4 * H : 0;
 }
 
-void lstm_fused_pack_forward(int path, ptrdiff_t Ip, ptrdiff_t H, const float *W_ih,
+void lstm_fused_pack_forward(int path, ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t R, const float *W_ih,
                              const float *W_hh, float *W_f)
 {
     const path_kernels *k = usable(path);
-    if (k) k->pack_forward(Ip, H, W_ih, W_hh, W_f);
+    if (k) k->pack_forward(Ip, H, R, W_ih, W_hh, W_f);
 }
 
-void lstm_fused_pack_backward(int path, ptrdiff_t H, const float *W_hh, float *W_b)
+void lstm_fused_pack_backward(int path, ptrdiff_t H, ptrdiff_t R, const float *W_hh, float *W_b)
 {
     const path_kernels *k = usable(path);
-    if (k) k->pack_backward(H, W_hh, W_b);
+    if (k) k->pack_backward(H, R, W_hh, W_b);
 }
 
 void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows,
                         ptrdiff_t T, ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I,
-                        ptrdiff_t Ip, ptrdiff_t H, const float *x, const float *W_ih,
-                        const float *b, const float *W_f, const float *h0, const float *c0,
-                        float *gates, int keep, float *y, float *cs)
+                        ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t P, const float *x, const float *W_ih,
+                        const float *b, const float *W_f, const float *W_hr, const float *h0,
+                        const float *c0, float *gates, int keep, float *y, float *cs, float *ms)
 {
     const path_kernels *k = usable(path);
     if (k && T > 0 && N > 0 && H > 0)
-        k->forward(blas, nthreads, by_rows, T, N, batch, I, Ip, H, x, W_ih, b, W_f, h0, c0,
-                   gates, keep, y, cs);
+        k->forward(blas, nthreads, by_rows, T, N, batch, I, Ip, H, P, x, W_ih, b, W_f, W_hr, h0,
+                   c0, gates, keep, y, cs, ms);
 }
 
 void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows,
@@ -226,21 +222,9 @@ void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_r
                     W_b, gates, dy, dh, dc, dx, dW_ih, dW_hh, db);
 }
 
-void lstm_fused_forward_proj(const lstm_blas *blas, int path, int nthreads, ptrdiff_t T,
-                             ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H,
-                             ptrdiff_t P, const float *x, const float *W_ih, const float *W_hh,
-                             const float *W_hr, const float *b, const float *h0, const float *c0,
-                             float *gates, int keep, float *y, float *cs, float *ms)
-{
-    const path_kernels *k = usable(path);
-    if (k && T > 0 && N > 0 && H > 0 && P > 0)
-        k->forward_proj(blas, nthreads, T, N, batch, I, H, P, x, W_ih, W_hh, W_hr, b, h0, c0,
-                        gates, keep, y, cs, ms);
-}
-
 void lstm_fused_backward_proj(const lstm_blas *blas, int path, int nthreads, ptrdiff_t T,
                               ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H,
-                              ptrdiff_t P, const float *x, const float *W_ih, const float *W_hh,
+                              ptrdiff_t P, const float *x, const float *W_ih, const float *W_b,
                               const float *W_hr, const float *h0, const float *c0,
                               const float *y, const float *h_prev, const float *cs,
                               const float *ms, float *gates, const float *dy, float *dh,
@@ -249,7 +233,7 @@ void lstm_fused_backward_proj(const lstm_blas *blas, int path, int nthreads, ptr
 {
     const path_kernels *k = usable(path);
     if (k && T > 0 && N > 0 && H > 0 && P > 0)
-        k->backward_proj(blas, nthreads, T, N, batch, I, H, P, x, W_ih, W_hh, W_hr, h0, c0, y,
+        k->backward_proj(blas, nthreads, T, N, batch, I, H, P, x, W_ih, W_b, W_hr, h0, c0, y,
                          h_prev, cs, ms, gates, dy, dh, dc, dx, dW_ih, dW_hh, dW_hr, db, work);
 }
 

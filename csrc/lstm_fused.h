@@ -53,35 +53,41 @@ int lstm_fused_max_threads(void);
  * a streamed panel costs, for every path. */
 ptrdiff_t lstm_fused_panel_row_bytes(void);
 
-/* Floats needed by the forward pack (W_f) and the backward pack (W_b). */
-ptrdiff_t lstm_fused_forward_pack_size(int path, ptrdiff_t Ip, ptrdiff_t H);
-ptrdiff_t lstm_fused_backward_pack_size(int path, ptrdiff_t H);
+/* Floats needed by the forward pack (W_f; R = H, or P with a projection) and
+ * the backward pack (W_b). */
+ptrdiff_t lstm_fused_forward_pack_size(int path, ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t R);
+ptrdiff_t lstm_fused_backward_pack_size(int path, ptrdiff_t H, ptrdiff_t R);
 
-/* W_ih: [G, Ip] IN (unused when Ip = 0), W_hh: [G, H] IN.
- * W_f: [forward_pack_size(path, Ip, H)] OUT: [W_ih | W_hh]^T in panels of U
- * units x 4 gates, zero padded. Ip = I fuses the input projection into the
- * steps (worth it while both weights stay in cache); Ip = 0 packs W_hh only
- * and the projection is hoisted into one product over all steps. */
-void lstm_fused_pack_forward(int path, ptrdiff_t Ip, ptrdiff_t H, const float *W_ih,
+/* W_ih: [G, Ip] IN (unused when Ip = 0), W_hh: [G, R] IN (R = H, or P with
+ * a projection). W_f: [forward_pack_size(path, Ip, H, R)] OUT:
+ * [W_ih | W_hh]^T in panels of U units x 4 gates, zero padded. Ip = I fuses
+ * the input projection into the steps (worth it while both weights stay in
+ * cache); Ip = 0 packs W_hh only and the projection is hoisted into one
+ * product over all steps. */
+void lstm_fused_pack_forward(int path, ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t R, const float *W_ih,
                              const float *W_hh, float *W_f);
-/* W_hh: [G, H] IN.  W_b: [backward_pack_size] OUT, W_hh in panels of 4U
- * units on AVX-512 and 2U on the other paths, zero padded. */
-void lstm_fused_pack_backward(int path, ptrdiff_t H, const float *W_hh, float *W_b);
+/* W_hh: [G, R] IN (R = H, or P with a projection).  W_b:
+ * [backward_pack_size(path, H, R)] OUT, the R columns of W_hh in panels of 4U
+ * on AVX-512 and 2U on the other paths, zero padded. */
+void lstm_fused_pack_backward(int path, ptrdiff_t H, ptrdiff_t R, const float *W_hh, float *W_b);
 
 /* Forward pass of one layer, input projection included.
  *   batch: [T] or NULL  rows per step with variable lengths (lstm_common.h:
- *                       x, gates, y and cs are then packed, `rows` rows in
+ *                       x, gates, y, cs and ms are then packed, `rows` rows in
  *                       all instead of T*N, and h0, c0 sorted as batch says)
+ *   P:     0, or the projection size (0 < P < H); K = P, or H without one
  *   x:     [rows, I] IN
  *   W_ih:  [G, I] IN
  *   b:     [G] IN         b_ih + b_hh
  *   Ip:    0 or I, as given to lstm_fused_pack_forward
- *   W_f:   packed weights (lstm_fused_pack_forward, same path and Ip) IN
- *   h0,c0: [N, H] IN
+ *   W_f:   packed weights (lstm_fused_pack_forward, same path, Ip and R = K) IN
+ *   W_hr:  [P, H] IN (NULL when P = 0)
+ *   h0:    [N, K] IN, c0: [N, H] IN
  *   gates: [rows, G] OUT   activated gates (kept for backward); with keep = 0
  *                          (inference: no backward follows) only scratch
- *   y:     [rows, H] OUT   h_t
+ *   y:     [rows, K] OUT   h_t
  *   cs:    [rows, H] OUT   c_t
+ *   ms:    [rows, H] OUT   o * tanh(c_t), projected into h_t (only with P)
  * blas: lstm_blas_loop.h. Every size must fit an int for BLAS except T*N,
  * which is cut into chunks. nthreads <= 1 runs single-threaded. by_rows: the threads split each step
  * by batch rows (each reads all of W_f, and only the h rows it wrote itself)
@@ -89,9 +95,9 @@ void lstm_fused_pack_backward(int path, ptrdiff_t H, const float *W_hh, float *W
  */
 void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows,
                         ptrdiff_t T, ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I,
-                        ptrdiff_t Ip, ptrdiff_t H, const float *x, const float *W_ih,
-                        const float *b, const float *W_f, const float *h0, const float *c0,
-                        float *gates, int keep, float *y, float *cs);
+                        ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t P, const float *x, const float *W_ih,
+                        const float *b, const float *W_f, const float *W_hr, const float *h0,
+                        const float *c0, float *gates, int keep, float *y, float *cs, float *ms);
 
 /* Backward pass of one layer.
  *   batch, x, W_ih, h0, c0, y, cs   IN  as in the forward pass
@@ -113,18 +119,13 @@ void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_r
                          const float *W_b, float *gates, const float *dy, float *dh, float *dc,
                          float *dx, float *dW_ih, float *dW_hh, float *db);
 
-/* A layer with a projection (proj_size P, 0 < P < H): the arguments of the
- * BLAS loop's lstm_blas_forward_f32 and lstm_blas_backward_f32
- * (lstm_blas_loop.h), on nthreads threads with the gate math of `path`; each
- * product is a BLAS call on its thread (no packing). */
-void lstm_fused_forward_proj(const lstm_blas *blas, int path, int nthreads, ptrdiff_t T,
-                             ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H,
-                             ptrdiff_t P, const float *x, const float *W_ih, const float *W_hh,
-                             const float *W_hr, const float *b, const float *h0, const float *c0,
-                             float *gates, int keep, float *y, float *cs, float *ms);
+/* Backward of a layer with a projection (proj_size P, 0 < P < H): the
+ * arguments of the BLAS loop's lstm_blas_backward_f32 (lstm_blas_loop.h) with
+ * W_b (lstm_fused_pack_backward with R = P, same path) for W_hh, on nthreads
+ * threads with the kernels of `path`. */
 void lstm_fused_backward_proj(const lstm_blas *blas, int path, int nthreads, ptrdiff_t T,
                               ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H,
-                              ptrdiff_t P, const float *x, const float *W_ih, const float *W_hh,
+                              ptrdiff_t P, const float *x, const float *W_ih, const float *W_b,
                               const float *W_hr, const float *h0, const float *c0,
                               const float *y, const float *h_prev, const float *cs,
                               const float *ms, float *gates, const float *dy, float *dh,

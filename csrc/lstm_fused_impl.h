@@ -316,7 +316,7 @@ INLINE FN(work) FN(work_item)(ptrdiff_t w, int by_rows, ptrdiff_t N, ptrdiff_t n
  * registers and written out, unless keep is 0 (an inference pass keeps
  * nothing for backward, and saves the stores and the cache lines they would
  * take from the weights). */
-INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t nvalid,
+INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t KR, ptrdiff_t nvalid,
                               const float *Wp, const float *x_rows, const float *bias,
                               const float *h_prev, const float *c_prev, float *gates,
                               int keep, float *c, float *h, const char *pf)
@@ -327,7 +327,7 @@ INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t n
     for (int r = 0; r < R; ++r)
         acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = FN(splat)(0.0f);
     const float *src = x_rows ? x_rows : h_prev;
-    ptrdiff_t K = x_rows ? I : H;
+    ptrdiff_t K = x_rows ? I : KR;
     for (int part = 0; part < (x_rows ? 2 : 1); ++part) {
         for (ptrdiff_t k = 0; k < K; ++k, pf += 64) {
             const float *w = Wp + k * 4 * VL;
@@ -345,7 +345,7 @@ INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t n
         }
         Wp += K * 4 * VL;
         src = h_prev;
-        K = H;
+        K = KR;
     }
     VF add[4];
     if (x_rows) {
@@ -369,11 +369,11 @@ INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t n
 
 #define FWD_CASE(R_)                                                                        \
     case R_:                                                                                \
-        FN(forward_block)(R_, H, I, nvalid, Wp, x_rows, bias, h_prev, c_prev, gates, keep, c, h, \
+        FN(forward_block)(R_, H, I, KR, nvalid, Wp, x_rows, bias, h_prev, c_prev, gates, keep, c, h, \
                           pf);                                                              \
         break;
 
-static void FN(forward_rows)(int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t nvalid, const float *Wp,
+static void FN(forward_rows)(int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t KR, ptrdiff_t nvalid, const float *Wp,
                              const float *x_rows, const float *bias, const float *h_prev,
                              const float *c_prev, float *gates, int keep, float *c, float *h,
                              const char *pf)
@@ -432,10 +432,10 @@ static void FN(transpose_rows)(ptrdiff_t nrows, ptrdiff_t ncols, const float *sr
 }
 #endif
 
-static void FN(pack_forward)(ptrdiff_t Ip, ptrdiff_t H, const float *W_ih, const float *W_hh,
-                             float *W_f)
+static void FN(pack_forward)(ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t R, const float *W_ih,
+                             const float *W_hh, float *W_f)
 {
-    const ptrdiff_t npanels = (H + VL - 1) / VL, K = Ip + H, stride = 4 * VL;
+    const ptrdiff_t npanels = (H + VL - 1) / VL, K = Ip + R, stride = 4 * VL;
     /* Row by row of W_ih and W_hh (contiguous reads): a row's values go to one
      * lane of the panel rows, 4 * VL floats apart; lanes past H stay zero.
      * (Faster than gathering a panel row from VL rows of W: AVX-512 gathers
@@ -449,7 +449,7 @@ static void FN(pack_forward)(ptrdiff_t Ip, ptrdiff_t H, const float *W_ih, const
             const ptrdiff_t j0 = g * H + p * VL;
             float *dst = W_f + p * K * stride + g * VL;
             if (Ip) FN(transpose_rows)(nv, Ip, W_ih + j0 * Ip, Ip, dst, stride);
-            FN(transpose_rows)(nv, H, W_hh + j0 * H, H, dst + Ip * stride, stride);
+            FN(transpose_rows)(nv, R, W_hh + j0 * R, R, dst + Ip * stride, stride);
         }
     }
     return;
@@ -459,24 +459,28 @@ static void FN(pack_forward)(ptrdiff_t Ip, ptrdiff_t H, const float *W_ih, const
             for (ptrdiff_t u = 0; u < VL && p * VL + u < H; ++u) {
                 const ptrdiff_t j = g * H + p * VL + u;
                 float *dst = W_f + p * K * stride + g * VL + u;
-                const float *a = Ip ? W_ih + j * Ip : NULL, *w = W_hh + j * H;
+                const float *a = Ip ? W_ih + j * Ip : NULL, *w = W_hh + j * R;
                 for (ptrdiff_t k = 0; k < Ip; ++k) dst[k * stride] = a[k];
                 dst += Ip * stride;
-                for (ptrdiff_t k = 0; k < H; ++k) dst[k * stride] = w[k];
+                for (ptrdiff_t k = 0; k < R; ++k) dst[k * stride] = w[k];
             }
 }
 
 static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T,
                         ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t Ip,
-                        ptrdiff_t H, const float *x, const float *W_ih, const float *b,
-                        const float *W_f, const float *h0, const float *c0, float *gates,
-                        int keep, float *y, float *cs)
+                        ptrdiff_t H, ptrdiff_t P, const float *x, const float *W_ih,
+                        const float *b, const float *W_f, const float *W_hr, const float *h0,
+                        const float *c0, float *gates, int keep, float *y, float *cs, float *ms)
 {
-    const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H, K = Ip + H;
+    /* KR: the width of h (P with a projection, whose cell output m goes to ms
+     * and h = m . W_hr^T is one more product, after a barrier) */
+    const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H, KR = P ? P : H, K = Ip + KR;
     const ptrdiff_t rows = lstm_total_rows(batch, T, N);
+    float *m = P ? ms : y;
     LSTM_PARALLEL(nthreads)
     {
         const lstm_team me = lstm_team_join(blas);
+        const lstm_range pp = lstm_share(P, me);
         if (!Ip) {
             /* Hoisted projection for every step at once, split by units. */
             const lstm_range p = lstm_share(npanels, me);
@@ -494,19 +498,25 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
             const lstm_range mine = lstm_share(nitems, me);
             const ptrdiff_t w0 = mine.lo, w1 = mine.hi;
             const ptrdiff_t pfirst = w0 / nblocks, plast = w1 > w0 ? (w1 - 1) / nblocks : pfirst;
-            const float *h_prev = t ? y + off_prev * H : h0;
+            const float *h_prev = t ? y + off_prev * KR : h0;
             const float *c_prev = t ? cs + off_prev * H : c0;
             for (ptrdiff_t w = w0; w < w1; ++w) {
                 const FN(work) it = FN(work_item)(w, by_rows, Nt, nblocks, npanels, pfirst, plast,
                                                    W_f, K * 4 * VL, K);
                 const ptrdiff_t j0 = it.p * VL, n0 = it.n0, r0 = off + it.n0;
                 const ptrdiff_t nvalid = H - j0 < VL ? H - j0 : VL;
-                FN(forward_rows)((int)(it.n1 - n0), H, Ip, nvalid, W_f + it.p * K * 4 * VL,
-                                 Ip ? x + r0 * Ip : NULL, b + j0, h_prev + n0 * H,
+                FN(forward_rows)((int)(it.n1 - n0), H, Ip, KR, nvalid, W_f + it.p * K * 4 * VL,
+                                 Ip ? x + r0 * Ip : NULL, b + j0, h_prev + n0 * KR,
                                  c_prev + n0 * H + j0, gates + r0 * G + j0, keep,
-                                 cs + r0 * H + j0, y + r0 * H + j0, it.pf);
+                                 cs + r0 * H + j0, m + r0 * H + j0, it.pf);
             }
             LSTM_BARRIER();
+            if (P) {
+                /* y[rows, p0:p1] = m[rows] . W_hr[p0:p1]^T */
+                lstm_gemm_f32(blas, 'T', 'N', pp.hi - pp.lo, Nt, H, W_hr + pp.lo * H, H,
+                              ms + off * H, H, 0.0f, y + off * P + pp.lo, P);
+                LSTM_BARRIER();
+            }
             off_prev = off;
             off += Nt;
         }
@@ -546,7 +556,8 @@ INLINE void FN(backward_gates)(ptrdiff_t H, ptrdiff_t n, VF dh_rec, float *gr,
 INLINE void FN(backward_block)(const int R, lstm_bwd_mode mode, ptrdiff_t H, ptrdiff_t nvalid,
                                const float *Wp, const float *dP_next, float *gates,
                                const float *c_prev, const float *c, const float *dy,
-                               float *dh, float *dc, float *db_part, const char *pf)
+                               float *dh, ptrdiff_t ldh, float *dc, float *db_part,
+                               const char *pf)
 {
     const ptrdiff_t G = 4 * H;
     ptrdiff_t nv[BV];
@@ -566,7 +577,7 @@ INLINE void FN(backward_block)(const int R, lstm_bwd_mode mode, ptrdiff_t H, ptr
         for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
             for (int v = 0; v < BV; ++v)
-                acc[r][v] = FN(loadn)(dh + r * H + v * VL, nv[v]);
+                acc[r][v] = FN(loadn)(dh + r * ldh + v * VL, nv[v]);
     } else {
         for (ptrdiff_t k = 0; k < G; ++k, pf += 64) {
             const float *w = Wp + k * BV * VL;
@@ -592,7 +603,7 @@ INLINE void FN(backward_block)(const int R, lstm_bwd_mode mode, ptrdiff_t H, ptr
         for (int r = 0; r < R; ++r) {
             const ptrdiff_t off = r * H + v * VL;
             if (mode == LSTM_BWD_DH0)
-                FN(storen)(dh + off, acc[r][v], nv[v]);
+                FN(storen)(dh + r * ldh + v * VL, acc[r][v], nv[v]);
             else
                 FN(backward_gates)(H, nv[v], acc[r][v], gates + r * G + v * VL, c_prev + off,
                                    c + off, dy + off, dc + off, sum);
@@ -608,16 +619,16 @@ INLINE void FN(backward_block)(const int R, lstm_bwd_mode mode, ptrdiff_t H, ptr
 
 #define BWD_CASE(R_)                                                                     \
     case R_:                                                                             \
-        FN(backward_block)(R_, mode, H, nvalid, Wp, dP_next, gates, c_prev, c, dy, dh, dc,  \
-                           db_part, pf);                                                 \
+        FN(backward_block)(R_, mode, H, nvalid, Wp, dP_next, gates, c_prev, c, dy, dh, ldh, \
+                           dc, db_part, pf);                                             \
         break;
 
 _Static_assert(RB == 6, "backward_rows has cases for 1..6 rows");
 
 static void FN(backward_rows)(int R, lstm_bwd_mode mode, ptrdiff_t H, ptrdiff_t nvalid, const float *Wp,
                               const float *dP_next, float *gates, const float *c_prev,
-                              const float *c, const float *dy, float *dh, float *dc,
-                              float *db_part, const char *pf)
+                              const float *c, const float *dy, float *dh, ptrdiff_t ldh,
+                              float *dc, float *db_part, const char *pf)
 {
     switch (R) {
     BWD_CASE(1) BWD_CASE(2) BWD_CASE(3) BWD_CASE(4) BWD_CASE(5) BWD_CASE(6)
@@ -625,14 +636,16 @@ static void FN(backward_rows)(int R, lstm_bwd_mode mode, ptrdiff_t H, ptrdiff_t 
     }
 }
 
-static void FN(pack_backward)(ptrdiff_t H, const float *W_hh, float *W_b)
+/* W_hh [G, R] (R = H, or P with a projection) in panels of BV * VL of its R
+ * columns, each panel all G rows. */
+static void FN(pack_backward)(ptrdiff_t H, ptrdiff_t R, const float *W_hh, float *W_b)
 {
-    const ptrdiff_t npanels = (H + BV * VL - 1) / (BV * VL), G = 4 * H;
+    const ptrdiff_t npanels = (R + BV * VL - 1) / (BV * VL), G = 4 * H;
     for (ptrdiff_t p = 0; p < npanels; ++p)
         for (ptrdiff_t k = 0; k < G; ++k)
             for (int u = 0; u < BV * VL; ++u) {
                 ptrdiff_t j = p * BV * VL + u;
-                W_b[(p * G + k) * BV * VL + u] = j < H ? W_hh[k * H + j] : 0.0f;
+                W_b[(p * G + k) * BV * VL + u] = j < R ? W_hh[k * R + j] : 0.0f;
             }
 }
 
@@ -649,13 +662,14 @@ static void FN(backward_split)(lstm_bwd_mode mode, ptrdiff_t n0, ptrdiff_t n1, p
     const ptrdiff_t cut = mode != LSTM_BWD_STEP ? n0 : Nnext < n0 ? n0 : Nnext > n1 ? n1 : Nnext;
     if (cut > n0)
         FN(backward_rows)((int)(cut - n0), LSTM_BWD_STEP, H, nvalid, Wp, dP_next, gates, c_prev, c,
-                          dy, dh, dc, db_part, pf);
+                          dy, dh, H, dc, db_part, pf);
     if (n1 > cut) {
         const ptrdiff_t k = cut - n0;
         FN(backward_rows)((int)(n1 - cut), mode == LSTM_BWD_STEP ? LSTM_BWD_LAST : mode, H, nvalid,
                           Wp, dP_next ? dP_next + k * G : NULL, gates + k * G,
                           c_prev ? c_prev + k * H : NULL, c ? c + k * H : NULL,
-                          dy ? dy + k * H : NULL, dh + k * H, dc ? dc + k * H : NULL, db_part, pf);
+                          dy ? dy + k * H : NULL, dh + k * H, H, dc ? dc + k * H : NULL, db_part,
+                          pf);
     }
 }
 
@@ -714,8 +728,8 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
             const ptrdiff_t j0 = it.p * PW, n0 = it.n0;
             const ptrdiff_t nvalid = H - j0 < PW ? H - j0 : PW;
             FN(backward_rows)((int)(it.n1 - n0), LSTM_BWD_DH0, H, nvalid, W_b + it.p * G * PW,
-                              gates + n0 * G, NULL, NULL, NULL, NULL, dh + n0 * H + j0, NULL, NULL,
-                              it.pf);
+                              gates + n0 * G, NULL, NULL, NULL, NULL, dh + n0 * H + j0, H, NULL,
+                              NULL, it.pf);
         }
         /* The all-steps products need every column of dP: wait for all. */
         LSTM_BARRIER();
@@ -728,68 +742,41 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
     free(db_parts);
 }
 
-/* ---- projections (proj_size) ---------------------------------------------
- * h_t = W_hr . m_t with m_t = o * tanh(c_t): the recurrent product runs on the
- * P projected features. Each step is two phases with a barrier after each:
- * every thread takes its hidden units (the recurrent product of their gate
- * columns, a BLAS call on the thread, then their gate math in vectors), then
- * its share of the P outputs (the projection). Backward mirrors it: the
- * gradient reaching h_t (P features), then per unit dm = dh_t . W_hr and the
- * gate math. Rows as in forward and backward (batch: packed steps). */
-static void FN(forward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdiff_t N,
-                             const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H, ptrdiff_t P,
-                             const float *x, const float *W_ih, const float *W_hh,
-                             const float *W_hr, const float *b, const float *h0, const float *c0,
-                             float *gates, int keep, float *y, float *cs, float *ms)
+/* ---- backward with a projection (proj_size) ---------------------------------
+ * h_t = W_hr . m_t with m_t = o * tanh(c_t) (forward: FN(forward) with P). Each
+ * step is two phases with a barrier after each: every thread takes its share
+ * of the P features of the gradient reaching h_t (dy_t + dP[t+1] . W_hh, a
+ * BLAS call on the thread), then its hidden units: dm = dh_t . W_hr for them
+ * and their gate math in vectors. Rows as in backward (batch: packed steps). */
+/* dh [rows n0..n1 of a step, P] = dP [those rows, G] . W_hh [G, P] (packed in
+ * W_b by lstm_fused_pack_backward with R = P), for every (P panel, row block)
+ * item of this thread among npp * ceil(n / RB) (n1 - n0 = n rows). */
+static void FN(proj_dh)(lstm_team me, ptrdiff_t n, ptrdiff_t H, ptrdiff_t P, const float *W_b,
+                        const float *dP, float *dh)
 {
-    const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H;
-    const ptrdiff_t rows = lstm_total_rows(batch, T, N);
-    LSTM_PARALLEL(nthreads)
-    {
-        const lstm_team me = lstm_team_join(blas);
-        const lstm_range pu = lstm_share(npanels, me), pp = lstm_share(P, me);
-        const ptrdiff_t u0 = pu.lo * VL, u1 = pu.hi * VL < H ? pu.hi * VL : H;
-        /* the input projection of every step, for this thread's units only:
-         * they are all that this thread reads of it */
-        for (int g = 0; g < 4; ++g)
-            lstm_project_f32(blas, rows, I, G, g * H + u0, g * H + u1, x, W_ih, b, gates);
-        ptrdiff_t off = 0, off_prev = 0;
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            const ptrdiff_t Nt = lstm_rows_at(batch, t, N);
-            const float *h_prev = t ? y + off_prev * P : h0;
-            const float *c_prev = t ? cs + off_prev * H : c0;
-            float *Pt = gates + off * G;
-            for (int g = 0; g < 4 && u1 > u0; ++g)
-                lstm_add_product_f32(blas, Nt, P, G, g * H + u0, g * H + u1, h_prev, W_hh, Pt);
-            for (ptrdiff_t n = 0; n < Nt; ++n)
-                for (ptrdiff_t j = u0; j < u1; j += VL) {
-                    const ptrdiff_t nv = u1 - j < VL ? u1 - j : VL;
-                    float *pre = Pt + n * G + j;
-                    const VF v[4] = {FN(loadn)(pre, nv), FN(loadn)(pre + H, nv),
-                                     FN(loadn)(pre + 2 * H, nv), FN(loadn)(pre + 3 * H, nv)};
-                    FN(cell)(v, NULL, c_prev + n * H + j, pre, keep, H, nv,
-                             cs + (off + n) * H + j, ms + (off + n) * H + j);
-                }
-            LSTM_BARRIER();
-            /* y[rows, p0:p1] = m[rows] . W_hr[p0:p1]^T */
-            lstm_gemm_f32(blas, 'T', 'N', pp.hi - pp.lo, Nt, H, W_hr + pp.lo * H, H,
-                          ms + off * H, H, 0.0f, y + off * P + pp.lo, P);
-            LSTM_BARRIER();
-            off_prev = off;
-            off += Nt;
-        }
-        lstm_team_leave(blas, me);
+    const ptrdiff_t G = 4 * H, PW = BV * VL, npp = (P + PW - 1) / PW;
+    const ptrdiff_t nblocks = (n + RB - 1) / RB, nitems = npp * nblocks;
+    const lstm_range mine = lstm_share(nitems, me);
+    const ptrdiff_t w0 = mine.lo, w1 = mine.hi;
+    const ptrdiff_t pfirst = nblocks ? w0 / nblocks : 0;
+    const ptrdiff_t plast = w1 > w0 ? (w1 - 1) / nblocks : pfirst;
+    for (ptrdiff_t w = w0; w < w1; ++w) {
+        const FN(work) it = FN(work_item)(w, 0, n, nblocks, npp, pfirst, plast, W_b, G * PW, G);
+        const ptrdiff_t j0 = it.p * PW, nvalid = P - j0 < PW ? P - j0 : PW;
+        FN(backward_rows)((int)(it.n1 - it.n0), LSTM_BWD_DH0, H, nvalid, W_b + it.p * G * PW,
+                          dP + it.n0 * G, NULL, NULL, NULL, NULL, dh + it.n0 * P + j0, P, NULL,
+                          NULL, it.pf);
     }
 }
 
 static void FN(backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdiff_t N,
                               const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H, ptrdiff_t P,
-                              const float *x, const float *W_ih, const float *W_hh,
-                              const float *W_hr, const float *h0, const float *c0,
-                              const float *y, const float *h_prev, const float *cs,
-                              const float *ms, float *gates, const float *dy, float *dh,
-                              float *dc, float *dx, float *dW_ih, float *dW_hh, float *dW_hr,
-                              float *db, float *work)
+                              const float *x, const float *W_ih, const float *W_b,
+                              const float *W_hr, const float *h0,
+                              const float *c0, const float *y, const float *h_prev,
+                              const float *cs, const float *ms, float *gates, const float *dy,
+                              float *dh, float *dc, float *dx, float *dW_ih, float *dW_hh,
+                              float *dW_hr, float *db, float *work)
 {
     const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H;
     const ptrdiff_t rows = lstm_total_rows(batch, T, N);
@@ -807,14 +794,14 @@ static void FN(backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, 
             const ptrdiff_t off_prev = t ? off - Nt - lstm_rows_at(batch, t - 1, N) : 0;
             off -= Nt;
             float *dht = dhs + off * P;
-            /* dh_t[:, p0:p1] = dy_t + (dP[t+1] . W_hh for rows that go on; dh_T for rows
-             * that end here) */
+            /* dh_t = dP[t+1] . W_hh for the rows that go on, then + dy_t; rows that
+             * end here start from dh_T */
+            FN(proj_dh)(me, Nnext, H, P, W_b, gates + (off + Nt) * G, dht);
+            LSTM_BARRIER();
             for (ptrdiff_t n = 0; n < Nt; ++n) {
-                const float *d = dy + (off + n) * P, *rec = dh + n * P;
-                for (ptrdiff_t q = p0; q < p1; ++q) dht[n * P + q] = n < Nnext ? d[q] : d[q] + rec[q];
+                const float *d = dy + (off + n) * P, *rec = n < Nnext ? dht + n * P : dh + n * P;
+                for (ptrdiff_t q = p0; q < p1; ++q) dht[n * P + q] = d[q] + rec[q];
             }
-            lstm_gemm_f32(blas, 'N', 'N', p1 - p0, Nnext, G, W_hh + p0, P, gates + (off + Nt) * G,
-                          G, 1.0f, dht + p0, P);
             LSTM_BARRIER();
             /* dm[:, u0:u1] = dh_t . W_hr[:, u0:u1], then the gate math of these units */
             lstm_gemm_f32(blas, 'N', 'N', u1 - u0, Nt, P, W_hr + u0, H, dht, P, 0.0f, dm + u0, H);
@@ -830,8 +817,7 @@ static void FN(backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, 
             LSTM_BARRIER();
         }
         /* dh_0 = dP[0] . W_hh for the rows that ran (the others keep dh_T) */
-        lstm_gemm_f32(blas, 'N', 'N', p1 - p0, lstm_rows_at(batch, 0, N), G, W_hh + p0, P, gates, G,
-                      0.0f, dh + p0, P);
+        FN(proj_dh)(me, lstm_rows_at(batch, 0, N), H, P, W_b, gates, dh);
         const lstm_range g = lstm_share(G, me), r = lstm_share(rows, me);
         lstm_backward_products_f32(blas, T, N, rows, I, H, P, g.lo, g.hi, r.lo, r.hi, x, W_ih, h0,
                                    y, h_prev, gates, dx, dW_ih, dW_hh, db, NULL, 0);
@@ -910,7 +896,7 @@ static void FN(activations)(ptrdiff_t n, const float *x, float *sig, float *th)
 /* This path's entry in lstm_fused.c's table; cpu_has_<path> is defined there. */
 static const path_kernels FN(kernels) = {VL, BV * VL, FN(cpu_has), FN(pack_forward),
                                          FN(pack_backward), FN(forward), FN(backward),
-                                         FN(forward_proj), FN(backward_proj), FN(step),
+                                         FN(backward_proj), FN(step),
                                          FN(activations)};
 
 #undef FWD_CASE

@@ -170,11 +170,12 @@ FUSE_STREAM_MIN_ROWS = 19
 FUSE_STREAM_FRACTION = 0.8
 
 
-def fuse_input(I, H, N, nthreads, panel_row_bytes):
+def fuse_input(I, H, N, nthreads, panel_row_bytes, R=None):
     """Whether the C kernels fuse x_t . W_ih^T into each step (see above).
 
     ``panel_row_bytes``: bytes per k-row of a packed forward panel, from the C
     kernels (``lstm_fused_panel_row_bytes``), for the streamed-panel estimate.
+    ``R``: the width of the recurrent state (P with a projection; H by default).
     """
     mode = env_choice(FUSE_INPUT_ENV, ("auto", "always", "never"), "auto")
     if mode != "auto":
@@ -182,7 +183,7 @@ def fuse_input(I, H, N, nthreads, panel_row_bytes):
     if N < FUSE_MIN_ROWS:
         return False
     limit = env_int(FUSE_INPUT_BYTES_ENV, FUSE_INPUT_BYTES)
-    K = I + H
+    K = I + (H if R is None else R)
     if 4 * H * K * 4 / max(1, nthreads) <= limit:
         return True
     streamed = 2 * K * panel_row_bytes + N * K * 4

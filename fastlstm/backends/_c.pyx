@@ -82,32 +82,28 @@ cdef extern from "lstm_fused.h" nogil:
     const char *lstm_fused_path_name(int path)
     int lstm_fused_max_threads()
     Py_ssize_t lstm_fused_panel_row_bytes()
-    Py_ssize_t lstm_fused_forward_pack_size(int path, Py_ssize_t Ip, Py_ssize_t H)
-    Py_ssize_t lstm_fused_backward_pack_size(int path, Py_ssize_t H)
-    void lstm_fused_pack_forward(int path, Py_ssize_t Ip, Py_ssize_t H, const float *W_ih,
-                                 const float *W_hh, float *W_f)
-    void lstm_fused_pack_backward(int path, Py_ssize_t H, const float *W_hh, float *W_b)
+    Py_ssize_t lstm_fused_forward_pack_size(int path, Py_ssize_t Ip, Py_ssize_t H, Py_ssize_t R)
+    Py_ssize_t lstm_fused_backward_pack_size(int path, Py_ssize_t H, Py_ssize_t R)
+    void lstm_fused_pack_forward(int path, Py_ssize_t Ip, Py_ssize_t H, Py_ssize_t R,
+                                 const float *W_ih, const float *W_hh, float *W_f)
+    void lstm_fused_pack_backward(int path, Py_ssize_t H, Py_ssize_t R, const float *W_hh,
+                                  float *W_b)
     void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows, Py_ssize_t T,
                             Py_ssize_t N, const Py_ssize_t *batch, Py_ssize_t I, Py_ssize_t Ip,
-                            Py_ssize_t H, const float *x, const float *W_ih, const float *b,
-                            const float *W_f, const float *h0, const float *c0, float *gates,
-                            int keep, float *y, float *cs)
+                            Py_ssize_t H, Py_ssize_t P, const float *x, const float *W_ih,
+                            const float *b, const float *W_f, const float *W_hr, const float *h0,
+                            const float *c0, float *gates, int keep, float *y, float *cs,
+                            float *ms)
     void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows, Py_ssize_t T,
                              Py_ssize_t N, const Py_ssize_t *batch, Py_ssize_t I, Py_ssize_t H,
                              const float *x, const float *W_ih, const float *h0, const float *c0,
                              const float *y, const float *h_prev, const float *cs,
                              const float *W_b, float *gates, const float *dy, float *dh,
                              float *dc, float *dx, float *dW_ih, float *dW_hh, float *db)
-    void lstm_fused_forward_proj(const lstm_blas *blas, int path, int nthreads, Py_ssize_t T,
-                                 Py_ssize_t N, const Py_ssize_t *batch, Py_ssize_t I, Py_ssize_t H,
-                                 Py_ssize_t P, const float *x, const float *W_ih, const float *W_hh,
-                                 const float *W_hr, const float *b, const float *h0,
-                                 const float *c0, float *gates, int keep, float *y, float *cs,
-                                 float *ms)
     void lstm_fused_backward_proj(const lstm_blas *blas, int path, int nthreads, Py_ssize_t T,
                                   Py_ssize_t N, const Py_ssize_t *batch, Py_ssize_t I,
                                   Py_ssize_t H, Py_ssize_t P, const float *x, const float *W_ih,
-                                  const float *W_hh, const float *W_hr, const float *h0,
+                                  const float *W_b, const float *W_hr, const float *h0,
                                   const float *c0, const float *y, const float *h_prev,
                                   const float *cs, const float *ms, float *gates, const float *dy,
                                   float *dh, float *dc, float *dx, float *dW_ih, float *dW_hh,
@@ -271,11 +267,11 @@ def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const
         nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
         if I > 0 and _config.fuse_input(I, H, N, nthreads, _PANEL_ROW_BYTES):
             Ip = I
-        packed = _aligned_floats(lstm_fused_forward_pack_size(path, Ip, H))
+        packed = _aligned_floats(lstm_fused_forward_pack_size(path, Ip, H, H))
         by_rows = _config.split_by_rows(4 * packed.shape[0], nthreads)
         if floating is float:
             with nogil:
-                lstm_fused_pack_forward(path, Ip, H, &W_ih[0, 0] if Ip else NULL, &W_hh[0, 0],
+                lstm_fused_pack_forward(path, Ip, H, H, &W_ih[0, 0] if Ip else NULL, &W_hh[0, 0],
                                         &packed[0])
     with nogil:
         if floating is double:
@@ -288,9 +284,9 @@ def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const
                                   &y[0, 0, 0], &cs[0, 0, 0], NULL)
         else:
             # Without keep (inference) the fused kernels store no activated gates.
-            lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, NULL, I, Ip, H, &x[0, 0, 0],
-                               &W_ih[0, 0], &b[0], &packed[0], &h0[0, 0], &c0[0, 0],
-                               &gates[0, 0, 0], keep, &y[0, 0, 0], &cs[0, 0, 0])
+            lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, NULL, I, Ip, H, 0,
+                               &x[0, 0, 0], &W_ih[0, 0], &b[0], &packed[0], NULL, &h0[0, 0],
+                               &c0[0, 0], &gates[0, 0, 0], keep, &y[0, 0, 0], &cs[0, 0, 0], NULL)
         memcpy(&hT[0, 0], &y[T - 1, 0, 0], N * H * sizeof(floating))
         memcpy(&cT[0, 0], &cs[T - 1, 0, 0], N * H * sizeof(floating))
 
@@ -322,11 +318,11 @@ def _backward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, cons
     cdef float[::1] packed
     if path != LSTM_PATH_BLAS:
         nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
-        packed = _aligned_floats(lstm_fused_backward_pack_size(path, H))
+        packed = _aligned_floats(lstm_fused_backward_pack_size(path, H, H))
         by_rows = _config.split_by_rows(4 * packed.shape[0], nthreads)
         if floating is float:
             with nogil:
-                lstm_fused_pack_backward(path, H, &W_hh[0, 0], &packed[0])
+                lstm_fused_pack_backward(path, H, H, &W_hh[0, 0], &packed[0])
     with nogil:
         if floating is double:
             lstm_blas_backward_f64(&_BLAS, T, N, NULL, I, H, 0, &x[0, 0, 0], &W_ih[0, 0],
@@ -372,8 +368,9 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
     """The forward loop on packed rows (StepOrder): x [rows, I], y [rows, K],
     gates [rows, G], cs and ms [rows, H]; h0 [N, K], c0 [N, H] sorted; batch
     [T] rows per step, or empty for T*N rows in order. W_hr [P, H] (P = 0:
-    none). float32 takes its fused path (with a projection: lstm_fused_forward_proj,
-    the projection one more product per step), float64 the BLAS loop."""
+    none). float32 takes its fused path (with a projection the recurrent product runs
+    on P features and the projection is one more product per step), float64 the BLAS
+    loop."""
     cdef Py_ssize_t rows = x.shape[0], I = x.shape[1], N = c0.shape[0], H = c0.shape[1]
     cdef Py_ssize_t P = W_hr.shape[0], K = P if P else H, G = 4 * H
     _check_all((("h0", h0, (N, K)), ("W_ih", W_ih, (G, I)), ("W_hh", W_hh, (G, K)),
@@ -391,14 +388,13 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
     cdef float[::1] packed
     if path != LSTM_PATH_BLAS:
         nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
-    if path != LSTM_PATH_BLAS and P == 0:
-        if I > 0 and _config.fuse_input(I, H, N, nthreads, _PANEL_ROW_BYTES):
+        if I > 0 and _config.fuse_input(I, H, N, nthreads, _PANEL_ROW_BYTES, K):
             Ip = I
-        packed = _aligned_floats(lstm_fused_forward_pack_size(path, Ip, H))
+        packed = _aligned_floats(lstm_fused_forward_pack_size(path, Ip, H, K))
         by_rows = _config.split_by_rows(4 * packed.shape[0], nthreads)
         if floating is float:
             with nogil:
-                lstm_fused_pack_forward(path, Ip, H, &W_ih[0, 0] if Ip else NULL, &W_hh[0, 0],
+                lstm_fused_pack_forward(path, Ip, H, K, &W_ih[0, 0] if Ip else NULL, &W_hh[0, 0],
                                         &packed[0])
     with nogil:
         if floating is double:
@@ -409,14 +405,10 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
             lstm_blas_forward_f32(&_BLAS, T, N, bp, I, H, P, &x[0, 0], &W_ih[0, 0], &W_hh[0, 0],
                                   whr, &b[0], &h0[0, 0], &c0[0, 0], &gates[0, 0], &y[0, 0],
                                   &cs[0, 0], msp)
-        elif P:
-            lstm_fused_forward_proj(&_BLAS, path, nthreads, T, N, bp, I, H, P, &x[0, 0],
-                                    &W_ih[0, 0], &W_hh[0, 0], whr, &b[0], &h0[0, 0], &c0[0, 0],
-                                    &gates[0, 0], keep, &y[0, 0], &cs[0, 0], msp)
         else:
-            lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, bp, I, Ip, H, &x[0, 0],
-                               &W_ih[0, 0], &b[0], &packed[0], &h0[0, 0], &c0[0, 0], &gates[0, 0],
-                               keep, &y[0, 0], &cs[0, 0])
+            lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, bp, I, Ip, H, P, &x[0, 0],
+                               &W_ih[0, 0], &b[0], &packed[0], whr, &h0[0, 0], &c0[0, 0],
+                               &gates[0, 0], keep, &y[0, 0], &cs[0, 0], msp)
 
 
 def _backward_packed(const floating[:, ::1] x, const floating[:, ::1] h0,
@@ -455,12 +447,11 @@ def _backward_packed(const floating[:, ::1] x, const floating[:, ::1] h0,
     cdef floating[::1] work = work_array
     if path != LSTM_PATH_BLAS:
         nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
-    if path != LSTM_PATH_BLAS and P == 0:
-        packed = _aligned_floats(lstm_fused_backward_pack_size(path, H))
+        packed = _aligned_floats(lstm_fused_backward_pack_size(path, H, K))
         by_rows = _config.split_by_rows(4 * packed.shape[0], nthreads)
         if floating is float:
             with nogil:
-                lstm_fused_pack_backward(path, H, &W_hh[0, 0], &packed[0])
+                lstm_fused_pack_backward(path, H, K, &W_hh[0, 0], &packed[0])
     with nogil:
         if floating is double:
             lstm_blas_backward_f64(&_BLAS, T, N, bp, I, H, P, &x[0, 0], &W_ih[0, 0], &W_hh[0, 0],
@@ -474,7 +465,7 @@ def _backward_packed(const floating[:, ::1] x, const floating[:, ::1] h0,
                                    &dW_ih[0, 0], &dW_hh[0, 0], dwhr, &db[0], &work[0])
         elif P:
             lstm_fused_backward_proj(&_BLAS, path, nthreads, T, N, bp, I, H, P, &x[0, 0],
-                                     &W_ih[0, 0], &W_hh[0, 0], whr, &h0[0, 0], &c0[0, 0], &y[0, 0],
+                                     &W_ih[0, 0], &packed[0], whr, &h0[0, 0], &c0[0, 0], &y[0, 0],
                                      hp, &cs[0, 0], msp, &gates[0, 0], &dy[0, 0], &dh[0, 0],
                                      &dc[0, 0], &dx[0, 0], &dW_ih[0, 0], &dW_hh[0, 0], dwhr,
                                      &db[0], &work[0])
