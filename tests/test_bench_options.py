@@ -73,6 +73,7 @@ def test_end_to_end_with_torch(tmp_path, tiny):
             assert q["status"] == ("context" if q["target"] is None else "PASS" if q["ratio"] <= q["target"]
                                    else "miss")
     assert "Targets met: " in text
+    assert data["machine_load"] is None or data["machine_load"]["wall_s"] >= 0
 
 
 def test_end_to_end_without_torch(tmp_path, tiny, monkeypatch):

@@ -350,8 +350,7 @@ def main(argv=None):
     command = "python -m fastlstm.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.options:
         from . import options  # imports this module: loaded on demand
-        results = options.run(None, args.threads or [2], args.budget, args.backend)
-        print(f"wrote {options.write(results, args.out, command)} and options.json")
+        options.main(args.threads or [2], args.budget, args.backend, args.out, command)
         return
     os.makedirs(args.out, exist_ok=True)
     rows = run(QUICK if args.quick else GRID, args.threads or [1, 2], args.budget, args.backend)

@@ -7,7 +7,8 @@ Each case copies torch's weights into fastlstm, checks once that both compute th
 outputs (and input gradients), then times them in alternating rounds (paired_medians)
 at the same thread count (grid.Threads), with the matmul roof (grid.roof_gflops)
 measured before and after every case. run() returns one dict per case and thread
-count; markdown() renders OPTIONS.md; main() writes it and options.json.
+count; markdown() renders OPTIONS.md; main() runs them and writes it and options.json,
+with how busy other processes kept the machine meanwhile (machine.MachineLoad).
 PyTorch is optional: without it only the fastlstm-only ratio is computed.
 """
 
@@ -25,7 +26,7 @@ import numpy as np
 import fastlstm
 
 from .grid import Threads, _torch, machine_info, roof_gflops
-from .machine import median_time, paired_medians
+from .machine import MachineLoad, median_time, paired_medians
 
 
 @dataclass(frozen=True)
@@ -274,7 +275,8 @@ def run(cases: list[Case] | None, threads: list[int], budget_s: float, backend: 
     return results
 
 
-def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str, date: str) -> str:
+def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str, date: str,
+             load: dict[str, Any] | None = None) -> str:
     threads = sorted({r["threads"] for r in results})
     out = ["# fastlstm vs PyTorch CPU LSTM: bidirectional, lengths, projection (issue 14)", "",
            ("Medians, float32, fastlstm and torch timed side by side in alternating rounds in one run of the "
@@ -288,6 +290,10 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str, 
            f"- threads: {', '.join(map(str, threads))}",
            f"- torch: {info.get('torch', 'not installed')}", f"- numpy: {info.get('numpy')}"]
     out += [f"- {k}: {v}" for k, v in info.items() if k not in ("cpu", "torch", "numpy")]
+    if load:
+        out.append(f"- other processes during the run: {load['foreign_cpu_s']} CPU s in {load['wall_s']} s "
+                   f"({load['foreign_share']} of the machine; load average {load['loadavg_start'][0]:.2f} at the "
+                   f"start, {load['loadavg_end'][0]:.2f} at the end)")
     columns = ["case", "threads", "runs on", "ratio", "fastlstm ms", "reference ms", "ratio", "target", "result",
                "fastlstm fwd / fwd+bwd GFLOP/s", "roof GFLOP/s"]
     out += ["", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
@@ -303,15 +309,23 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str, 
     return "\n".join(out) + "\n"
 
 
-def write(results: list[dict[str, Any]], out_dir: str, command: str) -> str:
+def write(results: list[dict[str, Any]], out_dir: str, command: str, load: dict[str, Any] | None = None) -> str:
     """OPTIONS.md and options.json in out_dir; returns the markdown's path."""
     info = machine_info()
     date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     os.makedirs(out_dir, exist_ok=True)
     md = os.path.join(out_dir, "OPTIONS.md")
     with open(md, "w") as fh:
-        fh.write(markdown(results, info, command, date))
+        fh.write(markdown(results, info, command, date, load))
     with open(os.path.join(out_dir, "options.json"), "w") as fh:
-        json.dump({"machine": info, "command": command, "date": date, "targets": TARGETS, "cases": results},
-                  fh, indent=1)
+        json.dump({"machine": info, "command": command, "date": date, "machine_load": load, "targets": TARGETS,
+                   "cases": results}, fh, indent=1)
     return md
+
+
+def main(threads: list[int], budget_s: float, backend: str, out_dir: str, command: str) -> None:
+    """`python -m fastlstm.bench --options` after grid.main has parsed its arguments."""
+    load = MachineLoad()
+    load.start()
+    results = run(None, threads, budget_s, backend)
+    print(f"wrote {write(results, out_dir, command, load.report())} and options.json")
