@@ -1,4 +1,5 @@
-"""fastlstm's benchmark tools: the runner behind `python -m fastlstm.bench` (grid.py)
+"""fastlstm's benchmark tools: the runner behind `python -m fastlstm.bench` (grid.py),
+its --options cases for bidirectional, lengths and projection (options.py, loaded on demand)
 and the one timing and machine-information helper (machine.py) that it, the
 pytest-benchmark suite in bench/ and the scripts there all use.
 """

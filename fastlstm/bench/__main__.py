@@ -1,4 +1,4 @@
-"""`python -m fastlstm.bench`: the comparison grid against PyTorch (see grid.py)."""
+"""`python -m fastlstm.bench`: the comparison grid against PyTorch (see grid.py; --options: options.py)."""
 
 from .grid import main
 

@@ -4,6 +4,8 @@ Runs the comparison grid at 1 and 2 threads (or
 --threads), prints a table of medians and ratios, and writes a markdown
 report, a JSON file and a PNG chart of the ratios (matplotlib, if installed).
 PyTorch is optional: without it the ratio columns say n/a.
+--options runs issue 14's cases instead (options.py: bidirectional, lengths,
+projection; at 2 threads unless --threads) and writes OPTIONS.md and options.json.
 """
 
 import argparse
@@ -328,21 +330,31 @@ def chart(rows, path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastlstm.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts to run (default: 1 2)")
+    parser.add_argument("--threads", type=int, nargs="+", default=None,
+                        help="thread counts to run (default: 1 2; with --options: 2)")
     parser.add_argument("--quick", action="store_true", help="only four cases, for a first look")
+    parser.add_argument("--options", action="store_true",
+                        help="only issue 14's cases (bidirectional, lengths, projection): OPTIONS.md, options.json")
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of timed calls per measurement")
     parser.add_argument("--backend", default="c", choices=fastlstm._config.BACKENDS,
                         help="fastlstm backend to time (default: c)")
-    parser.add_argument("--out", default="fastlstm-bench", help="folder for RESULTS.md, results.json and ratios.png")
+    parser.add_argument("--out", default="fastlstm-bench",
+                        help="folder for RESULTS.md, results.json and ratios.png (--options: OPTIONS.md, options.json)")
     args = parser.parse_args(argv)
     if args.backend not in fastlstm.available_backends():
         parser.error(f"backend {args.backend!r} is not available here; available: {fastlstm.available_backends()}")
+    if args.options and args.quick:
+        parser.error("--quick shortens the grid; --options runs its own five cases")
     if _torch() is None:
         print("note: torch is not installed; only fastlstm is timed (pip install torch for the ratios)")
-    os.makedirs(args.out, exist_ok=True)
-    rows = run(QUICK if args.quick else GRID, args.threads, args.budget, args.backend)
-    info = machine_info()
     command = "python -m fastlstm.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.options:
+        from . import options  # imports this module: loaded on demand
+        options.main(args.threads or [2], args.budget, args.backend, args.out, command)
+        return
+    os.makedirs(args.out, exist_ok=True)
+    rows = run(QUICK if args.quick else GRID, args.threads or [1, 2], args.budget, args.backend)
+    info = machine_info()
     with open(os.path.join(args.out, "RESULTS.md"), "w") as fh:
         fh.write(markdown(rows, info, command))
     with open(os.path.join(args.out, "results.json"), "w") as fh:
