@@ -117,3 +117,14 @@ def test_forward_flop_counts_directions_lengths_and_projection():
 def test_options_and_quick_do_not_mix():
     with pytest.raises(SystemExit):
         grid.main(["--options", "--quick"])
+
+
+def test_at_roof_is_the_ratio_a_run_at_the_roof_would_give():
+    from fastlstm.bench import options
+
+    r = {"ratios": [options.ratio("fwd / torch", 0.5, 2.0, 0.8, flop=10**11),
+                    options.ratio("torch packed / padded", 1.0, 1.0, None)]}
+    options.set_roof(r, 100.0)  # 1e11 FLOPs at 100 GFLOP/s: 1 s, against torch's 2 s
+    assert r["roof"] == 100.0
+    assert abs(r["ratios"][0]["at_roof"] - 0.5) < 1e-12
+    assert r["ratios"][1]["at_roof"] is None
