@@ -8,6 +8,7 @@ arrays (CUDA) in give device arrays out, computed by the cuda backend.
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -112,6 +113,18 @@ def _backend_with(be, options, xp):
 
 _SIDE_POOL: list = []
 _SIDE_LOCK = threading.Lock()
+
+
+def _forget_side_thread():
+    # A forked child has the pool object but not its thread: jobs sent there would
+    # never run. The child makes its own on first use.
+    global _SIDE_LOCK
+    _SIDE_POOL.clear()
+    _SIDE_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_side_thread)
 
 
 def _side_thread():

@@ -175,3 +175,28 @@ def test_bidirectional_layer_matches_reference(monkeypatch, nthreads, proj_size)
         out[backend] = {"y": y, "h": h, "c": c, "dx": dx, "dh0": dh0, "dc0": dc0,
                         **{k: g.copy() for k, g in m.grads.items()}}
     _assert_matches(out["c"], out[REFERENCE], np.float32, f"bidirectional-{nthreads}")
+
+
+_FORKED = {}
+
+
+def _forward_in_child(x):
+    return _FORKED["model"].forward(x)[0]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_bidirectional_layer_works_in_a_forked_child(monkeypatch):
+    # the side thread of the parent does not exist in a child made by fork
+    import multiprocessing
+
+    monkeypatch.setenv("FASTLSTM_NUM_THREADS", "2")
+    m = fastlstm.LSTM(3, 8, bidirectional=True, backend="c", seed=1)
+    x = np.random.default_rng(0).standard_normal((4, 2, 3)).astype(np.float32)
+    expected, _ = m.forward(x)  # the parent's side thread now exists
+    _FORKED["model"] = m
+    try:
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            got = pool.apply_async(_forward_in_child, (x,)).get(timeout=60)
+    finally:
+        _FORKED.clear()
+    np.testing.assert_array_equal(got, expected)
