@@ -682,3 +682,84 @@ def _step_layers(const floating[:, ::1] x_t, const floating[:, :, ::1] h,
                                 &h_out[0, 0, 0], &c_out[0, 0, 0])
     finally:
         free(ptrs)
+
+
+cdef extern from "lstm_generate.h" nogil:
+    ctypedef struct lstm_gen_model:
+        Py_ssize_t L, H, I0, V
+        const float **W_ih
+        const float **W_hh
+        const float **b
+        const float *emb
+        const float *WT
+        const float *bias
+        Py_ssize_t top_k
+    Py_ssize_t lstm_generate_work_size(const lstm_gen_model *m)
+    void lstm_generate(const lstm_blas *blas, int path, int nthreads, const lstm_gen_model *m,
+                       Py_ssize_t n, const float *noise, float *h_top, float *h, float *c,
+                       float *work, int *ids)
+
+
+def generate(list W_ih, list W_hh, list b, emb, const float[:, ::1] WT, const float[::1] bias,
+             Py_ssize_t top_k, noise, float[::1] h_top, float[:, ::1] h, float[:, ::1] c,
+             Py_ssize_t n):
+    """n characters of the compiled generation loop (csrc/lstm_generate.h), float32.
+
+    W_ih, W_hh, b: the L layers (b = b_ih + b_hh); emb: the (V, E) embedding or None
+    (input id / V); WT (H, V) and bias (V,): the dense layer times 1 / temperature;
+    top_k: 0 for all; noise: (n, V) Gumbel noise plus bias, or None (greedy);
+    h_top (H,), h and c (L, H): the carried state, moved on in place.
+    Returns the n ids (int32). The GIL is released for the whole chunk."""
+    cdef Py_ssize_t L = len(W_ih), H = h.shape[1], V = WT.shape[1], l
+    cdef const float[:, ::1] e
+    cdef const float[:, ::1] nz
+    cdef lstm_gen_model m
+    if L == 0 or len(W_hh) != L or len(b) != L:
+        raise ValueError(f"W_ih, W_hh and b need one entry per layer, got {len(W_ih)}, {len(W_hh)}, {len(b)}")
+    I0 = W_ih[0].shape[1]
+    _check_all((("WT", WT, (H, V)), ("bias", bias, (V,)), ("h_top", h_top, (H,)), ("h", h, (L, H)),
+                ("c", c, (L, H))))
+    for l in range(L):
+        _check_entry("W_ih", l, tuple(W_ih[l].shape), (4 * H, I0 if l == 0 else H))
+        _check_entry("W_hh", l, tuple(W_hh[l].shape), (4 * H, H))
+        _check_entry("b", l, tuple(b[l].shape), (4 * H,))
+    if emb is not None:
+        e = emb
+        _check("emb", _shape(emb), (V, I0))
+    elif I0 != 1:
+        raise ValueError(f"without an embedding the input is one number per step, got W_ih[0] with {I0} columns")
+    if noise is not None:
+        nz = noise
+        _check("noise", _shape(noise), (n, V))
+    if not 0 <= top_k:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    ids = np.empty(n, np.intc)
+    cdef int[::1] out = ids
+    if n <= 0 or H == 0 or V == 0:
+        return ids[:max(n, 0)]
+    cdef const float **ptrs = <const float **>malloc(3 * L * sizeof(float *))
+    if ptrs == NULL:
+        raise MemoryError()
+    cdef int path = _fused_path(<float>0), nthreads = 1
+    if path != LSTM_PATH_BLAS:
+        nthreads = _config.threads_for(1, H, lstm_fused_max_threads(), step=True)
+    try:
+        _layer_pointers(W_ih, W_hh, b, ptrs)
+        m.L, m.H, m.I0, m.V = L, H, I0, V
+        m.W_ih, m.W_hh, m.b = ptrs, ptrs + L, ptrs + 2 * L
+        m.emb = &e[0, 0] if emb is not None else NULL
+        m.WT, m.bias, m.top_k = &WT[0, 0], &bias[0], top_k
+        work_array = np.empty(lstm_generate_work_size(&m), np.float32)
+        _run_generate(&m, path, nthreads, n, &nz[0, 0] if noise is not None else NULL, h_top, h, c,
+                      work_array, out)
+    finally:
+        free(ptrs)
+    return ids
+
+
+cdef void _run_generate(const lstm_gen_model *m, int path, int nthreads, Py_ssize_t n,
+                        const float *noise, float[::1] h_top, float[:, ::1] h, float[:, ::1] c,
+                        float[::1] work, int[::1] ids) except *:
+    with nogil:
+        lstm_generate(&_BLAS, path, nthreads, m, n, noise, &h_top[0], &h[0, 0], &c[0, 0], &work[0],
+                      &ids[0])

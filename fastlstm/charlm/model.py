@@ -336,6 +336,56 @@ class CharModel:
         h, state = self.lstm.step(self._step_input(int(char_id), buf), state)
         return (h @ self.dense.params["weight"].T + self.dense.params["bias"])[0], state
 
+    #: Characters per call of the compiled loop: the unit of streaming (and of Ctrl-C).
+    GENERATE_CHUNK = 128
+
+    def _compiled_loop(self) -> Any:
+        """The C backend when it runs this model's generation loop (float32), else None."""
+        from ..backends import get_backend
+
+        try:
+            be = get_backend(self.lstm.backend)
+        except (ValueError, ImportError):
+            return None
+        if getattr(be, "NAME", None) != "c" or not hasattr(be, "generate") or self.dtype != np.float32:
+            return None
+        return be
+
+    def _generate_compiled(self, be: Any, h_top: Any, state: State, length: int, WT: Any, b: Any,
+                           greedy: bool, top_k: int | None, rng: np.random.Generator, block: int,
+                           callback: Callable[[int], object] | None) -> list[int]:
+        """The loop of :meth:`generate` in C (csrc/lstm_generate.c), chunk by chunk: the
+        same noise blocks from ``rng`` as the NumPy loop, so the same text up to rounding."""
+        assert state is not None
+        V = self.vocab_size
+        weights = [self.lstm._layer_weights(k) for k in range(self.num_layers)]
+        W_ih = [w[0] for w in weights]
+        W_hh = [w[1] for w in weights]
+        bias = [w[2].copy() for w in weights]  # the layer's bias buffer is rewritten per call
+        emb = (np.ascontiguousarray(self.embedding.params["weight"], np.float32)
+               if self.embedding is not None else None)
+        h_top = np.array(h_top, np.float32)
+        h = np.ascontiguousarray(state[0][:, 0, :], np.float32)
+        c = np.ascontiguousarray(state[1][:, 0, :], np.float32)
+        b = np.ascontiguousarray(b, np.float32)
+        out: list[int] = []
+        noise: Any = None
+        n = 0
+        while n < length:
+            k = n % block
+            if not greedy and k == 0:
+                noise = rng.gumbel(size=(min(block, length - n), V)).astype(np.float32)
+                noise += b
+            chunk = min(self.GENERATE_CHUNK, length - n, block - k)
+            ids = be.generate(W_ih, W_hh, bias, emb, WT, b, 0 if top_k is None else top_k,
+                              None if greedy else noise[k:k + chunk], h_top, h, c, chunk)
+            for i in ids.tolist():
+                out.append(i)
+                if callback is not None:
+                    callback(i)
+            n += chunk
+        return out
+
     def generate(self, prime_ids: ArrayLike, length: int, *, temperature: float | None = 1.0,
                  top_k: int | None = None, greedy: bool = False, seed: int | None = None,
                  rng: np.random.Generator | None = None,
@@ -343,7 +393,11 @@ class CharModel:
         """Continue ``prime_ids`` by ``length`` characters.
 
         The prime runs through one ``LSTM.forward``; then each new character is one
-        ``LSTM.step`` with the carried state, one (1, H) x (H, V) product and a draw.
+        ``LSTM.step`` with the carried state, one (1, H) x (H, V) product and a draw. On the
+        C backend (float32) that loop runs in C, ``GENERATE_CHUNK`` characters per call,
+        with the same random draws: the same text as the NumPy loop, except where two
+        characters' scores are within float rounding of each other (the products sum in
+        another order).
 
         Parameters
         ----------
@@ -401,6 +455,10 @@ class CharModel:
         logits = np.empty((1, V), dt)
         z = logits[0]
         buf = np.empty((1, 1), dt)
+        compiled = self._compiled_loop()
+        if compiled is not None:
+            return self._generate_compiled(compiled, y[-1, 0], state, length, WT, b, greedy, top_k,
+                                           rng, block, callback)
         step = self.lstm.step
         emb = self.embedding.params["weight"] if self.embedding is not None else None
         out: list[int] = []

@@ -1,0 +1,64 @@
+"""The character model's compiled generation loop (csrc/lstm_generate.c) against
+the NumPy loop it replaces on the C backend: the same characters for the same
+seed (greedy, sampled, top-k, temperature; across noise blocks and chunks), the
+streaming callback, and its argument checks.
+"""
+
+import numpy as np
+import pytest
+
+from fastlstm.charlm.model import CharModel
+
+c_backend = pytest.importorskip("fastlstm.backends._c", reason="C backend not built")
+
+
+def _numpy_loop(monkeypatch):
+    monkeypatch.setattr(CharModel, "_compiled_loop", lambda self: None)
+
+
+@pytest.mark.parametrize("input_mode", ["embedding", "scaled"])
+@pytest.mark.parametrize("draw", [dict(greedy=True), dict(temperature=0.7, top_k=4), dict(temperature=1.4)],
+                         ids=["greedy", "top-k", "temperature"])
+@pytest.mark.parametrize("path", c_backend.SUPPORTED_KERNELS)
+def test_compiled_loop_gives_the_numpy_loops_characters(monkeypatch, input_mode, draw, path):
+    monkeypatch.setenv("FASTLSTM_KERNEL", path)
+    model = CharModel(23, 16, 2, embed_dim=5, input_mode=input_mode, seed=4)
+    assert model._compiled_loop() is c_backend
+    length = 1100  # past one block of noise (1024) and many chunks
+    compiled = model.generate([3, 1, 4], length, seed=9, **draw)
+    with monkeypatch.context() as m:
+        _numpy_loop(m)
+        reference = model.generate([3, 1, 4], length, seed=9, **draw)
+    assert len(compiled) == length
+    assert compiled == reference
+
+
+def test_compiled_loop_streams_every_character_in_order(monkeypatch):
+    model = CharModel(11, 8, 1, embed_dim=3, seed=1)
+    monkeypatch.setattr(CharModel, "GENERATE_CHUNK", 7)
+    seen = []
+    out = model.generate([2], 50, seed=3, callback=seen.append)
+    assert seen == out and len(out) == 50
+
+
+def test_numpy_backend_and_float64_keep_the_numpy_loop():
+    assert CharModel(11, 8, 1, backend="numpy")._compiled_loop() is None
+    assert CharModel(11, 8, 1, dtype=np.float64)._compiled_loop() is None
+
+
+def test_compiled_loop_checks_its_arguments():
+    f = np.float32
+    L, H, V, E = 1, 4, 6, 3
+    W_ih, W_hh, b = [np.zeros((4 * H, E), f)], [np.zeros((4 * H, H), f)], [np.zeros(4 * H, f)]
+    args = dict(emb=np.zeros((V, E), f), WT=np.zeros((H, V), f), bias=np.zeros(V, f), top_k=0,
+                noise=None, h_top=np.zeros(H, f), h=np.zeros((L, H), f), c=np.zeros((L, H), f), n=5)
+    ids = c_backend.generate(W_ih, W_hh, b, **args)
+    assert ids.shape == (5,) and ((0 <= ids) & (ids < V)).all()
+    with pytest.raises(ValueError, match="emb"):
+        c_backend.generate(W_ih, W_hh, b, **{**args, "emb": np.zeros((V + 1, E), f)})
+    with pytest.raises(ValueError, match="noise"):
+        c_backend.generate(W_ih, W_hh, b, **{**args, "noise": np.zeros((4, V), f)})
+    with pytest.raises(ValueError, match="W_hh"):
+        c_backend.generate(W_ih, [np.zeros((4 * H, H + 1), f)], b, **args)
+    with pytest.raises(ValueError, match="one number per step"):
+        c_backend.generate(W_ih, W_hh, b, **{**args, "emb": None})
