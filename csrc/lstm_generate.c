@@ -4,11 +4,11 @@
 #include "lstm_fused.h"
 #include "lstm_generate.h"
 
-ptrdiff_t lstm_generate_work_size(const lstm_gen_model *m)
+ptrdiff_t lstm_generate_work_size(const lstm_gen_model *m, ptrdiff_t N)
 {
-    /* logits [V], logits without noise [V], top-k scratch [V], gates [G],
-     * the next state [2 L H], one input row [I0] */
-    return 3 * m->V + 4 * m->H + 2 * m->L * m->H + m->I0;
+    /* logits [V], logits without noise [V], top-k scratch [V], gates [N, G],
+     * the next state [2 L N H], the inputs [N, I0] */
+    return 3 * m->V + N * (4 * m->H + 2 * m->L * m->H + m->I0);
 }
 
 /* The k-th largest of a[0..n-1] (1 <= k <= n); a is reordered. */
@@ -45,45 +45,63 @@ static int argmax(const float *z, ptrdiff_t n)
     return (int)best;
 }
 
+/* The character one row draws from its logits (h_top . WT, plus `add`: its
+ * noise with the bias, or the bias) under top-k. */
+static int draw(const lstm_gen_model *m, const float *h_top, const float *add, int sampled,
+                float *z, float *zk, float *sel)
+{
+    const ptrdiff_t H = m->H, V = m->V;
+    memset(zk, 0, (size_t)V * sizeof(float));
+    for (ptrdiff_t j = 0; j < H; ++j) {
+        const float hj = h_top[j], *w = m->WT + j * V;
+        for (ptrdiff_t v = 0; v < V; ++v) zk[v] += hj * w[v];
+    }
+    for (ptrdiff_t v = 0; v < V; ++v) z[v] = zk[v] + add[v];
+    if (sampled && m->top_k > 0 && m->top_k < V) {
+        /* keep the top_k likeliest by the logits before the noise */
+        for (ptrdiff_t v = 0; v < V; ++v) zk[v] += m->bias[v];
+        memcpy(sel, zk, (size_t)V * sizeof(float));
+        const float threshold = kth_largest(sel, V, m->top_k);
+        for (ptrdiff_t v = 0; v < V; ++v)
+            if (zk[v] < threshold) z[v] = -INFINITY;
+    }
+    return argmax(z, V);
+}
+
 void lstm_generate(const lstm_blas *blas, int path, int nthreads, const lstm_gen_model *m,
-                   ptrdiff_t n, const float *noise, float *h_top, float *h, float *c,
+                   ptrdiff_t n, ptrdiff_t N, const float *noise, float *h_top, float *h, float *c,
                    float *work, int *ids)
 {
-    const ptrdiff_t L = m->L, H = m->H, V = m->V, LH = L * H;
-    float *z = work, *zk = z + V, *sel = zk + V, *gates = sel + V, *h2 = gates + 4 * H;
-    float *c2 = h2 + LH, *x = c2 + LH;
+    const ptrdiff_t L = m->L, H = m->H, V = m->V, I0 = m->I0, LNH = L * N * H;
+    float *z = work, *zk = z + V, *sel = zk + V, *gates = sel + V, *h2 = gates + N * 4 * H;
+    float *c2 = h2 + LNH, *x = c2 + LNH;
     for (ptrdiff_t k = 0; k < n; ++k) {
-        /* logits = h_top . WT (+ the noise, which carries the bias, or the bias) */
-        const float *add = noise ? noise + k * V : m->bias;
-        memset(zk, 0, (size_t)V * sizeof(float));
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            const float hj = h_top[j], *w = m->WT + j * V;
-            for (ptrdiff_t v = 0; v < V; ++v) zk[v] += hj * w[v];
+        for (ptrdiff_t r = 0; r < N; ++r) {
+            const float *add = noise ? noise + (k * N + r) * V : m->bias;
+            const int id = draw(m, h_top + r * H, add, noise != NULL, z, zk, sel);
+            ids[k * N + r] = id;
+            /* the row's next input */
+            if (m->emb)
+                memcpy(x + r * I0, m->emb + (ptrdiff_t)id * I0, (size_t)I0 * sizeof(float));
+            else
+                x[r] = (float)((double)id / (double)V);
         }
-        for (ptrdiff_t v = 0; v < V; ++v) z[v] = zk[v] + add[v];
-        if (noise && m->top_k > 0 && m->top_k < V) {
-            /* keep the top_k likeliest by the logits before the noise */
-            for (ptrdiff_t v = 0; v < V; ++v) zk[v] += m->bias[v];
-            memcpy(sel, zk, (size_t)V * sizeof(float));
-            const float threshold = kth_largest(sel, V, m->top_k);
-            for (ptrdiff_t v = 0; v < V; ++v)
-                if (zk[v] < threshold) z[v] = -INFINITY;
-        }
-        const int id = argmax(z, V);
-        ids[k] = id;
-        /* feed it back: one step of the stack */
-        if (m->emb) {
-            memcpy(x, m->emb + (ptrdiff_t)id * m->I0, (size_t)m->I0 * sizeof(float));
-        } else {
-            x[0] = (float)((double)id / (double)V);
-        }
-        if (path == LSTM_PATH_BLAS)
-            lstm_blas_step_f32(blas, L, 1, m->I0, H, x, m->W_ih, m->W_hh, m->b, h, c, gates, h2, c2);
+        /* one step of the stack for every row */
+        if (m->W_f && N >= 2 && path != LSTM_PATH_BLAS) {
+            /* a one-step forward per layer on weights packed once (the input fused) */
+            for (ptrdiff_t l = 0; l < L; ++l) {
+                const ptrdiff_t I = l ? H : I0, off = l * N * H;
+                lstm_fused_forward(blas, path, m->batch_threads, m->by_rows, 1, N, NULL, I, I, H, 0,
+                                   l ? h2 + off - N * H : x, m->W_ih[l], m->b[l], m->W_f[l], NULL,
+                                   h + off, c + off, gates, 0, h2 + off, c2 + off, NULL);
+            }
+        } else if (path == LSTM_PATH_BLAS)
+            lstm_blas_step_f32(blas, L, N, I0, H, x, m->W_ih, m->W_hh, m->b, h, c, gates, h2, c2);
         else
-            lstm_fused_step(blas, path, nthreads, L, 1, m->I0, H, x, m->W_ih, m->W_hh, m->b, h, c,
+            lstm_fused_step(blas, path, nthreads, L, N, I0, H, x, m->W_ih, m->W_hh, m->b, h, c,
                             gates, h2, c2);
-        memcpy(h, h2, (size_t)LH * sizeof(float));
-        memcpy(c, c2, (size_t)LH * sizeof(float));
-        memcpy(h_top, h2 + (L - 1) * H, (size_t)H * sizeof(float));
+        memcpy(h, h2, (size_t)LNH * sizeof(float));
+        memcpy(c, c2, (size_t)LNH * sizeof(float));
+        memcpy(h_top, h2 + (L - 1) * N * H, (size_t)(N * H) * sizeof(float));
     }
 }

@@ -28,22 +28,31 @@ typedef struct {
     const float *WT;          /* [H, V] dense weights, transposed, times 1 / temperature */
     const float *bias;        /* [V] dense bias times 1 / temperature */
     ptrdiff_t top_k;          /* sample among the top_k likeliest (0 < top_k < V), else 0 */
+    /* Optional, for batches (N >= 2) on a fused path: [L] of [W_ih | W_hh] packed by
+     * lstm_fused_pack_forward(path, I_l, H, H) once for the whole generation, and the
+     * threads and split of lstm_fused_forward; NULL: every step is lstm_fused_step. */
+    const float *const *W_f;
+    int batch_threads, by_rows;
 } lstm_gen_model;
 
-/* Floats of workspace lstm_generate needs. */
-ptrdiff_t lstm_generate_work_size(const lstm_gen_model *m);
+/* Floats of workspace lstm_generate needs for N rows. */
+ptrdiff_t lstm_generate_work_size(const lstm_gen_model *m, ptrdiff_t N);
 
-/* n characters. Character k comes from the logits of the current top-layer
- * output h_top, plus noise[k] (Gumbel noise already plus the scaled bias;
- * NULL: greedy, argmax of the logits plus bias); then it is fed back: one
- * step of the stack moves h, c on.
- *   h_top: [H] INOUT        the top layer's output that the next logits read
- *   h, c:  [L, H] INOUT     the carried state
- *   work:  [lstm_generate_work_size] scratch
- *   ids:   [n] OUT
+/* n characters for each of N independent rows (samples). Character k of row r
+ * comes from the logits of the row's current top-layer output, plus
+ * noise[k, r] (Gumbel noise already plus the scaled bias; noise NULL: greedy,
+ * the argmax of the logits plus bias); then every row's character is fed
+ * back: one step of the stack (batch N) moves h, c on.
+ *   h_top: [N, H] INOUT     the top layer's output that the next logits read
+ *   h, c:  [L, N, H] INOUT  the carried state
+ *   noise: [n, N, V] IN or NULL
+ *   work:  [lstm_generate_work_size(m, N)] scratch
+ *   ids:   [n, N] OUT
+ * A row's logits and draw depend on that row only; the step's products for
+ * N > 1 sum in another order than for one row (float rounding).
  * path and nthreads as for lstm_fused_step (LSTM_PATH_BLAS: the BLAS loop's step). */
 void lstm_generate(const lstm_blas *blas, int path, int nthreads, const lstm_gen_model *m,
-                   ptrdiff_t n, const float *noise, float *h_top, float *h, float *c,
+                   ptrdiff_t n, ptrdiff_t N, const float *noise, float *h_top, float *h, float *c,
                    float *work, int *ids);
 
 #ifdef __cplusplus

@@ -102,6 +102,20 @@ def test_train_then_generate_streams_reproducibly(run_dir, capsys):
     assert "chars/s" in out.err and len(out.out) == 6
 
 
+def test_generate_num_samples_prints_each_sample_under_a_header(run_dir, capsys):
+    capsys.readouterr()
+    base = ["generate", "--checkpoint", run_dir, "--prime", "the ", "--length", 30]
+    assert main([*base, "--seed", 5, "--num-samples", 3]) == 0
+    out = capsys.readouterr().out
+    headers = [f"--- sample {k} of 3 (seed {4 + k}) ---\n" for k in (1, 2, 3)]
+    assert out.startswith(headers[0]) and all(h in out for h in headers)
+    texts = [out.split(h, 1)[1] for h in headers]
+    texts = [t.split(nxt, 1)[0] for t, nxt in zip(texts, headers[1:])] + texts[-1:]
+    for k in range(3):  # each sample is the single run of its seed
+        assert main([*base, "--seed", 5 + k]) == 0
+        assert capsys.readouterr().out == texts[k]
+
+
 def test_generate_in_a_real_process(run_dir):
     r = fastlstm_cmd("generate", "--checkpoint", str(run_dir), "--prime", "king ", "--length", "30",
                      "--seed", "1", "--top-k", "3", "--temperature", "0.5")
@@ -293,6 +307,8 @@ def test_generate_bad_input(run_dir, tmp_path, capsys):
         (["--checkpoint", run_dir, "--length", "-1"], "--length"),
         (["--checkpoint", run_dir, "--top-k", "-2"], "--top-k"),
         (["--checkpoint", run_dir, "--temperature", "-1"], "--temperature"),
+        (["--checkpoint", run_dir, "--num-samples", "0"], "--num-samples"),
+        (["--checkpoint", run_dir, "--num-samples", "two"], "invalid int"),
         (["--checkpoint", run_dir, "--length", "ten"], "invalid int"),
     ]
     if "cuda" not in fastlstm.available_backends():

@@ -1,7 +1,7 @@
 """The character model's compiled generation loop (csrc/lstm_generate.c) against
 the NumPy loop it replaces on the C backend: the same characters for the same
 seed (greedy, sampled, top-k, temperature; across noise blocks and chunks), the
-streaming callback, and its argument checks.
+streaming callback, batched samples against single runs, and its argument checks.
 """
 
 import numpy as np
@@ -50,15 +50,59 @@ def test_compiled_loop_checks_its_arguments():
     f = np.float32
     L, H, V, E = 1, 4, 6, 3
     W_ih, W_hh, b = [np.zeros((4 * H, E), f)], [np.zeros((4 * H, H), f)], [np.zeros(4 * H, f)]
+    N = 2
     args = dict(emb=np.zeros((V, E), f), WT=np.zeros((H, V), f), bias=np.zeros(V, f), top_k=0,
-                noise=None, h_top=np.zeros(H, f), h=np.zeros((L, H), f), c=np.zeros((L, H), f), n=5)
+                noise=None, h_top=np.zeros((N, H), f), h=np.zeros((L, N, H), f), c=np.zeros((L, N, H), f),
+                n=5)
     ids = c_backend.generate(W_ih, W_hh, b, **args)
-    assert ids.shape == (5,) and ((0 <= ids) & (ids < V)).all()
+    assert ids.shape == (5, N) and ((0 <= ids) & (ids < V)).all()
     with pytest.raises(ValueError, match="emb"):
         c_backend.generate(W_ih, W_hh, b, **{**args, "emb": np.zeros((V + 1, E), f)})
     with pytest.raises(ValueError, match="noise"):
-        c_backend.generate(W_ih, W_hh, b, **{**args, "noise": np.zeros((4, V), f)})
+        c_backend.generate(W_ih, W_hh, b, **{**args, "noise": np.zeros((5, N + 1, V), f)})
     with pytest.raises(ValueError, match="W_hh"):
         c_backend.generate(W_ih, [np.zeros((4 * H, H + 1), f)], b, **args)
     with pytest.raises(ValueError, match="one number per step"):
         c_backend.generate(W_ih, W_hh, b, **{**args, "emb": None})
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy-loop"])
+@pytest.mark.parametrize("draw", [dict(greedy=True), dict(temperature=0.9, top_k=5)], ids=["greedy", "top-k"])
+def test_batched_samples_are_the_single_runs_of_their_seeds(monkeypatch, compiled, draw):
+    if not compiled:
+        _numpy_loop(monkeypatch)
+    model = CharModel(19, 12, 2, embed_dim=4, seed=2)
+    K, length = 5, 300
+    seen = []
+    batch = model.generate([1, 2], length, seed=40, num_samples=K, callback=seen.append, **draw)
+    assert len(batch) == K and all(len(s) == length for s in batch)
+    for k in range(K):
+        assert batch[k] == model.generate([1, 2], length, seed=40 + k, **draw), k
+    assert [list(ids) for ids in seen] == [[batch[k][n] for k in range(K)] for n in range(length)]
+    if not draw.get("greedy"):
+        assert len({tuple(s) for s in batch}) == K  # independent streams
+
+
+def test_num_samples_checks():
+    model = CharModel(11, 8, 1, embed_dim=3, seed=1)
+    with pytest.raises(ValueError, match="num_samples"):
+        model.generate([1], 5, num_samples=0)
+    with pytest.raises(ValueError, match="rng"):
+        model.generate([1], 5, num_samples=2, rng=np.random.default_rng(0))
+    assert model.generate([1], 4, num_samples=1, seed=3) == [model.generate([1], 4, seed=3)]
+
+
+def test_packed_weights_must_fit():
+    f = np.float32
+    L, H, V, E, N = 1, 4, 6, 3, 2
+    W_ih, W_hh, b = [np.ones((4 * H, E), f)], [np.ones((4 * H, H), f)], [np.zeros(4 * H, f)]
+    args = dict(emb=np.zeros((V, E), f), WT=np.zeros((H, V), f), bias=np.zeros(V, f), top_k=0,
+                noise=None, h_top=np.zeros((N, H), f), h=np.zeros((L, N, H), f), c=np.zeros((L, N, H), f),
+                n=3)
+    packed = c_backend.pack_generate(W_ih, W_hh)
+    if packed is None:
+        pytest.skip("no fused path on this build")
+    c_backend.generate(W_ih, W_hh, b, **args, packed=packed)
+    other = c_backend.pack_generate([np.ones((4 * H, E + 1), f)], W_hh)
+    with pytest.raises(ValueError, match="pack_generate"):
+        c_backend.generate(W_ih, W_hh, b, **args, packed=other)

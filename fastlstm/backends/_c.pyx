@@ -694,31 +694,61 @@ cdef extern from "lstm_generate.h" nogil:
         const float *WT
         const float *bias
         Py_ssize_t top_k
-    Py_ssize_t lstm_generate_work_size(const lstm_gen_model *m)
+        const float **W_f
+        int batch_threads, by_rows
+    Py_ssize_t lstm_generate_work_size(const lstm_gen_model *m, Py_ssize_t N)
     void lstm_generate(const lstm_blas *blas, int path, int nthreads, const lstm_gen_model *m,
-                       Py_ssize_t n, const float *noise, float *h_top, float *h, float *c,
-                       float *work, int *ids)
+                       Py_ssize_t n, Py_ssize_t N, const float *noise, float *h_top, float *h,
+                       float *c, float *work, int *ids)
+
+
+def pack_generate(list W_ih, list W_hh):
+    """The layers' [W_ih | W_hh] packed for the fused one-step forward of a batched
+    generation (``generate(..., packed=)``): a list of L arrays, or None where the
+    float32 kernels have no fused path. Pack again when the weights change."""
+    cdef int path = _fused_path(<float>0)
+    cdef const float[:, ::1] wi
+    cdef const float[:, ::1] wh
+    cdef float[::1] out
+    cdef Py_ssize_t H, I
+    if path == LSTM_PATH_BLAS:
+        return None
+    packed = []
+    for l in range(len(W_ih)):
+        wi, wh = W_ih[l], W_hh[l]
+        H, I = wh.shape[1], wi.shape[1]
+        raw = np.empty(lstm_fused_forward_pack_size(path, I, H, H) + 16, np.float32)
+        off = ((-raw.ctypes.data) % 64) // 4
+        arr = raw[off:off + raw.shape[0] - 16]
+        out = arr
+        with nogil:
+            lstm_fused_pack_forward(path, I, H, H, &wi[0, 0] if I else NULL, &wh[0, 0], &out[0])
+        packed.append((path, arr))
+    return packed
 
 
 def generate(list W_ih, list W_hh, list b, emb, const float[:, ::1] WT, const float[::1] bias,
-             Py_ssize_t top_k, noise, float[::1] h_top, float[:, ::1] h, float[:, ::1] c,
-             Py_ssize_t n):
-    """n characters of the compiled generation loop (csrc/lstm_generate.h), float32.
+             Py_ssize_t top_k, noise, float[:, ::1] h_top, float[:, :, ::1] h, float[:, :, ::1] c,
+             Py_ssize_t n, packed=None):
+    """n characters for each of N samples from the compiled generation loop
+    (csrc/lstm_generate.h), float32.
 
     W_ih, W_hh, b: the L layers (b = b_ih + b_hh); emb: the (V, E) embedding or None
     (input id / V); WT (H, V) and bias (V,): the dense layer times 1 / temperature;
-    top_k: 0 for all; noise: (n, V) Gumbel noise plus bias, or None (greedy);
-    h_top (H,), h and c (L, H): the carried state, moved on in place.
-    Returns the n ids (int32). The GIL is released for the whole chunk."""
-    cdef Py_ssize_t L = len(W_ih), H = h.shape[1], V = WT.shape[1], l
+    top_k: 0 for all; noise: (n, N, V) Gumbel noise plus bias, or None (greedy);
+    h_top (N, H), h and c (L, N, H): the carried state, moved on in place.
+    packed: pack_generate's result for these weights, or None (each step then runs
+    without packing: best for one sample).
+    Returns the (n, N) ids (int32). The GIL is released for the whole chunk."""
+    cdef Py_ssize_t L = len(W_ih), N = h.shape[1], H = h.shape[2], V = WT.shape[1], l
     cdef const float[:, ::1] e
-    cdef const float[:, ::1] nz
+    cdef const float[:, :, ::1] nz
     cdef lstm_gen_model m
     if L == 0 or len(W_hh) != L or len(b) != L:
         raise ValueError(f"W_ih, W_hh and b need one entry per layer, got {len(W_ih)}, {len(W_hh)}, {len(b)}")
     I0 = W_ih[0].shape[1]
-    _check_all((("WT", WT, (H, V)), ("bias", bias, (V,)), ("h_top", h_top, (H,)), ("h", h, (L, H)),
-                ("c", c, (L, H))))
+    _check_all((("WT", WT, (H, V)), ("bias", bias, (V,)), ("h_top", h_top, (N, H)), ("h", h, (L, N, H)),
+                ("c", c, (L, N, H))))
     for l in range(L):
         _check_entry("W_ih", l, tuple(W_ih[l].shape), (4 * H, I0 if l == 0 else H))
         _check_entry("W_hh", l, tuple(W_hh[l].shape), (4 * H, H))
@@ -730,36 +760,57 @@ def generate(list W_ih, list W_hh, list b, emb, const float[:, ::1] WT, const fl
         raise ValueError(f"without an embedding the input is one number per step, got W_ih[0] with {I0} columns")
     if noise is not None:
         nz = noise
-        _check("noise", _shape(noise), (n, V))
+        _check("noise", _shape(noise), (n, N, V))
     if not 0 <= top_k:
         raise ValueError(f"top_k must be >= 0, got {top_k}")
-    ids = np.empty(n, np.intc)
-    cdef int[::1] out = ids
-    if n <= 0 or H == 0 or V == 0:
-        return ids[:max(n, 0)]
+    ids = np.empty((max(n, 0), N), np.intc)
+    cdef int[:, ::1] out = ids
+    if n <= 0 or N == 0 or H == 0 or V == 0:
+        return ids
     cdef const float **ptrs = <const float **>malloc(3 * L * sizeof(float *))
     if ptrs == NULL:
         raise MemoryError()
     cdef int path = _fused_path(<float>0), nthreads = 1
     if path != LSTM_PATH_BLAS:
-        nthreads = _config.threads_for(1, H, lstm_fused_max_threads(), step=True)
+        nthreads = _config.threads_for(N, H, lstm_fused_max_threads(), step=True)
+    cdef const float **wf = NULL
+    cdef const float[::1] wv
+    m.W_f, m.batch_threads, m.by_rows = NULL, 1, 0
+    if packed is not None and path != LSTM_PATH_BLAS and N >= 2:
+        if len(packed) != L or any(p != path for p, _ in packed):
+            raise ValueError("packed was made for other weights or another kernel path: call pack_generate again")
+        wf = <const float **>malloc(L * sizeof(float *))
+        if wf == NULL:
+            free(ptrs)
+            raise MemoryError()
+        for l in range(L):
+            wv = packed[l][1]
+            if wv.shape[0] != lstm_fused_forward_pack_size(path, I0 if l == 0 else H, H, H):
+                free(ptrs)
+                free(wf)
+                raise ValueError(f"packed[{l}] does not fit these weights: call pack_generate again")
+            wf[l] = &wv[0]
+        m.W_f = wf
+        m.batch_threads = _config.threads_for(N, H, lstm_fused_max_threads())
+        m.by_rows = _config.split_by_rows(4 * sum(a.shape[0] for _, a in packed) // L, m.batch_threads)
     try:
         _layer_pointers(W_ih, W_hh, b, ptrs)
         m.L, m.H, m.I0, m.V = L, H, I0, V
         m.W_ih, m.W_hh, m.b = ptrs, ptrs + L, ptrs + 2 * L
         m.emb = &e[0, 0] if emb is not None else NULL
         m.WT, m.bias, m.top_k = &WT[0, 0], &bias[0], top_k
-        work_array = np.empty(lstm_generate_work_size(&m), np.float32)
-        _run_generate(&m, path, nthreads, n, &nz[0, 0] if noise is not None else NULL, h_top, h, c,
-                      work_array, out)
+        work_array = np.empty(lstm_generate_work_size(&m, N), np.float32)
+        _run_generate(&m, path, nthreads, n, N, &nz[0, 0, 0] if noise is not None else NULL, h_top,
+                      h, c, work_array, out)
     finally:
         free(ptrs)
+        free(wf)
     return ids
 
 
-cdef void _run_generate(const lstm_gen_model *m, int path, int nthreads, Py_ssize_t n,
-                        const float *noise, float[::1] h_top, float[:, ::1] h, float[:, ::1] c,
-                        float[::1] work, int[::1] ids) except *:
+cdef void _run_generate(const lstm_gen_model *m, int path, int nthreads, Py_ssize_t n, Py_ssize_t N,
+                        const float *noise, float[:, ::1] h_top, float[:, :, ::1] h,
+                        float[:, :, ::1] c, float[::1] work, int[:, ::1] ids) except *:
     with nogil:
-        lstm_generate(&_BLAS, path, nthreads, m, n, noise, &h_top[0], &h[0, 0], &c[0, 0], &work[0],
-                      &ids[0])
+        lstm_generate(&_BLAS, path, nthreads, m, n, N, noise, &h_top[0, 0], &h[0, 0, 0],
+                      &c[0, 0, 0], &work[0], &ids[0, 0])

@@ -66,6 +66,7 @@ GENERATE_EPILOG = """\
 examples:
   fastlstm generate --prime "MACBETH. " --length 500
   fastlstm generate --checkpoint runs/novel --temperature 0.5 --top-k 10 --seed 1
+  fastlstm generate --num-samples 4 --length 200 --seed 7
   fastlstm generate --checkpoint runs/macbeth-tutorial --greedy
 """
 
@@ -186,6 +187,10 @@ def build_parser():
                    help="sample only among the K likeliest characters; 0 for all (default 0)")
     s.add_argument("--seed", type=int, default=None,
                    help="seed of the sampler, for reproducible text (default: fresh randomness)")
+    s.add_argument("--num-samples", type=int, default=1, metavar="K",
+                   help="K independent continuations of the prime, drawn together as one batch and "
+                        "printed one after the other, each under a header line; sample k draws from "
+                        "--seed + k (default 1)")
     s.add_argument("--greedy", action="store_true",
                    help="always take the likeliest character (the tutorial's generation)")
     s.add_argument("--timing", action="store_true",
@@ -238,6 +243,8 @@ def _generate(args):
         return _fail(prog, f"--top-k must be >= 0 (0 for all characters), got {args.top_k}")
     if args.temperature is not None and not args.temperature >= 0:
         return _fail(prog, f"--temperature must be >= 0 (0 for argmax), got {args.temperature}")
+    if args.num_samples < 1:
+        return _fail(prog, f"--num-samples must be >= 1, got {args.num_samples}")
     try:
         meta, arrays = load_checkpoint(args.checkpoint, prefer_best=True)
         model = model_from_checkpoint(meta, arrays, backend=args.backend)
@@ -272,20 +279,34 @@ def _generate(args):
         except (ValueError, OSError):
             pass
     write, flush = out.write, out.flush
-    write(prime if args.prime is not None else "")
-    flush()
+    echo = prime if args.prime is not None else ""
+    K = args.num_samples
+    last_flush = [time.perf_counter()]
 
     def emit(i):
         write(chars[i])
-        flush()
+        now = time.perf_counter()
+        if now - last_flush[0] > 0.03:  # stream, without a system call per character
+            flush()
+            last_flush[0] = now
 
     ids = np.fromiter((index[c] for c in prime), dtype=np.int64, count=len(prime))
     try:
         t0 = time.perf_counter()
-        model.generate(ids, args.length, temperature=temperature, top_k=args.top_k or None,
-                       greedy=greedy, seed=args.seed, callback=emit)
-        dt = time.perf_counter() - t0
-        write("\n")
+        if K == 1:
+            write(echo)
+            flush()
+            model.generate(ids, args.length, temperature=temperature, top_k=args.top_k or None,
+                           greedy=greedy, seed=args.seed, callback=emit)
+            dt = time.perf_counter() - t0
+            write("\n")
+        else:
+            samples = model.generate(ids, args.length, temperature=temperature, top_k=args.top_k or None,
+                                     greedy=greedy, seed=args.seed, num_samples=K)
+            dt = time.perf_counter() - t0
+            for k, sample in enumerate(samples):
+                seed = "" if args.seed is None else f" (seed {args.seed + k})"
+                write(f"--- sample {k + 1} of {K}{seed} ---\n{echo}{''.join(chars[i] for i in sample)}\n")
         flush()
     except BrokenPipeError:
         # the reader went away (e.g. `| head`): stop quietly
@@ -293,8 +314,8 @@ def _generate(args):
         os.dup2(devnull, out.fileno())
         return 0
     if args.timing:
-        rate = args.length / dt if dt > 0 else float("inf")
-        print(f"start-up {t0 - t_start:.3f} s (checkpoint, model, backend); generated {args.length} characters "
+        rate = K * args.length / dt if dt > 0 else float("inf")
+        print(f"start-up {t0 - t_start:.3f} s (checkpoint, model, backend); generated {K * args.length} characters "
               f"in {dt:.3f} s after it: {rate:,.0f} chars/s (backend {model.lstm.backend})", file=sys.stderr)
     return 0
 

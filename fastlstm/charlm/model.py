@@ -338,6 +338,8 @@ class CharModel:
 
     #: Characters per call of the compiled loop: the unit of streaming (and of Ctrl-C).
     GENERATE_CHUNK = 128
+    #: Characters per block of Gumbel noise drawn from each sample's generator.
+    NOISE_BLOCK = 1024
 
     def _compiled_loop(self) -> Any:
         """The C backend when it runs this model's generation loop (float32), else None."""
@@ -351,49 +353,15 @@ class CharModel:
             return None
         return be
 
-    def _generate_compiled(self, be: Any, h_top: Any, state: State, length: int, WT: Any, b: Any,
-                           greedy: bool, top_k: int | None, rng: np.random.Generator, block: int,
-                           callback: Callable[[int], object] | None) -> list[int]:
-        """The loop of :meth:`generate` in C (csrc/lstm_generate.c), chunk by chunk: the
-        same noise blocks from ``rng`` as the NumPy loop, so the same text up to rounding."""
-        assert state is not None
-        V = self.vocab_size
-        weights = [self.lstm._layer_weights(k) for k in range(self.num_layers)]
-        W_ih = [w[0] for w in weights]
-        W_hh = [w[1] for w in weights]
-        bias = [w[2].copy() for w in weights]  # the layer's bias buffer is rewritten per call
-        emb = (np.ascontiguousarray(self.embedding.params["weight"], np.float32)
-               if self.embedding is not None else None)
-        h_top = np.array(h_top, np.float32)
-        h = np.ascontiguousarray(state[0][:, 0, :], np.float32)
-        c = np.ascontiguousarray(state[1][:, 0, :], np.float32)
-        b = np.ascontiguousarray(b, np.float32)
-        out: list[int] = []
-        noise: Any = None
-        n = 0
-        while n < length:
-            k = n % block
-            if not greedy and k == 0:
-                noise = rng.gumbel(size=(min(block, length - n), V)).astype(np.float32)
-                noise += b
-            chunk = min(self.GENERATE_CHUNK, length - n, block - k)
-            ids = be.generate(W_ih, W_hh, bias, emb, WT, b, 0 if top_k is None else top_k,
-                              None if greedy else noise[k:k + chunk], h_top, h, c, chunk)
-            for i in ids.tolist():
-                out.append(i)
-                if callback is not None:
-                    callback(i)
-            n += chunk
-        return out
-
     def generate(self, prime_ids: ArrayLike, length: int, *, temperature: float | None = 1.0,
                  top_k: int | None = None, greedy: bool = False, seed: int | None = None,
                  rng: np.random.Generator | None = None,
-                 callback: Callable[[int], object] | None = None) -> list[int]:
+                 callback: Callable[[Any], object] | None = None,
+                 num_samples: int | None = None) -> Any:
         """Continue ``prime_ids`` by ``length`` characters.
 
         The prime runs through one ``LSTM.forward``; then each new character is one
-        ``LSTM.step`` with the carried state, one (1, H) x (H, V) product and a draw. On the
+        ``LSTM.step`` with the carried state, one (N, H) x (H, V) product and a draw. On the
         C backend (float32) that loop runs in C, ``GENERATE_CHUNK`` characters per call,
         with the same random draws: the same text as the NumPy loop, except where two
         characters' scores are within float rounding of each other (the products sum in
@@ -412,25 +380,36 @@ class CharModel:
         greedy : bool, optional
             Always pick the argmax.
         seed : int or None, optional
-            Seeds the draws (when ``rng`` is not given).
+            Seeds the draws (when ``rng`` is not given); sample k of ``num_samples``
+            draws from ``seed + k``.
         rng : numpy.random.Generator or None, optional
-            The generator of the draws.
+            The generator of the draws (one sample only).
         callback : callable or None, optional
-            ``callback(id)`` as each character is drawn (for streaming).
+            ``callback(id)`` as each character is drawn (for streaming); with
+            ``num_samples``, ``callback(ids)`` with the (K,) ids of each position.
+        num_samples : int or None, optional
+            K independent continuations of the prime in one pass (a batch of K):
+            sample k is the text ``generate(..., seed=seed + k)`` gives, up to float
+            rounding (fresh independent streams without a seed).
 
         Returns
         -------
-        list of int
+        list of int, or list of K lists of int with ``num_samples``
             The generated ids (without the prime).
 
         Raises
         ------
         ValueError
-            For an empty prime.
+            For an empty prime, ``num_samples`` < 1, or ``rng`` with several samples.
         """
         prime_ids = np.asarray(prime_ids, dtype=np.int64).reshape(-1)
         if prime_ids.size == 0:
             raise ValueError("generation needs a prime of at least one character")
+        K = 1 if num_samples is None else int(num_samples)
+        if K < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if rng is not None and K > 1:
+            raise ValueError("rng draws one sample; give seed (sample k draws from seed + k) for several")
         length = int(length)
         V = self.vocab_size
         greedy = greedy or temperature is None or temperature <= 0
@@ -438,53 +417,106 @@ class CharModel:
             top_k = None
         if top_k is not None and top_k >= V:
             top_k = None
-        if rng is None:
-            rng = np.random.default_rng(seed)
+        if rng is not None:
+            rngs = [rng]
+        elif seed is not None:
+            rngs = [np.random.default_rng(seed + k) for k in range(K)]
+        else:
+            rngs = [np.random.default_rng(s) for s in np.random.SeedSequence().spawn(K)]
         dt = self.dtype
         # Sampling by the Gumbel-max trick: argmax(z / temperature + G), G ~ Gumbel(0, 1) i.i.d.,
         # is an exact draw from softmax(z / temperature). The temperature is folded into the
         # dense weights, and the noise (plus the bias) comes in blocks: per character this is
-        # one (1, H) x (H, V) product, one add and one argmax.
+        # one (N, H) x (H, V) product, one add and one argmax.
         scale = 1.0 if greedy or temperature is None else 1.0 / float(temperature)
         WT = np.ascontiguousarray(self.dense.params["weight"].T * dt.type(scale))  # (H, V)
         b = (self.dense.params["bias"] * dt.type(scale)).astype(dt)
-        block = 1024
-        # prime: one forward over the whole prefix; its last output and state carry on
+        # prime: one forward over the whole prefix; its last output and state carry on, copied
+        # to each sample (so that each is the single run of its seed)
         y, state = self.lstm.forward(self._inputs(prime_ids[:, None], False), None)
-        h = y[-1]  # (1, H)
-        logits = np.empty((1, V), dt)
-        z = logits[0]
-        buf = np.empty((1, 1), dt)
-        compiled = self._compiled_loop()
-        if compiled is not None:
-            return self._generate_compiled(compiled, y[-1, 0], state, length, WT, b, greedy, top_k,
-                                           rng, block, callback)
-        step = self.lstm.step
+        assert state is not None
+        h_top = np.repeat(y[-1], K, axis=0)  # (K, H)
+        state = (np.repeat(state[0], K, axis=1), np.repeat(state[1], K, axis=1))
+
+        def noise_block(n: int) -> NDArray[np.floating]:
+            noise = np.stack([r.gumbel(size=(n, V)) for r in rngs], axis=1).astype(dt)
+            noise += b
+            return noise  # (n, K, V)
+
+        def emit(ids: NDArray[np.integer]) -> None:
+            if callback is not None:
+                callback(int(ids[0]) if num_samples is None else ids)
+
+        run = self._draw_compiled if self._compiled_loop() is not None else self._draw_numpy
+        drawn = run(h_top, state, length, WT, b, greedy, top_k, noise_block, emit)  # (length, K)
+        rows = [drawn[:, k].tolist() for k in range(K)]
+        return rows[0] if num_samples is None else rows
+
+    def _draw_numpy(self, h: Any, state: State, length: int, WT: Any, b: Any, greedy: bool,
+                    top_k: int | None, noise_block: Callable[[int], Any],
+                    emit: Callable[[Any], None]) -> NDArray[np.int64]:
+        """The loop of :meth:`generate` in NumPy around ``LSTM.step``: (length, K) ids."""
+        K, V, block = h.shape[0], self.vocab_size, self.NOISE_BLOCK
+        logits = np.empty((K, V), self.dtype)
+        buf = np.empty((K, 1), self.dtype)
         emb = self.embedding.params["weight"] if self.embedding is not None else None
-        out: list[int] = []
-        append = out.append
+        drawn = np.empty((length, K), np.int64)
         noise: Any = None
         for n in range(length):
             np.matmul(h, WT, out=logits)
             if greedy:
-                z += b
+                logits += b
             else:
                 k = n % block
                 if k == 0:
-                    noise = rng.gumbel(size=(min(block, length - n), V)).astype(dt)
-                    noise += b
-                z += noise[k]
+                    noise = noise_block(min(block, length - n))
+                logits += noise[k]
                 if top_k is not None:  # keep the k likeliest (by logits, before the noise)
-                    zk = z - noise[k] + b
-                    z[zk < np.partition(zk, V - top_k)[V - top_k]] = -np.inf
-            i = int(z.argmax())
-            append(i)
-            if callback is not None:
-                callback(i)
+                    zk = logits - noise[k] + b
+                    kth = np.partition(zk, V - top_k, axis=1)[:, V - top_k]
+                    logits[zk < kth[:, None]] = -np.inf
+            ids = logits.argmax(axis=1)
+            drawn[n] = ids
+            emit(ids)
             if emb is not None:
-                x = emb[i:i + 1]  # (1, E) view: no copy
+                x = emb[ids]  # (K, E)
             else:
-                buf[0, 0] = i / V
+                buf[:, 0] = ids / V
                 x = buf
-            h, state = step(x, state)
-        return out
+            h, state = self.lstm.step(x, state)
+        return drawn
+
+    def _draw_compiled(self, h_top: Any, state: State, length: int, WT: Any, b: Any, greedy: bool,
+                       top_k: int | None, noise_block: Callable[[int], Any],
+                       emit: Callable[[Any], None]) -> NDArray[np.int64]:
+        """The loop of :meth:`generate` in C (csrc/lstm_generate.c), chunk by chunk, on the
+        same noise blocks as the NumPy loop: (length, K) ids."""
+        assert state is not None
+        be, block = self._compiled_loop(), self.NOISE_BLOCK
+        weights = [self.lstm._layer_weights(k) for k in range(self.num_layers)]
+        W_ih = [w[0] for w in weights]
+        W_hh = [w[1] for w in weights]
+        bias = [w[2].copy() for w in weights]  # the layer's bias buffer is rewritten per call
+        emb = (np.ascontiguousarray(self.embedding.params["weight"], np.float32)
+               if self.embedding is not None else None)
+        h_top = np.ascontiguousarray(h_top, np.float32)
+        h = np.ascontiguousarray(state[0], np.float32)
+        c = np.ascontiguousarray(state[1], np.float32)
+        b = np.ascontiguousarray(b, np.float32)
+        drawn = np.empty((length, h_top.shape[0]), np.int64)
+        # a batch steps on weights packed once for the whole generation
+        packed = be.pack_generate(W_ih, W_hh) if h_top.shape[0] > 1 else None
+        noise: Any = None
+        n = 0
+        while n < length:
+            k = n % block
+            if not greedy and k == 0:
+                noise = noise_block(min(block, length - n))
+            chunk = min(self.GENERATE_CHUNK, length - n, block - k)
+            ids = be.generate(W_ih, W_hh, bias, emb, WT, b, 0 if top_k is None else top_k,
+                              None if greedy else noise[k:k + chunk], h_top, h, c, chunk, packed)
+            drawn[n:n + chunk] = ids
+            for row in ids:
+                emit(row)
+            n += chunk
+        return drawn
