@@ -22,7 +22,7 @@ def _numpy_loop(monkeypatch):
 @pytest.mark.parametrize("path", c_backend.SUPPORTED_KERNELS)
 def test_compiled_loop_gives_the_numpy_loops_characters(monkeypatch, input_mode, draw, path):
     monkeypatch.setenv("FASTLSTM_KERNEL", path)
-    model = CharModel(23, 16, 2, embed_dim=5, input_mode=input_mode, seed=4)
+    model = CharModel(23, 16, 2, embed_dim=5, input_mode=input_mode, seed=4, backend="c")
     assert model._compiled_loop() is c_backend
     length = 1100  # past one block of noise (1024) and many chunks
     compiled = model.generate([3, 1, 4], length, seed=9, **draw)
@@ -34,7 +34,7 @@ def test_compiled_loop_gives_the_numpy_loops_characters(monkeypatch, input_mode,
 
 
 def test_compiled_loop_streams_every_character_in_order(monkeypatch):
-    model = CharModel(11, 8, 1, embed_dim=3, seed=1)
+    model = CharModel(11, 8, 1, embed_dim=3, seed=1, backend="c")
     monkeypatch.setattr(CharModel, "GENERATE_CHUNK", 7)
     seen = []
     out = model.generate([2], 50, seed=3, callback=seen.append)
@@ -71,7 +71,8 @@ def test_compiled_loop_checks_its_arguments():
 def test_batched_samples_are_the_single_runs_of_their_seeds(monkeypatch, compiled, draw):
     if not compiled:
         _numpy_loop(monkeypatch)
-    model = CharModel(19, 12, 2, embed_dim=4, seed=2)
+    model = CharModel(19, 12, 2, embed_dim=4, seed=2, backend="c")
+    assert (model._compiled_loop() is not None) == compiled
     K, length = 5, 300
     seen = []
     batch = model.generate([1, 2], length, seed=40, num_samples=K, callback=seen.append, **draw)
