@@ -1,14 +1,16 @@
 /* lstm_generate.c - the character model's generation loop (lstm_generate.h). */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#include "lstm_common.h"
 #include "lstm_fused.h"
 #include "lstm_generate.h"
 
 ptrdiff_t lstm_generate_work_size(const lstm_gen_model *m, ptrdiff_t N)
 {
-    /* logits [V], logits without noise [V], top-k scratch [V], gates [N, G],
-     * the next state [2 L N H], the inputs [N, I0] */
-    return 3 * m->V + N * (4 * m->H + 2 * m->L * m->H + m->I0);
+    /* gates [N, G], the next state [2 L N H], the inputs [N, I0]; each thread's
+     * logits, logits without noise and top-k scratch are its own (malloc) */
+    return N * (4 * m->H + 2 * m->L * m->H + m->I0);
 }
 
 /* The k-th largest of a[0..n-1] (1 <= k <= n); a is reordered. */
@@ -73,19 +75,35 @@ void lstm_generate(const lstm_blas *blas, int path, int nthreads, const lstm_gen
                    float *work, int *ids)
 {
     const ptrdiff_t L = m->L, H = m->H, V = m->V, I0 = m->I0, LNH = L * N * H;
-    float *z = work, *zk = z + V, *sel = zk + V, *gates = sel + V, *h2 = gates + N * 4 * H;
-    float *c2 = h2 + LNH, *x = c2 + LNH;
+    float *gates = work, *h2 = gates + N * 4 * H, *c2 = h2 + LNH, *x = c2 + LNH;
+    /* the rows' draws are independent: split them over the threads (one alone
+     * below a few rows, where the team would cost more than it saves) */
+    const int draw_threads = N >= 8 ? nthreads : 1;
     for (ptrdiff_t k = 0; k < n; ++k) {
-        for (ptrdiff_t r = 0; r < N; ++r) {
-            const float *add = noise ? noise + (k * N + r) * V : m->bias;
-            const int id = draw(m, h_top + r * H, add, noise != NULL, z, zk, sel);
-            ids[k * N + r] = id;
-            /* the row's next input */
-            if (m->emb)
-                memcpy(x + r * I0, m->emb + (ptrdiff_t)id * I0, (size_t)I0 * sizeof(float));
-            else
-                x[r] = (float)((double)id / (double)V);
+        LSTM_PARALLEL(draw_threads)
+        {
+            const lstm_team me = lstm_team_join(blas);
+            const lstm_range rows = lstm_share(N, me);
+            float *z = malloc((size_t)(3 * V) * sizeof(float));
+            if (z) {
+                for (ptrdiff_t r = rows.lo; r < rows.hi; ++r) {
+                    const float *add = noise ? noise + (k * N + r) * V : m->bias;
+                    const int id = draw(m, h_top + r * H, add, noise != NULL, z, z + V, z + 2 * V);
+                    ids[k * N + r] = id;
+                    /* the row's next input */
+                    if (m->emb)
+                        memcpy(x + r * I0, m->emb + (ptrdiff_t)id * I0, (size_t)I0 * sizeof(float));
+                    else
+                        x[r] = (float)((double)id / (double)V);
+                }
+                free(z);
+            } else {
+                for (ptrdiff_t r = rows.lo; r < rows.hi; ++r) ids[k * N + r] = -1;
+            }
+            lstm_team_leave(blas, me);
         }
+        for (ptrdiff_t r = 0; r < N; ++r)
+            if (ids[k * N + r] < 0) return; /* out of memory: the caller sees -1 */
         /* one step of the stack for every row */
         if (m->W_f && N >= 2 && path != LSTM_PATH_BLAS) {
             /* a one-step forward per layer on weights packed once (the input fused) */

@@ -47,7 +47,7 @@ ptrdiff_t lstm_generate_work_size(const lstm_gen_model *m, ptrdiff_t N);
  *   h, c:  [L, N, H] INOUT  the carried state
  *   noise: [n, N, V] IN or NULL
  *   work:  [lstm_generate_work_size(m, N)] scratch
- *   ids:   [n, N] OUT
+ *   ids:   [n, N] OUT (-1 from the first position where scratch memory ran out)
  * A row's logits and draw depend on that row only; the step's products for
  * N > 1 sum in another order than for one row (float rounding).
  * path and nthreads as for lstm_fused_step (LSTM_PATH_BLAS: the BLAS loop's step). */

@@ -805,6 +805,8 @@ def generate(list W_ih, list W_hh, list b, emb, const float[:, ::1] WT, const fl
     finally:
         free(ptrs)
         free(wf)
+    if (ids < 0).any():
+        raise MemoryError("the generation loop ran out of memory for its scratch buffers")
     return ids
 
 
