@@ -414,3 +414,64 @@ def test_format_1_checkpoint_loads_generates_and_resumes(text_file, tmp_path, ca
     assert res["step"] == 6 and len(res["losses"]) == 3
     saved = json.loads((out / "checkpoint.json").read_text())
     assert saved["step"] == 6 and "steps_done" not in saved  # the file keeps its key
+
+
+def _scripted_losses(monkeypatch, losses):
+    """Validation losses from a list (by validation count) instead of the model."""
+    from fastlstm.charlm.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: losses[len(self.scheduled_validations())])
+
+
+def test_plateau_halves_the_rate_after_lr_patience_validations(text_file, tmp_path, monkeypatch):
+    _scripted_losses(monkeypatch, [3.0, 2.0, 2.5, 2.4, 2.6, 1.0, 1.5, 1.6, 1.7, 1.8])
+    tr = start(text_file, tmp_path / "p", max_steps=50, lr_patience=2, sample_length=0)
+    rates = []
+    run(tr, step_callback=lambda t, loss: rates.append(t.adam.lr) if t.steps_done % 5 == 0 else None)
+    lr = TINY["lr"]
+    # the rate before each validation: 1-2 improve; 3, 4 do not (halved after the 4th); 5
+    # does not; 6 is a best; 7, 8 do not (halved after the 8th); 9, 10 not (after the 10th)
+    assert rates == [lr, lr, lr, lr, lr / 2, lr / 2, lr / 2, lr / 2, lr / 4, lr / 4]
+    assert tr.lr_scale == 1 / 8
+    meta = json.loads((tmp_path / "p" / "checkpoint.json").read_text())
+    assert meta["schedule"] == {"lr_scale": 0.125, "plateau_bad": 0}
+
+
+def test_constant_schedule_keeps_the_rate(text_file, tmp_path, monkeypatch):
+    _scripted_losses(monkeypatch, [3.0, 3.1, 3.2, 3.3])
+    tr = start(text_file, tmp_path / "c", max_steps=20, lr_schedule="constant", sample_length=0)
+    run(tr)
+    assert tr.adam.lr == TINY["lr"] and tr.lr_scale == 1.0
+
+
+def test_patience_stops_early_and_a_resume_honours_it(text_file, tmp_path, monkeypatch):
+    _scripted_losses(monkeypatch, [3.0, 2.0, 2.1, 2.2, 2.3, 2.4, 2.5])
+    tr = start(text_file, tmp_path / "e", max_steps=100, patience=3, sample_length=0)
+    result = run(tr)
+    assert result["status"] == "stopped" and tr.steps_done == 25  # the 5th validation is the 3rd without a best
+    again = start(text_file, tmp_path / "e", resume=True, max_steps=100, patience=3, sample_length=0)
+    assert run(again)["status"] == "stopped" and again.steps_done == 25
+
+
+def test_schedule_survives_resume_step_for_step(text_file, tmp_path, monkeypatch):
+    losses = [3.0, 2.9, 3.1, 3.2, 3.3, 2.0, 2.5, 2.6, 2.7]
+    _scripted_losses(monkeypatch, losses)
+    kw = dict(max_steps=40, lr_patience=2)
+    whole = start(text_file, tmp_path / "a", **kw)
+    ref = run(whole)["losses"]
+    first = start(text_file, tmp_path / "b", **dict(kw, max_steps=17))  # between decays
+    part1 = run(first)["losses"]
+    second = start(text_file, tmp_path / "b", resume=True, **kw)
+    assert (second.lr_scale, second.plateau_bad) == (first.lr_scale, first.plateau_bad)
+    part2 = run(second)["losses"]
+    assert part1 + part2 == ref
+    assert second.adam.lr == whole.adam.lr and second.lr_scale == whole.lr_scale < 1
+    for k, p in whole.model.params.items():
+        assert np.array_equal(second.model.params[k], p), k
+
+
+def test_schedule_options_are_checked(text_file, tmp_path):
+    for kw, fragment in ((dict(lr_schedule="cosine!"), "--lr-schedule"), (dict(lr_patience=0), "--lr-patience"),
+                         (dict(patience=-1), "--patience")):
+        with pytest.raises(ValueError, match=fragment):
+            start(text_file, tmp_path / "x", **kw)

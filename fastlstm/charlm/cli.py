@@ -13,7 +13,7 @@ from .. import __version__
 from .._config import BACKENDS
 from .data import CORPORA, DataError
 from .model import INPUT_MODES
-from .options import DEFAULT_EPOCHS, DEFAULTS, DTYPES, LOSS_TARGETS, PRESETS
+from .options import DEFAULT_EPOCHS, DEFAULTS, DTYPES, LOSS_TARGETS, LR_SCHEDULES, PRESETS
 from .progress import PROGRESS_MODES
 
 __all__ = ["build_parser", "main"]
@@ -125,6 +125,15 @@ def build_parser():
     g.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default {DEFAULTS['lr']})")
     g.add_argument("--clip", type=float, default=None, metavar="NORM",
                    help=f"clip the global gradient norm at NORM; 0 disables (default {DEFAULTS['clip']})")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                   help=f"'plateau': halve the learning rate after --lr-patience validations in a row "
+                        f"without a new best validation loss; 'constant' (default {DEFAULTS['lr_schedule']})")
+    g.add_argument("--lr-patience", type=int, default=None, metavar="VALIDATIONS",
+                   help=f"validations without a new best before 'plateau' halves the rate "
+                        f"(default {DEFAULTS['lr_patience']})")
+    g.add_argument("--patience", type=int, default=None, metavar="VALIDATIONS",
+                   help="stop early after this many validations in a row without a new best validation "
+                        "loss (default: never)")
     g.add_argument("--seed", type=int, default=None,
                    help=f"seeds initialisation, batches, dropout and samples (default {DEFAULTS['seed']})")
 

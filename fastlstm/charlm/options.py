@@ -10,7 +10,8 @@ from .checkpoints import CheckpointError
 from .model import check_input_mode
 from .nn import check_dropout
 
-__all__ = ["DEFAULTS", "DEFAULT_EPOCHS", "DTYPES", "DURATION", "FLAGS", "LOSS_TARGETS",
+__all__ = ["DEFAULTS", "DEFAULT_EPOCHS", "DTYPES", "DURATION", "FLAGS", "LOSS_TARGETS", "LR_SCHEDULES",
+           "PLATEAU_FACTOR",
            "PRESETS", "SHAPE_OPTIONS", "check_options", "flag", "resolve_options"]
 
 #: "all": every position of a window predicts its next character; "last": one target per
@@ -25,6 +26,7 @@ DEFAULTS = {
     "text": None, "corpus": "macbeth", "encoding": "utf-8", "lowercase": False, "preset": "default",
     "hidden_size": 300, "num_layers": 2, "dropout": 0.2, "embed_dim": 64, "input_mode": "embedding",
     "seq_len": 100, "target": "all", "batch_size": 64, "lr": 4e-3, "clip": 5.0,
+    "lr_schedule": "plateau", "lr_patience": 2, "patience": None,
     "epochs": None, "max_time": None, "max_steps": None,
     "eval_every": 50, "sample_length": 200, "temperature": 0.8, "greedy": False,
     "seed": 0, "val_fraction": 0.1, "dtype": "float32", "backend": "auto",
@@ -39,6 +41,12 @@ PRESETS = {
     "tutorial": {"lowercase": True, "seq_len": 50, "target": "last", "input_mode": "scaled", "batch_size": 30,
                  "lr": 1e-3, "clip": 0.0, "greedy": True},
 }
+
+#: Learning-rate schedules: "constant", or "plateau": halve the rate after --lr-patience
+#: validations in a row without a new best validation loss.
+LR_SCHEDULES = ("constant", "plateau")
+#: What "plateau" multiplies the rate by.
+PLATEAU_FACTOR = 0.5
 
 #: Options that fix the model's shapes: a resumed run cannot change them.
 SHAPE_OPTIONS = ("hidden_size", "num_layers", "embed_dim", "input_mode", "target", "lowercase", "dtype")
@@ -110,7 +118,7 @@ def _positive(o, name, integer=True):
 def check_options(o):
     """Check a complete options dict; the first bad value raises ValueError naming its flag."""
     for name in ("hidden_size", "num_layers", "embed_dim", "seq_len", "batch_size", "eval_every",
-                 "epochs", "max_steps"):
+                 "epochs", "max_steps", "lr_patience", "patience"):
         _positive(o, name)
     for name in ("max_time", "lr"):
         _positive(o, name, integer=False)
@@ -118,6 +126,8 @@ def check_options(o):
     if o["clip"] is not None and o["clip"] < 0:
         raise ValueError(f"--clip must be >= 0 (0 disables clipping), got {o['clip']}")
     check_input_mode(o["input_mode"], flag("input_mode"))
+    if o["lr_schedule"] not in LR_SCHEDULES:
+        raise ValueError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {o['lr_schedule']!r}")
     if o["target"] not in LOSS_TARGETS:
         raise ValueError(f"--target must be one of {', '.join(LOSS_TARGETS)}, got {o['target']!r}")
     try:

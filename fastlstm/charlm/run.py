@@ -124,13 +124,16 @@ class _Session:
                 or (self.max_time is not None and self.seconds() >= self.max_time))
 
     def train(self, ctrl_c):
-        """Step until a limit, Ctrl-C or KeyboardInterrupt. Returns "done" or "interrupted"."""
+        """Step until a limit, early stopping, Ctrl-C or KeyboardInterrupt. Returns "done",
+        "stopped" (early) or "interrupted"."""
         tr = self.trainer
         undo = None
         try:
             while not self.limit_reached():
                 if ctrl_c.requested:
                     return "interrupted"
+                if tr.should_stop():
+                    return "stopped"
                 # everything a step changes before its update is restorable if it is interrupted
                 undo = (tr.data_rng.bit_generator.state, tr.model.rng_states(), tr.order)
                 loss = tr.train_step()
@@ -174,13 +177,19 @@ class _Session:
         v = self.last_val = tr.evaluate()
         improved = v < self.best_val
         self.best_val = min(v, self.best_val)
+        lr = tr.adam.lr
+        on_cadence = tr.steps_done % tr.opts["eval_every"] == 0
+        if on_cadence:
+            tr.after_validation(v < min((r["val_loss"] for r in tr.scheduled_validations()), default=math.inf))
         rec = {"step": tr.steps_done, "epoch": round(tr.epoch, 4), "time": round(tr.elapsed, 3), "val_loss": v}
         rec["sample"] = sample = tr.sample() if tr.opts["sample_length"] else ""
-        tr.val_history.append({"step": tr.steps_done, "time": rec["time"], "val_loss": v})
+        tr.val_history.append({"step": tr.steps_done, "time": rec["time"], "val_loss": v,
+                               **({} if on_cadence else {"off_cadence": True})})
         self.metrics.log_validation(rec)
+        rate = f", lr {lr:.3g}" + (f" -> {tr.adam.lr:.3g}" if tr.adam.lr != lr else "")
         self.say(f"step {tr.steps_done} epoch {tr.epoch:.2f} validation loss {v:.4f} "
-                 f"(train {self.ema:.4f}, {self.cps:,.0f} chars/s, {hms(tr.elapsed)} trained)"
-                 if self.ema is not None else f"step {tr.steps_done} validation loss {v:.4f}")
+                 f"(train {self.ema:.4f}, {self.cps:,.0f} chars/s, {hms(tr.elapsed)} trained{rate})"
+                 if self.ema is not None else f"step {tr.steps_done} validation loss {v:.4f}{rate}")
         if sample:
             self.say("  | " + sample.replace("\n", "\n  | "))
         return improved
@@ -189,7 +198,7 @@ class _Session:
         """The last validation (unless one ran at this step) and the checkpoint."""
         tr = self.trainer
         improved = False
-        if status == "done" and (not tr.val_history or tr.val_history[-1]["step"] != tr.steps_done):
+        if status != "interrupted" and (not tr.val_history or tr.val_history[-1]["step"] != tr.steps_done):
             improved = self.validate()
         self.metrics.flush()
         tr.save(best=improved)
@@ -223,7 +232,7 @@ def run_training(trainer, *, progress="auto", log_every=10.0, stream=None, step_
                  write_plot=True):
     """Train until --epochs, --max-steps or --max-time (or Ctrl-C); checkpoint, metrics, PNG.
 
-    Returns a dict: status ("done" or "interrupted"), step (steps done), losses (this
+    Returns a dict: status ("done", "stopped" early or "interrupted"), step (steps done), losses (this
     session's, per step), val_loss (last), chars_per_s, elapsed (this session, seconds).
     ``step_callback(trainer, loss)`` runs after each step (tests use it).
     """
@@ -251,6 +260,8 @@ def run_training(trainer, *, progress="auto", log_every=10.0, stream=None, step_
                 f"`fastlstm train --resume --out {out}`")
     else:
         b = min(trainer.val_history, key=lambda r: r["val_loss"])
+        if status == "stopped":
+            run.say(f"stopped early: no new best validation loss in {trainer.opts['patience']} validations")
         run.say(f"done: step {trainer.steps_done} (epoch {trainer.epoch:.2f}), validation loss {run.last_val:.4f} "
                 f"(best {b['val_loss']:.4f} at step {b['step']}), {run.cps:,.0f} chars/s over {hms(session)}; "
                 f"checkpoints, metrics and plot in {out}; try `fastlstm generate --checkpoint {out}`")

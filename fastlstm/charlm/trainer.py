@@ -14,6 +14,7 @@ from .checkpoints import FORMAT, FORMAT_VERSION, CheckpointError, copy_checkpoin
 from .data import DataError, Vocab, split_train_val
 from .model import CharModel
 from .nn import Adam, clip_grad_norm
+from .options import PLATEAU_FACTOR
 
 __all__ = ["MAX_VAL_TARGETS", "VAL_BATCH", "Trainer"]
 
@@ -70,6 +71,8 @@ class Trainer:
         self.elapsed = 0.0  # training seconds over all sessions
         self.chars_seen = 0
         self.val_history = []
+        self.lr_scale = 1.0  # the schedule's factor on --lr
+        self.plateau_bad = 0  # validations in a row without a new best, since the last decay
         self.updating = False
         self._arange = np.arange(T + 1)[:, None]
         self.val_batches = self._val_windows()  # [(ids, targets)], fixed for the run
@@ -150,6 +153,40 @@ class Trainer:
     def epoch(self):
         return self.steps_done / self.steps_per_epoch
 
+    # -- schedule and early stopping -------------------------------------------------
+    def after_validation(self, improved):
+        """Move the learning-rate schedule on after a validation: with "plateau", halve the
+        rate after --lr-patience validations in a row without a new best."""
+        if self.opts["lr_schedule"] != "plateau":
+            return
+        if improved:
+            self.plateau_bad = 0
+            return
+        self.plateau_bad += 1
+        if self.plateau_bad >= self.opts["lr_patience"]:
+            self.lr_scale *= PLATEAU_FACTOR
+            self.plateau_bad = 0
+        self.adam.lr = self.opts["lr"] * self.lr_scale
+
+    def scheduled_validations(self):
+        """The validations at the --eval-every cadence: the only ones that move the schedule
+        and count for --patience (the one that ends a session off the cadence would make a
+        resumed run differ from an uninterrupted one)."""
+        return [r for r in self.val_history if not r.get("off_cadence")]
+
+    def validations_since_best(self):
+        """Scheduled validations after the one with the lowest loss (0 when the last is the best)."""
+        h = self.scheduled_validations()
+        if not h:
+            return 0
+        best = min(range(len(h)), key=lambda i: (h[i]["val_loss"], i))
+        return len(h) - 1 - best
+
+    def should_stop(self):
+        """Early stopping: --patience validations in a row without a new best."""
+        p = self.opts["patience"]
+        return p is not None and self.validations_since_best() >= p
+
     # -- checkpoints ---------------------------------------------------------------
     def state(self):
         """(arrays, meta) of a checkpoint of the current state (steps_done under the key "step")."""
@@ -165,6 +202,7 @@ class Trainer:
             "chars_seen": self.chars_seen, "optimizer": self.adam.scalars(),
             "rng": {"data": self.data_rng.bit_generator.state, **self.model.rng_states()},
             "val_history": self.val_history,
+            "schedule": {"lr_scale": self.lr_scale, "plateau_bad": self.plateau_bad},
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         return arrays, meta
@@ -198,6 +236,10 @@ class Trainer:
         self.elapsed = float(meta.get("elapsed", 0.0))
         self.chars_seen = int(meta.get("chars_seen", 0))
         self.val_history = list(meta.get("val_history", []))
+        schedule = meta.get("schedule", {})  # checkpoints before schedules: the constant rate
+        self.lr_scale = float(schedule.get("lr_scale", 1.0))
+        self.plateau_bad = int(schedule.get("plateau_bad", 0))
+        self.adam.lr = self.opts["lr"] * self.lr_scale
 
 
 def _show_chars(chars, limit=12):
