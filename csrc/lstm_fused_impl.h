@@ -307,6 +307,22 @@ INLINE FN(work) FN(work_item)(ptrdiff_t w, int by_rows, ptrdiff_t N, ptrdiff_t n
     return it;
 }
 
+/* This thread's work items of a step of n rows: blocks of rb rows times
+ * npanels panels, and the first and last panel it touches (for prefetching). */
+typedef struct { ptrdiff_t w0, w1, nblocks, pfirst, plast; } FN(items);
+
+INLINE FN(items) FN(step_items)(lstm_team me, ptrdiff_t n, ptrdiff_t rb, ptrdiff_t npanels)
+{
+    FN(items) s;
+    s.nblocks = (n + rb - 1) / rb;
+    const lstm_range mine = lstm_share(npanels * s.nblocks, me);
+    s.w0 = mine.lo;
+    s.w1 = mine.hi;
+    s.pfirst = s.nblocks ? s.w0 / s.nblocks : 0;
+    s.plast = s.w1 > s.w0 ? (s.w1 - 1) / s.nblocks : s.pfirst;
+    return s;
+}
+
 /* ---- forward ------------------------------------------------------------
  * One block: R rows x one panel of VL units (all four gates). The product
  * h_prev[rows] . W_hh^T[:, panel] goes to registers, and with x_rows also
@@ -494,15 +510,12 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
         ptrdiff_t off = 0, off_prev = 0;
         for (ptrdiff_t t = 0; t < T; ++t) {
             const ptrdiff_t Nt = lstm_rows_at(batch, t, N);
-            const ptrdiff_t nblocks = (Nt + RF - 1) / RF, nitems = npanels * nblocks;
-            const lstm_range mine = lstm_share(nitems, me);
-            const ptrdiff_t w0 = mine.lo, w1 = mine.hi;
-            const ptrdiff_t pfirst = w0 / nblocks, plast = w1 > w0 ? (w1 - 1) / nblocks : pfirst;
+            const FN(items) s = FN(step_items)(me, Nt, RF, npanels);
             const float *h_prev = t ? y + off_prev * KR : h0;
             const float *c_prev = t ? cs + off_prev * H : c0;
-            for (ptrdiff_t w = w0; w < w1; ++w) {
-                const FN(work) it = FN(work_item)(w, by_rows, Nt, nblocks, npanels, pfirst, plast,
-                                                   W_f, K * 4 * VL, K);
+            for (ptrdiff_t w = s.w0; w < s.w1; ++w) {
+                const FN(work) it = FN(work_item)(w, by_rows, Nt, s.nblocks, npanels, s.pfirst,
+                                                   s.plast, W_f, K * 4 * VL, K);
                 const ptrdiff_t j0 = it.p * VL, n0 = it.n0, r0 = off + it.n0;
                 const ptrdiff_t nvalid = H - j0 < VL ? H - j0 : VL;
                 FN(forward_rows)((int)(it.n1 - n0), H, Ip, KR, nvalid, W_f + it.p * K * 4 * VL,
@@ -698,13 +711,10 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
             off -= Nt;
             const lstm_bwd_mode mode = t == T - 1 ? LSTM_BWD_LAST : LSTM_BWD_STEP;
             const float *dP_next = gates + (off + Nt) * G;
-            const ptrdiff_t nblocks = (Nt + RB - 1) / RB, nitems = npanels * nblocks;
-            const lstm_range mine = lstm_share(nitems, me);
-            const ptrdiff_t w0 = mine.lo, w1 = mine.hi;
-            const ptrdiff_t pfirst = w0 / nblocks, plast = w1 > w0 ? (w1 - 1) / nblocks : pfirst;
-            for (ptrdiff_t w = w0; w < w1; ++w) {
-                const FN(work) it = FN(work_item)(w, by_rows, Nt, nblocks, npanels, pfirst,
-                                                   plast, W_b, G * PW, G);
+            const FN(items) s = FN(step_items)(me, Nt, RB, npanels);
+            for (ptrdiff_t w = s.w0; w < s.w1; ++w) {
+                const FN(work) it = FN(work_item)(w, by_rows, Nt, s.nblocks, npanels, s.pfirst,
+                                                   s.plast, W_b, G * PW, G);
                 const ptrdiff_t j0 = it.p * PW, n0 = it.n0, r0 = off + n0;
                 const ptrdiff_t nvalid = H - j0 < PW ? H - j0 : PW;
                 const float *c_prev = t ? cs + (off_prev + n0) * H : c0 + n0 * H;
@@ -718,13 +728,10 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
         }
         /* dh0 = dP[0] . W_hh: the product of a step that does not exist. */
         const ptrdiff_t N0 = lstm_rows_at(batch, 0, N);
-        const ptrdiff_t nblocks = (N0 + RB - 1) / RB, nitems = npanels * nblocks;
-        const lstm_range mine = lstm_share(nitems, me);
-        const ptrdiff_t w0 = mine.lo, w1 = mine.hi;
-        const ptrdiff_t pfirst = w0 / nblocks, plast = w1 > w0 ? (w1 - 1) / nblocks : pfirst;
-        for (ptrdiff_t w = w0; w < w1; ++w) {
-            const FN(work) it = FN(work_item)(w, by_rows, N0, nblocks, npanels, pfirst,
-                                                   plast, W_b, G * PW, G);
+        const FN(items) s = FN(step_items)(me, N0, RB, npanels);
+        for (ptrdiff_t w = s.w0; w < s.w1; ++w) {
+            const FN(work) it = FN(work_item)(w, by_rows, N0, s.nblocks, npanels, s.pfirst,
+                                               s.plast, W_b, G * PW, G);
             const ptrdiff_t j0 = it.p * PW, n0 = it.n0;
             const ptrdiff_t nvalid = H - j0 < PW ? H - j0 : PW;
             FN(backward_rows)((int)(it.n1 - n0), LSTM_BWD_DH0, H, nvalid, W_b + it.p * G * PW,
@@ -755,13 +762,9 @@ static void FN(proj_dh)(lstm_team me, ptrdiff_t n, ptrdiff_t H, ptrdiff_t P, con
                         const float *dP, float *dh)
 {
     const ptrdiff_t G = 4 * H, PW = BV * VL, npp = (P + PW - 1) / PW;
-    const ptrdiff_t nblocks = (n + RB - 1) / RB, nitems = npp * nblocks;
-    const lstm_range mine = lstm_share(nitems, me);
-    const ptrdiff_t w0 = mine.lo, w1 = mine.hi;
-    const ptrdiff_t pfirst = nblocks ? w0 / nblocks : 0;
-    const ptrdiff_t plast = w1 > w0 ? (w1 - 1) / nblocks : pfirst;
-    for (ptrdiff_t w = w0; w < w1; ++w) {
-        const FN(work) it = FN(work_item)(w, 0, n, nblocks, npp, pfirst, plast, W_b, G * PW, G);
+    const FN(items) s = FN(step_items)(me, n, RB, npp);
+    for (ptrdiff_t w = s.w0; w < s.w1; ++w) {
+        const FN(work) it = FN(work_item)(w, 0, n, s.nblocks, npp, s.pfirst, s.plast, W_b, G * PW, G);
         const ptrdiff_t j0 = it.p * PW, nvalid = P - j0 < PW ? P - j0 : PW;
         FN(backward_rows)((int)(it.n1 - it.n0), LSTM_BWD_DH0, H, nvalid, W_b + it.p * G * PW,
                           dP + it.n0 * G, NULL, NULL, NULL, NULL, dh + it.n0 * P + j0, P, NULL,

@@ -245,6 +245,42 @@ def _shape(a):
     return tuple(a.shape[:a.ndim])
 
 
+cdef tuple _forward_setup(int path, const floating[:, ::1] W_ih, const floating[:, ::1] W_hh,
+                          Py_ssize_t N, Py_ssize_t H):
+    """(packed weights, Ip, threads, by_rows) of a fused forward (the fuse, thread and
+    split rules of _config); (None, 0, 1, 0) on the BLAS path. W_hh has K = H columns,
+    or P with a projection."""
+    cdef Py_ssize_t I = W_ih.shape[1], K = W_hh.shape[1], Ip = 0
+    cdef float[::1] packed
+    if path == LSTM_PATH_BLAS:
+        return None, 0, 1, 0
+    nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
+    if I > 0 and _config.fuse_input(I, H, N, nthreads, _PANEL_ROW_BYTES, K):
+        Ip = I
+    packed = _aligned_floats(lstm_fused_forward_pack_size(path, Ip, H, K))
+    by_rows = _config.split_by_rows(4 * packed.shape[0], nthreads)
+    if floating is float:
+        with nogil:
+            lstm_fused_pack_forward(path, Ip, H, K, &W_ih[0, 0] if Ip else NULL, &W_hh[0, 0],
+                                    &packed[0])
+    return packed, Ip, nthreads, by_rows
+
+
+cdef tuple _backward_setup(int path, const floating[:, ::1] W_hh, Py_ssize_t N, Py_ssize_t H):
+    """(packed W_hh, threads, by_rows) of a fused backward; (None, 1, 0) on the BLAS path."""
+    cdef Py_ssize_t K = W_hh.shape[1]
+    cdef float[::1] packed
+    if path == LSTM_PATH_BLAS:
+        return None, 1, 0
+    nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
+    packed = _aligned_floats(lstm_fused_backward_pack_size(path, H, K))
+    by_rows = _config.split_by_rows(4 * packed.shape[0], nthreads)
+    if floating is float:
+        with nogil:
+            lstm_fused_pack_backward(path, H, K, &W_hh[0, 0], &packed[0])
+    return packed, nthreads, by_rows
+
+
 def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const floating[:, ::1] c0,
                    const floating[:, ::1] W_ih, const floating[:, ::1] W_hh, const floating[::1] b,
                    floating[:, :, ::1] y, floating[:, ::1] hT, floating[:, ::1] cT,
@@ -260,19 +296,12 @@ def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const
         hT[:, :] = h0
         cT[:, :] = c0
         return
-    cdef int path = _fused_path(<floating>0), nthreads = 1, by_rows = 0
-    cdef Py_ssize_t Ip = 0
+    cdef int path = _fused_path(<floating>0), nthreads, by_rows
+    cdef Py_ssize_t Ip
     cdef float[::1] packed
-    if path != LSTM_PATH_BLAS:
-        nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
-        if I > 0 and _config.fuse_input(I, H, N, nthreads, _PANEL_ROW_BYTES):
-            Ip = I
-        packed = _aligned_floats(lstm_fused_forward_pack_size(path, Ip, H, H))
-        by_rows = _config.split_by_rows(4 * packed.shape[0], nthreads)
-        if floating is float:
-            with nogil:
-                lstm_fused_pack_forward(path, Ip, H, H, &W_ih[0, 0] if Ip else NULL, &W_hh[0, 0],
-                                        &packed[0])
+    weights, Ip, nthreads, by_rows = _forward_setup(path, W_ih, W_hh, N, H)
+    if weights is not None:
+        packed = weights
     with nogil:
         if floating is double:
             lstm_blas_forward_f64(&_BLAS, T, N, NULL, I, H, 0, &x[0, 0, 0], &W_ih[0, 0],
@@ -314,15 +343,11 @@ def _backward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, cons
     dc0[:, :] = dcT
     if T == 0:
         return
-    cdef int path = _fused_path(<floating>0), nthreads = 1, by_rows = 0
+    cdef int path = _fused_path(<floating>0), nthreads, by_rows
     cdef float[::1] packed
-    if path != LSTM_PATH_BLAS:
-        nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
-        packed = _aligned_floats(lstm_fused_backward_pack_size(path, H, H))
-        by_rows = _config.split_by_rows(4 * packed.shape[0], nthreads)
-        if floating is float:
-            with nogil:
-                lstm_fused_pack_backward(path, H, H, &W_hh[0, 0], &packed[0])
+    weights, nthreads, by_rows = _backward_setup(path, W_hh, N, H)
+    if weights is not None:
+        packed = weights
     with nogil:
         if floating is double:
             lstm_blas_backward_f64(&_BLAS, T, N, NULL, I, H, 0, &x[0, 0, 0], &W_ih[0, 0],
@@ -383,19 +408,12 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
     cdef const Py_ssize_t *bp = &batch[0] if batch.shape[0] else NULL
     cdef const floating *whr = &W_hr[0, 0] if P else NULL
     cdef floating *msp = &ms[0, 0] if P else NULL
-    cdef int path = _fused_path(<floating>0), nthreads = 1, by_rows = 0
-    cdef Py_ssize_t Ip = 0
+    cdef int path = _fused_path(<floating>0), nthreads, by_rows
+    cdef Py_ssize_t Ip
     cdef float[::1] packed
-    if path != LSTM_PATH_BLAS:
-        nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
-        if I > 0 and _config.fuse_input(I, H, N, nthreads, _PANEL_ROW_BYTES, K):
-            Ip = I
-        packed = _aligned_floats(lstm_fused_forward_pack_size(path, Ip, H, K))
-        by_rows = _config.split_by_rows(4 * packed.shape[0], nthreads)
-        if floating is float:
-            with nogil:
-                lstm_fused_pack_forward(path, Ip, H, K, &W_ih[0, 0] if Ip else NULL, &W_hh[0, 0],
-                                        &packed[0])
+    weights, Ip, nthreads, by_rows = _forward_setup(path, W_ih, W_hh, N, H)
+    if weights is not None:
+        packed = weights
     with nogil:
         if floating is double:
             lstm_blas_forward_f64(&_BLAS, T, N, bp, I, H, P, &x[0, 0], &W_ih[0, 0], &W_hh[0, 0],
@@ -441,17 +459,13 @@ def _backward_packed(const floating[:, ::1] x, const floating[:, ::1] h0,
     cdef const floating *whr = &W_hr[0, 0] if P else NULL
     cdef const floating *msp = &ms[0, 0] if P else NULL
     cdef floating *dwhr = &dW_hr[0, 0] if P else NULL
-    cdef int path = _fused_path(<floating>0), nthreads = 1, by_rows = 0
+    cdef int path = _fused_path(<floating>0), nthreads, by_rows
     cdef float[::1] packed
     work_array = np.empty(rows * P + N * H if P else 1, np.float32 if floating is float else np.float64)
     cdef floating[::1] work = work_array
-    if path != LSTM_PATH_BLAS:
-        nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
-        packed = _aligned_floats(lstm_fused_backward_pack_size(path, H, K))
-        by_rows = _config.split_by_rows(4 * packed.shape[0], nthreads)
-        if floating is float:
-            with nogil:
-                lstm_fused_pack_backward(path, H, K, &W_hh[0, 0], &packed[0])
+    weights, nthreads, by_rows = _backward_setup(path, W_hh, N, H)
+    if weights is not None:
+        packed = weights
     with nogil:
         if floating is double:
             lstm_blas_backward_f64(&_BLAS, T, N, bp, I, H, P, &x[0, 0], &W_ih[0, 0], &W_hh[0, 0],
