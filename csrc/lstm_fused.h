@@ -100,37 +100,28 @@ void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_ro
                         const float *c0, float *gates, int keep, float *y, float *cs, float *ms);
 
 /* Backward pass of one layer.
- *   batch, x, W_ih, h0, c0, y, cs   IN  as in the forward pass
- *   h_prev: [rows, H] IN or NULL  the h each row read (needed with batch;
+ *   batch, P, x, W_ih, W_hr, h0, c0, y, cs, ms   IN  as in the forward pass
+ *   h_prev: [rows, K] IN or NULL  the h each row read (needed with batch;
  *                        NULL: h0, then y one step behind)
- *   W_b:   packed W_hh (lstm_fused_pack_backward, same path) IN
+ *   W_b:   W_hh packed by lstm_fused_pack_backward (same path, R = K) IN
  *   gates: [rows, G] INOUT activated gates in; pre-activation gradients dP out
- *   dy:    [rows, H] IN
- *   dh:    [N, H] INOUT   dh_T in; dh_0 out
+ *   dy:    [rows, K] IN
+ *   dh:    [N, K] INOUT   dh_T in; dh_0 out
  *   dc:    [N, H] INOUT   dc_T in; dc_0 out
  *   dx:    [rows, I] OUT
- *   dW_ih: [G, I] INOUT, dW_hh: [G, H] INOUT, db: [G] INOUT  accumulated (+=)
- * nthreads and by_rows as in lstm_fused_forward (W_b for W_f, dP for h).
+ *   dW_ih: [G, I], dW_hh: [G, K], dW_hr: [P, H], db: [G]  INOUT accumulated (+=)
+ *   work:  [rows * P + N * H] workspace with a projection (else unused)
+ * nthreads and by_rows as in lstm_fused_forward (W_b for W_f, dP for h); with
+ * a projection the threads take their share of the P features of dh_t, then
+ * of the hidden units (dm = dh_t . W_hr and the gate math), by_rows unused.
  */
 void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows,
                          ptrdiff_t T, ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I,
-                         ptrdiff_t H, const float *x, const float *W_ih, const float *h0,
-                         const float *c0, const float *y, const float *h_prev, const float *cs,
-                         const float *W_b, float *gates, const float *dy, float *dh, float *dc,
-                         float *dx, float *dW_ih, float *dW_hh, float *db);
-
-/* Backward of a layer with a projection (proj_size P, 0 < P < H): the
- * arguments of the BLAS loop's lstm_blas_backward_f32 (lstm_blas_loop.h) with
- * W_b (lstm_fused_pack_backward with R = P, same path) for W_hh, on nthreads
- * threads with the kernels of `path`. */
-void lstm_fused_backward_proj(const lstm_blas *blas, int path, int nthreads, ptrdiff_t T,
-                              ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H,
-                              ptrdiff_t P, const float *x, const float *W_ih, const float *W_b,
-                              const float *W_hr, const float *h0, const float *c0,
-                              const float *y, const float *h_prev, const float *cs,
-                              const float *ms, float *gates, const float *dy, float *dh,
-                              float *dc, float *dx, float *dW_ih, float *dW_hh, float *dW_hr,
-                              float *db, float *work);
+                         ptrdiff_t H, ptrdiff_t P, const float *x, const float *W_ih,
+                         const float *W_b, const float *W_hr, const float *h0, const float *c0,
+                         const float *y, const float *h_prev, const float *cs, const float *ms,
+                         float *gates, const float *dy, float *dh, float *dc, float *dx,
+                         float *dW_ih, float *dW_hh, float *dW_hr, float *db, float *work);
 
 /* One time step of an L-layer stack, for generation with a carried state.
  *   x:       [N, I0] IN

@@ -96,18 +96,11 @@ cdef extern from "lstm_fused.h" nogil:
                             float *ms)
     void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows, Py_ssize_t T,
                              Py_ssize_t N, const Py_ssize_t *batch, Py_ssize_t I, Py_ssize_t H,
-                             const float *x, const float *W_ih, const float *h0, const float *c0,
-                             const float *y, const float *h_prev, const float *cs,
-                             const float *W_b, float *gates, const float *dy, float *dh,
-                             float *dc, float *dx, float *dW_ih, float *dW_hh, float *db)
-    void lstm_fused_backward_proj(const lstm_blas *blas, int path, int nthreads, Py_ssize_t T,
-                                  Py_ssize_t N, const Py_ssize_t *batch, Py_ssize_t I,
-                                  Py_ssize_t H, Py_ssize_t P, const float *x, const float *W_ih,
-                                  const float *W_b, const float *W_hr, const float *h0,
-                                  const float *c0, const float *y, const float *h_prev,
-                                  const float *cs, const float *ms, float *gates, const float *dy,
-                                  float *dh, float *dc, float *dx, float *dW_ih, float *dW_hh,
-                                  float *dW_hr, float *db, float *work)
+                             Py_ssize_t P, const float *x, const float *W_ih, const float *W_b,
+                             const float *W_hr, const float *h0, const float *c0, const float *y,
+                             const float *h_prev, const float *cs, const float *ms, float *gates,
+                             const float *dy, float *dh, float *dc, float *dx, float *dW_ih,
+                             float *dW_hh, float *dW_hr, float *db, float *work)
     void lstm_fused_step(const lstm_blas *blas, int path, int nthreads, Py_ssize_t L, Py_ssize_t N,
                          Py_ssize_t I0, Py_ssize_t H, const float *x, const float *const *W_ih,
                          const float *const *W_hh, const float *const *b, const float *h,
@@ -362,10 +355,11 @@ def _backward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, cons
                                    &dc0[0, 0], &dx[0, 0, 0], &dW_ih[0, 0], &dW_hh[0, 0], NULL,
                                    &db[0], NULL)
         else:
-            lstm_fused_backward(&_BLAS, path, nthreads, by_rows, T, N, NULL, I, H, &x[0, 0, 0],
-                                &W_ih[0, 0], &h0[0, 0], &c0[0, 0], &y[0, 0, 0], NULL, &cs[0, 0, 0],
-                                &packed[0], &gates[0, 0, 0], &dy[0, 0, 0], &dh0[0, 0], &dc0[0, 0],
-                                &dx[0, 0, 0], &dW_ih[0, 0], &dW_hh[0, 0], &db[0])
+            lstm_fused_backward(&_BLAS, path, nthreads, by_rows, T, N, NULL, I, H, 0, &x[0, 0, 0],
+                                &W_ih[0, 0], &packed[0], NULL, &h0[0, 0], &c0[0, 0], &y[0, 0, 0],
+                                NULL, &cs[0, 0, 0], NULL, &gates[0, 0, 0], &dy[0, 0, 0],
+                                &dh0[0, 0], &dc0[0, 0], &dx[0, 0, 0], &dW_ih[0, 0], &dW_hh[0, 0],
+                                NULL, &db[0], NULL)
 
 
 cdef _check_batch(const Py_ssize_t[::1] batch, Py_ssize_t T, Py_ssize_t N, Py_ssize_t rows):
@@ -477,17 +471,11 @@ def _backward_packed(const floating[:, ::1] x, const floating[:, ::1] h0,
                                    whr, &h0[0, 0], &c0[0, 0], &y[0, 0], hp, &cs[0, 0], msp,
                                    &gates[0, 0], &dy[0, 0], &dh[0, 0], &dc[0, 0], &dx[0, 0],
                                    &dW_ih[0, 0], &dW_hh[0, 0], dwhr, &db[0], &work[0])
-        elif P:
-            lstm_fused_backward_proj(&_BLAS, path, nthreads, T, N, bp, I, H, P, &x[0, 0],
-                                     &W_ih[0, 0], &packed[0], whr, &h0[0, 0], &c0[0, 0], &y[0, 0],
-                                     hp, &cs[0, 0], msp, &gates[0, 0], &dy[0, 0], &dh[0, 0],
-                                     &dc[0, 0], &dx[0, 0], &dW_ih[0, 0], &dW_hh[0, 0], dwhr,
-                                     &db[0], &work[0])
         else:
-            lstm_fused_backward(&_BLAS, path, nthreads, by_rows, T, N, bp, I, H, &x[0, 0],
-                                &W_ih[0, 0], &h0[0, 0], &c0[0, 0], &y[0, 0], hp, &cs[0, 0],
-                                &packed[0], &gates[0, 0], &dy[0, 0], &dh[0, 0], &dc[0, 0],
-                                &dx[0, 0], &dW_ih[0, 0], &dW_hh[0, 0], &db[0])
+            lstm_fused_backward(&_BLAS, path, nthreads, by_rows, T, N, bp, I, H, P, &x[0, 0],
+                                &W_ih[0, 0], &packed[0], whr, &h0[0, 0], &c0[0, 0], &y[0, 0], hp,
+                                &cs[0, 0], msp, &gates[0, 0], &dy[0, 0], &dh[0, 0], &dc[0, 0],
+                                &dx[0, 0], &dW_ih[0, 0], &dW_hh[0, 0], dwhr, &db[0], &work[0])
 
 
 def _rows_view(a, rows, width):
