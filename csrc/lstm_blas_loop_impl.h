@@ -169,9 +169,9 @@ void FN(lstm_blas_backward)(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, con
     REAL *dhs = work, *dm = P ? work + rows * P : NULL;
     ptrdiff_t off = rows;
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        const ptrdiff_t Nt = lstm_rows_at(batch, t, N);
-        const ptrdiff_t off_prev = t ? off - Nt - lstm_rows_at(batch, t - 1, N) : 0;
-        off -= Nt;
+        const lstm_back_step st = lstm_step_back(batch, t, T, N, off);
+        const ptrdiff_t Nt = st.Nt, off_prev = st.off_prev;
+        off = st.off;
         REAL *dP = gates + off * G;
         const REAL *c_prev = t ? cs + off_prev * H : c0;
         /* in place: the activated gates of step t become its dP; dh (rows that

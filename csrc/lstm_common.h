@@ -94,6 +94,24 @@ static inline ptrdiff_t lstm_total_rows(const ptrdiff_t *batch, ptrdiff_t T, ptr
     return rows;
 }
 
+/* Step t of a backward loop over packed steps (t = T-1 .. 0), given `next`,
+ * the row where step t + 1 starts (all the rows at t = T-1): its rows Nt, how
+ * many of them go on to step t + 1 (Nnext), and where steps t and t - 1 start. */
+typedef struct {
+    ptrdiff_t Nt, Nnext, off, off_prev;
+} lstm_back_step;
+
+static inline lstm_back_step lstm_step_back(const ptrdiff_t *batch, ptrdiff_t t, ptrdiff_t T,
+                                            ptrdiff_t N, ptrdiff_t next)
+{
+    lstm_back_step s;
+    s.Nt = lstm_rows_at(batch, t, N);
+    s.Nnext = t + 1 < T ? lstm_rows_at(batch, t + 1, N) : 0;
+    s.off = next - s.Nt;
+    s.off_prev = t ? s.off - lstm_rows_at(batch, t - 1, N) : 0;
+    return s;
+}
+
 /* What a fused backward block does (backward_block in lstm_fused_impl.h). */
 typedef enum {
     LSTM_BWD_LAST,   /* the step t = T-1: the recurrent dh is the given dh_T */

@@ -705,10 +705,9 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
          * Nnext of them run on to step t + 1, whose dP starts at off + Nt. */
         ptrdiff_t off = rows;
         for (ptrdiff_t t = T - 1; t >= 0; --t) {
-            const ptrdiff_t Nt = lstm_rows_at(batch, t, N);
-            const ptrdiff_t Nnext = t + 1 < T ? lstm_rows_at(batch, t + 1, N) : 0;
-            const ptrdiff_t off_prev = t ? off - Nt - lstm_rows_at(batch, t - 1, N) : 0;
-            off -= Nt;
+            const lstm_back_step st = lstm_step_back(batch, t, T, N, off);
+            const ptrdiff_t Nt = st.Nt, Nnext = st.Nnext, off_prev = st.off_prev;
+            off = st.off;
             const lstm_bwd_mode mode = t == T - 1 ? LSTM_BWD_LAST : LSTM_BWD_STEP;
             const float *dP_next = gates + (off + Nt) * G;
             const FN(items) s = FN(step_items)(me, Nt, RB, npanels);
@@ -792,10 +791,9 @@ static void FN(backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, 
         const ptrdiff_t p0 = pp.lo, p1 = pp.hi;
         ptrdiff_t off = rows;
         for (ptrdiff_t t = T - 1; t >= 0; --t) {
-            const ptrdiff_t Nt = lstm_rows_at(batch, t, N);
-            const ptrdiff_t Nnext = t + 1 < T ? lstm_rows_at(batch, t + 1, N) : 0;
-            const ptrdiff_t off_prev = t ? off - Nt - lstm_rows_at(batch, t - 1, N) : 0;
-            off -= Nt;
+            const lstm_back_step st = lstm_step_back(batch, t, T, N, off);
+            const ptrdiff_t Nt = st.Nt, Nnext = st.Nnext, off_prev = st.off_prev;
+            off = st.off;
             float *dht = dhs + off * P;
             /* dh_t = dP[t+1] . W_hh for the rows that go on, then + dy_t; rows that
              * end here start from dh_T */
