@@ -4,7 +4,12 @@ The layer and the functional API allocate, convert and reshuffle arrays
 through one of these namespaces, so the same code serves NumPy inputs (any
 backend) and device inputs (the cuda backend, whose module offers the same
 names: as_array, empty, zeros, copy, swap01, multiply, to_host).
+``on_callers_stream`` makes a public call's device work run on the caller's
+CUDA stream.
 """
+
+import functools
+import sys
 
 import numpy as np
 
@@ -58,10 +63,29 @@ def backend_and_arrays(backend, name, value):
     A device array goes with the cuda backend (and its device namespace);
     asking another backend for one is a TypeError that says what to do.
     """
+    on_device = is_device_array(value, name)   # names the argument in its errors
     be = get_backend(backend, (value,))
-    if not is_device_array(value):
+    if not on_device:
         return be, HostArrays
     if be.NAME != "cuda":
         raise TypeError(f"{name} is a device array but the {be.NAME!r} backend works on host "
                         f"(NumPy) arrays: use backend='cuda' or 'auto', or copy it to the host")
     return be, be
+
+
+def on_callers_stream(pick):
+    """Decorator for the public calls that take device arrays: the call's launches and
+    copies go on the caller's CUDA stream (PyTorch's or CuPy's current stream, the
+    stream of a Numba array; backends.cuda.callers_stream), chosen from the arrays
+    ``pick(*args, **kwargs)`` returns. Costs one dictionary lookup when the cuda
+    backend was never loaded."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            cuda = sys.modules.get("fastlstm.backends.cuda")
+            if cuda is None:
+                return fn(*args, **kwargs)
+            with cuda.callers_stream(*pick(*args, **kwargs)):
+                return fn(*args, **kwargs)
+        return call
+    return wrap

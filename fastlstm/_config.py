@@ -214,18 +214,19 @@ def split_by_rows(weight_bytes, nthreads):
 CUDA_LOOP_ENV = "FASTLSTM_CUDA_LOOP"
 CUDA_LOOPS = ("auto", "persistent", "steps")
 
-#: Bytes of shared memory a persistent block may use for its slice of W_hh
-#: (48 KiB: what every CUDA device gives a block without opting in).
+#: Most bytes of shared memory a persistent block may use for its slice of W_hh.
+#: Unset: what the device lets a block opt into (227 KiB on an H100/H200; 48 KiB
+#: is what every device gives without opting in).
 CUDA_SMEM_BYTES_ENV = "FASTLSTM_CUDA_SMEM_BYTES"
-CUDA_SMEM_BYTES = 48 * 1024
 
 
 def cuda_loop():
     return env_choice(CUDA_LOOP_ENV, CUDA_LOOPS, "auto")
 
 
-def cuda_smem_bytes():
-    return env_int(CUDA_SMEM_BYTES_ENV, CUDA_SMEM_BYTES)
+def cuda_smem_bytes() -> int | None:
+    """The FASTLSTM_CUDA_SMEM_BYTES cap, or None when unset (the device's opt-in limit)."""
+    return env_int(CUDA_SMEM_BYTES_ENV, -1) if _raw(CUDA_SMEM_BYTES_ENV) else None
 
 
 #: Set (to 1) when the install without the C extension is intended: no warning at import.

@@ -2,7 +2,9 @@
 
 Every error names the argument, what was expected and what was given. Inputs
 that are merely inconvenient (lists, other float dtypes, non-contiguous or
-Fortran-ordered arrays) are converted instead of rejected.
+Fortran-ordered arrays) are converted instead of rejected; a torch tensor that
+requires grad is refused with a pass-``.detach()`` TypeError. ``is_device_array``
+is the one rule for "this array is in GPU memory".
 """
 
 import numbers
@@ -60,10 +62,66 @@ def check_shape(name, arr, expected, letters):
     return arr
 
 
+def is_device_array(value, name=None):
+    """True for an array in GPU memory: a Numba device array or anything with ``__cuda_array_interface__``.
+
+    The one rule for "is this on the device" (``fastlstm.backends`` and the cuda
+    backend ask it). A CUDA tensor that requires grad (a ``torch.nn.Parameter``,
+    an activation in an autograd graph) is a TypeError saying to pass
+    ``.detach()``: torch refuses to export its memory, and it is found from its
+    ``is_cuda`` and ``requires_grad`` flags without asking. ``name`` names the
+    argument in that error when the caller knows it.
+    """
+    if isinstance(value, np.ndarray):
+        return False
+    if getattr(value, "__cuda_ndarray__", False):  # Numba device arrays, the simulator's too
+        return True
+    if getattr(value, "is_cuda", None) is True and getattr(value, "requires_grad", None) is True:
+        raise _requires_grad_error(name, value, "CUDA")
+    try:
+        return hasattr(value, "__cuda_array_interface__")  # hasattr catches AttributeError only
+    except RuntimeError as exc:  # a property that refuses: torch's, for a tensor that requires grad
+        if "grad" in str(exc):
+            raise _requires_grad_error(name, value, "CUDA") from exc
+        raise TypeError(f"{_what(name, value)} has __cuda_array_interface__ but it cannot be read: {exc}") from exc
+
+
+def _what(name, value):
+    """The argument's name, or "an input of shape (...)" when the caller does not know it."""
+    if name:
+        return name
+    shape = getattr(value, "shape", None)
+    try:
+        return f"an input of shape {tuple(shape)}" if shape is not None else "an input"
+    except TypeError:
+        return "an input"
+
+
+def _requires_grad_error(name, value, kind):
+    """The TypeError for a torch tensor that requires grad: pass ``.detach()``."""
+    call = f"{name}.detach()" if name and " " not in name else "tensor.detach()"
+    return TypeError(f"{_what(name, value)} is a {kind} tensor that requires grad: pass {call} (fastlstm "
+                     "computes its own gradients; its results are not part of torch's autograd graph)")
+
+
+def host_dtype(name, value):
+    """The dtype ``value`` has as a host array (a torch tensor that requires grad is the
+    TypeError that says to detach it; what NumPy cannot convert has no float dtype)."""
+    if getattr(value, "requires_grad", None) is True and hasattr(value, "detach"):
+        raise _requires_grad_error(name, value, "torch")
+    try:
+        return np.asarray(value).dtype
+    except (ValueError, TypeError):
+        return np.dtype(object)
+
+
 def _host_array(name, value, error):
-    """np.asarray(value); a device array is a TypeError, a failed conversion ``error``."""
-    if hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray):
+    """np.asarray(value); a device array or a tensor that requires grad is a TypeError, a failed
+    conversion ``error``."""
+    if is_device_array(value, name):
         raise TypeError(f"{name} is a device array; it must be a host (NumPy) array here")
+    if getattr(value, "requires_grad", None) is True and hasattr(value, "detach"):  # torch refuses numpy()
+        raise _requires_grad_error(name, value, "torch")
     try:
         return np.asarray(value)
     except (ValueError, TypeError) as exc:

@@ -8,6 +8,7 @@ arrays (CUDA) in give device arrays out, computed by the cuda backend.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import warnings
@@ -19,7 +20,7 @@ import numpy as np
 
 from . import _config
 from . import _validate as v
-from ._arrays import HostArrays, backend_and_arrays
+from ._arrays import HostArrays, backend_and_arrays, on_callers_stream
 from .backends import is_device_array
 
 
@@ -60,6 +61,7 @@ class LSTMCache:
     reverse: bool = False
     W_hr: Any = None     # [P, H] projection, or None
     ms: Any = None       # [T, N, H] o * tanh(c_t) before the projection
+    stream: Any = None   # on the device: the forward's CUDA stream (backward runs there too)
 
 
 class Workspace:
@@ -69,6 +71,9 @@ class Workspace:
     is called again with the same shapes gets its previous buffers back. At
     most ``limit`` buffers are kept. A buffer taken belongs to its caller until
     given back, so calls from several threads never share one (hence the lock).
+    Device buffers (``xp``: the cuda backend's namespace) are kept apart, per CUDA
+    stream (``xp.buffer_tag()``): work on one stream runs in order, so a buffer given
+    back after a call's last launch is free for the next call on that stream.
     """
 
     def __init__(self, limit=8):
@@ -76,16 +81,22 @@ class Workspace:
         self._free = []
         self._lock = threading.Lock()
 
-    def take(self, shape, dtype):
-        with self._lock:
-            for k, a in enumerate(self._free):
-                if a.shape == shape and a.dtype == dtype:
-                    return self._free.pop(k)
-        return np.empty(shape, dtype)
+    @staticmethod
+    def _where(xp):
+        return (xp, xp.buffer_tag()) if xp.on_device else (xp, None)
 
-    def give(self, *arrays):
+    def take(self, shape, dtype, xp=HostArrays):
+        where = self._where(xp)
         with self._lock:
-            self._free.extend(arrays)
+            for k, (w, a) in enumerate(self._free):
+                if w == where and a.shape == shape and a.dtype == dtype:
+                    return self._free.pop(k)[1]
+        return xp.empty(shape, dtype)
+
+    def give(self, *arrays, xp=HostArrays):
+        where = self._where(xp)
+        with self._lock:
+            self._free.extend((where, a) for a in arrays)
             del self._free[:-self.limit]
 
 
@@ -185,9 +196,7 @@ def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, worksp
     K = W_hh.shape[1]  # H, or P with a projection
     dt = x.dtype
     be = _backend_with(be, {"lengths": lengths, "reverse": reverse, "projection": W_hr}, xp)
-    if xp.on_device:
-        workspace = None  # the workspace keeps host buffers
-    take = workspace.take if workspace is not None else xp.empty
+    take = functools.partial(workspace.take, xp=xp) if workspace is not None else xp.empty
     y = xp.empty((T, N, K), dt)
     hT = xp.empty((N, K), dt) if hT is None else hT
     cT = xp.empty((N, H), dt) if cT is None else cT
@@ -198,9 +207,10 @@ def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, worksp
                **_options(lengths, reverse, W_hr, ms))
     if training:
         return y, hT, cT, LSTMCache(be, x, h0, c0, W_ih, W_hh, y, gates, cs, arrays=xp,
-                                    lengths=lengths, reverse=reverse, W_hr=W_hr, ms=ms)
+                                    lengths=lengths, reverse=reverse, W_hr=W_hr, ms=ms,
+                                    stream=xp.call_stream() if xp.on_device else None)
     if workspace is not None:
-        workspace.give(gates, cs, *(() if ms is None else (ms,)))
+        workspace.give(gates, cs, *(() if ms is None else (ms,)), xp=xp)
     return y, hT, cT, None
 
 
@@ -215,8 +225,6 @@ def run_backward(cache, dy, dhT, dcT, dW_ih, dW_hh, db, dh0=None, dc0=None, work
     N, K = cache.h0.shape
     H = cache.c0.shape[1]
     xp = cache.arrays
-    if xp.on_device:
-        workspace = None
     dx = xp.empty(x.shape, dt)
     dh0 = xp.empty((N, K), dt) if dh0 is None else dh0
     dc0 = xp.empty((N, H), dt) if dc0 is None else dc0
@@ -225,7 +233,7 @@ def run_backward(cache, dy, dhT, dcT, dW_ih, dW_hh, db, dh0=None, dc0=None, work
                            cache.gates, cache.cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih, dW_hh, db,
                            **_options(cache.lengths, cache.reverse, cache.W_hr, cache.ms, dW_hr))
     if workspace is not None:
-        workspace.give(cache.gates, cache.cs, *(() if cache.ms is None else (cache.ms,)))
+        workspace.give(cache.gates, cache.cs, *(() if cache.ms is None else (cache.ms,)), xp=xp)
     cache.gates = cache.cs = cache.ms = None
     return dx, dh0, dc0
 
@@ -248,6 +256,15 @@ def _state_or_zeros(name, state, N, H, dt, xp=HostArrays, K=None):
     return tuple(out)
 
 
+def _forward_arrays(x=None, weight_ih=None, *args, **kwargs):
+    return x, weight_ih, kwargs.get("state")
+
+
+def _backward_arrays(cache=None, dy=None, *args, **kwargs):
+    return dy, getattr(cache, "stream", None)
+
+
+@on_callers_stream(_forward_arrays)
 def lstm_forward(x: Any, weight_ih: Any, weight_hh: Any, bias_ih: Any = None, bias_hh: Any = None,
                  state: Any = None, *, lengths: Any = None, reverse: bool = False, W_hr: Any = None,
                  training: bool = True,
@@ -299,12 +316,12 @@ def lstm_forward(x: Any, weight_ih: Any, weight_hh: Any, bias_ih: Any = None, bi
     >>> y.shape, h.shape
     ((5, 4, 2), (4, 2))
     """
-    if is_device_array(weight_ih):
+    if is_device_array(weight_ih, "weight_ih"):
         # The interface's typestr, not .dtype: a torch tensor's dtype is not NumPy's.
         face = getattr(weight_ih, "__cuda_array_interface__", None)
         dt = np.dtype(face["typestr"] if face is not None else weight_ih.dtype)
     else:
-        dt = np.asarray(weight_ih).dtype
+        dt = v.host_dtype("weight_ih", weight_ih)
     dt = v.check_dtype(dt if dt.kind == "f" else np.float32)
     be, xp = backend_and_arrays(backend, "x", x)
     W_ih = v.check_shape("weight_ih", xp.as_array("weight_ih", weight_ih, dt), (None, None), "(4H, I)")
@@ -320,20 +337,22 @@ def lstm_forward(x: Any, weight_ih: Any, weight_hh: Any, bias_ih: Any = None, bi
             raise ValueError(f"W_hr must have shape (P, H) with 0 < P < H = {H}, got shape {W_hr.shape}")
     W_hh = v.check_shape("weight_hh", xp.as_array("weight_hh", weight_hh, dt), (G, K),
                          "(4H, P)" if W_hr is not None else "(4H, H)")
-    b = np.zeros(G, dt)
-    for name, bias in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
-        if bias is not None:
-            bias = xp.to_host(xp.as_array(name, bias, dt))  # G numbers: summed on the host
-            b += v.check_shape(name, bias, (G,), "(4H,)")
+    biases = [v.check_shape(name, xp.as_array(name, bias, dt), (G,), "(4H,)")
+              for name, bias in (("bias_ih", bias_ih), ("bias_hh", bias_hh)) if bias is not None]
+    if not biases:
+        b = xp.zeros(G, dt)
+    else:  # summed where they live (no round trip through the host for device biases)
+        b = biases[0] if len(biases) == 1 else xp.add(biases[0], biases[1])
     x = v.check_shape("x", xp.as_array("x", x, dt), (None, None, I), "(T, N, I)")
     T, N = x.shape[:2]
     lens = None if lengths is None else v.check_lengths("lengths", lengths, N, T)
     h0, c0 = _state_or_zeros("state", state, N, H, dt, xp, K)
-    y, hT, cT, cache = run_forward(be, x, h0, c0, W_ih, W_hh, xp.as_array("b", b, dt), training, xp=xp,
+    y, hT, cT, cache = run_forward(be, x, h0, c0, W_ih, W_hh, b, training, xp=xp,
                                    lengths=lens, reverse=bool(reverse), W_hr=W_hr)
     return y, (hT, cT), cache
 
 
+@on_callers_stream(_backward_arrays)
 def lstm_backward(cache: LSTMCache, dy: Any = None,
                   dstate: Any = None) -> tuple[Any, tuple[Any, Any], dict[str, Any]]:
     """Gradients of one layer from the cache of a training ``lstm_forward``.

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import _validate as v
-from ._arrays import backend_and_arrays
+from ._arrays import backend_and_arrays, on_callers_stream
 from ._dropout import keep_mask
 from ._params import ParameterSet
 from .backends import check_name, get_backend
@@ -165,6 +165,10 @@ class LSTM(ParameterSet):
             out.append(arr.reshape(shapes[k]) if unbatched else arr)
         return tuple(out)
 
+    def _saved_stream(self):
+        """The CUDA stream of the last training forward on the device (else None)."""
+        return self._saved[0][0].stream if self._saved and self._saved[0] else None
+
     def _state_letters(self, k, unbatched):
         """The shape of h (k = 0) or c (k = 1) in letters: (L, N, H), (2*L, N, P), ..."""
         layers = "2*L" if self.bidirectional else "L"
@@ -184,6 +188,7 @@ class LSTM(ParameterSet):
         """Same as :meth:`forward`."""
         return self.forward(x, state, lengths=lengths, training=training)
 
+    @on_callers_stream(lambda self, x=None, *args, **kwargs: (x,))
     def forward(self, x: Any, state: Any = None, *, lengths: Any = None,
                 training: bool = False) -> tuple[Any, tuple[Any, Any]]:
         """Run the whole sequence.
@@ -259,6 +264,7 @@ class LSTM(ParameterSet):
             self._saved = (caches, masks, x.shape, xp, unbatched)
         return self._to_caller(inp, h_n, c_n, unbatched, xp)
 
+    @on_callers_stream(lambda self, dy=None, *args, **kwargs: (dy, self._saved_stream()))
     def backward(self, dy: Any = None, dstate: Any = None) -> tuple[Any, tuple[Any, Any]]:
         """Back-propagate through the last training forward pass.
 
@@ -338,6 +344,7 @@ class LSTM(ParameterSet):
         return (xp.swap01(seq) if self.batch_first else seq), (h, c)
 
     # -- generation ---------------------------------------------------------
+    @on_callers_stream(lambda self, x_t=None, *args, **kwargs: (x_t,))
     def step(self, x_t: Any, state: Any = None) -> tuple[Any, tuple[Any, Any]]:
         """One time step with a carried state (no dropout, nothing kept).
 
@@ -369,7 +376,7 @@ class LSTM(ParameterSet):
         h, c = self._state("state", state, N, xp)
         h_new = xp.empty(h.shape, self.dtype)
         c_new = xp.empty(c.shape, self.dtype)
-        gates = self._step_workspace.take((N, 4 * self.hidden_size), self.dtype)
+        gates = self._step_workspace.take((N, 4 * self.hidden_size), self.dtype, xp=xp)
         weights = [self._layer_weights(layer) for layer in range(self.num_layers)]
         extra = {}
         if self.proj_size:
@@ -380,7 +387,7 @@ class LSTM(ParameterSet):
             extra["W_hr"] = [w[3] for w in weights]
         be.step_layers(x_t, h, c, [w[0] for w in weights], [w[1] for w in weights],
                        [w[2] for w in weights], h_new, c_new, gates, **extra)
-        self._step_workspace.give(gates)
+        self._step_workspace.give(gates, xp=xp)
         return xp.copy(h_new[-1]), (h_new, c_new)
 
     def __repr__(self) -> str:

@@ -257,22 +257,28 @@ def test_missing_numba_is_reported():
 
 def test_gpu_check_script_runs(cb, tmp_path):
     """bench/gpu_check.py end to end on tiny sizes (the simulator, or a real GPU)."""
+    import json
     import os
     from pathlib import Path
     script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
     if not script.exists():
         pytest.skip("bench/gpu_check.py is not in this tree")
     out = tmp_path / "gpu.md"
-    cmd = [sys.executable, str(script), "--allow-simulator", "--hs", "5", "--ns", "2",
-           "--steps", "3", "--reps", "2", "--out", str(out)]
+    cmd = [sys.executable, str(script), "--allow-simulator", "--hs", "8", "--ns", "1", "2",
+           "--steps", "3", "--reps", "1", "--out", str(out)]
     env = dict(os.environ)
     root = str(Path(fastlstm.__file__).resolve().parents[1])  # the package under test
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stdout + run.stderr
     text = out.read_text()
-    assert "| 5 | 2 |" in text and "Correctness: all below 1e-5" in text
-    assert (tmp_path / "gpu.json").exists()
+    assert text.count("| 8 | 1 |") == 2 and text.count("| 8 | 2 |") == 2  # wall and event tables
+    assert "| bidirectional H=8 N=2 T=3 |" in text and "| lengths H=8 N=2 T=3 |" in text
+    assert "ms (events)" in text and "smem KiB" in text
+    assert "Status:" not in text and text.rstrip().endswith("Correctness: all below 1e-5")
+    data = json.loads((tmp_path / "gpu.json").read_text())
+    assert data["status"] == "done" and [(r["H"], r["N"]) for r in data["rows"]] == [(8, 1), (8, 2)]
+    assert {"fwd_persistent_ev", "fb_steps_ev", "plan"} <= set(data["rows"][0])
 
 
 @pytest.mark.parametrize("config, lengths", [

@@ -12,9 +12,7 @@ import importlib
 from types import ModuleType
 from typing import Any, Iterable
 
-import numpy as np
-
-from .. import _config
+from .. import _config, _validate
 
 KNOWN = _config.BACKENDS
 _MODULES = {"c": "fastlstm.backends._c", "cuda": "fastlstm.backends.cuda",
@@ -84,11 +82,13 @@ def _require(name):
     return module
 
 
-def is_device_array(a: Any) -> bool:
-    """True for arrays in GPU memory: ``__cuda_array_interface__`` or a Numba device array."""
-    if isinstance(a, np.ndarray):
-        return False
-    return hasattr(a, "__cuda_array_interface__") or bool(getattr(a, "__cuda_ndarray__", False))
+def is_device_array(a: Any, name: str | None = None) -> bool:
+    """True for arrays in GPU memory: ``__cuda_array_interface__`` or a Numba device array.
+
+    A CUDA tensor that requires grad is a TypeError that says to pass ``.detach()``
+    (naming the argument when ``name`` is given); the rule is ``_validate.is_device_array``.
+    """
+    return bool(_validate.is_device_array(a, name))
 
 
 def get_backend(name: str = "auto", arrays: Iterable[Any] = ()) -> ModuleType:
