@@ -5,6 +5,7 @@ uninterrupted one step for step; seeded generation is reproducible; generating w
 """
 
 import hashlib
+import io
 import json
 import os
 import signal
@@ -425,7 +426,7 @@ def _scripted_losses(monkeypatch, losses):
 
 def test_plateau_halves_the_rate_after_lr_patience_validations(text_file, tmp_path, monkeypatch):
     _scripted_losses(monkeypatch, [3.0, 2.0, 2.5, 2.4, 2.6, 1.0, 1.5, 1.6, 1.7, 1.8])
-    tr = start(text_file, tmp_path / "p", max_steps=50, lr_patience=2, sample_length=0)
+    tr = start(text_file, tmp_path / "p", max_steps=50, lr_patience=2, sample_length=0, restore_best=False)
     rates = []
     run(tr, step_callback=lambda t, loss: rates.append(t.adam.lr) if t.steps_done % 5 == 0 else None)
     lr = TINY["lr"]
@@ -446,17 +447,41 @@ def test_constant_schedule_keeps_the_rate(text_file, tmp_path, monkeypatch):
 
 def test_patience_stops_early_and_a_resume_honours_it(text_file, tmp_path, monkeypatch):
     _scripted_losses(monkeypatch, [3.0, 2.0, 2.1, 2.2, 2.3, 2.4, 2.5])
-    tr = start(text_file, tmp_path / "e", max_steps=100, patience=3, sample_length=0)
+    tr = start(text_file, tmp_path / "e", max_steps=100, patience=3, sample_length=0, restore_best=False)
     result = run(tr)
     assert result["status"] == "stopped" and tr.steps_done == 25  # the 5th validation is the 3rd without a best
     again = start(text_file, tmp_path / "e", resume=True, max_steps=100, patience=3, sample_length=0)
     assert run(again)["status"] == "stopped" and again.steps_done == 25
 
 
+def test_a_run_ends_in_its_best_state(text_file, tmp_path, monkeypatch):
+    _scripted_losses(monkeypatch, [3.0, 2.0, 2.1, 2.2, 2.3, 2.4, 2.5])
+    out = tmp_path / "r"
+    tr = start(text_file, out, max_steps=100, patience=3, sample_length=0)
+    said = io.StringIO()
+    result = run_training(tr, progress="lines", write_plot=False, stream=said)
+    assert result["status"] == "stopped" and result["restored_step"] == 10 and result["final_val_loss"] == 2.0
+    assert result["val_loss"] == 2.3  # the last validation's, at step 25
+    assert tr.steps_done == 10 and [r["step"] for r in tr.val_history] == [5, 10]
+    best = np.load(out / "best.npz")
+    final = np.load(out / "checkpoint.npz")
+    assert sorted(best.files) == sorted(final.files)
+    for k in best.files:
+        assert np.array_equal(best[k], final[k]), k
+    for k, p in tr.model.params.items():
+        assert np.array_equal(p, best["model." + k]), k
+    assert json.loads((out / "checkpoint.json").read_text())["step"] == 10
+    assert "restored the best state, step 10 (validation loss 2.0000)" in said.getvalue()
+    # A run whose last validation is its best keeps its last state.
+    _scripted_losses(monkeypatch, [3.0, 2.0, 1.0])
+    tr = start(text_file, tmp_path / "k", max_steps=15, sample_length=0)
+    assert run(tr)["restored_step"] is None and tr.steps_done == 15
+
+
 def test_schedule_survives_resume_step_for_step(text_file, tmp_path, monkeypatch):
     losses = [3.0, 2.9, 3.1, 3.2, 3.3, 2.0, 2.5, 2.6, 2.7]
     _scripted_losses(monkeypatch, losses)
-    kw = dict(max_steps=40, lr_patience=2)
+    kw = dict(max_steps=40, lr_patience=2, restore_best=False)
     whole = start(text_file, tmp_path / "a", **kw)
     ref = run(whole)["losses"]
     first = start(text_file, tmp_path / "b", **dict(kw, max_steps=17))  # between decays

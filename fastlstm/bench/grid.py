@@ -335,6 +335,10 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="only four cases, for a first look")
     parser.add_argument("--options", action="store_true",
                         help="only issue 14's cases (bidirectional, lengths, projection): OPTIONS.md, options.json")
+    parser.add_argument("--ort", action="store_true",
+                        help="only the small-batch forward against ONNX Runtime (issue 15, item 5; each in "
+                             "its own process): ORT.md, ort.json")
+    parser.add_argument("--rounds", type=int, default=9, help="--ort: alternating rounds per point")
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of timed calls per measurement")
     parser.add_argument("--backend", default="c", choices=fastlstm._config.BACKENDS,
                         help="fastlstm backend to time (default: c)")
@@ -345,12 +349,18 @@ def main(argv=None):
         parser.error(f"backend {args.backend!r} is not available here; available: {fastlstm.available_backends()}")
     if args.options and args.quick:
         parser.error("--quick shortens the grid; --options runs its own five cases")
+    if args.ort and (args.options or args.quick):
+        parser.error("--ort runs its own cases: not with --options or --quick")
     if _torch() is None:
         print("note: torch is not installed; only fastlstm is timed (pip install torch for the ratios)")
     command = "python -m fastlstm.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.options:
         from . import options  # imports this module: loaded on demand
         options.main(args.threads or [2], args.budget, args.backend, args.out, command)
+        return
+    if args.ort:
+        from . import ort
+        ort.main(args.threads or [1, 2], args.rounds, 20, args.out, command)
         return
     os.makedirs(args.out, exist_ok=True)
     rows = run(QUICK if args.quick else GRID, args.threads or [1, 2], args.budget, args.backend)

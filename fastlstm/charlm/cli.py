@@ -133,7 +133,11 @@ def build_parser():
                         f"(default {DEFAULTS['lr_patience']})")
     g.add_argument("--patience", type=int, default=None, metavar="VALIDATIONS",
                    help="stop early after this many validations in a row without a new best validation "
-                        "loss (default: never)")
+                        f"loss; 0 never stops early (default {DEFAULTS['patience']})")
+    g.add_argument("--restore-best", action=argparse.BooleanOptionalAction, default=None,
+                   help="end a finished or early-stopped run in its best validated state (the checkpoint "
+                        "becomes best.npz's state, as early stopping's 'restore best weights'); "
+                        "--no-restore-best keeps the last state (default: restore)")
     g.add_argument("--seed", type=int, default=None,
                    help=f"seeds initialisation, batches, dropout and samples (default {DEFAULTS['seed']})")
 

@@ -26,7 +26,7 @@ DEFAULTS = {
     "text": None, "corpus": "macbeth", "encoding": "utf-8", "lowercase": False, "preset": "default",
     "hidden_size": 300, "num_layers": 2, "dropout": 0.2, "embed_dim": 64, "input_mode": "embedding",
     "seq_len": 100, "target": "all", "batch_size": 64, "lr": 4e-3, "clip": 5.0,
-    "lr_schedule": "plateau", "lr_patience": 2, "patience": None,
+    "lr_schedule": "plateau", "lr_patience": 2, "patience": 5, "restore_best": True,
     "epochs": None, "max_time": None, "max_steps": None,
     "eval_every": 50, "sample_length": 200, "temperature": 0.8, "greedy": False,
     "seed": 0, "val_fraction": 0.1, "dtype": "float32", "backend": "auto",
@@ -118,8 +118,11 @@ def _positive(o, name, integer=True):
 def check_options(o):
     """Check a complete options dict; the first bad value raises ValueError naming its flag."""
     for name in ("hidden_size", "num_layers", "embed_dim", "seq_len", "batch_size", "eval_every",
-                 "epochs", "max_steps", "lr_patience", "patience"):
+                 "epochs", "max_steps", "lr_patience"):
         _positive(o, name)
+    p = o["patience"]
+    if p is not None and (not isinstance(p, (int, np.integer)) or isinstance(p, bool) or p < 0):
+        raise ValueError(f"--patience must be an integer >= 0 (0: never stop early), got {p!r}")
     for name in ("max_time", "lr"):
         _positive(o, name, integer=False)
     check_dropout(o["dropout"], flag("dropout"))

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from .checkpoints import BEST_JSON, BEST_NPZ, CHECKPOINT_JSON, CheckpointError, load_checkpoint
+from .checkpoints import BEST_JSON, BEST_NPZ, CHECKPOINT_JSON, CheckpointError, copy_checkpoint, load_checkpoint
 from .data import Vocab, load_corpus
 from .metrics import METRICS_FILE, PLOT_FILE, MetricsLog, plot_metrics, truncate_metrics
 from .options import DEFAULT_EPOCHS, resolve_options
@@ -245,10 +245,13 @@ def run_training(trainer, *, progress="auto", log_every=10.0, stream=None, step_
                    stream=stream or sys.stdout)
     bar.write(_describe(trainer))
     run = _Session(trainer, bar, max_steps, max_time, step_callback)
+    restored = None
     try:
         with _CtrlC() as ctrl_c, MetricsLog(out / METRICS_FILE) as run.metrics, compute_threads():
             status = run.train(ctrl_c)
             run.finish(status)
+            if status != "interrupted" and trainer.opts.get("restore_best", True):
+                restored = _restore_best(trainer)
     finally:
         bar.close()
     note = plot_metrics(out / METRICS_FILE, out / PLOT_FILE) if write_plot else None
@@ -262,8 +265,35 @@ def run_training(trainer, *, progress="auto", log_every=10.0, stream=None, step_
         b = min(trainer.val_history, key=lambda r: r["val_loss"])
         if status == "stopped":
             run.say(f"stopped early: no new best validation loss in {trainer.opts['patience']} validations")
-        run.say(f"done: step {trainer.steps_done} (epoch {trainer.epoch:.2f}), validation loss {run.last_val:.4f} "
-                f"(best {b['val_loss']:.4f} at step {b['step']}), {run.cps:,.0f} chars/s over {hms(session)}; "
-                f"checkpoints, metrics and plot in {out}; try `fastlstm generate --checkpoint {out}`")
+        if restored is not None:
+            run.say(f"restored the best state, step {restored['step']} (validation loss {restored['val_loss']:.4f}), "
+                    f"as the run's final one; the last validation, at step {restored['last_step']}, gave "
+                    f"{run.last_val:.4f} (--no-restore-best keeps the last state)")
+        run.say(f"done: step {trainer.steps_done} (epoch {trainer.epoch:.2f}), validation loss "
+                f"{b['val_loss'] if restored else run.last_val:.4f} (best {b['val_loss']:.4f} at step {b['step']}), "
+                f"{run.cps:,.0f} chars/s over {hms(session)}; checkpoints, metrics and plot in {out}; "
+                f"try `fastlstm generate --checkpoint {out}`")
     return {"status": status, "step": trainer.steps_done, "losses": run.losses, "val_loss": run.last_val,
+            "final_val_loss": restored["val_loss"] if restored else run.last_val,
+            "restored_step": restored["step"] if restored else None,
             "chars_per_s": run.cps, "elapsed": session}
+
+
+def _restore_best(trainer):
+    """Make the best validated state the run's final one: load best.npz into the trainer and
+    make it the checkpoint too (early stopping's "restore best weights"). Returns the best
+    validation's record (with "last_step", the step the run had reached), or None when the
+    last state is the best one (nothing to do)."""
+    history = trainer.val_history
+    if not history:
+        return None
+    best = min(history, key=lambda r: (r["val_loss"], r["step"]))
+    last_step = trainer.steps_done
+    if best["step"] == last_step:
+        return None
+    meta, arrays = load_checkpoint(trainer.out, prefer_best=True)
+    if int(meta["step"]) != best["step"]:  # best.npz is not that state (an older layout): keep the last
+        return None
+    trainer.load_state(meta, arrays)
+    copy_checkpoint(trainer.out, meta, "checkpoint")
+    return dict(best, last_step=last_step)

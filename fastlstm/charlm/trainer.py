@@ -185,7 +185,7 @@ class Trainer:
     def should_stop(self):
         """Early stopping: --patience validations in a row without a new best."""
         p = self.opts["patience"]
-        return p is not None and self.validations_since_best() >= p
+        return bool(p) and self.validations_since_best() >= p
 
     # -- checkpoints ---------------------------------------------------------------
     def state(self):
