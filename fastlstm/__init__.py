@@ -20,9 +20,10 @@ from .backends import available_backends
 from .cell import LSTMCell
 from .functional import LSTMCache, lstm_backward, lstm_forward
 from .layer import LSTM
+from .onnx import from_onnx, to_onnx
 
 __all__ = ["LSTM", "LSTMCell", "LSTMCache", "lstm_forward", "lstm_backward", "available_backends",
-           "show_config", "__version__"]
+           "show_config", "to_onnx", "from_onnx", "__version__"]
 
 
 def _warn_without_c_backend() -> None:
