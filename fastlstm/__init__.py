@@ -19,11 +19,12 @@ from ._info import show_config
 from .backends import available_backends
 from .cell import LSTMCell
 from .functional import LSTMCache, lstm_backward, lstm_forward
+from .keras import from_keras, to_keras
 from .layer import LSTM
 from .onnx import from_onnx, to_onnx
 
 __all__ = ["LSTM", "LSTMCell", "LSTMCache", "lstm_forward", "lstm_backward", "available_backends",
-           "show_config", "to_onnx", "from_onnx", "__version__"]
+           "show_config", "to_onnx", "from_onnx", "from_keras", "to_keras", "__version__"]
 
 
 def _warn_without_c_backend() -> None:
