@@ -86,6 +86,69 @@ def _onnx():
 
 
 # -- out ----------------------------------------------------------------------------
+class GraphParts:
+    """Nodes and initialisers of a graph under construction (names made unique by prefix)."""
+
+    def __init__(self, prefix: str = ""):
+        self.prefix, self.nodes, self.inits = prefix, [], []
+
+    def const(self, name: str, value) -> str:
+        from onnx import numpy_helper
+        name = self.prefix + name
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(self, op: str, inputs: list, outputs: list, **attrs) -> str:
+        from onnx import helper
+        self.nodes.append(helper.make_node(op, inputs, outputs, **attrs))
+        return outputs[0]
+
+
+def lstm_nodes(parts: GraphParts, lstm: LSTM, x: str, h0: str, c0: str, seq: str = ""):
+    """Add ``lstm``'s layers (time-major, input ``x`` (T, N, I)) to ``parts``: one ONNX LSTM
+    node per layer on the states ``h0``/``c0`` (D*L, N, H) sliced per layer. Returns the
+    names of the output (T, N, D*H) and of the final states (D*L, N, H) (h, c)."""
+    if lstm.proj_size:
+        raise ValueError("proj_size has no ONNX LSTM equivalent (the projection would be a MatMul inside "
+                         "the recurrence): a layer with a projection cannot be exported")
+    D, H = lstm.num_directions, lstm.hidden_size
+    params = lstm.state_dict()
+    p = parts.prefix
+    hs, cs = [], []
+    for k in range(lstm.num_layers):
+        W, R, B = onnx_weights(params, k, D, lstm.bias)
+        span = [parts.const(f"l{k}_start", np.array([k * D], np.int64)),
+                parts.const(f"l{k}_end", np.array([(k + 1) * D], np.int64))]
+        h_k = parts.node("Slice", [h0, *span], [f"{p}l{k}_h0"])
+        c_k = parts.node("Slice", [c0, *span], [f"{p}l{k}_c0"])
+        ins = [x, parts.const(f"l{k}_W", W), parts.const(f"l{k}_R", R),
+               parts.const(f"l{k}_B", B) if B is not None else "", seq, h_k, c_k]
+        outs = [f"{p}l{k}_Y", f"{p}l{k}_Yh", f"{p}l{k}_Yc"]
+        parts.node("LSTM", ins, outs, hidden_size=H, direction="bidirectional" if D == 2 else "forward",
+                   layout=0, name=f"{p}lstm_l{k}")
+        # (T, D, N, H) -> (T, N, D, H) -> (T, N, D*H): the next layer's input, or the output
+        yt = parts.node("Transpose", [outs[0]], [f"{p}l{k}_YT"], perm=[0, 2, 1, 3])
+        x = parts.node("Reshape", [yt, parts.const(f"l{k}_shape", np.array([0, 0, -1], np.int64))],
+                       [f"{p}l{k}_out"])
+        hs.append(outs[1])
+        cs.append(outs[2])
+    h_n = parts.node("Concat", hs, [f"{p}lstm_h_n"], axis=0)
+    c_n = parts.node("Concat", cs, [f"{p}lstm_c_n"], axis=0)
+    return x, h_n, c_n
+
+
+def check_opset(opset: int | None) -> int:
+    opset = DEFAULT_OPSET if opset is None else int(opset)
+    if opset < DEFAULT_OPSET:
+        raise ValueError(f"opset must be at least {DEFAULT_OPSET} (LSTM's layout attribute), got {opset}")
+    return opset
+
+
+def elem_type(dtype) -> int:
+    from onnx import TensorProto
+    return TensorProto.DOUBLE if np.dtype(dtype) == np.float64 else TensorProto.FLOAT
+
+
 def to_onnx(lstm: LSTM, path: str | os.PathLike | None, *, opset: int | None = None,
             lengths: bool = False) -> Any:
     """Write ``lstm`` as an ONNX model (one ONNX LSTM node per layer; mapping above).
@@ -109,53 +172,22 @@ def to_onnx(lstm: LSTM, path: str | os.PathLike | None, *, opset: int | None = N
         shaped like its output and final state; float32 or float64 as the layer.
     """
     onnx = _onnx()
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     if not isinstance(lstm, LSTM):
         raise TypeError(f"to_onnx takes a fastlstm.LSTM, got {type(lstm).__name__}")
-    if lstm.proj_size:
-        raise ValueError("proj_size has no ONNX LSTM equivalent (the projection would be a MatMul inside "
-                         "the recurrence): a layer with a projection cannot be exported")
-    opset = DEFAULT_OPSET if opset is None else int(opset)
-    if opset < DEFAULT_OPSET:
-        raise ValueError(f"opset must be at least {DEFAULT_OPSET} (LSTM's layout attribute), got {opset}")
-    elem = TensorProto.DOUBLE if lstm.dtype == np.float64 else TensorProto.FLOAT
+    opset = check_opset(opset)
+    elem = elem_type(lstm.dtype)
     D, L, H, I = lstm.num_directions, lstm.num_layers, lstm.hidden_size, lstm.input_size
-    params = lstm.state_dict()
-    nodes, inits = [], []
-
-    def const(name, value):
-        inits.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    x = "X"
+    parts = GraphParts()
+    x = parts.node("Transpose", ["X"], ["X_tmajor"], perm=[1, 0, 2]) if lstm.batch_first else "X"
+    y, h_n, c_n = lstm_nodes(parts, lstm, x, "initial_h", "initial_c", "sequence_lens" if lengths else "")
     if lstm.batch_first:
-        nodes.append(helper.make_node("Transpose", ["X"], ["X_tmajor"], perm=[1, 0, 2]))
-        x = "X_tmajor"
-    seq = "sequence_lens" if lengths else ""
-    hs, cs = [], []
-    for k in range(L):
-        W, R, B = onnx_weights(params, k, D, lstm.bias)
-        span = [const(f"l{k}_start", np.array([k * D], np.int64)), const(f"l{k}_end", np.array([(k + 1) * D],
-                                                                                               np.int64))]
-        nodes.append(helper.make_node("Slice", ["initial_h", *span], [f"l{k}_h0"]))
-        nodes.append(helper.make_node("Slice", ["initial_c", *span], [f"l{k}_c0"]))
-        ins = [x, const(f"l{k}_W", W), const(f"l{k}_R", R), const(f"l{k}_B", B) if B is not None else "",
-               seq, f"l{k}_h0", f"l{k}_c0"]
-        nodes.append(helper.make_node("LSTM", ins, [f"l{k}_Y", f"l{k}_Yh", f"l{k}_Yc"], hidden_size=H,
-                                      direction="bidirectional" if D == 2 else "forward", layout=0,
-                                      name=f"lstm_l{k}"))
-        # (T, D, N, H) -> (T, N, D, H) -> (T, N, D*H): the next layer's input, or the output
-        nodes.append(helper.make_node("Transpose", [f"l{k}_Y"], [f"l{k}_YT"], perm=[0, 2, 1, 3]))
-        shape = const(f"l{k}_shape", np.array([0, 0, -1], np.int64))
-        x = f"l{k}_out"
-        nodes.append(helper.make_node("Reshape", [f"l{k}_YT", shape], [x]))
-        hs.append(f"l{k}_Yh")
-        cs.append(f"l{k}_Yc")
-    nodes.append(helper.make_node("Transpose", [x], ["Y"], perm=[1, 0, 2]) if lstm.batch_first
-                 else helper.make_node("Identity", [x], ["Y"]))
-    nodes.append(helper.make_node("Concat", hs, ["Y_h"], axis=0))
-    nodes.append(helper.make_node("Concat", cs, ["Y_c"], axis=0))
+        parts.node("Transpose", [y], ["Y"], perm=[1, 0, 2])
+    else:
+        parts.node("Identity", [y], ["Y"])
+    parts.node("Identity", [h_n], ["Y_h"])
+    parts.node("Identity", [c_n], ["Y_c"])
     seq_in = ["N", "T"] if lstm.batch_first else ["T", "N"]
     inputs = [helper.make_tensor_value_info("X", elem, [*seq_in, I]),
               helper.make_tensor_value_info("initial_h", elem, [D * L, "N", H]),
@@ -165,7 +197,7 @@ def to_onnx(lstm: LSTM, path: str | os.PathLike | None, *, opset: int | None = N
     outputs = [helper.make_tensor_value_info("Y", elem, [*seq_in, D * H]),
                helper.make_tensor_value_info("Y_h", elem, [D * L, "N", H]),
                helper.make_tensor_value_info("Y_c", elem, [D * L, "N", H])]
-    graph = helper.make_graph(nodes, "fastlstm", inputs, outputs, inits)
+    graph = helper.make_graph(parts.nodes, "fastlstm", inputs, outputs, parts.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="fastlstm")
     onnx.checker.check_model(model)

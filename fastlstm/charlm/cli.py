@@ -1,5 +1,6 @@
 """The ``fastlstm`` command (console script and ``python -m fastlstm``): ``fastlstm train`` (the run
-loop of run.py) and ``fastlstm generate`` (stream text from a checkpoint). Bad input ends with a
+loop of run.py), ``fastlstm generate`` (stream text from a checkpoint) and ``fastlstm export`` (the
+model as one ONNX graph, export.py). Bad input ends with a
 one-line error on stderr that says what to do, and exit status 2; nothing is overwritten.
 """
 
@@ -211,7 +212,32 @@ def build_parser():
                         "characters per second after it")
     s.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
                    help="fastlstm backend of the LSTM (default auto)")
+    e = sub.add_parser("export", help="write a trained model as one ONNX graph (for deployment)",
+                       description="Write the checkpoint's model as one ONNX graph: character ids (T, N) and "
+                                   "the state (h0, c0) in, the next character's logits and the new state out "
+                                   "(embedding, LSTM and dense layer inside), the vocabulary in the model's "
+                                   "metadata. Needs the onnx package (pip install 'fastlstm[onnx]').")
+    e.add_argument("--checkpoint", metavar="PATH", default=os.path.join("runs", "macbeth"),
+                   help="a run folder (its best checkpoint) or a .json / .npz checkpoint file "
+                        "(default runs/macbeth)")
+    e.add_argument("--onnx", metavar="PATH", required=True, help="the ONNX file to write")
+    e.add_argument("--opset", type=int, default=None, help="ONNX opset (default 14, the least it can be)")
     return p
+
+
+def _export(args):
+    from .checkpoints import CheckpointError
+    from .export import export_checkpoint
+    prog = "fastlstm export"
+    try:
+        cfg, V = export_checkpoint(args.checkpoint, args.onnx, opset=args.opset)
+    except (CheckpointError, ValueError, ImportError) as e:
+        return _fail(prog, str(e))
+    except OSError as e:
+        return _fail(prog, f"cannot write {args.onnx} ({e.strerror or e}): check the path")
+    print(f"wrote {args.onnx}: ids (T, N) and state in, logits (T, N, {V}) and state out; model "
+          f"{cfg['input_mode']} -> LSTM({cfg['hidden_size']}) x {cfg['num_layers']} -> Dense({V})")
+    return 0
 
 
 def _fail(prog, msg):
@@ -340,6 +366,8 @@ def main(argv=None):
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "export":
+            return _export(args)
         return _generate(args)
     except KeyboardInterrupt:  # before training started, or while generating: nothing to save
         print(f"\nfastlstm {args.command}: interrupted", file=sys.stderr)
