@@ -374,3 +374,19 @@ def test_trained_model_outputs_are_within_the_bound(trained):
     bound = u * (np.abs(y16) @ np.abs(W).T) + np.abs(y16 - y32) @ np.abs(W).T
     assert (np.abs(z16 - z32) <= bound + 1e-5).all()
     assert np.abs(y16 - y32).max() < 0.05
+
+
+@needs_kernels
+def test_generation_loop_checks_the_bf16_panels():
+    f = np.float32
+    L, H, V, E, N = 1, 4, 6, 3, 1
+    W_ih, W_hh, b = [np.zeros((4 * H, E), f)], [np.zeros((4 * H, H), f)], [np.zeros(4 * H, f)]
+    args = dict(emb=np.zeros((V, E), f), WT=np.zeros((H, V), f), bias=np.zeros(V, f), top_k=0, noise=None,
+                h_top=np.zeros((N, H), f), h=np.zeros((L, N, H), f), c=np.zeros((L, N, H), f), n=4)
+    good = ([c_backend.bf16_pack(W_ih[0], W_hh[0], 4)], c_backend.bf16_pack(None, np.zeros((V, H), f), 1))
+    ids = c_backend.generate(W_ih, W_hh, b, **args, bf16=good)
+    assert ids.shape == (4, N) and ((0 <= ids) & (ids < V)).all()
+    for bad in [(good[0], c_backend.bf16_pack(None, np.zeros((V + 1, H), f), 1)),
+                ([c_backend.bf16_pack(np.zeros((4 * H, E + 1), f), W_hh[0], 4)], good[1]), ([], good[1])]:
+        with pytest.raises(ValueError, match="bf16 was packed from weights of other shapes"):
+            c_backend.generate(W_ih, W_hh, b, **args, bf16=bad)
