@@ -97,55 +97,34 @@ static int cpu_has_portable(void) { return 1; }
 
 #ifdef FASTLSTM_X86_PATHS
 static int cpu_has_avx2(void) { return lstm_cpu_has_avx2(); }
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,tune=haswell")
-#ifdef __clang__
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#endif
+LSTM_TARGET_BEGIN("avx2,fma,tune=haswell", "avx2,fma")
 #define SFX avx2
 #define VL 8
 #define RB 1
 #define DP 0
 #include "lstm_bf16_impl.h"
-#ifdef __clang__
-#pragma clang attribute pop
-#endif
-#pragma GCC pop_options
+LSTM_TARGET_END()
 
 static int cpu_has_avx512(void) { return lstm_cpu_has_avx512(); }
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,avx512vl,avx2,fma")
-#ifdef __clang__
-#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma"))), apply_to = function)
-#endif
+LSTM_TARGET_BEGIN("avx512f,avx512dq,avx512vl,avx2,fma", "avx512f,avx512dq,avx512vl,avx2,fma")
 #define SFX avx512
 #define VL 16
 #define RB 4
 #define DP 0
 #include "lstm_bf16_impl.h"
-#ifdef __clang__
-#pragma clang attribute pop
-#endif
-#pragma GCC pop_options
+LSTM_TARGET_END()
 
 static int cpu_has_avx512bf16(void)
 {
     return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
 }
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx512bf16,avx2,fma")
-#ifdef __clang__
-#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx512bf16,avx2,fma"))), apply_to = function)
-#endif
+LSTM_TARGET_BEGIN("avx512f,avx512dq,avx512vl,avx512bw,avx512bf16,avx2,fma", "avx512f,avx512dq,avx512vl,avx512bw,avx512bf16,avx2,fma")
 #define SFX avx512bf16
 #define VL 16
 #define RB 4
 #define DP 1
 #include "lstm_bf16_impl.h"
-#ifdef __clang__
-#pragma clang attribute pop
-#endif
-#pragma GCC pop_options
+LSTM_TARGET_END()
 #endif
 #endif /* FASTLSTM_VECTOR_PATHS */
 

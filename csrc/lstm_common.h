@@ -57,6 +57,18 @@ static inline int lstm_best_path_of(int count, int (*supported)(int), int none)
 #else
 #define LSTM_PRAGMA(x) _Pragma(#x)
 #endif
+/* Functions compiled for more than the baseline CPU (the x86-64 paths): those
+ * between LSTM_TARGET_BEGIN(gcc, clang) and LSTM_TARGET_END() get the target
+ * options `gcc` (GCC's, which may tune too) or `clang` (a feature list). */
+#ifdef __clang__
+#define LSTM_TARGET_BEGIN(gcc, clang) \
+    LSTM_PRAGMA(clang attribute push(__attribute__((target(clang))), apply_to = function))
+#define LSTM_TARGET_END() LSTM_PRAGMA(clang attribute pop)
+#else
+#define LSTM_TARGET_BEGIN(gcc, clang) LSTM_PRAGMA(GCC push_options) LSTM_PRAGMA(GCC target(gcc))
+#define LSTM_TARGET_END() LSTM_PRAGMA(GCC pop_options)
+#endif
+
 #ifdef _OPENMP
 #define LSTM_PARALLEL(n) LSTM_PRAGMA(omp parallel num_threads(n) if ((n) > 1))
 #define LSTM_BARRIER() LSTM_PRAGMA(omp barrier)
