@@ -1,6 +1,7 @@
 /* lstm_fused_impl.h - body of the fused float32 LSTM time loops (lstm_fused.h):
- * the vector activations, the gate math of forward and step (FN(cell)) and
- * of backward (FN(backward_gates)), and the forward, backward and step loops.
+ * the gate math of backward (FN(backward_gates)), and the forward, backward
+ * and step loops (the vector activations and the forward gate math, FN(cell),
+ * are in lstm_vec_impl.h, shared with the bf16 loops).
  *
  * Included once per code path by lstm_fused.c, with these defined (and
  * undefined again at the end):
