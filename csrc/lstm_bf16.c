@@ -114,6 +114,9 @@ LSTM_TARGET_BEGIN("avx512f,avx512dq,avx512vl,avx2,fma", "avx512f,avx512dq,avx512
 #include "lstm_bf16_impl.h"
 LSTM_TARGET_END()
 
+/* VDPBF16PS needs GCC 10 or clang 9 (older compilers build the other paths). */
+#if (defined(__clang__) && __clang_major__ >= 9) || (!defined(__clang__) && __GNUC__ >= 10)
+#define FASTLSTM_AVX512BF16_PATH 1
 static int cpu_has_avx512bf16(void)
 {
     return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
@@ -125,9 +128,11 @@ LSTM_TARGET_BEGIN("avx512f,avx512dq,avx512vl,avx512bw,avx512bf16,avx2,fma", "avx
 #define DP 1
 #include "lstm_bf16_impl.h"
 LSTM_TARGET_END()
+#endif /* the compiler has AVX512_BF16 */
 #endif
 #endif /* FASTLSTM_VECTOR_PATHS */
 
+/* The paths built into this binary, by path number (NULL: not built). */
 static const bf16_kernels *kernels_of(int path)
 {
     switch (path) {
@@ -137,6 +142,8 @@ static const bf16_kernels *kernels_of(int path)
 #ifdef FASTLSTM_X86_PATHS
     case LSTM_BF16_AVX2: return &bf16_kernels_avx2;
     case LSTM_BF16_AVX512: return &bf16_kernels_avx512;
+#endif
+#ifdef FASTLSTM_AVX512BF16_PATH
     case LSTM_BF16_AVX512BF16: return &bf16_kernels_avx512bf16;
 #endif
     default: return NULL;
