@@ -6,7 +6,8 @@ first 90%, batch 64, every position predicting the next character, Embedding(V, 
 LSTM(300) x 2 (dropout 0.2 between) -> Dropout(0.2) -> Linear(V), Adam lr 2e-3, no clipping.
 Reports steps/s, characters/s, held-out loss over time (and the time to reach 1.71), peak
 memory (ru_maxrss of each subprocess) and generation characters/s at N=1 through
-``fastlstm generate`` (start-up excluded), then appends a section to bench/TRAINER_RESULTS.md.
+``fastlstm generate`` (start-up excluded; float32 and bf16 weights), then appends a section to
+bench/TRAINER_RESULTS.md.
 
     python bench/bench_trainer.py                  # 120 s per trainer
     python bench/bench_trainer.py --budget 10 --no-write
@@ -174,12 +175,13 @@ def bench_env():
     return env
 
 
-def generation_rate(checkpoint, length, env):
-    """chars/s of ``fastlstm generate`` at N=1, start-up excluded: its --timing report, and the
-    wall-clock difference between a long and a short run (which also counts the stdout writes)."""
+def generation_rate(checkpoint, length, env, weights="float32"):
+    """chars/s of ``fastlstm generate --weights WEIGHTS`` at N=1, start-up excluded: its --timing
+    report, and the wall-clock difference between a long and a short run (which also counts the
+    stdout writes)."""
     def once(n):
         cmd = [sys.executable, "-m", "fastlstm", "generate", "--checkpoint", checkpoint, "--length", str(n),
-               "--seed", "0", "--timing", "--prime", "\n"]
+               "--seed", "0", "--timing", "--prime", "\n", "--weights", weights]
         t = time.perf_counter()
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
         wall = time.perf_counter() - t
@@ -258,11 +260,13 @@ def report(results, gen, info, args, command):
                 reach = next((t for t, _, v in by[name]["evals"] if v <= tt), None)
                 lines.append(f"- {name} reaches PyTorch's {args.budget:g}-s held-out loss ({tt:.3f}) after "
                              f"{fmt_time(reach)} (target <= half the budget)")
-    if gen:
-        lines.append(f"- Generation at N=1 through `fastlstm generate` (start-up excluded): "
-                     f"**{gen['reported']:,.0f} chars/s** as it reports (`--timing`), {gen['wall_diff']:,.0f} "
-                     f"chars/s by wall-clock difference of {gen['length']:,} and 1,000 characters "
-                     f"(target >= 40,000)")
+    for weights, g in (gen or {}).items():
+        lines.append(f"- Generation at N=1 through `fastlstm generate --weights {weights}` (start-up excluded): "
+                     f"**{g['reported']:,.0f} chars/s** as it reports (`--timing`), {g['wall_diff']:,.0f} "
+                     f"chars/s by wall-clock difference of {g['length']:,} and 1,000 characters"
+                     + (" (target >= 40,000)" if weights == "float32" else
+                        f" ({g['reported'] / gen['float32']['reported']:.2f}x float32, measured after it)"
+                        if "float32" in gen else ""))
     if "torch" in by and "gen_chars_per_s" in by["torch"]:
         lines.append(f"- PyTorch, the same generation loop in-process (N=1, carried state): "
                      f"{by['torch']['gen_chars_per_s']:,.0f} chars/s")
@@ -331,9 +335,10 @@ def main():
                   f"time to {args.target}: {fmt_time(r['time_to_target'])}, peak RSS {r['maxrss_mb']:,.0f} MB",
                   flush=True)
             if name == "fastlstm" and args.gen_length > 0:
-                gen = generation_rate(r["checkpoint"], args.gen_length, env)
-                print(f"   generation: {gen['reported']:,.0f} chars/s (reported), {gen['wall_diff']:,.0f} "
-                      f"chars/s (wall-clock difference)", flush=True)
+                gen = {w: generation_rate(r["checkpoint"], args.gen_length, env, w) for w in ("float32", "bf16")}
+                for w, g in gen.items():
+                    print(f"   generation ({w} weights): {g['reported']:,.0f} chars/s (reported), "
+                          f"{g['wall_diff']:,.0f} chars/s (wall-clock difference)", flush=True)
     section = report(results, gen, info, args, command)
     print()
     print(section)

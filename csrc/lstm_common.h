@@ -13,6 +13,42 @@
 #endif
 #include "lstm_blas_loop.h"
 
+/* The fused paths (float32 and bf16) are written with GCC/Clang vector extensions. A compiler
+ * without them (MSVC) builds none: every path reports unsupported, the best
+ * path is LSTM_PATH_BLAS, and the extension runs the BLAS loops (bf16
+ * weights: on float32 copies of the rounded weights).
+ * -DFASTLSTM_NO_VECTOR_PATHS makes GCC build the same way (to test it). */
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(FASTLSTM_NO_VECTOR_PATHS)
+#define FASTLSTM_VECTOR_PATHS 1
+#endif
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(FASTLSTM_VECTOR_PATHS)
+#define FASTLSTM_X86_PATHS 1
+#include <immintrin.h>
+#endif
+
+#ifdef FASTLSTM_X86_PATHS
+/* What the CPU runs, for the x86-64 code paths (lstm_fused.c, lstm_bf16.c). */
+static inline int lstm_cpu_has_avx2(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+static inline int lstm_cpu_has_avx512(void)
+{
+    return lstm_cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+}
+#endif
+
+/* The highest path number below count that `supported` accepts, else none. */
+static inline int lstm_best_path_of(int count, int (*supported)(int), int none)
+{
+    for (int path = count - 1; path >= 0; --path)
+        if (supported(path)) return path;
+    return none;
+}
+
 /* Parallel regions written once as macros: `LSTM_PARALLEL(n) { ... }` runs
  * the block on n threads (on one when n <= 1 or without OpenMP), and
  * LSTM_BARRIER() waits for the whole team inside it. */
@@ -21,6 +57,18 @@
 #else
 #define LSTM_PRAGMA(x) _Pragma(#x)
 #endif
+/* Functions compiled for more than the baseline CPU (the x86-64 paths): those
+ * between LSTM_TARGET_BEGIN(gcc, clang) and LSTM_TARGET_END() get the target
+ * options `gcc` (GCC's, which may tune too) or `clang` (a feature list). */
+#ifdef __clang__
+#define LSTM_TARGET_BEGIN(gcc, clang) \
+    LSTM_PRAGMA(clang attribute push(__attribute__((target(clang))), apply_to = function))
+#define LSTM_TARGET_END() LSTM_PRAGMA(clang attribute pop)
+#else
+#define LSTM_TARGET_BEGIN(gcc, clang) LSTM_PRAGMA(GCC push_options) LSTM_PRAGMA(GCC target(gcc))
+#define LSTM_TARGET_END() LSTM_PRAGMA(GCC pop_options)
+#endif
+
 #ifdef _OPENMP
 #define LSTM_PARALLEL(n) LSTM_PRAGMA(omp parallel num_threads(n) if ((n) > 1))
 #define LSTM_BARRIER() LSTM_PRAGMA(omp barrier)

@@ -12,17 +12,6 @@
 #include "lstm_common.h"
 #include "lstm_fused.h"
 
-/* The fused paths are written with GCC/Clang vector extensions. A compiler
- * without them (MSVC) builds none: every path reports unsupported, the best
- * path is LSTM_PATH_BLAS, and the extension runs the BLAS loops.
- * -DFASTLSTM_NO_VECTOR_PATHS makes GCC build the same way (to test it). */
-#if (defined(__GNUC__) || defined(__clang__)) && !defined(FASTLSTM_NO_VECTOR_PATHS)
-#define FASTLSTM_VECTOR_PATHS 1
-#endif
-#if (defined(__x86_64__) || defined(_M_X64)) && defined(FASTLSTM_VECTOR_PATHS)
-#define FASTLSTM_X86_PATHS 1
-#include <immintrin.h>
-#endif
 
 /* Lanes of the widest path's vectors (its forward panels are that many units). */
 #define AVX512_LANES 16
@@ -72,47 +61,25 @@ static int cpu_has_portable(void) { return 1; }
 #include "lstm_fused_impl.h"
 
 #ifdef FASTLSTM_X86_PATHS
-static int cpu_has_avx2(void)
-{
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,tune=haswell")
-#ifdef __clang__
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#endif
+static int cpu_has_avx2(void) { return lstm_cpu_has_avx2(); }
+LSTM_TARGET_BEGIN("avx2,fma,tune=haswell", "avx2,fma")
 #define SFX avx2
 #define VL 8
 #define RF 2
 #define RB 6
 #define BV 2
 #include "lstm_fused_impl.h"
-#ifdef __clang__
-#pragma clang attribute pop
-#endif
-#pragma GCC pop_options
+LSTM_TARGET_END()
 
-static int cpu_has_avx512(void)
-{
-    return cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-}
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,avx512vl,avx2,fma")
-#ifdef __clang__
-#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma"))), apply_to = function)
-#endif
+static int cpu_has_avx512(void) { return lstm_cpu_has_avx512(); }
+LSTM_TARGET_BEGIN("avx512f,avx512dq,avx512vl,avx2,fma", "avx512f,avx512dq,avx512vl,avx2,fma")
 #define SFX avx512
 #define VL AVX512_LANES
 #define RF 6
 #define RB 6
 #define BV 4
 #include "lstm_fused_impl.h"
-#ifdef __clang__
-#pragma clang attribute pop
-#endif
-#pragma GCC pop_options
+LSTM_TARGET_END()
 #endif
 #endif /* FASTLSTM_VECTOR_PATHS */
 
@@ -139,9 +106,7 @@ int lstm_fused_path_supported(int path)
 
 int lstm_fused_best_path(void)
 {
-    for (int path = LSTM_PATH_COUNT - 1; path >= 0; --path)
-        if (lstm_fused_path_supported(path)) return path;
-    return LSTM_PATH_BLAS;
+    return lstm_best_path_of(LSTM_PATH_COUNT, lstm_fused_path_supported, LSTM_PATH_BLAS);
 }
 
 const char *lstm_fused_path_name(int path)

@@ -4,13 +4,22 @@
 #include <string.h>
 #include "lstm_common.h"
 #include "lstm_fused.h"
+#include "lstm_bf16.h"
 #include "lstm_generate.h"
 
 ptrdiff_t lstm_generate_work_size(const lstm_gen_model *m, ptrdiff_t N)
 {
     /* gates [N, G], the next state [2 L N H], the inputs [N, I0]; each thread's
      * logits, logits without noise and top-k scratch are its own (malloc) */
-    return N * (4 * m->H + 2 * m->L * m->H + m->I0);
+    const ptrdiff_t bf16 = m->W_bf16 ? lstm_bf16_work_size(m->bf16_threads, N, m->I0, m->H) : 0;
+    return N * (4 * m->H + 2 * m->L * m->H + m->I0) + bf16;
+}
+
+/* Floats of each drawing thread's own scratch: logits, logits without noise,
+ * top-k, and the bf16 dense layer's activations. */
+static ptrdiff_t draw_scratch(const lstm_gen_model *m)
+{
+    return 3 * m->V + (m->WT_bf16 ? lstm_bf16_work_size(1, 1, m->H, 0) : 0);
 }
 
 /* The k-th largest of a[0..n-1] (1 <= k <= n); a is reordered. */
@@ -50,13 +59,17 @@ static int argmax(const float *z, ptrdiff_t n)
 /* The character one row draws from its logits (h_top . WT, plus `add`: its
  * noise with the bias, or the bias) under top-k. */
 static int draw(const lstm_gen_model *m, const float *h_top, const float *add, int sampled,
-                float *z, float *zk, float *sel)
+                float *z, float *zk, float *sel, float *bf16_work)
 {
     const ptrdiff_t H = m->H, V = m->V;
-    memset(zk, 0, (size_t)V * sizeof(float));
-    for (ptrdiff_t j = 0; j < H; ++j) {
-        const float hj = h_top[j], *w = m->WT + j * V;
-        for (ptrdiff_t v = 0; v < V; ++v) zk[v] += hj * w[v];
+    if (m->WT_bf16) {
+        lstm_bf16_dense(m->bf16_path, 1, H, V, m->WT_bf16, h_top, zk, bf16_work);
+    } else {
+        memset(zk, 0, (size_t)V * sizeof(float));
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            const float hj = h_top[j], *w = m->WT + j * V;
+            for (ptrdiff_t v = 0; v < V; ++v) zk[v] += hj * w[v];
+        }
     }
     for (ptrdiff_t v = 0; v < V; ++v) z[v] = zk[v] + add[v];
     if (sampled && m->top_k > 0 && m->top_k < V) {
@@ -84,11 +97,12 @@ void lstm_generate(const lstm_blas *blas, int path, int nthreads, const lstm_gen
         {
             const lstm_team me = lstm_team_join(blas);
             const lstm_range rows = lstm_share(N, me);
-            float *z = malloc((size_t)(3 * V) * sizeof(float));
+            float *z = malloc((size_t)draw_scratch(m) * sizeof(float));
             if (z) {
                 for (ptrdiff_t r = rows.lo; r < rows.hi; ++r) {
                     const float *add = noise ? noise + (k * N + r) * V : m->bias;
-                    const int id = draw(m, h_top + r * H, add, noise != NULL, z, z + V, z + 2 * V);
+                    const int id = draw(m, h_top + r * H, add, noise != NULL, z, z + V, z + 2 * V,
+                                       z + 3 * V);
                     ids[k * N + r] = id;
                     /* the row's next input */
                     if (m->emb)
@@ -105,7 +119,11 @@ void lstm_generate(const lstm_blas *blas, int path, int nthreads, const lstm_gen
         for (ptrdiff_t r = 0; r < N; ++r)
             if (ids[k * N + r] < 0) return; /* out of memory: the caller sees -1 */
         /* one step of the stack for every row */
-        if (m->W_f && N >= 2 && path != LSTM_PATH_BLAS) {
+        if (m->W_bf16) {
+            /* the top layer's h to gates, the layer in between to the rest of it */
+            lstm_bf16_forward(m->bf16_path, m->bf16_threads, L, 1, N, I0, H, x, m->W_bf16, m->b,
+                              h, c, gates, gates + N * H, h2, c2, 0, x + N * I0);
+        } else if (m->W_f && N >= 2 && path != LSTM_PATH_BLAS) {
             /* a one-step forward per layer on weights packed once (the input fused) */
             for (ptrdiff_t l = 0; l < L; ++l) {
                 const ptrdiff_t I = l ? H : I0, off = l * N * H;

@@ -1,7 +1,8 @@
 /* lstm_generate.h - the character model's compiled generation loop: per new
  * character the L-layer step (lstm_fused.h), the dense layer, temperature,
  * top-k and the draw, feeding each drawn character back as the next input,
- * without returning to the caller. Plain C, no Python.h; float32.
+ * without returning to the caller. Plain C, no Python.h; float32 weights, or
+ * bf16 weights (lstm_bf16.h) with float32 sums.
  *
  * The draw is the Gumbel-max trick: argmax(z / temperature + G) with G the
  * caller's noise, so that the caller's random stream (NumPy's, in blocks)
@@ -11,6 +12,7 @@
 #define FASTLSTM_LSTM_GENERATE_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "lstm_blas_loop.h"
 
 #ifdef __cplusplus
@@ -33,6 +35,14 @@ typedef struct {
      * threads and split of lstm_fused_forward; NULL: every step is lstm_fused_step. */
     const float *const *W_f;
     int batch_threads, by_rows;
+    /* Optional: bf16 weights (lstm_bf16.h). With W_bf16 set ([L] of [W_ih | W_hh]
+     * packed by lstm_bf16_pack(4, H, I_l, H, ...)), every step is lstm_bf16_forward on
+     * bf16_path with bf16_threads, and the logits come from WT_bf16 (the dense weights
+     * [V, H] times 1 / temperature, packed by lstm_bf16_pack(1, V, 0, H, NULL, W));
+     * W_ih, W_hh, W_f and WT are then not read. NULL: float32. */
+    const uint32_t *const *W_bf16;
+    const uint32_t *WT_bf16;
+    int bf16_path, bf16_threads;
 } lstm_gen_model;
 
 /* Floats of workspace lstm_generate needs for N rows. */

@@ -86,6 +86,20 @@ def backend_override():
 KERNEL_ENV = "FASTLSTM_KERNEL"
 KERNELS = ("auto", "avx512", "avx2", "portable", "blas")
 
+#: Environment variable choosing the code path of the bf16-weight inference
+#: kernels (LSTM.inference_weights("bf16"), fastlstm generate --weights bf16):
+#: "auto" (the fastest the CPU has), "avx512bf16" (VDPBF16PS, activations
+#: rounded to bf16 too), "avx512", "avx2" or "portable" (weights widened to
+#: float32 in registers).
+BF16_KERNEL_ENV = "FASTLSTM_BF16_KERNEL"
+BF16_KERNELS = ("auto", "avx512bf16", "avx512", "avx2", "portable")
+
+
+def bf16_kernel():
+    """The bf16 kernel path asked for (FASTLSTM_BF16_KERNEL), "auto" by default."""
+    return env_choice(BF16_KERNEL_ENV, BF16_KERNELS, "auto")
+
+
 #: Environment variable capping the threads of the fused kernels.
 THREADS_ENV = "FASTLSTM_NUM_THREADS"
 
@@ -264,7 +278,7 @@ def macbeth_url():
 
 #: Every variable fastlstm reads at run time (the build reads FASTLSTM_PUREPYTHON,
 #: FASTLSTM_REQUIRE_C and FASTLSTM_SANITIZE too; the tests FASTLSTM_REQUIRE_*).
-VARIABLES = (BACKEND_ENV, KERNEL_ENV, THREADS_ENV, MIN_PARALLEL_WORK_ENV, BLAS_LOCAL_THREADS_ENV,
+VARIABLES = (BACKEND_ENV, KERNEL_ENV, BF16_KERNEL_ENV, THREADS_ENV, MIN_PARALLEL_WORK_ENV, BLAS_LOCAL_THREADS_ENV,
              FUSE_INPUT_ENV, FUSE_INPUT_BYTES_ENV, THREAD_SPLIT_ENV, CUDA_LOOP_ENV,
              CUDA_SMEM_BYTES_ENV, PUREPYTHON_ENV, TRAIN_BLAS_ENV, DATA_ENV, MACBETH_URL_ENV)
 _BUILD_AND_TEST = ("FASTLSTM_REQUIRE_C", "FASTLSTM_REQUIRE_CUDA", "FASTLSTM_SANITIZE")
@@ -278,7 +292,7 @@ def settings():
         found[name] = os.environ[name]
         if name not in VARIABLES + _BUILD_AND_TEST:
             problems[name] = "not a fastlstm variable (a typo?)"
-    checks = {KERNEL_ENV: kernel, THREADS_ENV: lambda: num_threads(1),
+    checks = {KERNEL_ENV: kernel, BF16_KERNEL_ENV: bf16_kernel, THREADS_ENV: lambda: num_threads(1),
               MIN_PARALLEL_WORK_ENV: lambda: env_int(MIN_PARALLEL_WORK_ENV, 0),
               BLAS_LOCAL_THREADS_ENV: blas_local_threads,
               FUSE_INPUT_ENV: lambda: env_choice(FUSE_INPUT_ENV, ("auto", "always", "never"), "auto"),

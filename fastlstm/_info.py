@@ -23,7 +23,11 @@ def config() -> dict[str, Any]:
         backend: ``c_openmp`` (built with OpenMP), ``c_kernel`` (the float32 code
         path that runs: ``"avx512"``, ``"avx2"``, ``"portable"``, or ``"blas"``
         when ``FASTLSTM_KERNEL`` asks for it), ``c_kernels_supported`` (the paths
-        this CPU can run) and ``c_threads``. With the cuda backend: ``cuda_device``
+        this CPU can run), ``c_bf16_kernel`` (the path of bf16-weight inference,
+        ``LSTM.inference_weights("bf16")``: ``"avx512bf16"`` (VDPBF16PS), ``"avx512"``,
+        ``"avx2"`` or ``"portable"`` (weights widened to float32), or ``"none"`` in a
+        build without vector kernels, where the float32 kernels run on the rounded
+        weights), ``c_bf16_kernels_supported`` and ``c_threads``. With the cuda backend: ``cuda_device``
         (the GPU's name, compute capability and SMs, or the simulator) and
         ``numba``. ``blas``: the BLAS and OpenMP
         libraries loaded and their threads (needs threadpoolctl). ``settings``: the
@@ -63,6 +67,8 @@ def config() -> dict[str, Any]:
         info["c_openmp"] = bool(getattr(c, "OPENMP", False))
         info["c_kernel"] = _reported(c.kernel_path)
         info["c_kernels_supported"] = list(c.SUPPORTED_KERNELS)
+        info["c_bf16_kernel"] = _reported(c.bf16_path)
+        info["c_bf16_kernels_supported"] = list(c.BF16_KERNELS)
         info["c_threads"] = _reported(c.max_threads)
     gpu = _load("cuda")
     if gpu is not None:
@@ -93,7 +99,8 @@ def show_config(mode: str = "stdout") -> dict[str, Any] | None:
 
     The ``c_kernel`` line names the float32 code path of the C backend that runs on
     this CPU (``avx512``, ``avx2`` or ``portable``; picked at run time, so one
-    x86-64 wheel serves every x86-64 CPU). Bad ``FASTLSTM_*`` settings are listed,
+    x86-64 wheel serves every x86-64 CPU); ``c_bf16_kernel`` the path of bf16-weight
+    inference (``avx512bf16``, ``avx512``, ``avx2``, ``portable`` or ``none``). Bad ``FASTLSTM_*`` settings are listed,
     not raised.
 
     Parameters
@@ -114,6 +121,8 @@ def show_config(mode: str = "stdout") -> dict[str, Any] | None:
     fastlstm: 0.1.0
     ...
     c_kernel: avx512
+    ...
+    c_bf16_kernel: avx512bf16
     """
     if mode not in ("stdout", "dicts"):
         raise ValueError(f"mode must be 'stdout' or 'dicts', got {mode!r}")

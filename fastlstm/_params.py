@@ -72,6 +72,11 @@ class ParameterSet:
             new[name] = arr
         for name, arr in new.items():  # all checked first: no half-loaded layer
             self.params[name][...] = arr
+        self._parameters_loaded()
+
+    def _parameters_loaded(self) -> None:
+        """Called after load_state_dict changed the parameters (layers that keep derived
+        copies, such as bf16 inference weights, drop them here)."""
 
     def zero_grad(self) -> None:
         """Set every accumulated gradient in ``grads`` to zero."""

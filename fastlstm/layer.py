@@ -8,6 +8,8 @@ cuda backend and give device outputs; parameters and gradients stay NumPy.
 Inference calls (forward with training=False, __call__, step) on one object
 are safe from several threads at once: their buffers are per call or per
 thread. A training forward and its backward belong to one thread.
+``inference_weights("bf16")`` makes inference calls read bf16-rounded weights
+(not exact; the C backend's bf16 kernels, csrc/lstm_bf16.h).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from . import _validate as v
 from ._arrays import backend_and_arrays, on_callers_stream
+from ._bf16 import Bf16Weights, check_precision
 from ._dropout import keep_mask
 from ._params import ParameterSet
 from .backends import check_name, get_backend
@@ -55,6 +58,25 @@ class LSTM(ParameterSet):
         "auto", "c", "numpy" or "cuda".
     seed : int or None
         Seeds initialisation (U(-1/sqrt(H), 1/sqrt(H)), like PyTorch) and dropout.
+
+    Notes
+    -----
+    Reduced-precision inference (:meth:`inference_weights`): with ``"bf16"``,
+    ``forward(training=False)`` and ``step`` read the weights rounded to bfloat16 and
+    stored in 16 bits (biases stay float32), with every product summed in float32. This
+    is **not exact**: each weight is off by at most 2^-8 of itself, so each gate
+    pre-activation by at most 2^-8 * sum_k |w_k x_k| (plus float32 rounding); on the
+    ``avx512bf16`` path (VDPBF16PS, CPUs with AVX512_BF16: AMD Zen 4/5, Intel Cooper
+    Lake and Sapphire Rapids on) the activations are rounded to bf16 too, which doubles
+    that bound to 2^-7. Other x86-64 CPUs widen the 16-bit weights to float32 in registers
+    (``avx512``, ``avx2``; ``portable`` elsewhere), exact on the rounded weights;
+    ``fastlstm.show_config()`` names the path (``c_bf16_kernel``) and
+    ``FASTLSTM_BF16_KERNEL`` chooses one. Why: at N = 1 a step reads every weight once,
+    so half the bytes is up to twice the speed, more when the weights then fit in the L2
+    caches. Runs on the C backend without projections or ``lengths``; otherwise (and on
+    the numpy backend, or a build without vector kernels) the float32 kernels run on the
+    rounded weights: the same numbers, not faster. Training forwards always use the
+    float32 weights.
 
     Attributes
     ----------
@@ -125,16 +147,107 @@ class LSTM(ParameterSet):
         self._per_thread = threading.local()   # bias-sum buffers, one set per thread
         self._workspace: Workspace = Workspace(limit=3 * D * self.num_layers + 2)
         self._step_workspace: Workspace = Workspace(limit=4)
+        self._inference: str = "float32"
+        self._bf16: Bf16Weights | None = None   # the rounded weights (made on first use)
+        self._bf16_lock: threading.Lock = threading.Lock()
 
     @property
     def num_directions(self) -> int:
         """D: 2 for a bidirectional layer, else 1."""
         return 2 if self.bidirectional else 1
 
-    def _layer_weights(self, index):
+    # -- reduced-precision inference -----------------------------------------
+    def inference_weights(self, precision: str | None = "bf16") -> None:
+        """Choose the weights of ``forward(training=False)`` and ``step``.
+
+        Parameters
+        ----------
+        precision : {"bf16", "float32"} or None
+            "bf16": the weights rounded to bfloat16 (16 bits, products summed in float32;
+            **not exact**, see the class Notes for the error bound and the CPU paths);
+            "float32" or None: the exact weights again (the default).
+
+        The rounding happens now and again whenever the parameters change through a
+        training forward (``forward(training=True)``, which precedes every update),
+        ``load_state_dict`` or a replaced ``params`` array. Changing a parameter in place
+        in any other way (``params[name][...] = value``) is not seen: call this again.
+
+        Raises
+        ------
+        ValueError
+            For another precision, or "bf16" on a float64 layer.
+        """
+        self._inference = check_precision("precision", precision, self.dtype)
+        with self._bf16_lock:
+            self._bf16 = None
+
+    @property
+    def inference_precision(self) -> str:
+        """The weights inference calls read: "float32" (exact) or "bf16" (:meth:`inference_weights`)."""
+        return self._inference
+
+    def _parameters_loaded(self) -> None:
+        with self._bf16_lock:
+            self._bf16 = None
+
+    def _precision(self, weights, training):
+        """The precision of one call: its ``weights`` argument, else the layer's inference
+        precision (float32 for a training forward)."""
+        if weights is None:
+            return "float32" if training else self._inference
+        p = check_precision("weights", weights, self.dtype)
+        if p == "bf16" and training:
+            raise ValueError("weights='bf16' is for inference: a training forward (training=True) "
+                             "runs on the float32 weights")
+        return p
+
+    def _bf16_weights(self) -> Bf16Weights:
+        """The rounded weights, made again when missing or stale."""
+        with self._bf16_lock:
+            snap = self._bf16
+            if snap is None or snap.stale(self.params):
+                for name in self.params:
+                    self._param(name)  # replaced arrays are checked before they are read
+                snap = self._bf16 = Bf16Weights(self.params, self._layer_keys, self.hidden_size,
+                                                self.dtype)
+            return snap
+
+    def _bf16_backend(self, be, xp, lengths):
+        """The C backend when its bf16 kernels run this call, else None (the float32
+        kernels then run on the rounded weights)."""
+        if (xp.on_device or self.proj_size or lengths is not None
+                or getattr(be, "NAME", None) != "c" or not getattr(be, "BF16_KERNELS", None)):
+            return None
+        return be
+
+    def _forward_bf16(self, be, x, h0, c0, snap):
+        """forward(training=False) on the bf16 kernels: (y, h_n, c_n), time-major."""
+        T, N = x.shape[0], x.shape[1]
+        D, L, H = self.num_directions, self.num_layers, self.hidden_size
+        h0, c0 = np.ascontiguousarray(h0), np.ascontiguousarray(c0)
+        h_n, c_n = np.empty_like(h0), np.empty_like(c0)
+        if D == 1:
+            y = np.empty((T, N, H), self.dtype)
+            be.bf16_forward(np.ascontiguousarray(x), [snap.panels(be, k) for k in range(L)],
+                            [snap.weights(k)[2] for k in range(L)], h0, c0, y, h_n, c_n)
+            return y, h_n, c_n
+        inp = np.ascontiguousarray(x)
+        for layer in range(L):
+            outs = []
+            for d in range(D):
+                k = layer * D + d
+                outs.append(np.empty((T, N, H), self.dtype))
+                be.bf16_forward(inp, [snap.panels(be, k)], [snap.weights(k)[2]], h0[k:k + 1],
+                                c0[k:k + 1], outs[-1], h_n[k:k + 1], c_n[k:k + 1], d == 1)
+            inp = np.concatenate(outs, axis=2)
+        return inp, h_n, c_n
+
+    def _layer_weights(self, index, snap=None):
         """W_ih, W_hh, the summed bias and W_hr (or None) of one (layer, direction), index
         layer * D + direction (the bias in a buffer of this thread's, rewritten on every
-        call: the parameters may have changed)."""
+        call: the parameters may have changed); with ``snap``, its rounded weights."""
+        if snap is not None:
+            return snap.weights(index)
         ih, hh, b_ih, b_hh, hr = self._layer_keys[index]
         sums = getattr(self._per_thread, "bias_sums", None)
         if sums is None:
@@ -184,13 +297,13 @@ class LSTM(ParameterSet):
 
     # -- forward / backward ----------------------------------------------
     def __call__(self, x: Any, state: Any = None, *, lengths: Any = None,
-                 training: bool = False) -> tuple[Any, tuple[Any, Any]]:
+                 training: bool = False, weights: str | None = None) -> tuple[Any, tuple[Any, Any]]:
         """Same as :meth:`forward`."""
-        return self.forward(x, state, lengths=lengths, training=training)
+        return self.forward(x, state, lengths=lengths, training=training, weights=weights)
 
     @on_callers_stream(lambda self, x=None, *args, **kwargs: (x,))
     def forward(self, x: Any, state: Any = None, *, lengths: Any = None,
-                training: bool = False) -> tuple[Any, tuple[Any, Any]]:
+                training: bool = False, weights: str | None = None) -> tuple[Any, tuple[Any, Any]]:
         """Run the whole sequence.
 
         Parameters
@@ -208,6 +321,10 @@ class LSTM(ParameterSet):
             gives zero outputs and the initial state back.
         training : bool
             Keep what ``backward`` needs and apply dropout between layers.
+        weights : {"float32", "bf16"} or None
+            The weights of this call (None: :attr:`inference_precision` for inference,
+            float32 for training; "bf16" is for inference only and not exact: see
+            :meth:`inference_weights`).
 
         Returns
         -------
@@ -216,6 +333,7 @@ class LSTM(ParameterSet):
         (h_n, c_n) : pair of (D*L, N, H_out) and (D*L, N, H) ndarrays
             The final state of every layer and direction.
         """
+        precision = self._precision(weights, training)
         be, xp = backend_and_arrays(self.backend, "x", x)
         x = xp.as_array("x", x, self.dtype)
         letters = "(N, T, I)" if self.batch_first else "(T, N, I)"
@@ -238,12 +356,19 @@ class LSTM(ParameterSet):
         D = self.num_directions
         caches, masks = [], []
         self._saved = None
+        if training:
+            self._parameters_loaded()  # an update follows: round again at the next bf16 call
+        snap = self._bf16_weights() if precision == "bf16" else None
+        fast = snap is not None and self._bf16_backend(be, xp, lens)
+        if fast:
+            y, h_n, c_n = self._forward_bf16(fast, x, h0, c0, snap)
+            return self._to_caller(y, h_n, c_n, unbatched, xp)
         inp = x
         for layer in range(self.num_layers):
             tasks = []
             for d in range(D):
                 idx = layer * D + d
-                W_ih, W_hh, b, W_hr = self._layer_weights(idx)
+                W_ih, W_hh, b, W_hr = self._layer_weights(idx, snap)
                 tasks.append(functools.partial(
                     run_forward, be, inp, h0[idx], c0[idx], W_ih, W_hh, b, training, hT=h_n[idx],
                     cT=c_n[idx], workspace=self._workspace, xp=xp, lengths=lens, reverse=d == 1,
@@ -345,7 +470,7 @@ class LSTM(ParameterSet):
 
     # -- generation ---------------------------------------------------------
     @on_callers_stream(lambda self, x_t=None, *args, **kwargs: (x_t,))
-    def step(self, x_t: Any, state: Any = None) -> tuple[Any, tuple[Any, Any]]:
+    def step(self, x_t: Any, state: Any = None, *, weights: str | None = None) -> tuple[Any, tuple[Any, Any]]:
         """One time step with a carried state (no dropout, nothing kept).
 
         Parameters
@@ -354,6 +479,9 @@ class LSTM(ParameterSet):
             The input of this step.
         state : pair (h, c) of (L, N, H_out) and (L, N, H) arrays, optional
             The carried state; zeros when omitted.
+        weights : {"float32", "bf16"} or None
+            The weights of this call (None: :attr:`inference_precision`; "bf16" is not
+            exact: see :meth:`inference_weights`).
 
         Returns
         -------
@@ -370,23 +498,29 @@ class LSTM(ParameterSet):
         if self.bidirectional:
             raise ValueError("step runs one time step forward, and a bidirectional layer's reverse "
                              "direction needs the whole sequence: use forward")
+        precision = self._precision(weights, False)
         be, xp = backend_and_arrays(self.backend, "x_t", x_t)
         x_t = v.check_shape("x_t", xp.as_array("x_t", x_t, self.dtype), (None, self.input_size), "(N, I)")
         N = x_t.shape[0]
         h, c = self._state("state", state, N, xp)
+        snap = self._bf16_weights() if precision == "bf16" else None
+        fast = snap is not None and self._bf16_backend(be, xp, None)
+        if fast:
+            y, h_new, c_new = self._forward_bf16(fast, x_t[None], h, c, snap)
+            return y[0], (h_new, c_new)
         h_new = xp.empty(h.shape, self.dtype)
         c_new = xp.empty(c.shape, self.dtype)
         gates = self._step_workspace.take((N, 4 * self.hidden_size), self.dtype, xp=xp)
-        weights = [self._layer_weights(layer) for layer in range(self.num_layers)]
+        layers = [self._layer_weights(layer, snap) for layer in range(self.num_layers)]
         extra = {}
         if self.proj_size:
             if "projection" not in getattr(be, "OPTIONS", ()):
                 if xp.on_device:
                     raise NotImplementedError(f"the {be.NAME!r} backend does not run projections yet")
                 be = get_backend("numpy")
-            extra["W_hr"] = [w[3] for w in weights]
-        be.step_layers(x_t, h, c, [w[0] for w in weights], [w[1] for w in weights],
-                       [w[2] for w in weights], h_new, c_new, gates, **extra)
+            extra["W_hr"] = [w[3] for w in layers]
+        be.step_layers(x_t, h, c, [w[0] for w in layers], [w[1] for w in layers],
+                       [w[2] for w in layers], h_new, c_new, gates, **extra)
         self._step_workspace.give(gates, xp=xp)
         return xp.copy(h_new[-1]), (h_new, c_new)
 

@@ -116,6 +116,24 @@ def test_generate_num_samples_prints_each_sample_under_a_header(run_dir, capsys)
         assert capsys.readouterr().out == texts[k]
 
 
+def test_generate_with_bf16_weights(run_dir, tmp_path, corpus, capsys):
+    capsys.readouterr()
+    args = ["generate", "--checkpoint", run_dir, "--prime", "the ", "--length", 40, "--seed", 3,
+            "--weights", "bf16", "--timing"]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("the ") and len(out.out) == 4 + 40 + 1
+    assert "bf16 weights" in out.err
+    assert main([*args, "--num-samples", 2]) == 0
+    assert capsys.readouterr().out.count("--- sample") == 2
+    # a float64 model has no bf16 inference: a one-line error naming the option
+    d = tmp_path / "f64"
+    assert main(["train", "--text", corpus, "--out", d, "--max-steps", 2, "--dtype", "float64", *TINY]) == 0
+    capsys.readouterr()
+    assert_one_line_error(capsys, main(["generate", "--checkpoint", d, "--weights", "bf16"]),
+                          "--weights", "float32")
+
+
 def test_generate_in_a_real_process(run_dir):
     r = fastlstm_cmd("generate", "--checkpoint", str(run_dir), "--prime", "king ", "--length", "30",
                      "--seed", "1", "--top-k", "3", "--temperature", "0.5")
@@ -310,6 +328,7 @@ def test_generate_bad_input(run_dir, tmp_path, capsys):
         (["--checkpoint", run_dir, "--num-samples", "0"], "--num-samples"),
         (["--checkpoint", run_dir, "--num-samples", "two"], "invalid int"),
         (["--checkpoint", run_dir, "--length", "ten"], "invalid int"),
+        (["--checkpoint", run_dir, "--weights", "fp8"], "--weights"),
     ]
     if "cuda" not in fastlstm.available_backends():
         cases.append((["--checkpoint", run_dir, "--backend", "cuda"], "not available"))

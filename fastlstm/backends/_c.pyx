@@ -107,6 +107,28 @@ cdef extern from "lstm_fused.h" nogil:
                          const float *c, float *gates, float *h_out, float *c_out)
     void lstm_fused_activations(int path, Py_ssize_t n, const float *x, float *sig, float *th)
 
+from libc.stdint cimport uint16_t, uint32_t
+
+cdef extern from "lstm_bf16.h" nogil:
+    enum:
+        LSTM_BF16_NONE
+        LSTM_BF16_COUNT
+    int lstm_bf16_best_path()
+    int lstm_bf16_path_supported(int path)
+    const char *lstm_bf16_path_name(int path)
+    void lstm_bf16_round(Py_ssize_t n, const float *x, uint16_t *out)
+    void lstm_bf16_widen(Py_ssize_t n, const uint16_t *inp, float *out)
+    Py_ssize_t lstm_bf16_pack_size(Py_ssize_t NG, Py_ssize_t U, Py_ssize_t I, Py_ssize_t Kb)
+    void lstm_bf16_pack(Py_ssize_t NG, Py_ssize_t U, Py_ssize_t I, Py_ssize_t Kb, const float *A,
+                        const float *B, uint32_t *Wp)
+    Py_ssize_t lstm_bf16_work_size(int nthreads, Py_ssize_t N, Py_ssize_t I0, Py_ssize_t H)
+    void lstm_bf16_forward(int path, int nthreads, Py_ssize_t L, Py_ssize_t T, Py_ssize_t N,
+                           Py_ssize_t I0, Py_ssize_t H, const float *x, const uint32_t **Wp,
+                           const float **b, const float *h0, const float *c0, float *y,
+                           float *seq, float *h_n, float *c_n, int reverse, float *work)
+    void lstm_bf16_dense(int path, Py_ssize_t N, Py_ssize_t K, Py_ssize_t V, const uint32_t *Wp,
+                         const float *h, float *z, float *work)
+
 import threading
 
 import numpy as np
@@ -149,6 +171,152 @@ def kernel_path():
         raise ValueError(f"kernel path {name!r} is not supported on this CPU; "
                          f"supported: {', '.join(SUPPORTED_KERNELS)}")
     return name
+
+
+#: bf16 kernel paths this CPU and build run, fastest first (empty where none was built:
+#: bf16 weights then run the float32 kernels on float32 copies of the rounded weights).
+BF16_KERNELS = [lstm_bf16_path_name(p).decode() for p in range(LSTM_BF16_COUNT - 1, -1, -1)
+                if lstm_bf16_path_supported(p)]
+_BF16_PATHS = {lstm_bf16_path_name(p).decode(): p for p in range(LSTM_BF16_COUNT)}
+
+
+def bf16_path():
+    """The bf16 kernel path the next bf16 call will use (FASTLSTM_BF16_KERNEL or the
+    fastest), or "none" where this build has no bf16 kernels."""
+    name = _config.bf16_kernel()
+    if not BF16_KERNELS:
+        return "none"
+    if name == "auto":
+        return BF16_KERNELS[0]
+    if name not in BF16_KERNELS:
+        raise ValueError(f"bf16 kernel path {name!r} is not supported on this CPU; "
+                         f"supported: {', '.join(BF16_KERNELS)}")
+    return name
+
+
+def bf16_round(const float[::1] x):
+    """x rounded to bfloat16 (nearest, ties to even; NaN stays NaN), as uint16 bit patterns."""
+    out = np.empty(x.shape[0], np.uint16)
+    cdef uint16_t[::1] o = out
+    if x.shape[0]:
+        with nogil:
+            lstm_bf16_round(x.shape[0], &x[0], &o[0])
+    return out
+
+
+def bf16_widen(const uint16_t[::1] bits):
+    """The float32 values of bf16 bit patterns (exact)."""
+    out = np.empty(bits.shape[0], np.float32)
+    cdef float[::1] o = out
+    if bits.shape[0]:
+        with nogil:
+            lstm_bf16_widen(bits.shape[0], &bits[0], &o[0])
+    return out
+
+
+class Bf16Panels:
+    """Weights rounded to bf16 and packed for the bf16 kernels (csrc/lstm_bf16.h): NG
+    gate blocks of U units over I + Kb columns ([A | B])."""
+
+    __slots__ = ("NG", "U", "I", "Kb", "words")
+
+    def __init__(self, NG, U, I, Kb, words):
+        self.NG, self.U, self.I, self.Kb, self.words = NG, U, I, Kb, words
+
+
+def bf16_pack(A, const float[:, ::1] B, Py_ssize_t NG):
+    """[A | B] (A: (NG*U, I) or None; B: (NG*U, Kb)), rounded to bf16 and packed."""
+    cdef Py_ssize_t rows = B.shape[0], Kb = B.shape[1], I = 0
+    cdef const float[:, ::1] a
+    if NG <= 0 or rows % NG:
+        raise ValueError(f"B has {rows} rows, not a multiple of NG={NG}")
+    if A is not None:
+        a = A
+        I = a.shape[1]
+        _check("A", _shape(A), (rows, I))
+    cdef Py_ssize_t n = lstm_bf16_pack_size(NG, rows // NG, I, Kb)
+    raw = np.empty(n + 16, np.uint32)
+    off = ((-raw.ctypes.data) % 64) // 4
+    words = raw[off:off + n]
+    cdef uint32_t[::1] w = words
+    if n:
+        with nogil:
+            lstm_bf16_pack(NG, rows // NG, I, Kb, &a[0, 0] if I else NULL,
+                           &B[0, 0] if Kb else NULL, &w[0])
+    return Bf16Panels(NG, rows // NG, I, Kb, words)
+
+
+cdef int _bf16_code() except -2:
+    name = bf16_path()
+    if name == "none":
+        raise ValueError("this build has no bf16 kernels (bf16_path() is 'none')")
+    return _BF16_PATHS[name]
+
+
+def bf16_forward(const float[:, :, ::1] x, list packed, list b, const float[:, :, ::1] h0,
+                 const float[:, :, ::1] c0, float[:, :, ::1] y, float[:, :, ::1] h_n,
+                 float[:, :, ::1] c_n, bint reverse=False):
+    """Inference over T steps of an L-layer stack on bf16 weights (lstm_bf16_forward):
+    x (T, N, I0); packed: L Bf16Panels of [W_ih | W_hh] (bf16_pack(W_ih, W_hh, 4));
+    b: L float32 (4H,) bias sums; h0, c0, h_n, c_n (L, N, H); y (T, N, H) OUT."""
+    cdef Py_ssize_t T = x.shape[0], N = x.shape[1], I0 = x.shape[2], L = len(packed)
+    cdef Py_ssize_t H = h0.shape[2], l
+    if L == 0 or len(b) != L:
+        raise ValueError(f"packed and b need one entry per layer, got {len(packed)} and {len(b)}")
+    _check_all((("h0", h0, (L, N, H)), ("c0", c0, (L, N, H)), ("y", y, (T, N, H)),
+                ("h_n", h_n, (L, N, H)), ("c_n", c_n, (L, N, H))))
+    for l in range(L):
+        p = packed[l]
+        if (p.NG, p.U, p.I, p.Kb) != (4, H, I0 if l == 0 else H, H):
+            raise ValueError(f"packed[{l}] holds ({4 * p.U}, {p.I} + {p.Kb}) weights, expected "
+                             f"({4 * H}, {I0 if l == 0 else H} + {H})")
+        _check_entry("b", l, tuple(b[l].shape), (4 * H,))
+    if T == 0 or N == 0 or H == 0:
+        h_n[...] = h0
+        c_n[...] = c0
+        return
+    cdef int code = _bf16_code()
+    cdef int nthreads = _config.threads_for(N, H, lstm_fused_max_threads(), step=T == 1)
+    work_arr = np.empty(lstm_bf16_work_size(nthreads, N, I0, H), np.float32)
+    seq_arr = np.empty(T * N * H if L > 1 else 1, np.float32)
+    cdef float[::1] work = work_arr
+    cdef float[::1] seq = seq_arr
+    cdef const uint32_t **wp = <const uint32_t **>malloc(L * sizeof(uint32_t *))
+    cdef const float **bp = <const float **>malloc(L * sizeof(float *))
+    cdef const uint32_t[::1] wv
+    cdef const float[::1] bv
+    try:
+        if wp == NULL or bp == NULL:
+            raise MemoryError()
+        for l in range(L):
+            wv = packed[l].words
+            bv = b[l]
+            wp[l] = &wv[0]
+            bp[l] = &bv[0]
+        with nogil:
+            lstm_bf16_forward(code, nthreads, L, T, N, I0, H, &x[0, 0, 0], wp, bp, &h0[0, 0, 0],
+                              &c0[0, 0, 0], &y[0, 0, 0], &seq[0], &h_n[0, 0, 0], &c_n[0, 0, 0],
+                              reverse, &work[0])
+    finally:
+        free(wp)
+        free(bp)
+
+
+def bf16_dense(const float[:, ::1] h, packed):
+    """h (N, K) . W^T with W (V, K) packed by bf16_pack(None, W, 1): the (N, V) sums."""
+    cdef Py_ssize_t N = h.shape[0], K = h.shape[1], V = packed.U
+    if (packed.NG, packed.I, packed.Kb) != (1, 0, K):
+        raise ValueError(f"packed holds ({packed.U}, {packed.I} + {packed.Kb}) weights, expected ({V}, {K})")
+    z = np.zeros((N, V), np.float32)
+    cdef float[:, ::1] zv = z
+    cdef const uint32_t[::1] wv = packed.words
+    cdef int code = _bf16_code()
+    work_arr = np.empty(lstm_bf16_work_size(1, min(N, 4), K, 0), np.float32)
+    cdef float[::1] work = work_arr
+    if N and V and K:
+        with nogil:
+            lstm_bf16_dense(code, N, K, V, &wv[0], &h[0, 0], &zv[0, 0], &work[0])
+    return z
 
 
 def max_threads():
@@ -698,6 +866,9 @@ cdef extern from "lstm_generate.h" nogil:
         Py_ssize_t top_k
         const float **W_f
         int batch_threads, by_rows
+        const uint32_t **W_bf16
+        const uint32_t *WT_bf16
+        int bf16_path, bf16_threads
     Py_ssize_t lstm_generate_work_size(const lstm_gen_model *m, Py_ssize_t N)
     void lstm_generate(const lstm_blas *blas, int path, int nthreads, const lstm_gen_model *m,
                        Py_ssize_t n, Py_ssize_t N, const float *noise, float *h_top, float *h,
@@ -731,7 +902,7 @@ def pack_generate(list W_ih, list W_hh):
 
 def generate(list W_ih, list W_hh, list b, emb, const float[:, ::1] WT, const float[::1] bias,
              Py_ssize_t top_k, noise, float[:, ::1] h_top, float[:, :, ::1] h, float[:, :, ::1] c,
-             Py_ssize_t n, packed=None):
+             Py_ssize_t n, packed=None, bf16=None):
     """n characters for each of N samples from the compiled generation loop
     (csrc/lstm_generate.h), float32.
 
@@ -741,6 +912,9 @@ def generate(list W_ih, list W_hh, list b, emb, const float[:, ::1] WT, const fl
     h_top (N, H), h and c (L, N, H): the carried state, moved on in place.
     packed: pack_generate's result for these weights, or None (each step then runs
     without packing: best for one sample).
+    bf16: None, or (layers, dense) for bf16 weights (not exact): the L layers' [W_ih | W_hh]
+    as bf16_pack(W_ih[l], W_hh[l], 4) and bf16_pack(None, WT.T, 1); the steps and the
+    logits then run on them (W_ih, W_hh, WT and packed are checked, not read).
     Returns the (n, N) ids (int32). The GIL is released for the whole chunk."""
     cdef Py_ssize_t L = len(W_ih), N = h.shape[1], H = h.shape[2], V = WT.shape[1], l
     cdef const float[:, ::1] e
@@ -778,6 +952,31 @@ def generate(list W_ih, list W_hh, list b, emb, const float[:, ::1] WT, const fl
     cdef const float **wf = NULL
     cdef const float[::1] wv
     m.W_f, m.batch_threads, m.by_rows = NULL, 1, 0
+    m.W_bf16, m.WT_bf16, m.bf16_path, m.bf16_threads = NULL, NULL, 0, 1
+    cdef const uint32_t **wb = NULL
+    cdef const uint32_t[::1] bw
+    if bf16 is not None:
+        layers, dense = bf16
+        if len(layers) != L or dense.NG != 1 or (dense.U, dense.I, dense.Kb) != (V, 0, H) or any(
+                (p.NG, p.U, p.I, p.Kb) != (4, H, I0 if l == 0 else H, H) for l, p in enumerate(layers)):
+            free(ptrs)
+            raise ValueError("bf16 was packed from weights of other shapes")
+        wb = <const uint32_t **>malloc(L * sizeof(uint32_t *))
+        if wb == NULL:
+            free(ptrs)
+            raise MemoryError()
+        for l in range(L):
+            bw = layers[l].words
+            wb[l] = &bw[0]
+        bw = dense.words
+        m.W_bf16, m.WT_bf16 = wb, &bw[0]
+        try:
+            m.bf16_path = _bf16_code()
+        except ValueError:
+            free(ptrs)
+            free(wb)
+            raise
+        m.bf16_threads = _config.threads_for(N, H, lstm_fused_max_threads(), step=True)
     if packed is not None and path != LSTM_PATH_BLAS and N >= 2:
         if len(packed) != L or any(p != path for p, _ in packed):
             raise ValueError("packed was made for other weights or another kernel path: call pack_generate again")
@@ -807,6 +1006,7 @@ def generate(list W_ih, list W_hh, list b, emb, const float[:, ::1] WT, const fl
     finally:
         free(ptrs)
         free(wf)
+        free(wb)
     if (ids < 0).any():
         raise MemoryError("the generation loop ran out of memory for its scratch buffers")
     return ids

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
+from .._bf16 import check_precision, round_bf16
 from ..layer import LSTM
 from .nn import Dense, Dropout, Embedding, softmax_cross_entropy
 
@@ -171,6 +172,7 @@ class CharModel:
                 raise ValueError(f"parameter {k} has shape {np.shape(state[k])}, the model needs {p.shape}")
         for k, p in self.params.items():
             p[...] = state[k]
+        self.lstm._parameters_loaded()
 
     def rng_states(self) -> dict[str, dict[str, Any]]:
         """The dropout generators' states.
@@ -357,7 +359,7 @@ class CharModel:
                  top_k: int | None = None, greedy: bool = False, seed: int | None = None,
                  rng: np.random.Generator | None = None,
                  callback: Callable[[Any], object] | None = None,
-                 num_samples: int | None = None) -> Any:
+                 num_samples: int | None = None, weights: str = "float32") -> Any:
         """Continue ``prime_ids`` by ``length`` characters.
 
         The prime runs through one ``LSTM.forward``; then each new character is one
@@ -391,6 +393,11 @@ class CharModel:
             K independent continuations of the prime in one pass (a batch of K):
             sample k is the text ``generate(..., seed=seed + k)`` gives, up to float
             rounding (fresh independent streams without a seed).
+        weights : {"float32", "bf16"}, optional
+            "bf16": the LSTM and dense weights rounded to bfloat16 (``LSTM.inference_weights``:
+            not exact, products summed in float32; faster at one sample where the CPU
+            kernels run). The draws are the same; the text differs from float32's where
+            two characters' scores are closer than the rounding moves them.
 
         Returns
         -------
@@ -402,6 +409,7 @@ class CharModel:
         ValueError
             For an empty prime, ``num_samples`` < 1, or ``rng`` with several samples.
         """
+        precision = check_precision("weights", weights, self.dtype)
         prime_ids = np.asarray(prime_ids, dtype=np.int64).reshape(-1)
         if prime_ids.size == 0:
             raise ValueError("generation needs a prime of at least one character")
@@ -430,10 +438,12 @@ class CharModel:
         # one (N, H) x (H, V) product, one add and one argmax.
         scale = 1.0 if greedy or temperature is None else 1.0 / float(temperature)
         WT = np.ascontiguousarray(self.dense.params["weight"].T * dt.type(scale))  # (H, V)
+        if precision == "bf16":
+            WT = round_bf16(WT)  # the compiled loop's packing rounds the same values
         b = (self.dense.params["bias"] * dt.type(scale)).astype(dt)
         # prime: one forward over the whole prefix; its last output and state carry on, copied
         # to each sample (so that each is the single run of its seed)
-        y, state = self.lstm.forward(self._inputs(prime_ids[:, None], False), None)
+        y, state = self.lstm.forward(self._inputs(prime_ids[:, None], False), None, weights=precision)
         assert state is not None
         h_top = np.repeat(y[-1], K, axis=0)  # (K, H)
         state = (np.repeat(state[0], K, axis=1), np.repeat(state[1], K, axis=1))
@@ -448,13 +458,14 @@ class CharModel:
                 callback(int(ids[0]) if num_samples is None else ids)
 
         run = self._draw_compiled if self._compiled_loop() is not None else self._draw_numpy
-        drawn = run(h_top, state, length, WT, b, greedy, top_k, noise_block, emit)  # (length, K)
+        drawn = run(h_top, state, length, WT, b, greedy, top_k, noise_block, emit,
+                    precision)  # (length, K)
         rows = [drawn[:, k].tolist() for k in range(K)]
         return rows[0] if num_samples is None else rows
 
     def _draw_numpy(self, h: Any, state: State, length: int, WT: Any, b: Any, greedy: bool,
                     top_k: int | None, noise_block: Callable[[int], Any],
-                    emit: Callable[[Any], None]) -> NDArray[np.int64]:
+                    emit: Callable[[Any], None], precision: str = "float32") -> NDArray[np.int64]:
         """The loop of :meth:`generate` in NumPy around ``LSTM.step``: (length, K) ids."""
         K, V, block = h.shape[0], self.vocab_size, self.NOISE_BLOCK
         logits = np.empty((K, V), self.dtype)
@@ -483,17 +494,23 @@ class CharModel:
             else:
                 buf[:, 0] = ids / V
                 x = buf
-            h, state = self.lstm.step(x, state)
+            h, state = self.lstm.step(x, state, weights=precision)
         return drawn
 
     def _draw_compiled(self, h_top: Any, state: State, length: int, WT: Any, b: Any, greedy: bool,
                        top_k: int | None, noise_block: Callable[[int], Any],
-                       emit: Callable[[Any], None]) -> NDArray[np.int64]:
+                       emit: Callable[[Any], None], precision: str = "float32") -> NDArray[np.int64]:
         """The loop of :meth:`generate` in C (csrc/lstm_generate.c), chunk by chunk, on the
-        same noise blocks as the NumPy loop: (length, K) ids."""
+        same noise blocks as the NumPy loop: (length, K) ids. With bf16 weights it runs the
+        bf16 kernels, or where the build has none the float32 ones on the rounded weights."""
         assert state is not None
         be, block = self._compiled_loop(), self.NOISE_BLOCK
-        weights = [self.lstm._layer_weights(k) for k in range(self.num_layers)]
+        snap = self.lstm._bf16_weights() if precision == "bf16" else None
+        weights = [self.lstm._layer_weights(k, snap) for k in range(self.num_layers)]
+        bf16 = None
+        if snap is not None and be.BF16_KERNELS:
+            bf16 = ([snap.panels(be, k) for k in range(self.num_layers)],
+                    be.bf16_pack(None, np.ascontiguousarray(WT.T), 1))
         W_ih = [w[0] for w in weights]
         W_hh = [w[1] for w in weights]
         bias = [w[2].copy() for w in weights]  # the layer's bias buffer is rewritten per call
@@ -505,7 +522,7 @@ class CharModel:
         b = np.ascontiguousarray(b, np.float32)
         drawn = np.empty((length, h_top.shape[0]), np.int64)
         # a batch steps on weights packed once for the whole generation
-        packed = be.pack_generate(W_ih, W_hh) if h_top.shape[0] > 1 else None
+        packed = be.pack_generate(W_ih, W_hh) if h_top.shape[0] > 1 and bf16 is None else None
         noise: Any = None
         n = 0
         while n < length:
@@ -514,7 +531,8 @@ class CharModel:
                 noise = noise_block(min(block, length - n))
             chunk = min(self.GENERATE_CHUNK, length - n, block - k)
             ids = be.generate(W_ih, W_hh, bias, emb, WT, b, 0 if top_k is None else top_k,
-                              None if greedy else noise[k:k + chunk], h_top, h, c, chunk, packed)
+                              None if greedy else noise[k:k + chunk], h_top, h, c, chunk, packed,
+                              bf16)
             drawn[n:n + chunk] = ids
             for row in ids:
                 emit(row)
