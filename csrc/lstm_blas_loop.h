@@ -12,6 +12,7 @@
 #define FASTLSTM_LSTM_BLAS_LOOP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -52,7 +53,8 @@ typedef struct {
  *                       the per-step arrays below are then packed, `rows`
  *                       rows in all instead of T*N)
  *   P:     0, or the projection size (0 < P < H); K = P, or H without one
- *   x:     [rows, I] IN
+ *   x:     [rows, I] IN, or NULL: gates hold the input projection (x . W_ih^T
+ *          + b, the caller's) on entry, and W_ih and b are not read
  *   W_ih:  [G, I] IN, W_hh: [G, K] IN, W_hr: [P, H] IN (NULL when P = 0)
  *   b:     [G] IN        b_ih + b_hh
  *   h0:    [N, K] IN, c0: [N, H] IN   (rows sorted as batch says)
@@ -117,6 +119,14 @@ void lstm_blas_step_f64(const lstm_blas *blas, ptrdiff_t L, ptrdiff_t N, ptrdiff
                         ptrdiff_t H, const double *x, const double *const *W_ih,
                         const double *const *W_hh, const double *const *b, const double *h,
                         const double *c, double *gates, double *h_out, double *c_out);
+
+/* dst [V, G] INOUT: dst[ids[r]] += src[r] for r = 0 .. rows-1, src [rows, G] IN,
+ * ids [rows] IN in [0, V) (unchecked): the gradient of a row gather (an
+ * embedding, or a table of input projections by id). */
+void lstm_scatter_add_rows_f32(ptrdiff_t rows, ptrdiff_t G, const int64_t *ids, const float *src,
+                               float *dst);
+void lstm_scatter_add_rows_f64(ptrdiff_t rows, ptrdiff_t G, const int64_t *ids, const double *src,
+                               double *dst);
 
 #ifdef __cplusplus
 }

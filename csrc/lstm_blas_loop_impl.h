@@ -54,7 +54,8 @@ void FN(lstm_project)(const lstm_blas *blas, ptrdiff_t rows, ptrdiff_t I, ptrdif
                       REAL *P)
 {
     const ptrdiff_t step = lstm_rows_per_call(G > I ? G : I);
-    if (c1 <= c0) return;
+    /* x NULL: P holds the caller's input projection, bias included, already */
+    if (c1 <= c0 || !x) return;
     for (ptrdiff_t r = 0; r < rows; ++r)
         memcpy(P + r * G + c0, b + c0, (size_t)(c1 - c0) * sizeof(REAL));
     for (ptrdiff_t r0 = 0; r0 < rows; r0 += step)
@@ -115,6 +116,16 @@ void FN(lstm_backward_products)(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N,
     for (ptrdiff_t r = 0; r < nsum; ++r) {
         const REAL *d = from + r * G + g0;
         for (ptrdiff_t j = 0; j < ng; ++j) db[g0 + j] += d[j];
+    }
+}
+
+void FN(lstm_scatter_add_rows)(ptrdiff_t rows, ptrdiff_t G, const int64_t *ids, const REAL *src,
+                               REAL *dst)
+{
+    for (ptrdiff_t r = 0; r < rows; ++r) {
+        REAL *d = dst + ids[r] * G;
+        const REAL *s = src + r * G;
+        for (ptrdiff_t j = 0; j < G; ++j) d[j] += s[j];
     }
 }
 

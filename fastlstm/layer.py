@@ -184,13 +184,29 @@ class LSTM(ParameterSet):
 
     # -- forward / backward ----------------------------------------------
     def __call__(self, x: Any, state: Any = None, *, lengths: Any = None,
-                 training: bool = False) -> tuple[Any, tuple[Any, Any]]:
+                 training: bool = False, input_projection: Any = None) -> tuple[Any, tuple[Any, Any]]:
         """Same as :meth:`forward`."""
-        return self.forward(x, state, lengths=lengths, training=training)
+        return self.forward(x, state, lengths=lengths, training=training,
+                            input_projection=input_projection)
+
+    def _projected_input(self, x, proj, lengths):
+        """(backend, arrays, empty (T, N, 0) x) for a forward on the caller's layer-0 projection."""
+        if x is not None:
+            raise ValueError("give x or input_projection, not both")
+        if self.bidirectional or self.proj_size or lengths is not None:
+            raise ValueError("input_projection needs a unidirectional LSTM without proj_size or lengths")
+        G = 4 * self.hidden_size
+        if type(proj) is not np.ndarray or proj.dtype != self.dtype or not proj.flags.c_contiguous \
+                or proj.ndim != 3 or proj.shape[2] != G:
+            raise ValueError(f"input_projection must be a C-contiguous {self.dtype} ndarray of shape "
+                             f"(T, N, 4H) = (T, N, {G}), got {type(proj).__name__} of shape "
+                             f"{getattr(proj, 'shape', '?')}")
+        be, xp = backend_and_arrays(self.backend, "input_projection", proj)
+        return be, xp, np.empty(proj.shape[:2] + (0,), self.dtype)
 
     @on_callers_stream(lambda self, x=None, *args, **kwargs: (x,))
     def forward(self, x: Any, state: Any = None, *, lengths: Any = None,
-                training: bool = False) -> tuple[Any, tuple[Any, Any]]:
+                training: bool = False, input_projection: Any = None) -> tuple[Any, tuple[Any, Any]]:
         """Run the whole sequence.
 
         Parameters
@@ -208,6 +224,14 @@ class LSTM(ParameterSet):
             gives zero outputs and the initial state back.
         training : bool
             Keep what ``backward`` needs and apply dropout between layers.
+        input_projection : ndarray (T, N, 4H), optional
+            Instead of x (pass x=None): layer 0's input projection, time-major,
+            ``x . weight_ih_l0^T + bias_ih_l0 + bias_hh_l0`` computed by the caller
+            (e.g. rows of a (V, 4H) table gathered by character id). Host arrays of
+            the layer's dtype, unidirectional, no proj_size or lengths. The array is
+            the layer's workspace until ``backward``, which returns its gradient as
+            dx, in the same buffer, and leaves ``grads["weight_ih_l0"]`` to the caller
+            (the biases' gradients accumulate as usual).
 
         Returns
         -------
@@ -216,18 +240,23 @@ class LSTM(ParameterSet):
         (h_n, c_n) : pair of (D*L, N, H_out) and (D*L, N, H) ndarrays
             The final state of every layer and direction.
         """
-        be, xp = backend_and_arrays(self.backend, "x", x)
-        x = xp.as_array("x", x, self.dtype)
-        letters = "(N, T, I)" if self.batch_first else "(T, N, I)"
-        if len(x.shape) not in (2, 3):
-            raise ValueError(f"x must be 3-D {letters} (or 2-D (T, I) unbatched), got shape {x.shape}")
-        unbatched = len(x.shape) == 2
-        if unbatched:  # torch's unbatched input: (T, I), whatever batch_first says
-            x = v.check_shape("x", x, (None, self.input_size), "(T, I)").reshape(x.shape[0], 1, x.shape[1])
+        projected = input_projection is not None
+        unbatched = False
+        if projected:
+            be, xp, x = self._projected_input(x, input_projection, lengths)
         else:
-            x = v.check_shape("x", x, (None, None, self.input_size), letters)
-            if self.batch_first:
-                x = xp.swap01(x)
+            be, xp = backend_and_arrays(self.backend, "x", x)
+            x = xp.as_array("x", x, self.dtype)
+            letters = "(N, T, I)" if self.batch_first else "(T, N, I)"
+            if len(x.shape) not in (2, 3):
+                raise ValueError(f"x must be 3-D {letters} (or 2-D (T, I) unbatched), got shape {x.shape}")
+            unbatched = len(x.shape) == 2
+            if unbatched:  # torch's unbatched input: (T, I), whatever batch_first says
+                x = v.check_shape("x", x, (None, self.input_size), "(T, I)").reshape(x.shape[0], 1, x.shape[1])
+            else:
+                x = v.check_shape("x", x, (None, None, self.input_size), letters)
+                if self.batch_first:
+                    x = xp.swap01(x)
         T, N = x.shape[0], x.shape[1]
         lens = None if lengths is None else v.check_lengths("lengths", lengths, N, T)
         if lens is not None and N and lens.min() == T:
@@ -244,10 +273,13 @@ class LSTM(ParameterSet):
             for d in range(D):
                 idx = layer * D + d
                 W_ih, W_hh, b, W_hr = self._layer_weights(idx)
+                gates = None
+                if projected and layer == 0:
+                    W_ih, gates = np.empty((4 * self.hidden_size, 0), self.dtype), input_projection
                 tasks.append(functools.partial(
                     run_forward, be, inp, h0[idx], c0[idx], W_ih, W_hh, b, training, hT=h_n[idx],
                     cT=c_n[idx], workspace=self._workspace, xp=xp, lengths=lens, reverse=d == 1,
-                    W_hr=W_hr))
+                    W_hr=W_hr, gates=gates))
             outs = []
             for y, _, _, cache in run_directions(be, tasks, xp):
                 caches.append(cache)
@@ -321,8 +353,10 @@ class LSTM(ParameterSet):
                 ih, hh, _, _, hr = self._layer_keys[idx]
                 part = grad if D == 1 else xp.take_features(grad, d * K, (d + 1) * K)
                 dbs.append(np.zeros(4 * H, self.dtype))
+                # a projected layer 0 has no W_ih of its own: its gradient is the caller's
+                dW_ih = np.zeros((4 * H, 0), self.dtype) if caches[idx].projected else g[ih]
                 tasks.append(functools.partial(
-                    run_backward, caches[idx], part, dh_n[idx], dc_n[idx], g[ih], g[hh], dbs[d],
+                    run_backward, caches[idx], part, dh_n[idx], dc_n[idx], dW_ih, g[hh], dbs[d],
                     dh0=dh0[idx], dc0=dc0[idx], workspace=self._workspace,
                     dW_hr=None if hr is None else g[hr]))
             dx = None
