@@ -1,6 +1,7 @@
 """The embedding fold: ``LSTM.forward(input_projection=...)`` on every host backend against the same
 layer on x, the backends' ``scatter_add_rows``, and the char model with the fold on against finite
-differences (float64), PyTorch (float32, relative 1e-5) and the unfolded model (same losses).
+differences (float64: tests/test_nn.py, fold on and off), PyTorch (float32, relative 1e-5) and
+the unfolded model (same losses).
 """
 
 import numpy as np
@@ -10,7 +11,7 @@ import fastlstm
 from fastlstm.backends import get_backend, reference
 from fastlstm.charlm import nn
 from fastlstm.charlm.model import CharModel
-from lstm_testing import DTYPES, REL_TOL, assert_close, gc_close, numeric_grad, rel_err
+from lstm_testing import DTYPES, REL_TOL, assert_close, rel_err
 
 HOST = [b for b in fastlstm.available_backends() if b != "cuda"]
 
@@ -68,36 +69,6 @@ def test_scatter_add_rows_sums_rows_by_id(backend, dtype):
     if backend == "c":
         with pytest.raises(IndexError):
             get_backend(backend).scatter_add_rows(np.array([5], np.int64), src[:1], dst)
-
-
-def _model(fold, dtype, dropout=0.3, V=6):
-    m = CharModel(V, hidden_size=3, num_layers=2, dropout=dropout, embed_dim=3, seed=1, dtype=dtype)
-    m.fold_embedding = fold
-    return m
-
-
-@pytest.mark.parametrize("last_only", [False, True])
-def test_folded_model_gradients_match_finite_differences(last_only):
-    V, T, N = 6, 4, 2
-    model = _model(True, np.float64)
-    rng = np.random.default_rng(12)
-    ids = rng.integers(0, V, (T, N))
-    targets = rng.integers(0, V, N if last_only else (T, N))
-    start = model.rng_states()
-
-    def f():  # same dropout masks every evaluation
-        model.set_rng_states(start)
-        logits, _ = model.forward(ids, training=True, last_only=last_only)
-        model._saved = None
-        return nn.softmax_cross_entropy(logits.reshape(-1, V), targets.reshape(-1))[0]
-
-    model.set_rng_states(start)
-    model.zero_grad()
-    model.loss_and_backward(ids, targets, last_only=last_only)
-    assert model._proj is not None  # the fold ran
-    analytic = {k: g.copy() for k, g in model.grads.items()}
-    for name, p in model.params.items():
-        gc_close(analytic[name], numeric_grad(f, p), f"d {name}")
 
 
 def test_folded_model_gradients_match_torch():

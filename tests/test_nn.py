@@ -230,12 +230,13 @@ def test_adam_state_round_trip_continues_identically():
 
 
 # ----------------------------------------------------------------------------- the model
-@pytest.mark.parametrize("input_mode,last_only", [("embedding", False), ("embedding", True),
-                                                  ("scaled", False)])
-def test_charmodel_gradients_match_finite_differences(input_mode, last_only):
+@pytest.mark.parametrize("input_mode,last_only,fold", [("embedding", False, True), ("embedding", True, True),
+                                                       ("embedding", False, False), ("scaled", False, False)])
+def test_charmodel_gradients_match_finite_differences(input_mode, last_only, fold):
     V, T, N = 6, 4, 2
     model = CharModel(V, hidden_size=3, num_layers=2, dropout=0.3, embed_dim=3, input_mode=input_mode,
                       seed=1, dtype=np.float64)
+    model.fold_embedding = fold  # the embedding folded into layer 0's input projection
     rng = np.random.default_rng(12)
     ids = rng.integers(0, V, (T, N))
     targets = rng.integers(0, V, N if last_only else (T, N))
@@ -251,6 +252,7 @@ def test_charmodel_gradients_match_finite_differences(input_mode, last_only):
     model.zero_grad()
     model.loss_and_backward(ids, targets, last_only=last_only)
     analytic = {k: g.copy() for k, g in model.grads.items()}
+    assert (model._proj is not None) == fold  # the fold ran exactly when asked
     if input_mode == "embedding":
         assert "embedding.weight" in analytic
     for name, p in model.params.items():
