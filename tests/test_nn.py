@@ -257,3 +257,38 @@ def test_charmodel_gradients_match_finite_differences(input_mode, last_only, fol
         assert "embedding.weight" in analytic
     for name, p in model.params.items():
         gc_close(analytic[name], numeric_grad(f, p), f"d {name}")
+
+
+def test_flat_buffer_finds_arrays_that_tile_one_buffer():
+    flat = np.arange(10.0)
+    a, b = flat[:4].reshape(2, 2), flat[4:]
+    assert nn.flat_buffer([a, b]) is flat
+    assert nn.flat_buffer([b, a]) is None  # out of order
+    assert nn.flat_buffer([a]) is None  # not all of it
+    assert nn.flat_buffer([a, np.arange(6.0)]) is None
+    assert nn.flat_buffer([]) is None
+
+
+def test_adam_and_clipping_on_a_flat_buffer_match_the_per_array_loop():
+    model = CharModel(7, hidden_size=5, num_layers=2, embed_dim=3, seed=2)
+    assert nn.flat_buffer(model.params.values()) is not None
+    assert nn.flat_buffer(model.grads.values()) is model._flat_grads
+    loose = {k: p.copy() for k, p in model.params.items()}  # separate arrays: the loop
+    opt_flat, opt_loop = nn.Adam(model.params, lr=0.01, weight_decay=0.1), nn.Adam(loose, lr=0.01, weight_decay=0.1)
+    assert opt_flat._flat is not None and opt_loop._flat is None
+    rng = np.random.default_rng(4)
+    for _ in range(4):
+        for g in model.grads.values():
+            g[...] = rng.standard_normal(g.shape)
+        grads = {k: g.copy() for k, g in model.grads.items()}
+        assert nn.clip_grad_norm(model.grads, 1.0) == pytest.approx(nn.clip_grad_norm(grads, 1.0), rel=1e-6)
+        for k in grads:
+            assert_close(model.grads[k], grads[k], np.float32, k)
+        opt_flat.step(model.grads)
+        opt_loop.step(grads)
+    for k in loose:
+        assert_close(model.params[k], loose[k], np.float32, k)
+    for k, a in opt_flat.state_arrays().items():
+        assert_close(a, opt_loop.state_arrays()[k], np.float32, k)
+    model.zero_grad()
+    assert not model._flat_grads.any()

@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from ..layer import LSTM
-from .nn import Dense, Dropout, Embedding, softmax_cross_entropy
+from .nn import Dense, Dropout, Embedding, flat_buffer, softmax_cross_entropy
 
 #: The LSTM state carried between calls: (h, c), each (L, N, H); None means zeros.
 State = tuple[NDArray[np.floating], NDArray[np.floating]] | None
@@ -114,6 +114,7 @@ class CharModel:
         self._parts: list[tuple[str, Any]] = [("lstm.", self.lstm), ("dense.", self.dense)]
         if self.embedding is not None:
             self._parts.insert(0, ("embedding.", self.embedding))
+        self._flat_grads = self._share_buffers()
         self.params = {p + k: v for p, part in self._parts for k, v in part.params.items()}
         self.grads = {p + k: v for p, part in self._parts for k, v in part.grads.items()}
         self._saved: Any = None  # (ids.shape, last_only) of the last training forward
@@ -122,6 +123,23 @@ class CharModel:
         self.fold_embedding = self.embedding is not None
         self._fold: Any = None  # the last folded forward's ids, for its backward
         self._proj: NDArray[np.floating] | None = None  # the (T, N, 4H) projection buffer, reused
+
+    def _share_buffers(self) -> NDArray[np.floating]:
+        """Move every parameter, and every gradient, into views of one flat buffer each (same
+        values, same names and shapes): Adam, clipping and zeroing then make one pass over all
+        of them (``nn.flat_buffer``). Returns the gradients' buffer."""
+        sizes = [p.size for _, part in self._parts for p in part.params.values()]
+        flat_p = np.empty(sum(sizes), self.dtype)
+        flat_g = np.zeros(sum(sizes), self.dtype)
+        off = 0
+        for _, part in self._parts:
+            for k, p in list(part.params.items()):
+                view = flat_p[off:off + p.size].reshape(p.shape)
+                view[...] = p
+                part.params[k] = view
+                part.grads[k] = flat_g[off:off + p.size].reshape(p.shape)
+                off += p.size
+        return flat_g
 
     # -- configuration, parameters, RNG state -------------------------------
     def config(self) -> dict[str, Any]:
@@ -139,8 +157,11 @@ class CharModel:
 
     def zero_grad(self) -> None:
         """Set every gradient to zero (gradients accumulate)."""
-        for g in self.grads.values():
-            g[...] = 0
+        if flat_buffer(self.grads.values()) is self._flat_grads:
+            self._flat_grads[...] = 0
+        else:  # a caller replaced some of them
+            for g in self.grads.values():
+                g[...] = 0
 
     def state_dict(self) -> dict[str, NDArray[np.floating]]:
         """Copies of every parameter.

@@ -20,7 +20,7 @@ SeedLike = int | np.random.SeedSequence | np.random.Generator | None
 Grads = Mapping[str, NDArray[np.floating]] | Iterable[NDArray[np.floating]]
 
 __all__ = ["Adam", "Dense", "Dropout", "Embedding", "SoftmaxCrossEntropy", "check_dropout", "clip_grad_norm",
-           "global_norm", "log_softmax", "softmax", "softmax_cross_entropy"]
+           "flat_buffer", "global_norm", "log_softmax", "softmax", "softmax_cross_entropy"]
 
 
 def check_dropout(p: float, name: str = "dropout probability") -> float:
@@ -56,6 +56,40 @@ def _take_saved(layer: Any, attr: str, forward: str) -> Any:
         raise RuntimeError(f"{type(layer).__name__}.backward needs a preceding {forward}")
     setattr(layer, attr, None)
     return saved
+
+
+def flat_buffer(arrays: Iterable[NDArray[np.floating]]) -> NDArray[np.floating] | None:
+    """The one 1-D array that ``arrays`` tile in order, back to back, or None.
+
+    A model that keeps its parameters (or gradients) as views of one buffer
+    (:meth:`CharModel <fastlstm.charlm.model.CharModel>` does) lets Adam, clipping and
+    zeroing make one pass over that buffer instead of one per array; elementwise the
+    arithmetic is the same.
+
+    Parameters
+    ----------
+    arrays : iterable of ndarray
+        The arrays, in the order they should tile the buffer.
+
+    Returns
+    -------
+    ndarray or None
+        Their common base, when they are C-contiguous views of it, of its dtype, back to back
+        from its first element to its last; else None.
+    """
+    arrays = list(arrays)
+    if not arrays:
+        return None
+    base = arrays[0].base
+    if not isinstance(base, np.ndarray) or base.ndim != 1 or not base.flags.c_contiguous:
+        return None
+    addr = base.__array_interface__["data"][0]
+    for a in arrays:
+        if a.base is not base or a.dtype != base.dtype or not a.flags.c_contiguous \
+                or a.__array_interface__["data"][0] != addr:
+            return None
+        addr += a.nbytes
+    return base if addr == base.__array_interface__["data"][0] + base.nbytes else None
 
 
 def _rng(seed_or_rng: SeedLike) -> np.random.Generator:
@@ -466,9 +500,10 @@ def global_norm(grads: Grads) -> float:
     float
         ``sqrt(sum(g**2))`` over every element of every array.
     """
-    arrays = grads.values() if isinstance(grads, Mapping) else grads
+    arrays = list(grads.values() if isinstance(grads, Mapping) else grads)
+    flat = flat_buffer(arrays)
     total = 0.0
-    for g in arrays:
+    for g in arrays if flat is None else [flat]:  # one dot over a shared buffer
         g1 = g.reshape(-1)
         total += float(np.dot(g1, g1))
     return float(np.sqrt(total))
@@ -489,12 +524,23 @@ def clip_grad_norm(grads: Grads, max_norm: float | None) -> float:
     float
         The norm before clipping (like ``torch.nn.utils.clip_grad_norm_``).
     """
-    norm = global_norm(grads)
+    arrays = list(grads.values() if isinstance(grads, Mapping) else grads)
+    norm = global_norm(arrays)
     if max_norm is not None and max_norm > 0 and norm > max_norm:
         scale = max_norm / (norm + 1e-6)
-        for g in (grads.values() if isinstance(grads, Mapping) else grads):
+        flat = flat_buffer(arrays)
+        for g in arrays if flat is None else [flat]:
             g *= g.dtype.type(scale)
     return norm
+
+
+def _offsets(params: Mapping[str, NDArray[np.floating]]) -> list[tuple[str, NDArray[np.floating], int]]:
+    """(name, array, offset in elements) of arrays laid out back to back in this order."""
+    out, off = [], 0
+    for k, p in params.items():
+        out.append((k, p, off))
+        off += p.size
+    return out
 
 
 class Adam:
@@ -504,6 +550,10 @@ class Adam:
     ``state_arrays()`` / ``scalars()`` export the moments (arrays, for an ``.npz``) and the
     step count and hyper-parameters (JSON-serialisable); ``load_state()`` puts them back so
     that a resumed run takes exactly the same steps.
+
+    When the parameters tile one buffer (:func:`flat_buffer`) the moments do too, and a step
+    whose gradients tile one buffer is one pass of each operation over all parameters (the
+    same arithmetic per element as the per-parameter loop, so the same results).
 
     Parameters
     ----------
@@ -535,9 +585,16 @@ class Adam:
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
         self.t = 0
-        self.m = {k: np.zeros_like(p) for k, p in params.items()}
-        self.v = {k: np.zeros_like(p) for k, p in params.items()}
-        self._tmp = {k: np.empty_like(p) for k, p in params.items()}
+        flat = flat_buffer(params.values())
+        self._flat: tuple[NDArray[np.floating], ...] | None = None
+        if flat is not None:  # moments as views of flat buffers, in the parameters' layout
+            self._flat = (flat, np.zeros_like(flat), np.zeros_like(flat), np.empty_like(flat))
+            self.m, self.v, self._tmp = ({k: a[o:o + p.size].reshape(p.shape) for k, p, o in _offsets(params)}
+                                         for a in self._flat[1:])
+        else:
+            self.m = {k: np.zeros_like(p) for k, p in params.items()}
+            self.v = {k: np.zeros_like(p) for k, p in params.items()}
+            self._tmp = {k: np.empty_like(p) for k, p in params.items()}
 
     def step(self, grads: Mapping[str, NDArray[np.floating]]) -> None:
         """One update of every parameter.
@@ -555,12 +612,15 @@ class Adam:
         # that every array pass below is one ufunc call into a preallocated buffer.
         a = self.lr / bc1 * np.sqrt(bc2)
         e = self.eps * np.sqrt(bc2)
-        for k, p in self.params.items():
-            g = grads[k]
+        flat_grad = flat_buffer(grads[k] for k in self.params) if self._flat is not None else None
+        if flat_grad is not None and self._flat is not None:
+            work = [(self._flat[0], flat_grad, self._flat[1], self._flat[2], self._flat[3])]
+        else:
+            work = [(p, grads[k], self.m[k], self.v[k], self._tmp[k]) for k, p in self.params.items()]
+        for p, g, m, v, tmp in work:
             if self.weight_decay:
                 g = g + p.dtype.type(self.weight_decay) * p
             dt = p.dtype.type
-            m, v, tmp = self.m[k], self.v[k], self._tmp[k]
             np.subtract(g, m, out=tmp)  # m = b1 m + (1 - b1) g
             tmp *= dt(1.0 - b1)
             m += tmp
