@@ -189,14 +189,15 @@ def _options(lengths, reverse, W_hr, ms=None, dW_hr=None, projected=False):
 
 
 def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, workspace=None,
-                xp=HostArrays, lengths=None, reverse=False, W_hr=None, gates=None):
+                xp=HostArrays, lengths=None, reverse=False, W_hr=None, gates=None, y=None):
     """Validated arrays in; (y, hT, cT, cache or None) out. ``xp``: where x lives.
 
     lengths ([N] int64 or None), reverse and W_hr ([P, H] or None) as in the
     backend contract; h0, hT and y have P features with a projection. ``gates``
     ([T, N, G] or None): the caller's input projection x . W_ih^T + b (the
     contract's ``projected``; x is then [T, N, 0] and W_ih [G, 0]); the buffer
-    stays the caller's, and after backward it holds the gradient of the projection."""
+    stays the caller's, and after backward it holds the gradient of the projection.
+    ``y``: where the outputs go (a buffer the caller reuses), else a fresh array."""
     T, N, _ = x.shape
     H = W_hh.shape[0] // 4
     K = W_hh.shape[1]  # H, or P with a projection
@@ -205,7 +206,7 @@ def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, worksp
     be = _backend_with(be, {"lengths": lengths, "reverse": reverse, "projection": W_hr,
                             "projected": projected}, xp)
     take = functools.partial(workspace.take, xp=xp) if workspace is not None else xp.empty
-    y = xp.empty((T, N, K), dt)
+    y = xp.empty((T, N, K), dt) if y is None else y
     hT = xp.empty((N, K), dt) if hT is None else hT
     cT = xp.empty((N, H), dt) if cT is None else cT
     if gates is None:
@@ -225,10 +226,11 @@ def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, worksp
 
 
 def run_backward(cache, dy, dhT, dcT, dW_ih, dW_hh, db, dh0=None, dc0=None, workspace=None,
-                 dW_hr=None):
+                 dW_hr=None, dx=None):
     """Validated arrays in; (dx, dh0, dc0) out; parameter gradients (dW_hr too, with a
     projection) accumulate. After a forward on the caller's input projection, dx is
-    that projection's gradient, in the caller's buffer."""
+    that projection's gradient, in the caller's buffer. ``dx``: where the input's
+    gradient goes (a buffer the caller reuses), else a fresh array."""
     if cache.consumed:
         raise RuntimeError("backward was already run on this forward pass; run a training forward again")
     x = cache.x
@@ -236,7 +238,7 @@ def run_backward(cache, dy, dhT, dcT, dW_ih, dW_hh, db, dh0=None, dc0=None, work
     N, K = cache.h0.shape
     H = cache.c0.shape[1]
     xp = cache.arrays
-    dx = xp.empty(x.shape, dt)  # [T, N, 0] for a projected forward
+    dx = xp.empty(x.shape, dt) if dx is None else dx  # [T, N, 0] for a projected forward
     dh0 = xp.empty((N, K), dt) if dh0 is None else dh0
     dc0 = xp.empty((N, H), dt) if dc0 is None else dc0
     cache.consumed = True  # the backend overwrites the saved gates

@@ -126,6 +126,9 @@ def test_softmax_cross_entropy_gradient_matches_finite_differences():
     naive = -np.mean(np.log(p[np.arange(6), targets]))
     assert abs(loss - naive) < 1e-12
     gc_close(d, numeric_grad(lambda: nn.softmax_cross_entropy(logits, targets)[0], logits), "dlogits")
+    inplace = logits.copy()
+    loss2, d2 = nn.softmax_cross_entropy(inplace, targets, out=inplace)
+    assert loss2 == loss and d2 is inplace and np.array_equal(d2, d)  # same numbers, no temporary
     layer = nn.SoftmaxCrossEntropy()
     assert layer.forward(logits, targets) == loss
     gc_close(layer.backward(), d, "layer dlogits")

@@ -123,6 +123,7 @@ class CharModel:
         self.fold_embedding = self.embedding is not None
         self._fold: Any = None  # the last folded forward's ids, for its backward
         self._proj: NDArray[np.floating] | None = None  # the (T, N, 4H) projection buffer, reused
+        self._buffers: dict[str, NDArray[np.floating]] = {}  # training passes' (T, N, H) arrays
 
     def _share_buffers(self) -> NDArray[np.floating]:
         """Move every parameter, and every gradient, into views of one flat buffer each (same
@@ -227,6 +228,14 @@ class CharModel:
             return self.embedding.forward(ids, training=training)
         return (np.asarray(ids, dtype=self.dtype) / self.dtype.type(self.vocab_size))[..., None]
 
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> NDArray[np.floating]:
+        """A training pass's array, the same one from step to step (a fresh multi-megabyte
+        array costs a page fault per 4 KiB on every step)."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape:
+            buf = self._buffers[name] = np.empty(shape, self.dtype)
+        return buf
+
     def _folds(self, training: bool) -> bool:
         """Whether this pass folds the embedding (training, on a backend that takes a projection)."""
         if not (training and self.fold_embedding and self.embedding is not None):
@@ -308,7 +317,8 @@ class CharModel:
             self._fold = None
             y, new_state = self.lstm.forward(self._inputs(ids, training), state, training=training)
         top = y[-1] if last_only else y
-        top = self.drop.forward(top, training=training)
+        top = self.drop.forward(top, training=training,
+                                out=self._buffer("dropped", top.shape) if training else None)
         logits = self.dense.forward(top, training=training)
         if training:
             self._saved = (ids.shape, last_only)
@@ -318,8 +328,8 @@ class CharModel:
                 training: bool) -> tuple[float, NDArray[np.floating], tuple[int, ...]]:
         """Forward, then the mean cross-entropy: (loss, dlogits (M, V), the logits' shape)."""
         logits, _ = self.forward(ids, training=training, last_only=last_only)
-        loss, dlogits = softmax_cross_entropy(logits.reshape(-1, self.vocab_size),
-                                              np.asarray(targets).reshape(-1))
+        flat = logits.reshape(-1, self.vocab_size)  # this pass's own array: the gradient goes there
+        loss, dlogits = softmax_cross_entropy(flat, np.asarray(targets).reshape(-1), out=flat)
         return loss, dlogits, logits.shape
 
     def loss(self, ids: ArrayLike, targets: ArrayLike, *, last_only: bool = False) -> float:
@@ -358,7 +368,8 @@ class CharModel:
             The loss before the update, nats per target.
         """
         loss, dlogits, shape = self._scored(ids, targets, last_only, training=True)
-        dtop = self.drop.backward(self.dense.backward(dlogits.reshape(shape)))
+        dtop = self.dense.backward(dlogits.reshape(shape), out=self._buffer("dtop", shape[:-1] + (self.hidden_size,)))
+        dtop = self.drop.backward(dtop, out=dtop)
         T, N = self._saved[0]
         if last_only:
             dy = np.zeros((T, N, self.hidden_size), self.dtype)

@@ -253,13 +253,15 @@ class Dense:
             self._x = x2
         return y.reshape(lead + (self.out_features,))
 
-    def backward(self, dy: ArrayLike) -> NDArray[np.floating]:
+    def backward(self, dy: ArrayLike, *, out: NDArray[np.floating] | None = None) -> NDArray[np.floating]:
         """Accumulate dW and db into ``grads``; return the gradient of the input.
 
         Parameters
         ----------
         dy : array_like
             Gradient of the output, ``(..., out)``.
+        out : ndarray, optional
+            Where dx goes (C-contiguous, ``(..., in)``; a buffer the caller reuses).
 
         Returns
         -------
@@ -277,7 +279,7 @@ class Dense:
         self.grads["weight"] += dy2.T @ x2
         if "bias" in self.params:
             self.grads["bias"] += dy2.sum(axis=0)
-        dx = dy2 @ self.params["weight"]
+        dx = np.matmul(dy2, self.params["weight"], out=None if out is None else out.reshape(dy2.shape[0], -1))
         return dx.reshape(dy.shape[:-1] + (self.in_features,))
 
 
@@ -307,7 +309,8 @@ class Dropout:
         self._mask: NDArray[np.bool_] | None = None
         self._scale: Any = 1.0
 
-    def forward(self, x: ArrayLike, *, training: bool = False) -> NDArray[np.floating]:
+    def forward(self, x: ArrayLike, *, training: bool = False,
+                out: NDArray[np.floating] | None = None) -> NDArray[np.floating]:
         """Drop and rescale in training; return ``x`` unchanged otherwise.
 
         Parameters
@@ -316,6 +319,8 @@ class Dropout:
             Any shape.
         training : bool, optional
             Apply (and keep) a fresh mask.
+        out : ndarray, optional
+            Where the result goes in training (shaped like ``x``; a buffer the caller reuses).
 
         Returns
         -------
@@ -328,17 +333,20 @@ class Dropout:
             return x
         self._mask = keep_mask(self.rng, x.shape, self.p)
         self._scale = x.dtype.type(1.0 / (1.0 - self.p))
-        y = np.multiply(x, self._mask)
+        y = np.multiply(x, self._mask, out=out)
         y *= self._scale
         return y
 
-    def backward(self, dy: NDArray[np.floating]) -> NDArray[np.floating]:
+    def backward(self, dy: NDArray[np.floating], *,
+                 out: NDArray[np.floating] | None = None) -> NDArray[np.floating]:
         """Gradient of the input: ``dy`` through the last training mask (or unchanged).
 
         Parameters
         ----------
         dy : ndarray
             Gradient of the output.
+        out : ndarray, optional
+            Where the gradient goes (``dy`` itself works in place).
 
         Returns
         -------
@@ -347,7 +355,7 @@ class Dropout:
         """
         if self._mask is None:
             return dy
-        dx = np.multiply(dy, self._mask)
+        dx = np.multiply(dy, self._mask, out=out)
         dx *= self._scale
         return dx
 
@@ -398,7 +406,8 @@ def softmax(logits: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
     return e / total
 
 
-def softmax_cross_entropy(logits: ArrayLike, targets: ArrayLike) -> tuple[float, NDArray[np.floating]]:
+def softmax_cross_entropy(logits: ArrayLike, targets: ArrayLike, *,
+                          out: NDArray[np.floating] | None = None) -> tuple[float, NDArray[np.floating]]:
     """Mean cross-entropy of integer targets under softmax(logits), and its gradient.
 
     Parameters
@@ -407,6 +416,9 @@ def softmax_cross_entropy(logits: ArrayLike, targets: ArrayLike) -> tuple[float,
         (M, V) floats.
     targets : array_like of int
         (M,) values in [0, V) (any shape with M elements).
+    out : ndarray, optional
+        (M, V), the logits' dtype: where the gradient goes (``logits`` itself computes it
+        in place, with no temporary of that size).
 
     Returns
     -------
@@ -425,10 +437,13 @@ def softmax_cross_entropy(logits: ArrayLike, targets: ArrayLike) -> tuple[float,
     M = logits.shape[0]
     if logits.ndim != 2 or targets.shape[0] != M:
         raise ValueError(f"logits must be (M, V) and targets (M,), got {logits.shape} and {targets.shape}")
-    shifted, e, s = _shifted_exp(logits, 1)
     rows = np.arange(M)
+    e = np.subtract(logits, logits.max(axis=1, keepdims=True), out=out)  # every exponent <= 0
+    picked = e[rows, targets].astype(np.float64)
+    np.exp(e, out=e)
+    s = e.sum(axis=1, keepdims=True)
     # loss = mean(log s - shifted[target]); accumulate in float64 for a stable mean.
-    loss = float(np.mean(np.log(s[:, 0]).astype(np.float64) - shifted[rows, targets]))
+    loss = float(np.mean(np.log(s[:, 0]).astype(np.float64) - picked))
     e /= s
     e[rows, targets] -= 1
     e *= logits.dtype.type(1.0 / M)
