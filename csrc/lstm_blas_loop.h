@@ -120,6 +120,15 @@ void lstm_blas_step_f64(const lstm_blas *blas, ptrdiff_t L, ptrdiff_t N, ptrdiff
                         const double *const *W_hh, const double *const *b, const double *h,
                         const double *c, double *gates, double *h_out, double *c_out);
 
+/* One Adam step (PyTorch's rule, bias corrections folded into a and e) over n
+ * elements: with g' = g + wd p, m = m + (g' - m) c1, v = v + (g'^2 - v) c2,
+ * p -= m / (sqrt(v) + e) a. p, m, v [n] INOUT, g [n] IN; c1 = 1 - beta1,
+ * c2 = 1 - beta2 (the trainer's optimizer, fastlstm/charlm/nn.py). */
+void lstm_adam_step_f32(ptrdiff_t n, float *p, const float *g, float *m, float *v, float c1,
+                        float c2, float a, float e, float wd);
+void lstm_adam_step_f64(ptrdiff_t n, double *p, const double *g, double *m, double *v, double c1,
+                        double c2, double a, double e, double wd);
+
 /* dst [V, G] INOUT: dst[ids[r]] += src[r] for r = 0 .. rows-1, src [rows, G] IN,
  * ids [rows] IN in [0, V) (unchecked): the gradient of a row gather (an
  * embedding, or a table of input projections by id). */

@@ -295,3 +295,23 @@ def test_adam_and_clipping_on_a_flat_buffer_match_the_per_array_loop():
         assert_close(a, opt_loop.state_arrays()[k], np.float32, k)
     model.zero_grad()
     assert not model._flat_grads.any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_adam_in_one_pass_gives_the_loops_numbers(dtype, weight_decay):
+    # the C backend's adam_step (when built) against the NumPy operations, bit for bit
+    rng = np.random.default_rng(13)
+    p0 = rng.standard_normal(1000).astype(dtype)
+    gs = [rng.standard_normal(1000).astype(dtype) for _ in range(5)]
+    runs = []
+    for fused in (True, False):
+        params = {"w": p0.copy()}
+        opt = nn.Adam(params, lr=0.01, weight_decay=weight_decay)
+        if not fused:
+            opt._fused = None
+        for g in gs:
+            opt.step({"w": g})
+        runs.append((params["w"], opt.m["w"], opt.v["w"]))
+    for a, b in zip(*runs, strict=True):
+        assert np.array_equal(a, b)

@@ -39,6 +39,10 @@ cdef extern from "lstm_blas_loop.h" nogil:
         lstm_sgemv_fn sgemv
         lstm_dgemv_fn dgemv
         lstm_set_threads_fn set_threads_local
+    void lstm_adam_step_f32(Py_ssize_t n, float *p, const float *g, float *m, float *v, float c1,
+                            float c2, float a, float e, float wd)
+    void lstm_adam_step_f64(Py_ssize_t n, double *p, const double *g, double *m, double *v,
+                            double c1, double c2, double a, double e, double wd)
     void lstm_scatter_add_rows_f32(Py_ssize_t rows, Py_ssize_t G, const int64_t *ids,
                                    const float *src, float *dst)
     void lstm_scatter_add_rows_f64(Py_ssize_t rows, Py_ssize_t G, const int64_t *ids,
@@ -852,3 +856,20 @@ def scatter_add_rows(const int64_t[::1] ids, const floating[:, ::1] src, floatin
             lstm_scatter_add_rows_f32(rows, G, &ids[0], &src[0, 0], &dst[0, 0])
         else:
             lstm_scatter_add_rows_f64(rows, G, &ids[0], &src[0, 0], &dst[0, 0])
+
+
+def adam_step(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v,
+              double c1, double c2, double a, double e, double wd):
+    """One Adam step over 1-D arrays, in place (csrc/lstm_blas_loop.h: the rule and order of
+    fastlstm/charlm/nn.py's Adam.step; the scalars are rounded to the arrays' dtype first)."""
+    cdef Py_ssize_t n = p.shape[0]
+    if g.shape[0] != n or m.shape[0] != n or v.shape[0] != n:
+        raise ValueError(f"adam_step: sizes {n}, {g.shape[0]}, {m.shape[0]}, {v.shape[0]} differ")
+    if n == 0:
+        return
+    with nogil:
+        if floating is float:
+            lstm_adam_step_f32(n, &p[0], &g[0], &m[0], &v[0], <float>c1, <float>c2, <float>a,
+                               <float>e, <float>wd)
+        else:
+            lstm_adam_step_f64(n, &p[0], &g[0], &m[0], &v[0], c1, c2, a, e, wd)

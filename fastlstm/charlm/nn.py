@@ -600,6 +600,7 @@ class Adam:
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
         self.t = 0
+        self._fused: Any = False  # the C backend's adam_step, None without one; found on first use
         flat = flat_buffer(params.values())
         self._flat: tuple[NDArray[np.floating], ...] | None = None
         if flat is not None:  # moments as views of flat buffers, in the parameters' layout
@@ -632,7 +633,12 @@ class Adam:
             work = [(self._flat[0], flat_grad, self._flat[1], self._flat[2], self._flat[3])]
         else:
             work = [(p, grads[k], self.m[k], self.v[k], self._tmp[k]) for k, p in self.params.items()]
+        fused = self._fused_step()
         for p, g, m, v, tmp in work:
+            if fused is not None and g.dtype == p.dtype and g.flags.c_contiguous and p.flags.c_contiguous:
+                fused(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), 1.0 - b1, 1.0 - b2, a, e,
+                      self.weight_decay)
+                continue
             if self.weight_decay:
                 g = g + p.dtype.type(self.weight_decay) * p
             dt = p.dtype.type
@@ -648,6 +654,14 @@ class Adam:
             np.divide(m, tmp, out=tmp)
             tmp *= dt(a)
             p -= tmp
+
+    def _fused_step(self) -> Any:
+        """The C backend's one-pass Adam (the same numbers as the loop below), or None."""
+        if self._fused is False:
+            from ..backends import get_backend
+
+            self._fused = getattr(get_backend(), "adam_step", None)
+        return self._fused
 
     def scalars(self) -> dict[str, Any]:
         """The step count and the hyper-parameters.
