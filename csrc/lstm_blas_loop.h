@@ -12,6 +12,7 @@
 #define FASTLSTM_LSTM_BLAS_LOOP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -52,7 +53,8 @@ typedef struct {
  *                       the per-step arrays below are then packed, `rows`
  *                       rows in all instead of T*N)
  *   P:     0, or the projection size (0 < P < H); K = P, or H without one
- *   x:     [rows, I] IN
+ *   x:     [rows, I] IN, or NULL: gates hold the input projection (x . W_ih^T
+ *          + b, the caller's) on entry, and W_ih and b are not read
  *   W_ih:  [G, I] IN, W_hh: [G, K] IN, W_hr: [P, H] IN (NULL when P = 0)
  *   b:     [G] IN        b_ih + b_hh
  *   h0:    [N, K] IN, c0: [N, H] IN   (rows sorted as batch says)
@@ -117,6 +119,23 @@ void lstm_blas_step_f64(const lstm_blas *blas, ptrdiff_t L, ptrdiff_t N, ptrdiff
                         ptrdiff_t H, const double *x, const double *const *W_ih,
                         const double *const *W_hh, const double *const *b, const double *h,
                         const double *c, double *gates, double *h_out, double *c_out);
+
+/* One Adam step (PyTorch's rule, bias corrections folded into a and e) over n
+ * elements: with g' = g + wd p, m = m + (g' - m) c1, v = v + (g'^2 - v) c2,
+ * p -= m / (sqrt(v) + e) a. p, m, v [n] INOUT, g [n] IN; c1 = 1 - beta1,
+ * c2 = 1 - beta2 (the trainer's optimizer, fastlstm/charlm/nn.py). */
+void lstm_adam_step_f32(ptrdiff_t n, float *p, const float *g, float *m, float *v, float c1,
+                        float c2, float a, float e, float wd);
+void lstm_adam_step_f64(ptrdiff_t n, double *p, const double *g, double *m, double *v, double c1,
+                        double c2, double a, double e, double wd);
+
+/* dst [V, G] INOUT: dst[ids[r]] += src[r] for r = 0 .. rows-1, src [rows, G] IN,
+ * ids [rows] IN in [0, V) (unchecked): the gradient of a row gather (an
+ * embedding, or a table of input projections by id). */
+void lstm_scatter_add_rows_f32(ptrdiff_t rows, ptrdiff_t G, const int64_t *ids, const float *src,
+                               float *dst);
+void lstm_scatter_add_rows_f64(ptrdiff_t rows, ptrdiff_t G, const int64_t *ids, const double *src,
+                               double *dst);
 
 #ifdef __cplusplus
 }

@@ -4,6 +4,7 @@
  * Included once per dtype by lstm_blas_loop.c with these defined:
  *   REAL  float or double          SFX  name suffix (f32, f64)
  *   GEMM, GEMV  the lstm_blas members for REAL (sgemm, sgemv or dgemm, dgemv)
+ *   SQRT  sqrtf or sqrt
  * BLAS is column-major: a row-major [r, c] array is its transpose to BLAS,
  * hence the swapped operands below.
  */
@@ -54,7 +55,8 @@ void FN(lstm_project)(const lstm_blas *blas, ptrdiff_t rows, ptrdiff_t I, ptrdif
                       REAL *P)
 {
     const ptrdiff_t step = lstm_rows_per_call(G > I ? G : I);
-    if (c1 <= c0) return;
+    /* x NULL: P holds the caller's input projection, bias included, already */
+    if (c1 <= c0 || !x) return;
     for (ptrdiff_t r = 0; r < rows; ++r)
         memcpy(P + r * G + c0, b + c0, (size_t)(c1 - c0) * sizeof(REAL));
     for (ptrdiff_t r0 = 0; r0 < rows; r0 += step)
@@ -115,6 +117,31 @@ void FN(lstm_backward_products)(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N,
     for (ptrdiff_t r = 0; r < nsum; ++r) {
         const REAL *d = from + r * G + g0;
         for (ptrdiff_t j = 0; j < ng; ++j) db[g0 + j] += d[j];
+    }
+}
+
+void FN(lstm_scatter_add_rows)(ptrdiff_t rows, ptrdiff_t G, const int64_t *ids, const REAL *src,
+                               REAL *dst)
+{
+    for (ptrdiff_t r = 0; r < rows; ++r) {
+        REAL *d = dst + ids[r] * G;
+        const REAL *s = src + r * G;
+        for (ptrdiff_t j = 0; j < G; ++j) d[j] += s[j];
+    }
+}
+
+void FN(lstm_adam_step)(ptrdiff_t n, REAL *p, const REAL *g, REAL *m, REAL *v, REAL c1, REAL c2,
+                        REAL a, REAL e, REAL wd)
+{
+    /* the operations, and their order, of fastlstm/charlm/nn.py's Adam.step: the same
+     * numbers, in one pass instead of a dozen */
+    for (ptrdiff_t i = 0; i < n; ++i) {
+        const REAL gi = wd != 0 ? g[i] + wd * p[i] : g[i];
+        const REAL mi = m[i] + (gi - m[i]) * c1;
+        const REAL vi = v[i] + (gi * gi - v[i]) * c2;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] -= mi / (SQRT(vi) + e) * a;
     }
 }
 

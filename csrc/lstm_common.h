@@ -175,7 +175,8 @@ typedef enum {
  * lstm_add_product: P [rows, G] INOUT at columns c0..c1 += in [rows, K] IN .
  *   W [G, K]^T IN (rows c0..c1 of W), one matrix product; rows*G fits an int.
  * lstm_project: P [rows, G] OUT at columns c0..c1 = x [rows, I] IN .
- *   W_ih [G, I]^T IN + b [G] IN, for any number of rows.
+ *   W_ih [G, I]^T IN + b [G] IN, for any number of rows. x NULL: P is IN, the
+ *   caller's input projection (bias included), left as it is.
  * lstm_backward_products: after a backward time loop, dP = gates [rows, G] IN
  *   (rows = T*N, or fewer when packed): dx [rows, I] OUT = dP . W_ih [G, I]
  *   at rows r0..r1, and at gate rows g0..g1 (of G): dW_ih [G, I] +=

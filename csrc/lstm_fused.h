@@ -76,7 +76,8 @@ void lstm_fused_pack_backward(int path, ptrdiff_t H, ptrdiff_t R, const float *W
  *                       x, gates, y, cs and ms are then packed, `rows` rows in
  *                       all instead of T*N, and h0, c0 sorted as batch says)
  *   P:     0, or the projection size (0 < P < H); K = P, or H without one
- *   x:     [rows, I] IN
+ *   x:     [rows, I] IN, or NULL (then Ip = 0): gates hold the input projection
+ *          (x . W_ih^T + b, the caller's) on entry, and W_ih and b are not read
  *   W_ih:  [G, I] IN
  *   b:     [G] IN         b_ih + b_hh
  *   Ip:    0 or I, as given to lstm_fused_pack_forward

@@ -62,6 +62,7 @@ class LSTMCache:
     W_hr: Any = None     # [P, H] projection, or None
     ms: Any = None       # [T, N, H] o * tanh(c_t) before the projection
     stream: Any = None   # on the device: the forward's CUDA stream (backward runs there too)
+    projected: bool = False  # gates were the caller's input projection (and hold dP after backward)
 
 
 class Workspace:
@@ -169,10 +170,12 @@ def run_directions(be, tasks, xp=HostArrays):
     return [first, second]
 
 
-def _options(lengths, reverse, W_hr, ms=None, dW_hr=None):
+def _options(lengths, reverse, W_hr, ms=None, dW_hr=None, projected=False):
     """The backend call's keyword options: only those in use, so that a backend
     without them serves every call that does not need them."""
     extra = {}
+    if projected:
+        extra["projected"] = True
     if lengths is not None:
         extra["lengths"] = lengths
     if reverse:
@@ -186,38 +189,48 @@ def _options(lengths, reverse, W_hr, ms=None, dW_hr=None):
 
 
 def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, workspace=None,
-                xp=HostArrays, lengths=None, reverse=False, W_hr=None):
+                xp=HostArrays, lengths=None, reverse=False, W_hr=None, gates=None, y=None):
     """Validated arrays in; (y, hT, cT, cache or None) out. ``xp``: where x lives.
 
     lengths ([N] int64 or None), reverse and W_hr ([P, H] or None) as in the
-    backend contract; h0, hT and y have P features with a projection."""
+    backend contract; h0, hT and y have P features with a projection. ``gates``
+    ([T, N, G] or None): the caller's input projection x . W_ih^T + b (the
+    contract's ``projected``; x is then [T, N, 0] and W_ih [G, 0]); the buffer
+    stays the caller's, and after backward it holds the gradient of the projection.
+    ``y``: where the outputs go (a buffer the caller reuses), else a fresh array."""
     T, N, _ = x.shape
     H = W_hh.shape[0] // 4
     K = W_hh.shape[1]  # H, or P with a projection
     dt = x.dtype
-    be = _backend_with(be, {"lengths": lengths, "reverse": reverse, "projection": W_hr}, xp)
+    projected = gates is not None
+    be = _backend_with(be, {"lengths": lengths, "reverse": reverse, "projection": W_hr,
+                            "projected": projected}, xp)
     take = functools.partial(workspace.take, xp=xp) if workspace is not None else xp.empty
-    y = xp.empty((T, N, K), dt)
+    y = xp.empty((T, N, K), dt) if y is None else y
     hT = xp.empty((N, K), dt) if hT is None else hT
     cT = xp.empty((N, H), dt) if cT is None else cT
-    gates = take((T, N, 4 * H), dt)
+    if gates is None:
+        gates = take((T, N, 4 * H), dt)
     cs = take((T, N, H), dt)
     ms = take((T, N, H), dt) if W_hr is not None else None
     be.forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=training,
-               **_options(lengths, reverse, W_hr, ms))
+               **_options(lengths, reverse, W_hr, ms, projected=projected))
     if training:
         return y, hT, cT, LSTMCache(be, x, h0, c0, W_ih, W_hh, y, gates, cs, arrays=xp,
                                     lengths=lengths, reverse=reverse, W_hr=W_hr, ms=ms,
-                                    stream=xp.call_stream() if xp.on_device else None)
+                                    stream=xp.call_stream() if xp.on_device else None,
+                                    projected=projected)
     if workspace is not None:
-        workspace.give(gates, cs, *(() if ms is None else (ms,)), xp=xp)
+        workspace.give(*(() if projected else (gates,)), cs, *(() if ms is None else (ms,)), xp=xp)
     return y, hT, cT, None
 
 
 def run_backward(cache, dy, dhT, dcT, dW_ih, dW_hh, db, dh0=None, dc0=None, workspace=None,
-                 dW_hr=None):
+                 dW_hr=None, dx=None):
     """Validated arrays in; (dx, dh0, dc0) out; parameter gradients (dW_hr too, with a
-    projection) accumulate."""
+    projection) accumulate. After a forward on the caller's input projection, dx is
+    that projection's gradient, in the caller's buffer. ``dx``: where the input's
+    gradient goes (a buffer the caller reuses), else a fresh array."""
     if cache.consumed:
         raise RuntimeError("backward was already run on this forward pass; run a training forward again")
     x = cache.x
@@ -225,15 +238,18 @@ def run_backward(cache, dy, dhT, dcT, dW_ih, dW_hh, db, dh0=None, dc0=None, work
     N, K = cache.h0.shape
     H = cache.c0.shape[1]
     xp = cache.arrays
-    dx = xp.empty(x.shape, dt)
+    dx = xp.empty(x.shape, dt) if dx is None else dx  # [T, N, 0] for a projected forward
     dh0 = xp.empty((N, K), dt) if dh0 is None else dh0
     dc0 = xp.empty((N, H), dt) if dc0 is None else dc0
     cache.consumed = True  # the backend overwrites the saved gates
     cache.backend.backward(x, cache.h0, cache.c0, cache.W_ih, cache.W_hh, cache.y,
                            cache.gates, cache.cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih, dW_hh, db,
                            **_options(cache.lengths, cache.reverse, cache.W_hr, cache.ms, dW_hr))
+    if cache.projected:
+        dx = cache.gates  # dP: the gradient of the caller's projection, in its buffer
     if workspace is not None:
-        workspace.give(cache.gates, cache.cs, *(() if cache.ms is None else (cache.ms,)), xp=xp)
+        workspace.give(*(() if cache.projected else (cache.gates,)), cache.cs,
+                       *(() if cache.ms is None else (cache.ms,)), xp=xp)
     cache.gates = cache.cs = cache.ms = None
     return dx, dh0, dc0
 

@@ -145,11 +145,14 @@ class LSTM(ParameterSet):
         self._shapes = {name: p.shape for name, p in self.params.items()}
         self._saved: tuple[Any, ...] | None = None
         self._per_thread = threading.local()   # bias-sum buffers, one set per thread
-        self._workspace: Workspace = Workspace(limit=3 * D * self.num_layers + 2)
+        # per layer gates and c_t (and the projection's m); per boundary between layers the
+        # output, the dropout mask and the masked output; two gradients in backward
+        self._workspace: Workspace = Workspace(limit=6 * D * self.num_layers + 4)
         self._step_workspace: Workspace = Workspace(limit=4)
         self._inference: str = "float32"
         self._bf16: Bf16Weights | None = None   # the rounded weights (made on first use)
         self._bf16_lock: threading.Lock = threading.Lock()
+        self._reuse_buffers: bool = True  # buffers between layers from the workspace (False: fresh ones)
 
     @property
     def num_directions(self) -> int:
@@ -288,22 +291,41 @@ class LSTM(ParameterSet):
         features = "P" if k == 0 and self.proj_size else "H"
         return f"({layers}, {features})" if unbatched else f"({layers}, N, {features})"
 
-    def _dropout_mask(self, shape):
-        """0 or 1/(1-p) per element, kept with probability 1-p (_dropout.keep_mask)."""
-        mask = np.empty(shape, self.dtype)
+    def _dropout_mask(self, shape, mask=None):
+        """0 or 1/(1-p) per element, kept with probability 1-p (_dropout.keep_mask); into
+        ``mask`` when given."""
+        mask = np.empty(shape, self.dtype) if mask is None else mask
         scale = self.dtype.type(1.0 / (1.0 - self.dropout))
         np.multiply(keep_mask(self._rng, shape, self.dropout), scale, out=mask)
         return mask
 
     # -- forward / backward ----------------------------------------------
     def __call__(self, x: Any, state: Any = None, *, lengths: Any = None,
-                 training: bool = False, weights: str | None = None) -> tuple[Any, tuple[Any, Any]]:
+                 training: bool = False, weights: str | None = None,
+                 input_projection: Any = None) -> tuple[Any, tuple[Any, Any]]:
         """Same as :meth:`forward`."""
-        return self.forward(x, state, lengths=lengths, training=training, weights=weights)
+        return self.forward(x, state, lengths=lengths, training=training, weights=weights,
+                            input_projection=input_projection)
+
+    def _projected_input(self, x, proj, lengths):
+        """(backend, arrays, empty (T, N, 0) x) for a forward on the caller's layer-0 projection."""
+        if x is not None:
+            raise ValueError("give x or input_projection, not both")
+        if self.bidirectional or self.proj_size or lengths is not None:
+            raise ValueError("input_projection needs a unidirectional LSTM without proj_size or lengths")
+        G = 4 * self.hidden_size
+        if type(proj) is not np.ndarray or proj.dtype != self.dtype or not proj.flags.c_contiguous \
+                or proj.ndim != 3 or proj.shape[2] != G:
+            raise ValueError(f"input_projection must be a C-contiguous {self.dtype} ndarray of shape "
+                             f"(T, N, 4H) = (T, N, {G}), got {type(proj).__name__} of shape "
+                             f"{getattr(proj, 'shape', '?')}")
+        be, xp = backend_and_arrays(self.backend, "input_projection", proj)
+        return be, xp, np.empty(proj.shape[:2] + (0,), self.dtype)
 
     @on_callers_stream(lambda self, x=None, *args, **kwargs: (x,))
     def forward(self, x: Any, state: Any = None, *, lengths: Any = None,
-                training: bool = False, weights: str | None = None) -> tuple[Any, tuple[Any, Any]]:
+                training: bool = False, weights: str | None = None,
+                input_projection: Any = None) -> tuple[Any, tuple[Any, Any]]:
         """Run the whole sequence.
 
         Parameters
@@ -325,6 +347,14 @@ class LSTM(ParameterSet):
             The weights of this call (None: :attr:`inference_precision` for inference,
             float32 for training; "bf16" is for inference only and not exact: see
             :meth:`inference_weights`).
+        input_projection : ndarray (T, N, 4H), optional
+            Instead of x (pass x=None): layer 0's input projection, time-major,
+            ``x . weight_ih_l0^T + bias_ih_l0 + bias_hh_l0`` computed by the caller
+            (e.g. rows of a (V, 4H) table gathered by character id). Host arrays of
+            the layer's dtype, unidirectional, no proj_size or lengths. The array is
+            the layer's workspace until ``backward``, which returns its gradient as
+            dx, in the same buffer, and leaves ``grads["weight_ih_l0"]`` to the caller
+            (the biases' gradients accumulate as usual). Runs with float32 weights.
 
         Returns
         -------
@@ -333,19 +363,24 @@ class LSTM(ParameterSet):
         (h_n, c_n) : pair of (D*L, N, H_out) and (D*L, N, H) ndarrays
             The final state of every layer and direction.
         """
-        precision = self._precision(weights, training)
-        be, xp = backend_and_arrays(self.backend, "x", x)
-        x = xp.as_array("x", x, self.dtype)
-        letters = "(N, T, I)" if self.batch_first else "(T, N, I)"
-        if len(x.shape) not in (2, 3):
-            raise ValueError(f"x must be 3-D {letters} (or 2-D (T, I) unbatched), got shape {x.shape}")
-        unbatched = len(x.shape) == 2
-        if unbatched:  # torch's unbatched input: (T, I), whatever batch_first says
-            x = v.check_shape("x", x, (None, self.input_size), "(T, I)").reshape(x.shape[0], 1, x.shape[1])
+        projected = input_projection is not None
+        precision = "float32" if projected else self._precision(weights, training)
+        unbatched = False
+        if projected:
+            be, xp, x = self._projected_input(x, input_projection, lengths)
         else:
-            x = v.check_shape("x", x, (None, None, self.input_size), letters)
-            if self.batch_first:
-                x = xp.swap01(x)
+            be, xp = backend_and_arrays(self.backend, "x", x)
+            x = xp.as_array("x", x, self.dtype)
+            letters = "(N, T, I)" if self.batch_first else "(T, N, I)"
+            if len(x.shape) not in (2, 3):
+                raise ValueError(f"x must be 3-D {letters} (or 2-D (T, I) unbatched), got shape {x.shape}")
+            unbatched = len(x.shape) == 2
+            if unbatched:  # torch's unbatched input: (T, I), whatever batch_first says
+                x = v.check_shape("x", x, (None, self.input_size), "(T, I)").reshape(x.shape[0], 1, x.shape[1])
+            else:
+                x = v.check_shape("x", x, (None, None, self.input_size), letters)
+                if self.batch_first:
+                    x = xp.swap01(x)
         T, N = x.shape[0], x.shape[1]
         lens = None if lengths is None else v.check_lengths("lengths", lengths, N, T)
         if lens is not None and N and lens.min() == T:
@@ -363,30 +398,50 @@ class LSTM(ParameterSet):
         if fast:
             y, h_n, c_n = self._forward_bf16(fast, x, h0, c0, snap)
             return self._to_caller(y, h_n, c_n, unbatched, xp)
+        # Buffers between layers (outputs, masks, masked outputs) come from the workspace and
+        # go back to it once consumed: fresh multi-megabyte arrays cost page faults on every
+        # call. Host arrays, one direction, full lengths: the shapes the trainer runs.
+        ws = self._workspace if self._reuse_buffers and D == 1 and not xp.on_device and lens is None else None
+        inner: list[list[Any]] = []  # per boundary: the workspace buffers it holds
         inp = x
         for layer in range(self.num_layers):
+            last = layer == self.num_layers - 1
+            y_buf = ws.take((T, N, self.proj_size or self.hidden_size), self.dtype) \
+                if ws is not None and not last else None
             tasks = []
             for d in range(D):
                 idx = layer * D + d
                 W_ih, W_hh, b, W_hr = self._layer_weights(idx, snap)
+                gates = None
+                if projected and layer == 0:
+                    W_ih, gates = np.empty((4 * self.hidden_size, 0), self.dtype), input_projection
                 tasks.append(functools.partial(
                     run_forward, be, inp, h0[idx], c0[idx], W_ih, W_hh, b, training, hT=h_n[idx],
                     cT=c_n[idx], workspace=self._workspace, xp=xp, lengths=lens, reverse=d == 1,
-                    W_hr=W_hr))
+                    W_hr=W_hr, gates=gates, y=y_buf))
             outs = []
             for y, _, _, cache in run_directions(be, tasks, xp):
                 caches.append(cache)
                 outs.append(y)
+            if ws is not None and not training and layer > 0:
+                ws.give(*inner[-1])  # the last boundary's buffers: read by this layer, done
             y = outs[0] if D == 1 else xp.concat_features(outs)
-            if training and self.dropout > 0 and layer < self.num_layers - 1:
-                mask = xp.as_array("mask", self._dropout_mask(y.shape), self.dtype)
+            held = [] if y_buf is None else [y_buf]
+            if training and self.dropout > 0 and not last:
+                if ws is not None:
+                    mask = self._dropout_mask(y.shape, ws.take(y.shape, self.dtype))
+                    y = np.multiply(y, mask, out=ws.take(y.shape, self.dtype))
+                    held += [mask, y]
+                else:
+                    mask = xp.as_array("mask", self._dropout_mask(y.shape), self.dtype)
+                    y = xp.multiply(y, mask)
                 masks.append(mask)
-                y = xp.multiply(y, mask)
             else:
                 masks.append(None)
+            inner.append(held)
             inp = y
         if training:
-            self._saved = (caches, masks, x.shape, xp, unbatched)
+            self._saved = (caches, masks, x.shape, xp, unbatched, ws, inner)
         return self._to_caller(inp, h_n, c_n, unbatched, xp)
 
     @on_callers_stream(lambda self, dy=None, *args, **kwargs: (dy, self._saved_stream()))
@@ -416,7 +471,7 @@ class LSTM(ParameterSet):
                                "(each training forward allows one backward)")
         if dy is None and dstate is None:
             raise ValueError("backward needs dy or dstate (or both)")
-        caches, masks, (T, N, _), xp, unbatched = self._saved
+        caches, masks, (T, N, _), xp, unbatched, ws, inner = self._saved
         D, H = self.num_directions, self.hidden_size
         K = self.proj_size or H
         F = D * K
@@ -437,19 +492,28 @@ class LSTM(ParameterSet):
         dc0 = xp.empty(dc_n.shape, self.dtype)
         g = self.grads
         grad = dy
+        own = False  # whether grad is a workspace buffer of this call's (then updated in place)
         for layer in range(self.num_layers - 1, -1, -1):
             if masks[layer] is not None:
-                grad = xp.multiply(grad, masks[layer])
+                if own:
+                    np.multiply(grad, masks[layer], out=grad)
+                elif ws is not None:
+                    grad, own = np.multiply(grad, masks[layer], out=ws.take(grad.shape, self.dtype)), True
+                else:
+                    grad = xp.multiply(grad, masks[layer])
             tasks, dbs = [], []
             for d in range(D):
                 idx = layer * D + d
                 ih, hh, _, _, hr = self._layer_keys[idx]
                 part = grad if D == 1 else xp.take_features(grad, d * K, (d + 1) * K)
                 dbs.append(np.zeros(4 * H, self.dtype))
+                # a projected layer 0 has no W_ih of its own: its gradient is the caller's
+                dW_ih = np.zeros((4 * H, 0), self.dtype) if caches[idx].projected else g[ih]
+                dx_buf = ws.take(caches[idx].x.shape, self.dtype) if ws is not None and layer > 0 else None
                 tasks.append(functools.partial(
-                    run_backward, caches[idx], part, dh_n[idx], dc_n[idx], g[ih], g[hh], dbs[d],
+                    run_backward, caches[idx], part, dh_n[idx], dc_n[idx], dW_ih, g[hh], dbs[d],
                     dh0=dh0[idx], dc0=dc0[idx], workspace=self._workspace,
-                    dW_hr=None if hr is None else g[hr]))
+                    dW_hr=None if hr is None else g[hr], dx=dx_buf))
             dx = None
             for d, (dx_d, _, _) in enumerate(run_directions(caches[layer * D].backend, tasks, xp)):
                 _, _, b_ih, b_hh, _ = self._layer_keys[layer * D + d]
@@ -457,6 +521,11 @@ class LSTM(ParameterSet):
                     g[b_ih] += dbs[d]
                     g[b_hh] += dbs[d]
                 dx = dx_d if dx is None else xp.add(dx, dx_d)
+            if ws is not None:
+                # done with: this layer's dy and the boundary above it (its output, the
+                # mask, the masked output that the layer above read)
+                ws.give(*([grad] if own else []), *(inner[layer] if layer < self.num_layers - 1 else []))
+                own = layer > 0
             grad = dx
         return self._to_caller(grad, dh0, dc0, unbatched, xp)
 

@@ -233,3 +233,40 @@ def test_padding_is_never_read(backend):
     got = _run(layer, dirty, None, dy, None, LENGTHS)
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+@pytest.mark.parametrize("backend", HOST)
+def test_buffers_reused_between_calls_change_nothing(backend, monkeypatch):
+    # outputs, masks and gradients between layers live in the layer's workspace across calls:
+    # with an inference pass and a dropped training pass in between, the same numbers as
+    # fresh arrays every time, and the caller's dy left alone. A buffer given back is
+    # filled with NaN at once, so that a use after giving it back shows.
+    give = fastlstm.functional.Workspace.give
+
+    def poisoned(self, *arrays, **kw):
+        for a in arrays:
+            a.fill(np.nan)
+        give(self, *arrays, **kw)
+
+    monkeypatch.setattr(fastlstm.functional.Workspace, "give", poisoned)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((T, N, I)).astype(np.float32)
+    dy = rng.standard_normal((T, N, H)).astype(np.float32)
+    dy_copy = dy.copy()
+    runs = []
+    for reuse in (True, False):
+        layer = fastlstm.LSTM(I, H, 3, dropout=0.4, backend=backend, seed=5)
+        layer._reuse_buffers = reuse
+        run = []
+        for k in range(3):
+            layer.zero_grad()
+            y, _ = layer.forward(x, training=True)
+            y_eval, _ = layer.forward(x * 2)  # takes and gives back buffers meanwhile
+            layer.forward(x * 3, training=True)  # a training pass that never runs backward
+            y, _ = layer.forward(x + k, training=True)
+            dx, _ = layer.backward(dy)
+            run += [y, y_eval, dx] + [g.copy() for g in layer.grads.values()]
+        runs.append(run)
+    assert np.array_equal(dy, dy_copy)
+    for a, b in zip(*runs, strict=True):
+        assert np.array_equal(a, b)

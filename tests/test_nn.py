@@ -126,6 +126,9 @@ def test_softmax_cross_entropy_gradient_matches_finite_differences():
     naive = -np.mean(np.log(p[np.arange(6), targets]))
     assert abs(loss - naive) < 1e-12
     gc_close(d, numeric_grad(lambda: nn.softmax_cross_entropy(logits, targets)[0], logits), "dlogits")
+    inplace = logits.copy()
+    loss2, d2 = nn.softmax_cross_entropy(inplace, targets, out=inplace)
+    assert loss2 == loss and d2 is inplace and np.array_equal(d2, d)  # same numbers, no temporary
     layer = nn.SoftmaxCrossEntropy()
     assert layer.forward(logits, targets) == loss
     gc_close(layer.backward(), d, "layer dlogits")
@@ -230,12 +233,13 @@ def test_adam_state_round_trip_continues_identically():
 
 
 # ----------------------------------------------------------------------------- the model
-@pytest.mark.parametrize("input_mode,last_only", [("embedding", False), ("embedding", True),
-                                                  ("scaled", False)])
-def test_charmodel_gradients_match_finite_differences(input_mode, last_only):
+@pytest.mark.parametrize("input_mode,last_only,fold", [("embedding", False, True), ("embedding", True, True),
+                                                       ("embedding", False, False), ("scaled", False, False)])
+def test_charmodel_gradients_match_finite_differences(input_mode, last_only, fold):
     V, T, N = 6, 4, 2
     model = CharModel(V, hidden_size=3, num_layers=2, dropout=0.3, embed_dim=3, input_mode=input_mode,
                       seed=1, dtype=np.float64)
+    model.fold_embedding = fold  # the embedding folded into layer 0's input projection
     rng = np.random.default_rng(12)
     ids = rng.integers(0, V, (T, N))
     targets = rng.integers(0, V, N if last_only else (T, N))
@@ -251,7 +255,63 @@ def test_charmodel_gradients_match_finite_differences(input_mode, last_only):
     model.zero_grad()
     model.loss_and_backward(ids, targets, last_only=last_only)
     analytic = {k: g.copy() for k, g in model.grads.items()}
+    assert (model._proj is not None) == fold  # the fold ran exactly when asked
     if input_mode == "embedding":
         assert "embedding.weight" in analytic
     for name, p in model.params.items():
         gc_close(analytic[name], numeric_grad(f, p), f"d {name}")
+
+
+def test_flat_buffer_finds_arrays_that_tile_one_buffer():
+    flat = np.arange(10.0)
+    a, b = flat[:4].reshape(2, 2), flat[4:]
+    assert nn.flat_buffer([a, b]) is flat
+    assert nn.flat_buffer([b, a]) is None  # out of order
+    assert nn.flat_buffer([a]) is None  # not all of it
+    assert nn.flat_buffer([a, np.arange(6.0)]) is None
+    assert nn.flat_buffer([]) is None
+
+
+def test_adam_and_clipping_on_a_flat_buffer_match_the_per_array_loop():
+    model = CharModel(7, hidden_size=5, num_layers=2, embed_dim=3, seed=2)
+    assert nn.flat_buffer(model.params.values()) is not None
+    assert nn.flat_buffer(model.grads.values()) is model._flat_grads
+    loose = {k: p.copy() for k, p in model.params.items()}  # separate arrays: the loop
+    opt_flat, opt_loop = nn.Adam(model.params, lr=0.01, weight_decay=0.1), nn.Adam(loose, lr=0.01, weight_decay=0.1)
+    assert opt_flat._flat is not None and opt_loop._flat is None
+    rng = np.random.default_rng(4)
+    for _ in range(4):
+        for g in model.grads.values():
+            g[...] = rng.standard_normal(g.shape)
+        grads = {k: g.copy() for k, g in model.grads.items()}
+        assert nn.clip_grad_norm(model.grads, 1.0) == pytest.approx(nn.clip_grad_norm(grads, 1.0), rel=1e-6)
+        for k in grads:
+            assert_close(model.grads[k], grads[k], np.float32, k)
+        opt_flat.step(model.grads)
+        opt_loop.step(grads)
+    for k in loose:
+        assert_close(model.params[k], loose[k], np.float32, k)
+    for k, a in opt_flat.state_arrays().items():
+        assert_close(a, opt_loop.state_arrays()[k], np.float32, k)
+    model.zero_grad()
+    assert not model._flat_grads.any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_adam_in_one_pass_gives_the_loops_numbers(dtype, weight_decay):
+    # the C backend's adam_step (when built) against the NumPy operations, bit for bit
+    rng = np.random.default_rng(13)
+    p0 = rng.standard_normal(1000).astype(dtype)
+    gs = [rng.standard_normal(1000).astype(dtype) for _ in range(5)]
+    runs = []
+    for fused in (True, False):
+        params = {"w": p0.copy()}
+        opt = nn.Adam(params, lr=0.01, weight_decay=weight_decay)
+        if not fused:
+            opt._fused = None
+        for g in gs:
+            opt.step({"w": g})
+        runs.append((params["w"], opt.m["w"], opt.v["w"]))
+    for a, b in zip(*runs, strict=True):
+        assert np.array_equal(a, b)

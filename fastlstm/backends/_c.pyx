@@ -14,6 +14,7 @@ a StepOrder (_steps.py): the C loops see sorted rows, packed step by step.
 from cython cimport floating
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
+from libc.stdint cimport int64_t
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
 NAME = "c"
@@ -38,6 +39,14 @@ cdef extern from "lstm_blas_loop.h" nogil:
         lstm_sgemv_fn sgemv
         lstm_dgemv_fn dgemv
         lstm_set_threads_fn set_threads_local
+    void lstm_adam_step_f32(Py_ssize_t n, float *p, const float *g, float *m, float *v, float c1,
+                            float c2, float a, float e, float wd)
+    void lstm_adam_step_f64(Py_ssize_t n, double *p, const double *g, double *m, double *v,
+                            double c1, double c2, double a, double e, double wd)
+    void lstm_scatter_add_rows_f32(Py_ssize_t rows, Py_ssize_t G, const int64_t *ids,
+                                   const float *src, float *dst)
+    void lstm_scatter_add_rows_f64(Py_ssize_t rows, Py_ssize_t G, const int64_t *ids,
+                                   const double *src, double *dst)
     void lstm_blas_forward_f32(const lstm_blas *blas, Py_ssize_t T, Py_ssize_t N,
                                const Py_ssize_t *batch, Py_ssize_t I, Py_ssize_t H, Py_ssize_t P,
                                const float *x, const float *W_ih, const float *W_hh,
@@ -137,7 +146,7 @@ from ._blas_threads import set_threads_local_address
 from ._steps import StepOrder
 
 #: The keyword options of the backend contract this backend runs.
-OPTIONS = ("lengths", "reverse", "projection")
+OPTIONS = ("lengths", "reverse", "projection", "projected")
 #: Every loop releases the GIL: the two directions of a bidirectional layer may run
 #: at the same time on threads of their own (functional.run_directions).
 SIDE_BY_SIDE = True
@@ -445,9 +454,12 @@ cdef tuple _backward_setup(int path, const floating[:, ::1] W_hh, Py_ssize_t N, 
 def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const floating[:, ::1] c0,
                    const floating[:, ::1] W_ih, const floating[:, ::1] W_hh, const floating[::1] b,
                    floating[:, :, ::1] y, floating[:, ::1] hT, floating[:, ::1] cT,
-                   floating[:, :, ::1] gates, floating[:, :, ::1] cs, bint keep=True):
+                   floating[:, :, ::1] gates, floating[:, :, ::1] cs, bint keep=True,
+                   bint projected=False):
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef Py_ssize_t G = 4 * H
+    if projected and I != 0:
+        raise ValueError(f"with projected gates x must be (T, N, 0), got I = {I}")
     _check_all((("h0", h0, (N, H)), ("c0", c0, (N, H)), ("W_ih", W_ih, (G, I)),
                 ("W_hh", W_hh, (G, H)), ("b", b, (G,)), ("y", y, (T, N, H)), ("hT", hT, (N, H)),
                 ("cT", cT, (N, H)), ("gates", gates, (T, N, G)), ("cs", cs, (T, N, H))))
@@ -460,22 +472,26 @@ def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const
     cdef int path = _fused_path(<floating>0), nthreads, by_rows
     cdef Py_ssize_t Ip
     cdef float[::1] packed
+    # projected: NULL x tells the loops that gates hold the input projection already
+    cdef const floating *xp = NULL
+    if not projected:
+        xp = &x[0, 0, 0]
     weights, Ip, nthreads, by_rows = _forward_setup(path, W_ih, W_hh, N, H)
     if weights is not None:
         packed = weights
     with nogil:
         if floating is double:
-            lstm_blas_forward_f64(&_BLAS, T, N, NULL, I, H, 0, &x[0, 0, 0], &W_ih[0, 0],
+            lstm_blas_forward_f64(&_BLAS, T, N, NULL, I, H, 0, xp, &W_ih[0, 0],
                                   &W_hh[0, 0], NULL, &b[0], &h0[0, 0], &c0[0, 0], &gates[0, 0, 0],
                                   &y[0, 0, 0], &cs[0, 0, 0], NULL)
         elif path == LSTM_PATH_BLAS:
-            lstm_blas_forward_f32(&_BLAS, T, N, NULL, I, H, 0, &x[0, 0, 0], &W_ih[0, 0],
+            lstm_blas_forward_f32(&_BLAS, T, N, NULL, I, H, 0, xp, &W_ih[0, 0],
                                   &W_hh[0, 0], NULL, &b[0], &h0[0, 0], &c0[0, 0], &gates[0, 0, 0],
                                   &y[0, 0, 0], &cs[0, 0, 0], NULL)
         else:
             # Without keep (inference) the fused kernels store no activated gates.
             lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, NULL, I, Ip, H, 0,
-                               &x[0, 0, 0], &W_ih[0, 0], &b[0], &packed[0], NULL, &h0[0, 0],
+                               xp, &W_ih[0, 0], &b[0], &packed[0], NULL, &h0[0, 0],
                                &c0[0, 0], &gates[0, 0, 0], keep, &y[0, 0, 0], &cs[0, 0, 0], NULL)
         memcpy(&hT[0, 0], &y[T - 1, 0, 0], N * H * sizeof(floating))
         memcpy(&cT[0, 0], &cs[T - 1, 0, 0], N * H * sizeof(floating))
@@ -653,21 +669,25 @@ def _rows_view(a, rows, width):
 
 
 def forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=True, *, lengths=None,
-            reverse=False, W_hr=None, ms=None):
+            reverse=False, W_hr=None, ms=None, projected=False):
     """The backend contract's forward (fastlstm/backends/reference.py). With lengths,
     reverse or W_hr the rows go through a StepOrder: packed in step order for the C
     loops, and y and the final state back in place; gates, cs and ms then hold the
-    packed layout (what backward reads back)."""
+    packed layout (what backward reads back). projected: the plain loop only."""
     if _config.thread_share_now() is not None:
         return _with_blas_share(_forward, x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep,
-                                lengths, reverse, W_hr, ms)
-    return _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reverse, W_hr, ms)
+                                lengths, reverse, W_hr, ms, projected)
+    return _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reverse, W_hr, ms,
+                    projected)
 
 
-def _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reverse, W_hr, ms):
+def _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reverse, W_hr, ms,
+             projected=False):
     if lengths is None and not reverse and W_hr is None:
-        _forward_plain(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep)
+        _forward_plain(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, projected)
         return
+    if projected:
+        raise NotImplementedError("projected gates run without lengths, reverse or a projection")
     T, N = x.shape[:2]
     H, K = cs.shape[2], W_hh.shape[1]
     P = 0 if W_hr is None else W_hr.shape[0]
@@ -1018,3 +1038,38 @@ cdef void _run_generate(const lstm_gen_model *m, int path, int nthreads, Py_ssiz
     with nogil:
         lstm_generate(&_BLAS, path, nthreads, m, n, N, noise, &h_top[0, 0], &h[0, 0, 0],
                       &c[0, 0, 0], &work[0], &ids[0, 0])
+
+
+def scatter_add_rows(const int64_t[::1] ids, const floating[:, ::1] src, floating[:, ::1] dst):
+    """dst[ids[r]] += src[r] for every row r (the gradient of the gather dst[ids]):
+    ids [rows] int64 in [0, V), src [rows, G], dst [V, G] INOUT."""
+    cdef Py_ssize_t rows = src.shape[0], G = src.shape[1], V = dst.shape[0], r
+    if ids.shape[0] != rows or dst.shape[1] != G:
+        raise ValueError(f"scatter_add_rows: ids {ids.shape[0]}, src {_shape(src)}, dst {_shape(dst)}")
+    for r in range(rows):
+        if ids[r] < 0 or ids[r] >= V:
+            raise IndexError(f"id {ids[r]} at row {r} is outside [0, {V})")
+    if rows == 0 or G == 0:
+        return
+    with nogil:
+        if floating is float:
+            lstm_scatter_add_rows_f32(rows, G, &ids[0], &src[0, 0], &dst[0, 0])
+        else:
+            lstm_scatter_add_rows_f64(rows, G, &ids[0], &src[0, 0], &dst[0, 0])
+
+
+def adam_step(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v,
+              double c1, double c2, double a, double e, double wd):
+    """One Adam step over 1-D arrays, in place (csrc/lstm_blas_loop.h: the rule and order of
+    fastlstm/charlm/nn.py's Adam.step; the scalars are rounded to the arrays' dtype first)."""
+    cdef Py_ssize_t n = p.shape[0]
+    if g.shape[0] != n or m.shape[0] != n or v.shape[0] != n:
+        raise ValueError(f"adam_step: sizes {n}, {g.shape[0]}, {m.shape[0]}, {v.shape[0]} differ")
+    if n == 0:
+        return
+    with nogil:
+        if floating is float:
+            lstm_adam_step_f32(n, &p[0], &g[0], &m[0], &v[0], <float>c1, <float>c2, <float>a,
+                               <float>e, <float>wd)
+        else:
+            lstm_adam_step_f64(n, &p[0], &g[0], &m[0], &v[0], c1, c2, a, e, wd)

@@ -30,6 +30,11 @@ forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=True)
     W_hr   [P, H] IN   projection (0 < P < H): h_t = W_hr . (o * tanh c_t); then
            h0, hT, y and the rows of W_hh have P columns/features, not H
     ms     [T, N, H] OUT with W_hr: o * tanh c_t before the projection (kept for backward)
+    projected  gates is IN as well: it holds the input projection x . W_ih^T + b on
+           entry (the caller's, e.g. rows of a table gathered by id); x is then
+           [T, N, 0], W_ih [G, 0], and b is not read. Without lengths, reverse or
+           W_hr only. Backward, with the same empty x and W_ih, leaves the gradient
+           of that projection (dP) in gates, in this [T, N, G] layout.
     gates, cs and ms are the backend's own between forward and backward: with these
            options a backend may keep them in another layout (the C backend packs the
            steps that ran, fastlstm/backends/_steps.py); pass them back unchanged.
@@ -49,6 +54,11 @@ backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih,
            ignored and dx there is zero; dhT, dcT reach each row's last step
     dW_hr  [P, H]    INOUT with W_hr: accumulated (+=)
 
+scatter_add_rows(ids, src, dst)
+    ids    [rows] int64 IN   values in [0, V)
+    src    [rows, G]  IN
+    dst    [V, G]     INOUT  dst[ids[r]] += src[r] (the gradient of the gather dst[ids])
+
 step(x_t, h, c, W_ih, W_hh, b, h_out, c_out, gates, *, W_hr=None)
     x_t    [N, I]    IN
     h, c   [N, H]    IN    carried state
@@ -65,7 +75,7 @@ import numpy as np
 
 NAME = "numpy"
 #: The keyword options of the contract this backend runs.
-OPTIONS = ("lengths", "reverse", "projection")
+OPTIONS = ("lengths", "reverse", "projection", "projected")
 
 
 def _sigmoid(z):
@@ -109,12 +119,16 @@ def _active(s, lens, reverse):
 
 
 def forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=True, *,
-            lengths=None, reverse=False, W_hr=None, ms=None):
+            lengths=None, reverse=False, W_hr=None, ms=None, projected=False):
     T, N, _ = x.shape
     H = cs.shape[2]
     lens = _lengths(lengths, T, N)
-    # One product for the input projection of every step.
-    gates[...] = (x.reshape(T * N, x.shape[2]) @ W_ih.T + b).reshape(T, N, 4 * H)
+    if projected:
+        if lengths is not None or reverse or W_hr is not None:
+            raise NotImplementedError("projected gates run without lengths, reverse or a projection")
+    else:
+        # One product for the input projection of every step.
+        gates[...] = (x.reshape(T * N, x.shape[2]) @ W_ih.T + b).reshape(T, N, 4 * H)
     y[...] = 0  # outputs past each sequence's end are zero
     h, c = h0.copy(), c0.copy()
     for s in range(T):
@@ -189,6 +203,10 @@ def backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT,
     dW_ih += dP.T @ x.reshape(T * N, I)
     dW_hh += dP.T @ h_prev.reshape(T * N, h0.shape[1])
     db += dP.sum(axis=0)
+
+
+def scatter_add_rows(ids, src, dst):
+    np.add.at(dst, ids, src)
 
 
 def step(x_t, h, c, W_ih, W_hh, b, h_out, c_out, gates, *, W_hr=None):

@@ -13,7 +13,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from .._bf16 import check_precision, round_bf16
 from ..layer import LSTM
-from .nn import Dense, Dropout, Embedding, softmax_cross_entropy
+from .nn import Dense, Dropout, Embedding, flat_buffer, softmax_cross_entropy
 
 #: The LSTM state carried between calls: (h, c), each (L, N, H); None means zeros.
 State = tuple[NDArray[np.floating], NDArray[np.floating]] | None
@@ -115,9 +115,33 @@ class CharModel:
         self._parts: list[tuple[str, Any]] = [("lstm.", self.lstm), ("dense.", self.dense)]
         if self.embedding is not None:
             self._parts.insert(0, ("embedding.", self.embedding))
+        self._flat_grads = self._share_buffers()
         self.params = {p + k: v for p, part in self._parts for k, v in part.params.items()}
         self.grads = {p + k: v for p, part in self._parts for k, v in part.grads.items()}
         self._saved: Any = None  # (ids.shape, last_only) of the last training forward
+        #: Training passes fold the embedding into layer 0's input projection (exact math,
+        #: see :meth:`_fold_forward`); False computes E[ids] . W_ih^T as two steps.
+        self.fold_embedding = self.embedding is not None
+        self._fold: Any = None  # the last folded forward's ids, for its backward
+        self._proj: NDArray[np.floating] | None = None  # the (T, N, 4H) projection buffer, reused
+        self._buffers: dict[str, NDArray[np.floating]] = {}  # training passes' (T, N, H) arrays
+
+    def _share_buffers(self) -> NDArray[np.floating]:
+        """Move every parameter, and every gradient, into views of one flat buffer each (same
+        values, same names and shapes): Adam, clipping and zeroing then make one pass over all
+        of them (``nn.flat_buffer``). Returns the gradients' buffer."""
+        sizes = [p.size for _, part in self._parts for p in part.params.values()]
+        flat_p = np.empty(sum(sizes), self.dtype)
+        flat_g = np.zeros(sum(sizes), self.dtype)
+        off = 0
+        for _, part in self._parts:
+            for k, p in list(part.params.items()):
+                view = flat_p[off:off + p.size].reshape(p.shape)
+                view[...] = p
+                part.params[k] = view
+                part.grads[k] = flat_g[off:off + p.size].reshape(p.shape)
+                off += p.size
+        return flat_g
 
     # -- configuration, parameters, RNG state -------------------------------
     def config(self) -> dict[str, Any]:
@@ -135,8 +159,11 @@ class CharModel:
 
     def zero_grad(self) -> None:
         """Set every gradient to zero (gradients accumulate)."""
-        for g in self.grads.values():
-            g[...] = 0
+        if flat_buffer(self.grads.values()) is self._flat_grads:
+            self._flat_grads[...] = 0
+        else:  # a caller replaced some of them
+            for g in self.grads.values():
+                g[...] = 0
 
     def state_dict(self) -> dict[str, NDArray[np.floating]]:
         """Copies of every parameter.
@@ -203,6 +230,59 @@ class CharModel:
             return self.embedding.forward(ids, training=training)
         return (np.asarray(ids, dtype=self.dtype) / self.dtype.type(self.vocab_size))[..., None]
 
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> NDArray[np.floating]:
+        """A training pass's array, the same one from step to step (a fresh multi-megabyte
+        array costs a page fault per 4 KiB on every step)."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape:
+            buf = self._buffers[name] = np.empty(shape, self.dtype)
+        return buf
+
+    def _folds(self, training: bool) -> bool:
+        """Whether this pass folds the embedding (training, on a backend that takes a projection)."""
+        if not (training and self.fold_embedding and self.embedding is not None):
+            return False
+        from ..backends import get_backend
+
+        return "projected" in getattr(get_backend(self.lstm.backend), "OPTIONS", ())
+
+    def _fold_forward(self, ids: NDArray[np.integer]) -> NDArray[np.floating]:
+        """Layer 0's input projection by table: Tab = E . W_ih^T + b_ih + b_hh is (V, 4H),
+        and row (t, n) of the projection is Tab[ids[t, n]], the same number as
+        E[ids[t, n]] . W_ih^T + b (to float rounding): one (V, E) x (E, 4H) product per step
+        instead of a (T*N, E) x (E, 4H) one."""
+        assert self.embedding is not None
+        V, G = self.vocab_size, 4 * self.hidden_size
+        flat = ids.reshape(-1)
+        if flat.size and (flat.min() < 0 or flat.max() >= V):
+            raise IndexError(f"character ids must be in [0, {V}), got {flat.min()}..{flat.max()}")
+        p = self.lstm.params
+        tab = self.embedding.params["weight"] @ p["weight_ih_l0"].T
+        tab += p["bias_ih_l0"]
+        tab += p["bias_hh_l0"]
+        if self._proj is None or self._proj.shape != ids.shape + (G,):
+            self._proj = np.empty(ids.shape + (G,), self.dtype)
+        np.take(tab, flat, axis=0, out=self._proj.reshape(-1, G), mode="clip")  # ids checked above
+        self._fold = flat.astype(np.int64)
+        return self._proj
+
+    def _fold_backward(self, dproj: NDArray[np.floating]) -> None:
+        """Gradients of E and W_ih_l0 from dP, the gradient of the gathered projection:
+        dTab[v] = sum of dP over the positions of id v (a scatter-add), then, as
+        Tab = E . W_ih^T + b, dE = dTab . W_ih and dW_ih = dTab^T . E (the biases'
+        gradients, sum dP, the LSTM has already added)."""
+        from ..backends import get_backend, reference
+
+        assert self.embedding is not None
+        ids, self._fold = self._fold, None
+        G = 4 * self.hidden_size
+        dtab = np.zeros((self.vocab_size, G), self.dtype)
+        scatter = getattr(get_backend(self.lstm.backend), "scatter_add_rows", reference.scatter_add_rows)
+        scatter(ids, dproj.reshape(-1, G), dtab)
+        E, W = self.embedding.params["weight"], self.lstm.params["weight_ih_l0"]
+        self.embedding.grads["weight"] += dtab @ W
+        self.lstm.grads["weight_ih_l0"] += dtab.T @ E
+
     def forward(self, ids: ArrayLike, *, training: bool = False, last_only: bool = False,
                 state: State = None) -> tuple[NDArray[np.floating], State]:
         """Logits of the next character at every step.
@@ -233,9 +313,14 @@ class CharModel:
         ids = np.asarray(ids)
         if ids.ndim != 2:
             raise ValueError(f"ids must be 2-D (T, N), got shape {ids.shape}")
-        y, new_state = self.lstm.forward(self._inputs(ids, training), state, training=training)
+        if self._folds(training):
+            y, new_state = self.lstm.forward(None, state, training=True, input_projection=self._fold_forward(ids))
+        else:
+            self._fold = None
+            y, new_state = self.lstm.forward(self._inputs(ids, training), state, training=training)
         top = y[-1] if last_only else y
-        top = self.drop.forward(top, training=training)
+        top = self.drop.forward(top, training=training,
+                                out=self._buffer("dropped", top.shape) if training else None)
         logits = self.dense.forward(top, training=training)
         if training:
             self._saved = (ids.shape, last_only)
@@ -245,8 +330,8 @@ class CharModel:
                 training: bool) -> tuple[float, NDArray[np.floating], tuple[int, ...]]:
         """Forward, then the mean cross-entropy: (loss, dlogits (M, V), the logits' shape)."""
         logits, _ = self.forward(ids, training=training, last_only=last_only)
-        loss, dlogits = softmax_cross_entropy(logits.reshape(-1, self.vocab_size),
-                                              np.asarray(targets).reshape(-1))
+        flat = logits.reshape(-1, self.vocab_size)  # this pass's own array: the gradient goes there
+        loss, dlogits = softmax_cross_entropy(flat, np.asarray(targets).reshape(-1), out=flat)
         return loss, dlogits, logits.shape
 
     def loss(self, ids: ArrayLike, targets: ArrayLike, *, last_only: bool = False) -> float:
@@ -285,7 +370,8 @@ class CharModel:
             The loss before the update, nats per target.
         """
         loss, dlogits, shape = self._scored(ids, targets, last_only, training=True)
-        dtop = self.drop.backward(self.dense.backward(dlogits.reshape(shape)))
+        dtop = self.dense.backward(dlogits.reshape(shape), out=self._buffer("dtop", shape[:-1] + (self.hidden_size,)))
+        dtop = self.drop.backward(dtop, out=dtop)
         T, N = self._saved[0]
         if last_only:
             dy = np.zeros((T, N, self.hidden_size), self.dtype)
@@ -294,7 +380,9 @@ class CharModel:
             dy = dtop
         self._saved = None
         dx, _ = self.lstm.backward(dy)
-        if self.embedding is not None:
+        if self._fold is not None:
+            self._fold_backward(dx)
+        elif self.embedding is not None:
             self.embedding.backward(dx)
         return loss
 

@@ -20,7 +20,7 @@ SeedLike = int | np.random.SeedSequence | np.random.Generator | None
 Grads = Mapping[str, NDArray[np.floating]] | Iterable[NDArray[np.floating]]
 
 __all__ = ["Adam", "Dense", "Dropout", "Embedding", "SoftmaxCrossEntropy", "check_dropout", "clip_grad_norm",
-           "global_norm", "log_softmax", "softmax", "softmax_cross_entropy"]
+           "flat_buffer", "global_norm", "log_softmax", "softmax", "softmax_cross_entropy"]
 
 
 def check_dropout(p: float, name: str = "dropout probability") -> float:
@@ -56,6 +56,40 @@ def _take_saved(layer: Any, attr: str, forward: str) -> Any:
         raise RuntimeError(f"{type(layer).__name__}.backward needs a preceding {forward}")
     setattr(layer, attr, None)
     return saved
+
+
+def flat_buffer(arrays: Iterable[NDArray[np.floating]]) -> NDArray[np.floating] | None:
+    """The one 1-D array that ``arrays`` tile in order, back to back, or None.
+
+    A model that keeps its parameters (or gradients) as views of one buffer
+    (:meth:`CharModel <fastlstm.charlm.model.CharModel>` does) lets Adam, clipping and
+    zeroing make one pass over that buffer instead of one per array; elementwise the
+    arithmetic is the same.
+
+    Parameters
+    ----------
+    arrays : iterable of ndarray
+        The arrays, in the order they should tile the buffer.
+
+    Returns
+    -------
+    ndarray or None
+        Their common base, when they are C-contiguous views of it, of its dtype, back to back
+        from its first element to its last; else None.
+    """
+    arrays = list(arrays)
+    if not arrays:
+        return None
+    base = arrays[0].base
+    if not isinstance(base, np.ndarray) or base.ndim != 1 or not base.flags.c_contiguous:
+        return None
+    addr = base.__array_interface__["data"][0]
+    for a in arrays:
+        if a.base is not base or a.dtype != base.dtype or not a.flags.c_contiguous \
+                or a.__array_interface__["data"][0] != addr:
+            return None
+        addr += a.nbytes
+    return base if addr == base.__array_interface__["data"][0] + base.nbytes else None
 
 
 def _rng(seed_or_rng: SeedLike) -> np.random.Generator:
@@ -219,13 +253,15 @@ class Dense:
             self._x = x2
         return y.reshape(lead + (self.out_features,))
 
-    def backward(self, dy: ArrayLike) -> NDArray[np.floating]:
+    def backward(self, dy: ArrayLike, *, out: NDArray[np.floating] | None = None) -> NDArray[np.floating]:
         """Accumulate dW and db into ``grads``; return the gradient of the input.
 
         Parameters
         ----------
         dy : array_like
             Gradient of the output, ``(..., out)``.
+        out : ndarray, optional
+            Where dx goes (C-contiguous, ``(..., in)``; a buffer the caller reuses).
 
         Returns
         -------
@@ -243,7 +279,7 @@ class Dense:
         self.grads["weight"] += dy2.T @ x2
         if "bias" in self.params:
             self.grads["bias"] += dy2.sum(axis=0)
-        dx = dy2 @ self.params["weight"]
+        dx = np.matmul(dy2, self.params["weight"], out=None if out is None else out.reshape(dy2.shape[0], -1))
         return dx.reshape(dy.shape[:-1] + (self.in_features,))
 
 
@@ -273,7 +309,8 @@ class Dropout:
         self._mask: NDArray[np.bool_] | None = None
         self._scale: Any = 1.0
 
-    def forward(self, x: ArrayLike, *, training: bool = False) -> NDArray[np.floating]:
+    def forward(self, x: ArrayLike, *, training: bool = False,
+                out: NDArray[np.floating] | None = None) -> NDArray[np.floating]:
         """Drop and rescale in training; return ``x`` unchanged otherwise.
 
         Parameters
@@ -282,6 +319,8 @@ class Dropout:
             Any shape.
         training : bool, optional
             Apply (and keep) a fresh mask.
+        out : ndarray, optional
+            Where the result goes in training (shaped like ``x``; a buffer the caller reuses).
 
         Returns
         -------
@@ -294,17 +333,20 @@ class Dropout:
             return x
         self._mask = keep_mask(self.rng, x.shape, self.p)
         self._scale = x.dtype.type(1.0 / (1.0 - self.p))
-        y = np.multiply(x, self._mask)
+        y = np.multiply(x, self._mask, out=out)
         y *= self._scale
         return y
 
-    def backward(self, dy: NDArray[np.floating]) -> NDArray[np.floating]:
+    def backward(self, dy: NDArray[np.floating], *,
+                 out: NDArray[np.floating] | None = None) -> NDArray[np.floating]:
         """Gradient of the input: ``dy`` through the last training mask (or unchanged).
 
         Parameters
         ----------
         dy : ndarray
             Gradient of the output.
+        out : ndarray, optional
+            Where the gradient goes (``dy`` itself works in place).
 
         Returns
         -------
@@ -313,7 +355,7 @@ class Dropout:
         """
         if self._mask is None:
             return dy
-        dx = np.multiply(dy, self._mask)
+        dx = np.multiply(dy, self._mask, out=out)
         dx *= self._scale
         return dx
 
@@ -364,7 +406,8 @@ def softmax(logits: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
     return e / total
 
 
-def softmax_cross_entropy(logits: ArrayLike, targets: ArrayLike) -> tuple[float, NDArray[np.floating]]:
+def softmax_cross_entropy(logits: ArrayLike, targets: ArrayLike, *,
+                          out: NDArray[np.floating] | None = None) -> tuple[float, NDArray[np.floating]]:
     """Mean cross-entropy of integer targets under softmax(logits), and its gradient.
 
     Parameters
@@ -373,6 +416,9 @@ def softmax_cross_entropy(logits: ArrayLike, targets: ArrayLike) -> tuple[float,
         (M, V) floats.
     targets : array_like of int
         (M,) values in [0, V) (any shape with M elements).
+    out : ndarray, optional
+        (M, V), the logits' dtype: where the gradient goes (``logits`` itself computes it
+        in place, with no temporary of that size).
 
     Returns
     -------
@@ -391,10 +437,13 @@ def softmax_cross_entropy(logits: ArrayLike, targets: ArrayLike) -> tuple[float,
     M = logits.shape[0]
     if logits.ndim != 2 or targets.shape[0] != M:
         raise ValueError(f"logits must be (M, V) and targets (M,), got {logits.shape} and {targets.shape}")
-    shifted, e, s = _shifted_exp(logits, 1)
     rows = np.arange(M)
+    e = np.subtract(logits, logits.max(axis=1, keepdims=True), out=out)  # every exponent <= 0
+    picked = e[rows, targets].astype(np.float64)
+    np.exp(e, out=e)
+    s = e.sum(axis=1, keepdims=True)
     # loss = mean(log s - shifted[target]); accumulate in float64 for a stable mean.
-    loss = float(np.mean(np.log(s[:, 0]).astype(np.float64) - shifted[rows, targets]))
+    loss = float(np.mean(np.log(s[:, 0]).astype(np.float64) - picked))
     e /= s
     e[rows, targets] -= 1
     e *= logits.dtype.type(1.0 / M)
@@ -466,9 +515,10 @@ def global_norm(grads: Grads) -> float:
     float
         ``sqrt(sum(g**2))`` over every element of every array.
     """
-    arrays = grads.values() if isinstance(grads, Mapping) else grads
+    arrays = list(grads.values() if isinstance(grads, Mapping) else grads)
+    flat = flat_buffer(arrays)
     total = 0.0
-    for g in arrays:
+    for g in arrays if flat is None else [flat]:  # one dot over a shared buffer
         g1 = g.reshape(-1)
         total += float(np.dot(g1, g1))
     return float(np.sqrt(total))
@@ -489,12 +539,23 @@ def clip_grad_norm(grads: Grads, max_norm: float | None) -> float:
     float
         The norm before clipping (like ``torch.nn.utils.clip_grad_norm_``).
     """
-    norm = global_norm(grads)
+    arrays = list(grads.values() if isinstance(grads, Mapping) else grads)
+    norm = global_norm(arrays)
     if max_norm is not None and max_norm > 0 and norm > max_norm:
         scale = max_norm / (norm + 1e-6)
-        for g in (grads.values() if isinstance(grads, Mapping) else grads):
+        flat = flat_buffer(arrays)
+        for g in arrays if flat is None else [flat]:
             g *= g.dtype.type(scale)
     return norm
+
+
+def _offsets(params: Mapping[str, NDArray[np.floating]]) -> list[tuple[str, NDArray[np.floating], int]]:
+    """(name, array, offset in elements) of arrays laid out back to back in this order."""
+    out, off = [], 0
+    for k, p in params.items():
+        out.append((k, p, off))
+        off += p.size
+    return out
 
 
 class Adam:
@@ -504,6 +565,10 @@ class Adam:
     ``state_arrays()`` / ``scalars()`` export the moments (arrays, for an ``.npz``) and the
     step count and hyper-parameters (JSON-serialisable); ``load_state()`` puts them back so
     that a resumed run takes exactly the same steps.
+
+    When the parameters tile one buffer (:func:`flat_buffer`) the moments do too, and a step
+    whose gradients tile one buffer is one pass of each operation over all parameters (the
+    same arithmetic per element as the per-parameter loop, so the same results).
 
     Parameters
     ----------
@@ -535,9 +600,17 @@ class Adam:
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
         self.t = 0
-        self.m = {k: np.zeros_like(p) for k, p in params.items()}
-        self.v = {k: np.zeros_like(p) for k, p in params.items()}
-        self._tmp = {k: np.empty_like(p) for k, p in params.items()}
+        self._fused: Any = False  # the C backend's adam_step, None without one; found on first use
+        flat = flat_buffer(params.values())
+        self._flat: tuple[NDArray[np.floating], ...] | None = None
+        if flat is not None:  # moments as views of flat buffers, in the parameters' layout
+            self._flat = (flat, np.zeros_like(flat), np.zeros_like(flat), np.empty_like(flat))
+            self.m, self.v, self._tmp = ({k: a[o:o + p.size].reshape(p.shape) for k, p, o in _offsets(params)}
+                                         for a in self._flat[1:])
+        else:
+            self.m = {k: np.zeros_like(p) for k, p in params.items()}
+            self.v = {k: np.zeros_like(p) for k, p in params.items()}
+            self._tmp = {k: np.empty_like(p) for k, p in params.items()}
 
     def step(self, grads: Mapping[str, NDArray[np.floating]]) -> None:
         """One update of every parameter.
@@ -555,12 +628,20 @@ class Adam:
         # that every array pass below is one ufunc call into a preallocated buffer.
         a = self.lr / bc1 * np.sqrt(bc2)
         e = self.eps * np.sqrt(bc2)
-        for k, p in self.params.items():
-            g = grads[k]
+        flat_grad = flat_buffer(grads[k] for k in self.params) if self._flat is not None else None
+        if flat_grad is not None and self._flat is not None:
+            work = [(self._flat[0], flat_grad, self._flat[1], self._flat[2], self._flat[3])]
+        else:
+            work = [(p, grads[k], self.m[k], self.v[k], self._tmp[k]) for k, p in self.params.items()]
+        fused = self._fused_step()
+        for p, g, m, v, tmp in work:
+            if fused is not None and g.dtype == p.dtype and g.flags.c_contiguous and p.flags.c_contiguous:
+                fused(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), 1.0 - b1, 1.0 - b2, a, e,
+                      self.weight_decay)
+                continue
             if self.weight_decay:
                 g = g + p.dtype.type(self.weight_decay) * p
             dt = p.dtype.type
-            m, v, tmp = self.m[k], self.v[k], self._tmp[k]
             np.subtract(g, m, out=tmp)  # m = b1 m + (1 - b1) g
             tmp *= dt(1.0 - b1)
             m += tmp
@@ -573,6 +654,14 @@ class Adam:
             np.divide(m, tmp, out=tmp)
             tmp *= dt(a)
             p -= tmp
+
+    def _fused_step(self) -> Any:
+        """The C backend's one-pass Adam (the same numbers as the loop below), or None."""
+        if self._fused is False:
+            from ..backends import get_backend
+
+            self._fused = getattr(get_backend(), "adam_step", None)
+        return self._fused
 
     def scalars(self) -> dict[str, Any]:
         """The step count and the hyper-parameters.

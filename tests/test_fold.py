@@ -1,0 +1,127 @@
+"""The embedding fold: ``LSTM.forward(input_projection=...)`` on every host backend against the same
+layer on x, the backends' ``scatter_add_rows``, and the char model with the fold on against finite
+differences (float64: tests/test_nn.py, fold on and off), PyTorch (float32, relative 1e-5) and
+the unfolded model (same losses).
+"""
+
+import numpy as np
+import pytest
+
+import fastlstm
+from fastlstm.backends import get_backend, reference
+from fastlstm.charlm import nn
+from fastlstm.charlm.model import CharModel
+from lstm_testing import DTYPES, REL_TOL, assert_close, rel_err
+
+HOST = [b for b in fastlstm.available_backends() if b != "cuda"]
+
+
+@pytest.mark.parametrize("backend", HOST)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_input_projection_equals_the_layer_on_x(backend, dtype):
+    T, N, I, H = 7, 5, 4, 9
+    lstm = fastlstm.LSTM(I, H, 2, dtype=dtype, backend=backend, seed=1)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, N, I)).astype(dtype)
+    dy = rng.standard_normal((T, N, H)).astype(dtype)
+    y, (h, c) = lstm.forward(x, training=True)
+    dx, (dh0, dc0) = lstm.backward(dy)
+    want = {k: g.copy() for k, g in lstm.grads.items()}
+    lstm.zero_grad()
+    p = lstm.params
+    proj = np.ascontiguousarray(x @ p["weight_ih_l0"].T + p["bias_ih_l0"] + p["bias_hh_l0"], dtype)
+    y2, (h2, c2) = lstm.forward(None, training=True, input_projection=proj)
+    dproj, (dh02, dc02) = lstm.backward(dy)
+    for name, got, exp in [("y", y2, y), ("h", h2, h), ("c", c2, c), ("dh0", dh02, dh0), ("dc0", dc02, dc0),
+                           ("dx = dproj . W_ih", dproj @ p["weight_ih_l0"], dx)]:
+        assert_close(got, exp, dtype, name)
+    assert dproj.shape == (T, N, 4 * H) and np.shares_memory(dproj, proj)  # in the caller's buffer
+    assert not lstm.grads["weight_ih_l0"].any()  # the caller's projection owns that gradient
+    assert_close(np.einsum("tng,tni->gi", dproj, x), want["weight_ih_l0"], dtype, "dW_ih")
+    for name in want:
+        if name != "weight_ih_l0":
+            assert_close(lstm.grads[name], want[name], dtype, name)
+
+
+def test_input_projection_rules():
+    lstm = fastlstm.LSTM(3, 4, 1)
+    proj = np.zeros((2, 3, 16), np.float32)
+    with pytest.raises(ValueError, match="not both"):
+        lstm.forward(np.zeros((2, 3, 3), np.float32), input_projection=proj)
+    with pytest.raises(ValueError, match=r"\(T, N, 4H\)"):
+        lstm.forward(None, input_projection=np.zeros((2, 3, 12), np.float32))
+    with pytest.raises(ValueError, match=r"\(T, N, 4H\)"):
+        lstm.forward(None, input_projection=proj.astype(np.float64))
+    with pytest.raises(ValueError, match="unidirectional"):
+        fastlstm.LSTM(3, 4, 1, bidirectional=True).forward(None, input_projection=proj)
+
+
+@pytest.mark.parametrize("backend", HOST)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scatter_add_rows_sums_rows_by_id(backend, dtype):
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 5, 40).astype(np.int64)
+    src = rng.standard_normal((40, 7)).astype(dtype)
+    dst = rng.standard_normal((5, 7)).astype(dtype)
+    want = dst.astype(np.float64) + np.stack([src[ids == v].sum(0) for v in range(5)])
+    get_backend(backend).scatter_add_rows(ids, src, dst)
+    assert_close(dst, want, dtype, "dst")
+    if backend == "c":
+        with pytest.raises(IndexError):
+            get_backend(backend).scatter_add_rows(np.array([5], np.int64), src[:1], dst)
+
+
+def test_folded_model_gradients_match_torch():
+    torch = pytest.importorskip("torch")
+    V, T, N, E, H = 11, 9, 5, 6, 7
+    model = CharModel(V, hidden_size=H, num_layers=2, dropout=0.0, embed_dim=E, seed=4, dtype=np.float32)
+    assert model.fold_embedding
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, V, (T, N))
+    targets = rng.integers(0, V, (T, N))
+    model.zero_grad()
+    loss = model.loss_and_backward(ids, targets)
+    assert model._proj is not None
+    emb = torch.nn.Embedding(V, E)
+    lstm = torch.nn.LSTM(E, H, 2)
+    fc = torch.nn.Linear(H, V)
+    with torch.no_grad():
+        emb.weight.copy_(torch.from_numpy(model.params["embedding.weight"]))
+        for name, p in lstm.named_parameters():
+            p.copy_(torch.from_numpy(model.params["lstm." + name]))
+        fc.weight.copy_(torch.from_numpy(model.params["dense.weight"]))
+        fc.bias.copy_(torch.from_numpy(model.params["dense.bias"]))
+    y, _ = lstm(emb(torch.from_numpy(ids)))
+    t_loss = torch.nn.functional.cross_entropy(fc(y).reshape(-1, V), torch.from_numpy(targets).reshape(-1))
+    t_loss.backward()
+    want = {"embedding.weight": emb.weight.grad, "dense.weight": fc.weight.grad, "dense.bias": fc.bias.grad}
+    want.update({"lstm." + k: p.grad for k, p in lstm.named_parameters()})
+    assert abs(loss - t_loss.item()) < 1e-5 * abs(loss)
+    bad = {k: rel_err(model.grads[k], w.numpy()) for k, w in want.items()
+           if not rel_err(model.grads[k], w.numpy()) < REL_TOL[np.dtype(np.float32)]}
+    assert not bad, f"relative error above 1e-5: {bad}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_training_with_the_fold_gives_the_same_losses(dtype):
+    losses = []
+    for fold in (True, False):
+        m = CharModel(30, hidden_size=20, num_layers=2, dropout=0.2, embed_dim=8, seed=3, dtype=dtype)
+        m.fold_embedding = fold
+        opt = nn.Adam(m.params, lr=4e-3)
+        rng = np.random.default_rng(0)
+        run = []
+        for _ in range(15):
+            ids, tg = rng.integers(0, 30, (12, 6)), rng.integers(0, 30, (12, 6))
+            m.zero_grad()
+            run.append(m.loss_and_backward(ids, tg))
+            nn.clip_grad_norm(m.grads, 5.0)
+            opt.step(m.grads)
+        assert (m._proj is not None) == fold
+        losses.append(run)
+    assert_close(losses[0], losses[1], dtype, "losses")
+    assert losses[0][-1] < losses[0][0]
+
+
+def test_reference_scatter_is_the_contract():
+    assert reference.scatter_add_rows is get_backend("numpy").scatter_add_rows
