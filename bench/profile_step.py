@@ -10,9 +10,12 @@ layer does around them. "other" is the rest of the step (Python glue, allocation
 
 With --rounds R the timed block runs R times and the table is the fastest round's (on a
 shared machine other tenants slow some rounds down; the step times of every round are listed).
+With --compare the same trainer alternates, round by round, between the embedding fold on and
+off and the LSTM's reused buffers on and off, and prints each variant's step times.
 """
 
 import argparse
+import statistics
 import sys
 import time
 from collections import defaultdict
@@ -108,6 +111,30 @@ def instrument(tr, clock):
     return be
 
 
+#: --compare's variants: (CharModel.fold_embedding, LSTM._reuse_buffers).
+VARIANTS = {"fold, reused buffers": (True, True), "no fold, reused buffers": (False, True),
+            "fold, fresh buffers": (True, False)}
+
+
+def compare(tr, args):
+    """Alternate the variants round by round in one process; print their step times."""
+    times = {k: [] for k in VARIANTS}
+    for _ in range(args.rounds):
+        for name, (fold, reuse) in VARIANTS.items():
+            tr.model.fold_embedding, tr.model.lstm._reuse_buffers = fold, reuse
+            tr.train_step()  # the first step of a variant pays its first-call costs
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                tr.train_step()
+            times[name].append((time.perf_counter() - t0) / args.steps * 1e3)
+    print(f"{args.steps} steps x {args.rounds} rounds per variant, alternating")
+    print()
+    print("| variant | median ms per step | fastest | every round |")
+    print("| --- | ---: | ---: | --- |")
+    for name, t in times.items():
+        print(f"| {name} | {statistics.median(t):.1f} | {min(t):.1f} | {', '.join(f'{x:.0f}' for x in t)} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--text", help="training text (default: the trainer's corpus option)")
@@ -116,12 +143,20 @@ def main():
     ap.add_argument("--rounds", type=int, default=1, help="timed rounds; the fastest is shown (default 1)")
     ap.add_argument("--defaults", action="store_true", help="fastlstm train's defaults instead of the peer setup")
     ap.add_argument("--no-fold", action="store_true", help="turn the embedding fold off (when the trainer has it)")
+    ap.add_argument("--compare", action="store_true",
+                    help="alternate the fold and the buffer reuse on and off instead of the phase table")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
     from fastlstm.charlm.threads import compute_threads
     tr = make_trainer(args)
+    if args.compare:
+        with compute_threads():
+            for _ in range(args.warmup):
+                tr.train_step()
+            compare(tr, args)
+        return
     clock = PhaseClock()
     rounds = []
     with compute_threads():
