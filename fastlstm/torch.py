@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
-from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from .layer import LSTM as _Layer
 
@@ -162,7 +162,7 @@ class LSTM(torch.nn.LSTM):
             return super().forward(input, hx)
         lengths = None
         if packed:
-            x, lengths = pad_packed_sequence(input, batch_first=False)
+            x, lengths = _padded(input)
         else:
             x = input.transpose(0, 1) if self.batch_first and input.dim() == 3 else input
         unbatched = x.dim() == 2
@@ -190,8 +190,32 @@ class LSTM(torch.nn.LSTM):
         return out, (h, c)
 
 
+def _packed_rows(like: PackedSequence, N: int) -> torch.Tensor:
+    """For each row of ``like.data``, its place t * N + n in a padded (T, N) batch in the
+    caller's batch order."""
+    sizes = like.batch_sizes
+    order = like.sorted_indices if like.sorted_indices is not None else torch.arange(N)
+    step = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+    rank = torch.arange(step.numel()) - (torch.cumsum(sizes, 0) - sizes)[step]   # place within its step
+    return step * N + order[rank]
+
+
+def _padded(packed: PackedSequence) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x (T, N, F) zero-padded, lengths (N,)) in the caller's batch order: one scatter (its
+    backward one gather), where pad_packed_sequence's backward slices step by step."""
+    sizes = packed.batch_sizes
+    T, N, F = len(sizes), int(sizes[0]), packed.data.shape[1]
+    x = packed.data.new_zeros(T * N, F).index_copy(0, _packed_rows(packed, N), packed.data).view(T, N, F)
+    ranked = (sizes.unsqueeze(1) > torch.arange(N)).sum(0)      # lengths in sorted order
+    lengths = torch.empty_like(ranked)
+    order = packed.sorted_indices if packed.sorted_indices is not None else torch.arange(N)
+    lengths[order] = ranked
+    return x, lengths
+
+
 def _packed_like(y: torch.Tensor, like: PackedSequence) -> PackedSequence:
-    """y (T, N, F), batch order, as a PackedSequence with ``like``'s batch sizes and order."""
-    order = like.sorted_indices if like.sorted_indices is not None else torch.arange(y.shape[1])
-    rows = [y[t, order[:int(b)]] for t, b in enumerate(like.batch_sizes)]
-    return PackedSequence(torch.cat(rows, 0), like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+    """y (T, N, F), batch order, as a PackedSequence with ``like``'s batch sizes and order:
+    one gather of its rows (one autograd node, whose backward is one scatter)."""
+    T, N, F = y.shape
+    data = y.reshape(T * N, F)[_packed_rows(like, N)]
+    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
