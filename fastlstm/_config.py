@@ -104,15 +104,19 @@ def bf16_kernel():
 THREADS_ENV = "FASTLSTM_NUM_THREADS"
 
 #: Below this many multiply-adds per step (N * 4H * H) the fused time loops
-#: (forward and backward) run on one thread: the per-step barrier would cost
-#: more than the second thread saves. `step` (one barrier per layer, no
-#: packing) splits from a third of it. Measured on two cores
-#: (bench/ab_builds.py, alternating rounds): at 65k (N=1, H=128 and N=4,
-#: H=64) two threads were 0.86-1.16x the time of one, at 102k (N=1, H=160)
-#: 0.70-0.78x; a 2-layer step at H=96 (37k) 0.75-0.94x, at H=128 0.68-0.82x.
+#: (forward and backward) and `step` run on one thread: the per-step barrier
+#: would cost more than the second thread saves (`step` counts its work times
+#: STEP_WORK_DIVISOR). Measured on two cores, alternating rounds. Earlier, on
+#: another 2-core machine (bench/ab_builds.py): at 65k (N=1, H=128 and N=4, H=64)
+#: two threads took 0.86-1.16x the time of one, at 102k (N=1, H=160) 0.70-0.78x,
+#: a 2-layer step at H=96 (37k) 0.75-0.94x. On an AMD EPYC Zen 5 (T=100, forward
+#: and forward+backward, one process, alternating): 0.63-0.65x at 65k, 0.67-0.73x
+#: at 37k (N=1, H=96), 0.75-0.77x at 16k (N=1, H=64), 0.95-1.06x at 4k (N=1,
+#: H=32). 32k is where both machines' figures favour two threads (it was 96k for
+#: the loops and 32k for `step`); below it the Zen 5 still gains, the other is unknown.
 MIN_PARALLEL_WORK_ENV = "FASTLSTM_MIN_PARALLEL_WORK"
-MIN_PARALLEL_WORK = 96_000
-STEP_WORK_DIVISOR = 3
+MIN_PARALLEL_WORK = 32_768
+STEP_WORK_DIVISOR = 1
 
 
 def kernel():

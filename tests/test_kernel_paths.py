@@ -139,8 +139,8 @@ def test_thread_rule(monkeypatch):
     from fastlstm import _config
     monkeypatch.delenv("FASTLSTM_MIN_PARALLEL_WORK", raising=False)
     monkeypatch.setenv("FASTLSTM_NUM_THREADS", "2")
-    assert _config.threads_for(1, 128, 8) == 1                     # 65k multiply-adds a step
-    assert _config.threads_for(1, 160, 8) == 2                     # 102k
+    assert _config.threads_for(1, 64, 8) == 1                      # 16k multiply-adds a step
+    assert _config.threads_for(1, 128, 8) == 2                     # 65k
     assert _config.threads_for(1, 64, 8, step=True) == 1           # 16k
     assert _config.threads_for(1, 96, 8, step=True) == 2           # 37k
     monkeypatch.setenv("FASTLSTM_MIN_PARALLEL_WORK", "0")
