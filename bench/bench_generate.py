@@ -188,7 +188,7 @@ def main(argv=None):
     ap.add_argument("--no-write", action="store_true", help="print the section, do not append it")
     args = ap.parse_args(argv)
     command = "python bench/bench_generate.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    from fastlstm.bench.machine import cpu_name
+    from fastlstm.bench.machine import append_section, cpu_name
     with tempfile.TemporaryDirectory() as tmp:
         prev = build_previous(PREVIOUS, Path(tmp) / "previous")
         cs = contenders(tmp, args.threads, prev)
@@ -200,10 +200,7 @@ def main(argv=None):
     text = report(cs, args, command, {"cpu": cpu_name()})
     print(text)
     if not args.no_write:
-        head = "" if RESULTS.exists() else ("# Generation rates (issue 15)\n\n"
-                                            "Appended by bench/bench_generate.py; newest last.\n\n")
-        with open(RESULTS, "a") as fh:
-            fh.write(head + text + "\n")
+        append_section(RESULTS, "Generation rates (issue 15)", "bench/bench_generate.py", text)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ falls on both); medians. Appends a section to bench/TORCH_MODULE_RESULTS.md.
 """
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import fastlstm.torch as ft  # noqa: E402
-from fastlstm.bench.machine import cpu_name  # noqa: E402
+from fastlstm.bench.machine import append_section, cpu_name, paired_medians  # noqa: E402
 
 RESULTS = HERE / "TORCH_MODULE_RESULTS.md"
 V, E, H, L, T, N = 67, 64, 300, 2, 100, 64
@@ -74,16 +73,15 @@ def packed_case(lstm_cls):
 
 
 def alternate(fns, rounds, reps):
-    times = {k: [] for k in fns}
-    for f in fns.values():
-        f()  # warm-up
-    for r in range(rounds):
-        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-            t0 = time.perf_counter()
+    """{name: median seconds per call}: ``reps`` calls per round, ``rounds`` alternating
+    rounds (machine.paired_medians)."""
+    def repeated(f):
+        def run():
             for _ in range(reps):
-                fns[k]()
-            times[k].append((time.perf_counter() - t0) / reps)
-    return {k: statistics.median(v) for k, v in times.items()}
+                f()
+        return run
+    medians = paired_medians([repeated(f) for f in fns.values()], 0.0, min_rounds=rounds, max_rounds=rounds)
+    return {k: m / reps for k, m in zip(fns, medians)}
 
 
 def main(argv=None):
@@ -110,10 +108,7 @@ def main(argv=None):
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        head = "" if RESULTS.exists() else ("# fastlstm.torch.LSTM in PyTorch (issue 16)\n\n"
-                                            "Appended by bench/bench_torch_module.py; newest last.\n\n")
-        with open(RESULTS, "a") as fh:
-            fh.write(head + text + "\n")
+        append_section(RESULTS, "fastlstm.torch.LSTM in PyTorch (issue 16)", "bench/bench_torch_module.py", text)
 
 
 if __name__ == "__main__":

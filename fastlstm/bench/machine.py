@@ -1,7 +1,7 @@
 """What every benchmark report records and how every benchmark times a call:
 machine_info() (CPU, cores, versions, fastlstm's kernel path, the BLAS kernels
 and the environment variables that change them) and the timing helpers
-(round_times, median_time, paired_medians, MachineLoad). Used by
+(round_times, median_time, paired_medians, MachineLoad) and append_section for the results files. Used by
 `python -m fastlstm.bench`, bench/conftest.py and the scripts in bench/.
 """
 
@@ -131,6 +131,16 @@ def paired_medians(fns: list[Callable[[], Any]], budget_s: float, min_rounds: in
             fns[i]()
             times[i].append(time.perf_counter() - t0)
     return [statistics.median(t) for t in times]
+
+
+def append_section(path, title: str, script: str, text: str) -> None:
+    """Append a results section to the markdown file ``path``, starting the file (its
+    title and a line saying which script appends to it) when it does not exist."""
+    from pathlib import Path
+    path = Path(path)
+    head = "" if path.exists() else f"# {title}\n\nAppended by {script}; newest last.\n\n"
+    with open(path, "a") as fh:
+        fh.write(head + text + "\n")
 
 
 def _cpu_seconds():
