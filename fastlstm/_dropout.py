@@ -1,14 +1,50 @@
 """Dropout masks drawn from a seeded generator: the one helper that ``fastlstm.LSTM`` (between
 layers) and the char model's ``Dropout`` layer share, so that both draw masks the same way
-and a checkpoint of the generator's state replays them exactly.
+and a checkpoint of the generator's state replays them exactly; and ``batch_rows``, under which
+a process that computes some rows of a larger batch (a rank of data-parallel training) gets
+exactly its rows of the masks the whole batch would get.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["keep_mask"]
+__all__ = ["batch_rows", "keep_mask"]
+
+#: (start, stop, total) while a ``batch_rows`` block runs, else None.
+_ROWS: contextvars.ContextVar[tuple[int, int, int] | None] = contextvars.ContextVar("fastlstm_batch_rows",
+                                                                                     default=None)
+
+
+@contextlib.contextmanager
+def batch_rows(start: int, stop: int, total: int) -> Iterator[None]:
+    """Within the block, masks are rows ``start:stop`` of a batch of ``total`` rows.
+
+    ``keep_mask`` then draws the mask of the whole batch (the batch axis is the
+    second-to-last one, as in (T, N, H) and (N, H)) and returns those rows: a process
+    that computes rows ``start:stop`` of a batch gets exactly the masks that one process
+    computing all of them would apply to those rows, and its generator advances as that
+    process's would.
+
+    Parameters
+    ----------
+    start, stop : int
+        The rows this process computes, ``0 <= start <= stop <= total``.
+    total : int
+        The rows of the whole batch.
+    """
+    if not 0 <= start <= stop <= total:
+        raise ValueError(f"batch rows need 0 <= start <= stop <= total, got {start}, {stop}, {total}")
+    token = _ROWS.set((int(start), int(stop), int(total)))
+    try:
+        yield
+    finally:
+        _ROWS.reset(token)
 
 
 def keep_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float) -> NDArray[np.bool_]:
@@ -22,7 +58,7 @@ def keep_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float) -> NDA
     rng : numpy.random.Generator
         The generator to draw from (its bit generator advances).
     shape : tuple of int
-        Shape of the mask.
+        Shape of the mask (inside ``batch_rows``, of this process's rows).
     p : float
         Drop probability in [0, 1).
 
@@ -31,7 +67,17 @@ def keep_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float) -> NDA
     ndarray of bool
         The mask, ``shape``.
     """
-    size = int(np.prod(shape))
+    rows = _ROWS.get()
+    full = tuple(shape)
+    if rows is not None and len(shape) >= 2:
+        start, stop, total = rows
+        if shape[-2] != stop - start:
+            raise ValueError(f"a dropout mask of shape {tuple(shape)} inside batch_rows({start}, {stop}, "
+                             f"{total}) should have {stop - start} rows on its second-to-last axis")
+        full = (*shape[:-2], total, shape[-1])
+    size = int(np.prod(full))
     raw = rng.bit_generator.random_raw((size + 3) // 4)
-    bits = raw.view(np.uint16)[:size].reshape(shape)
+    bits = raw.view(np.uint16)[:size].reshape(full)
+    if full != tuple(shape):
+        bits = bits[..., start:stop, :]
     return bits >= np.uint16(min(round(p * 65536), 65535))

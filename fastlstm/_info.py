@@ -29,7 +29,8 @@ def config() -> dict[str, Any]:
         build without vector kernels, where the float32 kernels run on the rounded
         weights), ``c_bf16_kernels_supported`` and ``c_threads``. With the cuda backend: ``cuda_device``
         (the GPU's name, compute capability and SMs, or the simulator) and
-        ``numba``. ``blas``: the BLAS and OpenMP
+        ``numba``. ``mpi4py``: its version, or how to install it (for data-parallel
+        ``mpiexec -n K fastlstm train``; found without importing it). ``blas``: the BLAS and OpenMP
         libraries loaded and their threads (needs threadpoolctl). ``settings``: the
         ``FASTLSTM_*`` variables set, and ``setting_problems`` for any that cannot be
         used (a bad value, an unknown name); ``OPENBLAS_CORETYPE`` when it is set.
@@ -75,6 +76,7 @@ def config() -> dict[str, Any]:
         import numba
         info["cuda_device"] = gpu.device_info()
         info["numba"] = numba.__version__
+    info["mpi4py"] = _version_of("mpi4py") or "not installed (pip install 'fastlstm[mpi]' to train on MPI)"
     try:
         from threadpoolctl import threadpool_info
         info["blas"] = [
@@ -84,6 +86,15 @@ def config() -> dict[str, Any]:
     except ImportError:
         info["blas"] = "install threadpoolctl to see the BLAS libraries and their threads"
     return info
+
+
+def _version_of(dist):
+    """The installed version of a distribution, or None (nothing is imported)."""
+    from importlib import metadata
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _reported(fn):

@@ -252,6 +252,7 @@ def _fail(prog, msg):
 
 
 def _train(args):
+    from .parallel import connect
     from .run import prepare_run, run_training
     prog = "fastlstm train"
     given = {k: getattr(args, k) for k in DEFAULTS if hasattr(args, k)}
@@ -259,21 +260,64 @@ def _train(args):
     if args.resume and args.overwrite:
         return _fail(prog, "--resume and --overwrite contradict each other: pass one of them")
     try:
-        trainer = prepare_run(given, out, resume=args.resume, overwrite=args.overwrite)
-    except (DataError, ValueError) as e:
+        group = connect()  # None unless an MPI launcher started several ranks
+    except RuntimeError as e:
         return _fail(prog, str(e))
+    trainer, error = None, None
+    try:
+        trainer = prepare_run(given, out, resume=args.resume, overwrite=args.overwrite, group=group)
+    except (DataError, ValueError) as e:
+        error = str(e)
     except OSError as e:
-        return _fail(prog, f"{e.strerror or e} ({e.filename}): check the path and its permissions")
+        error = f"{e.strerror or e} ({e.filename}): check the path and its permissions"
+    if group is not None:  # every rank learns whether any failed, before anything is written
+        errors = group.gather_errors(error)
+        if any(errors):
+            if group.is_root:
+                _report_rank_errors(prog, errors)
+            return EXIT_USAGE
+    elif error is not None:
+        return _fail(prog, error)
     try:
         result = run_training(trainer, progress=args.progress, log_every=args.log_every)
     except KeyboardInterrupt:
         print(f"{prog}: stopped by a second Ctrl-C", file=sys.stderr)
+        if group is not None:
+            group.abort(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
-    except OSError as e:
-        return _fail(prog, f"cannot write in {out} ({e.strerror or e}): choose a writable --out")
-    except ValueError as e:  # e.g. a bad FASTLSTM_* environment variable
-        return _fail(prog, str(e))
+    except (OSError, ValueError) as e:
+        msg = (f"cannot write in {out} ({e.strerror or e}): choose a writable --out" if isinstance(e, OSError)
+               else str(e))  # ValueError: e.g. a bad FASTLSTM_* environment variable
+        if group is None:
+            return _fail(prog, msg)
+        _abort_ranks(prog, group, msg)
+    except Exception as e:
+        if group is None:
+            raise
+        _abort_ranks(prog, group, f"{type(e).__name__}: {e}")
     return EXIT_INTERRUPTED if result["status"] == "interrupted" else 0
+
+
+def _report_rank_errors(prog, errors):
+    """One line per distinct error of the ranks (one line in all when every rank failed alike)."""
+    failed = [(r, e) for r, e in enumerate(errors) if e]
+    if len(failed) == len(errors) and len(set(errors)) == 1:
+        _fail(prog, errors[0])
+        return
+    for r, e in failed:
+        _fail(prog, f"on rank {r} of {len(errors)}: {e}")
+    ok = len(errors) - len(failed)
+    if ok:
+        print(f"{prog}: the other {ok} rank{'s' if ok > 1 else ''} stopped too; nothing was written",
+              file=sys.stderr, flush=True)
+
+
+def _abort_ranks(prog, group, msg):
+    """A rank that fails while the others may be waiting for it in a collective: say why, then
+    end the whole job (the launcher stops every rank; the last checkpoint stays as it was)."""
+    print(f"{prog}: error on rank {group.rank} of {group.size}: {msg}; ending all ranks "
+          f"(the last checkpoint is kept)", file=sys.stderr, flush=True)
+    group.abort(1)
 
 
 def _generate(args):

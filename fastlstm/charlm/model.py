@@ -115,7 +115,7 @@ class CharModel:
         self._parts: list[tuple[str, Any]] = [("lstm.", self.lstm), ("dense.", self.dense)]
         if self.embedding is not None:
             self._parts.insert(0, ("embedding.", self.embedding))
-        self._flat_grads = self._share_buffers()
+        self._flat_params, self._flat_grads = self._share_buffers()
         self.params = {p + k: v for p, part in self._parts for k, v in part.params.items()}
         self.grads = {p + k: v for p, part in self._parts for k, v in part.grads.items()}
         self._saved: Any = None  # (ids.shape, last_only) of the last training forward
@@ -126,10 +126,11 @@ class CharModel:
         self._proj: NDArray[np.floating] | None = None  # the (T, N, 4H) projection buffer, reused
         self._buffers: dict[str, NDArray[np.floating]] = {}  # training passes' (T, N, H) arrays
 
-    def _share_buffers(self) -> NDArray[np.floating]:
+    def _share_buffers(self) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
         """Move every parameter, and every gradient, into views of one flat buffer each (same
         values, same names and shapes): Adam, clipping and zeroing then make one pass over all
-        of them (``nn.flat_buffer``). Returns the gradients' buffer."""
+        of them (``nn.flat_buffer``), and data-parallel training reduces the gradients in one
+        message. Returns the two buffers (parameters, gradients)."""
         sizes = [p.size for _, part in self._parts for p in part.params.values()]
         flat_p = np.empty(sum(sizes), self.dtype)
         flat_g = np.zeros(sum(sizes), self.dtype)
@@ -141,7 +142,25 @@ class CharModel:
                 part.params[k] = view
                 part.grads[k] = flat_g[off:off + p.size].reshape(p.shape)
                 off += p.size
-        return flat_g
+        return flat_p, flat_g
+
+    @property
+    def flat_params(self) -> NDArray[np.floating]:
+        """The one 1-D buffer every parameter is a view of (writing it writes them)."""
+        return self._flat_params
+
+    @property
+    def flat_grads(self) -> NDArray[np.floating]:
+        """The one 1-D buffer every gradient is a view of.
+
+        Raises
+        ------
+        RuntimeError
+            When a caller replaced some of ``grads`` by arrays of their own.
+        """
+        if flat_buffer(self.grads.values()) is not self._flat_grads:
+            raise RuntimeError("some of grads were replaced by other arrays: they no longer share one buffer")
+        return self._flat_grads
 
     # -- configuration, parameters, RNG state -------------------------------
     def config(self) -> dict[str, Any]:

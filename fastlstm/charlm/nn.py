@@ -279,7 +279,8 @@ class Dense:
         self.grads["weight"] += dy2.T @ x2
         if "bias" in self.params:
             self.grads["bias"] += dy2.sum(axis=0)
-        dx = np.matmul(dy2, self.params["weight"], out=None if out is None else out.reshape(dy2.shape[0], -1))
+        dx_out = None if out is None else out.reshape(dy2.shape[0], self.in_features)
+        dx = np.matmul(dy2, self.params["weight"], out=dx_out)
         return dx.reshape(dy.shape[:-1] + (self.in_features,))
 
 
@@ -423,7 +424,7 @@ def softmax_cross_entropy(logits: ArrayLike, targets: ArrayLike, *,
     Returns
     -------
     loss : float
-        Mean cross-entropy in nats.
+        Mean cross-entropy in nats (0.0 for M = 0).
     dlogits : ndarray
         (M, V): ``(softmax - onehot) / M``, computed without building a one-hot matrix.
 
@@ -437,6 +438,8 @@ def softmax_cross_entropy(logits: ArrayLike, targets: ArrayLike, *,
     M = logits.shape[0]
     if logits.ndim != 2 or targets.shape[0] != M:
         raise ValueError(f"logits must be (M, V) and targets (M,), got {logits.shape} and {targets.shape}")
+    if M == 0:  # no targets (a rank's empty share of a batch): nothing to add
+        return 0.0, np.zeros_like(logits) if out is None else out
     rows = np.arange(M)
     e = np.subtract(logits, logits.max(axis=1, keepdims=True), out=out)  # every exponent <= 0
     picked = e[rows, targets].astype(np.float64)

@@ -1,21 +1,25 @@
 """The run loop of ``fastlstm train``: ``prepare_run`` checks everything before anything is written
 and returns a ready Trainer; ``run_training`` steps it until a limit or Ctrl-C, validating,
 checkpointing, logging metrics and drawing the loss curve. The CLI and the tests call these two.
+Under MPI (a Trainer with a ``parallel.Group``) every rank runs this loop in step; the ranks agree
+on when to stop, and the root alone writes checkpoints, metrics, the plot and progress.
 """
 
 import contextlib
 import math
-import signal
+import os
 import sys
-import threading
 import time
 from pathlib import Path
 
+from .. import _config
 from .checkpoints import BEST_JSON, BEST_NPZ, CHECKPOINT_JSON, CheckpointError, copy_checkpoint, load_checkpoint
 from .data import Vocab, load_corpus
 from .metrics import METRICS_FILE, PLOT_FILE, MetricsLog, plot_metrics, truncate_metrics
 from .options import DEFAULT_EPOCHS, resolve_options
+from .parallel import STOP_DONE, STOP_EARLY, STOP_INTERRUPTED
 from .progress import Progress, backend_label, hms
+from .signals import SaveOnSignal, StopRequests
 from .threads import compute_threads
 from .trainer import Trainer
 
@@ -30,8 +34,9 @@ def prepare_text(opts):
     return text, source
 
 
-def prepare_run(given, out, *, resume=False, overwrite=False):
-    """Check everything a run needs before anything is written. Returns a ready Trainer.
+def prepare_run(given, out, *, resume=False, overwrite=False, group=None):
+    """Check everything a run needs before anything is written. Returns a ready Trainer (of
+    ``group``'s ranks, with a ``parallel.Group``; every rank reads the same checkpoint).
 
     Raises DataError/CheckpointError/ValueError for bad input (nothing written yet).
     """
@@ -53,7 +58,7 @@ def prepare_run(given, out, *, resume=False, overwrite=False):
         opts["text"] = str(Path(opts["text"]).resolve()) if Path(opts["text"]).exists() else opts["text"]
     text, source = prepare_text(opts)
     vocab = Vocab(meta["vocab"]) if meta is not None else None  # the Trainer checks the text against it
-    trainer = Trainer(opts, text, vocab, out=out, source=source)
+    trainer = Trainer(opts, text, vocab, out=out, source=source, group=group)
     if meta is not None:
         trainer.load_state(meta, arrays)
     return trainer
@@ -68,30 +73,6 @@ def step_limit(opts, steps_per_epoch):
     if max_steps is None and opts["max_time"] is None:
         max_steps = DEFAULT_EPOCHS * steps_per_epoch
     return max_steps
-
-
-class _CtrlC:
-    """SIGINT while training (main thread only): the first asks the loop to stop after the
-    current step; a second raises KeyboardInterrupt at once."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            with contextlib.suppress(ValueError):
-                self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 class _Session:
@@ -123,31 +104,32 @@ class _Session:
         return ((self.max_steps is not None and self.trainer.steps_done >= self.max_steps)
                 or (self.max_time is not None and self.seconds() >= self.max_time))
 
-    def train(self, ctrl_c):
-        """Step until a limit, early stopping, Ctrl-C or KeyboardInterrupt. Returns "done",
-        "stopped" (early) or "interrupted"."""
+    def stop_reason(self, requests):
+        """Why to stop before the next step (0: go on); with a Group, the ranks' agreed reason
+        (a time limit or a signal seen by one rank stops all of them at this step)."""
         tr = self.trainer
-        undo = None
+        reason = (STOP_DONE if self.limit_reached() else STOP_INTERRUPTED if requests.requested
+                  else STOP_EARLY if tr.should_stop() else 0)
+        return reason if tr.group is None else tr.group.agree_stop(reason)
+
+    def train(self, requests):
+        """Step until a limit, early stopping, a stop request or KeyboardInterrupt. Returns
+        "done", "stopped" (early) or "interrupted"."""
+        tr = self.trainer
+        names = {STOP_DONE: "done", STOP_EARLY: "stopped", STOP_INTERRUPTED: "interrupted"}
         try:
-            while not self.limit_reached():
-                if ctrl_c.requested:
-                    return "interrupted"
-                if tr.should_stop():
-                    return "stopped"
-                # everything a step changes before its update is restorable if it is interrupted
-                undo = (tr.data_rng.bit_generator.state, tr.model.rng_states(), tr.order)
+            while True:
+                reason = self.stop_reason(requests)
+                if reason:
+                    return names[reason]
                 loss = tr.train_step()
-                undo = None
                 self.after_step(loss)
         except KeyboardInterrupt:
             if tr.updating:  # stopped inside the parameter update: the state is torn
                 self.say(f"stopped during an update: nothing saved; the last checkpoint in {tr.out} is kept")
                 raise
-            if undo is not None:  # the step did not finish: undo its draws
-                tr.data_rng.bit_generator.state, rng_states, tr.order = undo
-                tr.model.set_rng_states(rng_states)
+            tr.undo_step()  # the step did not finish: undo its draws
             return "interrupted"
-        return "done"
 
     def after_step(self, loss):
         tr = self.trainer
@@ -160,6 +142,7 @@ class _Session:
             self.step_callback(tr, loss)
         self.bar.update(tr.steps_done, tr.epoch, self.ema, self.cps, self.time_left())
         if tr.steps_done % tr.opts["eval_every"] == 0:
+            tr.sync_parameters()
             tr.save(best=self.validate())
 
     def time_left(self):
@@ -182,7 +165,7 @@ class _Session:
         if on_cadence:
             tr.after_validation(v < min((r["val_loss"] for r in tr.scheduled_validations()), default=math.inf))
         rec = {"step": tr.steps_done, "epoch": round(tr.epoch, 4), "time": round(tr.elapsed, 3), "val_loss": v}
-        rec["sample"] = sample = tr.sample() if tr.opts["sample_length"] else ""
+        rec["sample"] = sample = tr.sample() if tr.opts["sample_length"] and tr.is_root else ""
         tr.val_history.append({"step": tr.steps_done, "time": rec["time"], "val_loss": v,
                                **({} if on_cadence else {"off_cadence": True})})
         self.metrics.log_validation(rec)
@@ -206,7 +189,9 @@ class _Session:
 
 def _start_metrics(trainer):
     """Metrics of a resumed run are cut back to its checkpoint; a new run (maybe --overwrite)
-    starts without anything of an earlier one."""
+    starts without anything of an earlier one. Only the root touches the files."""
+    if not trainer.is_root:
+        return
     out = trainer.out
     out.mkdir(parents=True, exist_ok=True)
     if trainer.steps_done > 0:
@@ -225,6 +210,7 @@ def _describe(trainer):
             f"{sum(p.size for p in trainer.model.params.values()):,} parameters; "
             f"batch {o['batch_size']} x {o['seq_len']} chars, {trainer.steps_per_epoch} steps/epoch; "
             f"backend {backend_label(trainer.model.lstm.backend)}"
+            + (f"; {trainer.group.size} MPI ranks" if trainer.group is not None else "")
             + (f"; resuming at step {trainer.steps_done}" if trainer.steps_done else ""))
 
 
@@ -237,24 +223,30 @@ def run_training(trainer, *, progress="auto", log_every=10.0, stream=None, step_
     ``step_callback(trainer, loss)`` runs after each step (tests use it).
     """
     out = trainer.out
+    group, root = trainer.group, trainer.is_root
     _start_metrics(trainer)
     max_steps = step_limit(trainer.opts, trainer.steps_per_epoch)
     max_time = trainer.opts["max_time"]
     total = int(max_steps) if max_steps not in (None, math.inf) else None
-    bar = Progress(progress, total, trainer.steps_done, max_time=max_time, every=log_every,
+    bar = Progress(progress if root else "none", total, trainer.steps_done, max_time=max_time, every=log_every,
                    stream=stream or sys.stdout)
     bar.write(_describe(trainer))
     run = _Session(trainer, bar, max_steps, max_time, step_callback)
     restored = None
+    threads = group.kernel_threads() if group is not None else None
+    saver = (SaveOnSignal(trainer, bar.write, lambda: run.metrics.flush()) if group is not None and root
+             else contextlib.nullcontext())
     try:
-        with _CtrlC() as ctrl_c, MetricsLog(out / METRICS_FILE) as run.metrics, compute_threads():
-            status = run.train(ctrl_c)
+        with StopRequests(mpi=group is not None) as requests, compute_threads(), \
+                MetricsLog(out / METRICS_FILE if root else os.devnull) as run.metrics, saver, \
+                (_config.thread_share(threads) if threads else contextlib.nullcontext()):
+            status = run.train(requests)
             run.finish(status)
-            if status != "interrupted" and trainer.opts.get("restore_best", True):
+            if status != "interrupted" and trainer.opts.get("restore_best", True) and root:
                 restored = _restore_best(trainer)
     finally:
         bar.close()
-    note = plot_metrics(out / METRICS_FILE, out / PLOT_FILE) if write_plot else None
+    note = plot_metrics(out / METRICS_FILE, out / PLOT_FILE) if write_plot and root else None
     session = run.seconds()
     if note:
         run.say(f"note: {note}")

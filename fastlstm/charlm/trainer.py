@@ -1,15 +1,19 @@
 """The Trainer: one run's model, Adam, data sampler and every generator state, with one training
 step, validation, a sample, and its checkpoint state (written and restored exactly, so that a
-resumed run takes the same steps). The run loop (run.py) drives it; benchmarks call it directly.
+resumed run takes the same steps). With a ``parallel.Group`` each rank computes its rows of every
+global batch and the ranks average their gradients (the same steps as one process, to rounding).
+The run loop (run.py) drives it; benchmarks call it directly.
 """
 
 import math
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
+from .._dropout import batch_rows
 from .checkpoints import FORMAT, FORMAT_VERSION, CheckpointError, copy_checkpoint, model_arrays, save_checkpoint
 from .data import DataError, Vocab, split_train_val
 from .model import CharModel
@@ -31,8 +35,13 @@ class Trainer:
     sampler here, the two dropout generators in the model), so ``resume`` continues exactly.
     """
 
-    def __init__(self, opts, text, vocab=None, *, out=None, source=None):
+    def __init__(self, opts, text, vocab=None, *, out=None, source=None, group=None):
         self.opts = opts
+        self.group = group  # a parallel.Group when several ranks share each batch, else None
+        if group is not None and opts["batch_size"] % group.size:
+            raise DataError(f"--batch-size is the global batch, split evenly over the ranks: "
+                            f"{opts['batch_size']} is not a multiple of the {group.size} ranks; "
+                            f"use a multiple of {group.size} or another number of ranks")
         self.out = Path(out) if out is not None else None
         self.source = source
         self.vocab = vocab if vocab is not None else Vocab.from_text(text)
@@ -74,6 +83,10 @@ class Trainer:
         self.lr_scale = 1.0  # the schedule's factor on --lr
         self.plateau_bad = 0  # validations in a row without a new best, since the last decay
         self.updating = False
+        #: Held while the parameters and counters change, and while a checkpoint is written
+        #: (a signal handler's thread may write one in the middle of a step).
+        self.state_lock = threading.Lock()
+        self._before_step = None  # the generators' states before the step in progress
         self._arange = np.arange(T + 1)[:, None]
         self.val_batches = self._val_windows()  # [(ids, targets)], fixed for the run
 
@@ -114,28 +127,72 @@ class Trainer:
         return [(w[:-1, i:i + VAL_BATCH], w[1:, i:i + VAL_BATCH]) for i in range(0, len(starts), VAL_BATCH)]
 
     # -- one step, evaluation, sample ----------------------------------------------
+    @property
+    def is_root(self):
+        """Whether this process writes the run's files (always, without a Group)."""
+        return self.group is None or self.group.is_root
+
     def train_step(self):
-        """One minibatch: forward, backward, clip, Adam. Returns the loss."""
-        x, y = self.batch()
+        """One minibatch: forward, backward (with a Group: this rank's rows, then the ranks'
+        averaged gradients), clip, Adam. Returns the loss of the whole batch."""
         m = self.model
+        self._before_step = (self.data_rng.bit_generator.state, m.rng_states(), self.order)
+        x, y = self.batch()
         m.zero_grad()
-        loss = m.loss_and_backward(x, y, last_only=self.last_only)
-        self.updating = True  # parameters and counters change together
-        if self.opts["clip"]:
-            clip_grad_norm(m.grads, self.opts["clip"])
-        self.adam.step(m.grads)
-        self.steps_done += 1
-        self.chars_seen += x.size
-        self.updating = False
+        if self.group is None:
+            loss = m.loss_and_backward(x, y, last_only=self.last_only)
+        else:
+            loss = self._rank_share(x, y)
+        with self.state_lock:
+            self.updating = True  # parameters and counters change together
+            if self.opts["clip"]:
+                clip_grad_norm(m.grads, self.opts["clip"])
+            self.adam.step(m.grads)
+            self.steps_done += 1
+            self.chars_seen += x.size
+            self._before_step = None
+            self.updating = False
         return loss
+
+    def _rank_share(self, x, y):
+        """This rank's rows of the batch: loss and gradients weighted by its share of the
+        targets, summed over the ranks (one Allreduce of the flat gradient buffer). The
+        dropout masks are this rank's rows of the ones the whole batch would draw."""
+        g, m = self.group, self.model
+        n = x.shape[1]
+        start, stop = g.rows(n)
+        with batch_rows(start, stop, n):  # a last, short batch may leave a rank no rows: it adds 0
+            part = m.loss_and_backward(x[:, start:stop], y[..., start:stop], last_only=self.last_only)
+        weight = (stop - start) / n
+        g.average(m.flat_grads, weight)
+        return g.sum(part * weight)[0]
+
+    def undo_step(self):
+        """Put the generators back as they were before an interrupted step (its update not begun)."""
+        if self._before_step is not None:
+            data, model_rngs, self.order = self._before_step
+            self.data_rng.bit_generator.state = data
+            self.model.set_rng_states(model_rngs)
+            self._before_step = None
+
+    def sync_parameters(self):
+        """Make every rank's parameters the root's (they agree to rounding already: this keeps
+        the ranks from drifting apart over a long run)."""
+        if self.group is not None:
+            with self.state_lock:
+                self.group.broadcast_array(self.model.flat_params)
+                self.model.lstm._parameters_loaded()
 
     def evaluate(self):
         """Mean cross-entropy (nats per character) over the held-out windows."""
+        g = self.group
         total, count = 0.0, 0
-        for ids, tg in self.val_batches:
+        for ids, tg in self.val_batches if g is None else self.val_batches[g.rank::g.size]:
             n = tg.size
             total += self.model.loss(ids, tg, last_only=self.last_only) * n
             count += n
+        if g is not None:  # each rank scored every size-th batch
+            total, count = g.sum(total, count)
         return total / count
 
     def sample(self, length=None, prime=None):
@@ -189,18 +246,24 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------
     def state(self):
-        """(arrays, meta) of a checkpoint of the current state (steps_done under the key "step")."""
+        """(arrays, meta) of a checkpoint of the current state (steps_done under the key "step");
+        in the middle of a step, of the state before it (its update not begun: the lock)."""
+        if self._before_step is not None:
+            data_rng, model_rngs, order = self._before_step
+        else:
+            data_rng, model_rngs, order = self.data_rng.bit_generator.state, self.model.rng_states(), self.order
         arrays = {"model." + k: v for k, v in self.model.params.items()}
         arrays.update(self.adam.state_arrays(prefix="adam."))
-        if self.order is not None:
-            arrays["sampler.order"] = self.order
+        if order is not None:
+            arrays["sampler.order"] = order
         meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "fastlstm_version": __version__,
             "options": self.opts, "vocab": self.vocab.chars, "source": self.source,
             "model": self.model.config(), "step": self.steps_done, "epoch": self.epoch,
             "steps_per_epoch": self.steps_per_epoch, "elapsed": self.elapsed,
             "chars_seen": self.chars_seen, "optimizer": self.adam.scalars(),
-            "rng": {"data": self.data_rng.bit_generator.state, **self.model.rng_states()},
+            "rng": {"data": data_rng, **model_rngs},
+            "ranks": 1 if self.group is None else self.group.size,
             "val_history": self.val_history,
             "schedule": {"lr_scale": self.lr_scale, "plateau_bad": self.plateau_bad},
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -208,11 +271,16 @@ class Trainer:
         return arrays, meta
 
     def save(self, best=False):
-        """Write the checkpoint (and, with ``best``, the same state as the best one too)."""
-        arrays, meta = self.state()
-        meta = save_checkpoint(self.out, arrays, meta)
-        if best:
-            copy_checkpoint(self.out, meta, "best")
+        """Write the checkpoint (and, with ``best``, the same state as the best one too); with
+        a Group, the root alone writes. Returns the step saved, or None where nothing was written."""
+        if not self.is_root:
+            return None
+        with self.state_lock:
+            arrays, meta = self.state()
+            meta = save_checkpoint(self.out, arrays, meta)
+            if best:
+                copy_checkpoint(self.out, meta, "best")
+        return meta["step"]
 
     def load_state(self, meta, arrays):
         """Restore parameters, optimizer, counters and every generator from a checkpoint."""
