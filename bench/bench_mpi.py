@@ -46,29 +46,50 @@ def _trainer(batch, group):
 
 
 def _timed_steps(tr, steps, warmup=2):
-    """Median wall time of a step and of its gradient Allreduce (seconds)."""
+    """Medians (seconds) of a step, of the time in its gradient Allreduce, and of the time the
+    training thread waited for the reduction (the part not overlapped with the backward)."""
     g = tr.group
     for _ in range(warmup):
         tr.train_step()
-    walls, comms = [], []
+    walls, comms, waits = [], [], []
     for _ in range(steps):
-        c0 = g.comm_seconds if g is not None else 0.0
+        c0, w0 = (g.comm_seconds, g.wait_seconds) if g is not None else (0.0, 0.0)
         t0 = time.perf_counter()
         tr.train_step()
         walls.append(time.perf_counter() - t0)
-        comms.append((g.comm_seconds if g is not None else 0.0) - c0)
-    return statistics.median(walls), statistics.median(comms)
+        if g is not None:
+            comms.append(g.comm_seconds - c0)
+            waits.append(g.wait_seconds - w0)
+    return (statistics.median(walls), statistics.median(comms) if comms else 0.0,
+            statistics.median(waits) if waits else 0.0)
 
 
 def worker_compute(steps):
-    """One process, one thread: the step time at each local batch of SHARES."""
+    """One process, one thread: at each local batch of SHARES, the step time and the time of
+    the backward below the top layer (from the top layer's gradients being final to the end of
+    the backward: what a reduction of the top layer's gradients can hide behind)."""
     from fastlstm.charlm.threads import compute_threads
-    out = {}
+    out, below = {}, {}
     with compute_threads():
         for n in SHARES:
             tr = _trainer(n, None)
+            m, marks, spans = tr.model, {}, []
+            top = m.num_layers - 1
+            real = m.loss_and_backward
+
+            def timed(*a, real=real, marks=marks, spans=spans, top=top, **k):
+                loss = real(*a, **k)
+                spans.append(time.perf_counter() - marks[top])
+                return loss
+
+            m.lstm._after_layer_backward = lambda layer, marks=marks: marks.__setitem__(layer, time.perf_counter())
+            m.loss_and_backward = timed
             out[n] = _timed_steps(tr, steps)[0]
-    print(json.dumps({"compute": out}))
+            below[n] = statistics.median(spans[-steps:])
+    flat = tr.model.flat_grads
+    rest = tr._gradient_pieces()["rest"]
+    print(json.dumps({"compute": out, "below": below, "top_bytes": int((flat.size - rest) * flat.itemsize),
+                      "rest_bytes": int(rest * flat.itemsize)}))
 
 
 def worker_ranks(steps):
@@ -83,7 +104,7 @@ def worker_ranks(steps):
     tr = _trainer(64, g)
     threads = g.kernel_threads() if g is not None else 1
     with compute_threads(), _config.thread_share(threads):
-        wall, comm = _timed_steps(tr, steps)
+        wall, comm, wait = _timed_steps(tr, steps)
     buf = tr.model.flat_grads
     alone = []
     if g is not None:
@@ -94,9 +115,11 @@ def worker_ranks(steps):
             alone.append(g.comm_seconds - c0)
     walls = g.comm.gather(wall, root=0) if g is not None else [wall]
     comms = g.comm.gather(comm, root=0) if g is not None else [comm]
+    waits = g.comm.gather(wait, root=0) if g is not None else [wait]
     if g is None or g.is_root:
         print(json.dumps({"ranks": 1 if g is None else g.size, "threads": threads, "step": max(walls),
-                          "comm": max(comms), "allreduce_alone": statistics.median(alone) if alone else 0.0,
+                          "comm": max(comms), "wait": max(waits), "overlap": bool(g is not None and g.overlap),
+                          "allreduce_alone": statistics.median(alone) if alone else 0.0,
                           "buffer_bytes": int(buf.nbytes), "params": int(buf.size),
                           "dtype": str(np.dtype(buf.dtype))}))
 
@@ -124,17 +147,25 @@ def ring_allreduce_seconds(nbytes, k, bandwidth, latency):
     return 2 * (k - 1) * latency + 2 * (k - 1) / k * nbytes / bandwidth
 
 
-def cost_model(compute, nbytes):
-    """Rows per K of SHARES' ranks: compute of one rank's share, Allreduce per link, the
-    communication's share of the step, the speed-up over one machine (no overlap)."""
+def cost_model(c):
+    """Rows per K of SHARES' ranks: compute of one rank's share; per link, the Allreduce of the
+    whole buffer after the backward, and what is left of it when the top layer's part (dense
+    included) is reduced while the layers below run their backward (the rest after it); the
+    communication's share of the step and the speed-up over one machine, each way."""
     rows = []
+    compute, below = c["compute"], c["below"]
+    nbytes = c["top_bytes"] + c["rest_bytes"]
     for n in SHARES:
         k = 64 // n
         row = {"K": k, "rows": n, "compute": compute[n]}
         for name, bw, lat in LINKS:
-            t = ring_allreduce_seconds(nbytes, k, bw, lat)
-            step = compute[n] + t
-            row[name] = {"allreduce": t, "share": t / step, "speedup": compute[64] / step}
+            after = ring_allreduce_seconds(nbytes, k, bw, lat)
+            top = ring_allreduce_seconds(c["top_bytes"], k, bw, lat)
+            exposed = max(0.0, top - below[n]) + ring_allreduce_seconds(c["rest_bytes"], k, bw, lat)
+            row[name] = {"allreduce": after, "exposed": exposed, "share": after / (compute[n] + after),
+                         "share_overlapped": exposed / (compute[n] + exposed),
+                         "speedup": compute[64] / (compute[n] + after),
+                         "speedup_overlapped": compute[64] / (compute[n] + exposed)}
         rows.append(row)
     return rows
 
@@ -176,13 +207,16 @@ def main(argv=None):
     me = [sys.executable, str(Path(__file__).resolve()), "--steps", str(args.steps)]
     load = MachineLoad()
     load.start()
-    one, two, both_cores = [], [], []
+    one, two, two_after, both_cores = [], [], [], []
     all_threads = {k: v for k, v in env.items() if k != "FASTLSTM_NUM_THREADS"}
     for _ in range(args.rounds):  # alternate, so that a change in the machine's load hits each
         one.append(_run(me + ["--worker", "ranks"], env))
         two.append(_run(_mpiexec(2) + me + ["--worker", "ranks"], env))
+        two_after.append(_run(_mpiexec(2) + me + ["--worker", "ranks"], dict(env, FASTLSTM_MPI_OVERLAP="0")))
         both_cores.append(_run(me + ["--worker", "ranks"], all_threads))
-    compute = {int(k): v for k, v in _run(me + ["--worker", "compute"], env)["compute"].items()}
+    c = _run(me + ["--worker", "compute"], env)
+    for key in ("compute", "below"):
+        c[key] = {int(k): v for k, v in c[key].items()}
     busy = load.report()
 
     def med(rs, key):
@@ -190,8 +224,9 @@ def main(argv=None):
 
     nbytes = two[0]["buffer_bytes"]
     step1, step2, step_all = med(one, "step"), med(two, "step"), med(both_cores, "step")
-    comm2, alone2 = med(two, "comm"), med(two, "allreduce_alone")
-    rows = cost_model(compute, nbytes)
+    comm2, alone2, wait2 = med(two, "comm"), med(two, "allreduce_alone"), med(two, "wait")
+    step2_after, comm2_after = med(two_after, "step"), med(two_after, "comm")
+    rows = cost_model(c)
     info = machine_info()
     cmd = "python bench/bench_mpi.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     lines = [f"## Data-parallel training, {time.strftime('%Y-%m-%d %H:%M')}", ""]
@@ -208,14 +243,20 @@ def main(argv=None):
         "",
         "Measured here (2 cores, one thread per rank):",
         "",
-        "| ranks | step | gradient Allreduce in the step | the Allreduce alone | bytes per step per rank |",
-        "| ---: | ---: | ---: | ---: | ---: |",
-        f"| 1 | {step1 * 1e3:.0f} ms | - | - | 0 |",
-        f"| 1, {info['cores']} threads | {step_all * 1e3:.0f} ms | - | - | 0 |",
-        f"| 2 | {step2 * 1e3:.0f} ms | {comm2 * 1e3:.1f} ms | {alone2 * 1e3:.2f} ms | "
+        "| ranks | step | in the gradient Allreduce | of it, waited for | the Allreduce alone "
+        "| bytes per step per rank |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| 1 | {step1 * 1e3:.0f} ms | - | - | - | 0 |",
+        f"| 1, {info['cores']} threads | {step_all * 1e3:.0f} ms | - | - | - | 0 |",
+        f"| 2, reduced after the backward | {step2_after * 1e3:.0f} ms | {comm2_after * 1e3:.1f} ms | "
+        f"{comm2_after * 1e3:.1f} ms | {alone2 * 1e3:.2f} ms | "
+        f"{nbytes / 1e6:.2f} MB sent, {nbytes / 1e6:.2f} MB received |",
+        f"| 2, top layer reduced during the backward{'' if two[0]['overlap'] else ' (unavailable: after)'} | "
+        f"{step2 * 1e3:.0f} ms | {comm2 * 1e3:.1f} ms | {wait2 * 1e3:.1f} ms | {alone2 * 1e3:.2f} ms | "
         f"{nbytes / 1e6:.2f} MB sent, {nbytes / 1e6:.2f} MB received |",
         "",
-        f"- 2 ranks take {step2 / step1:.2f}x the step time of one process at one thread each "
+        f"- 2 ranks (the default, overlapped) take {step2 / step1:.2f}x the step time of one process at one "
+        f"thread each "
         f"({step1 / step2:.2f}x the characters/s); one process on all {info['cores']} cores (`fastlstm train` "
         f"as it runs without mpiexec) takes {step_all / step1:.2f}x, and 2 ranks take {step2 / step_all:.2f}x "
         f"its time. The Allreduce inside the step includes waiting for "
@@ -224,26 +265,32 @@ def main(argv=None):
         "Modelled for K machines (NOT measured on several machines): compute per step = the measured step "
         "time of one process at one thread with a batch of 64/K rows (the share of one rank, measured here "
         "in the same run); Allreduce = a ring over K machines, 2(K-1) x latency + 2(K-1)/K x "
-        f"{nbytes / 1e6:.2f} MB / bandwidth, not overlapped with compute. "
+        f"{nbytes / 1e6:.2f} MB / bandwidth, either after the backward or, as fastlstm does by default, the top "
+        f"layer's {c['top_bytes'] / 1e6:.2f} MB (dense layer included) during the backward of the layer below "
+        f"(its time measured in the same run at each share) and the other {c['rest_bytes'] / 1e6:.2f} MB after it. "
         + "; ".join(f"{name}: {bw * 8 / 1e9:.0f} Gb/s, {lat * 1e6:.0f} us per message" for name, bw, lat in LINKS)
         + ".",
         "",
-        "| K | rows per rank | compute | " + " | ".join(
-            f"{n} Allreduce | {n} share | {n} speed-up" for n, _, _ in LINKS) + " |",
-        "| ---: | ---: | ---: | " + " | ".join("---: | ---: | ---:" for _ in LINKS) + " |",
+        "| K | rows per rank | compute | backward below the top layer | " + " | ".join(
+            f"{n}: Allreduce after / exposed when overlapped | {n}: share of the step | {n}: speed-up"
+            for n, _, _ in LINKS) + " |",
+        "| ---: | ---: | ---: | ---: | " + " | ".join("---: | ---: | ---:" for _ in LINKS) + " |",
     ]
     for r in rows:
-        cells = [f"{r['K']}", f"{r['rows']}", f"{r['compute'] * 1e3:.1f} ms"]
+        cells = [f"{r['K']}", f"{r['rows']}", f"{r['compute'] * 1e3:.1f} ms", f"{c['below'][r['rows']] * 1e3:.1f} ms"]
         for name, _, _ in LINKS:
-            c = r[name]
-            cells += [f"{c['allreduce'] * 1e3:.2f} ms", f"{c['share']:.1%}", f"{c['speedup']:.1f}x"]
+            x = r[name]
+            cells += [f"{x['allreduce'] * 1e3:.2f} / {x['exposed'] * 1e3:.2f} ms",
+                      f"{x['share']:.1%} / {x['share_overlapped']:.1%}",
+                      f"{x['speedup']:.1f}x / {x['speedup_overlapped']:.1f}x"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for name, _, _ in LINKS:
-        over = [r["K"] for r in rows if r[name]["share"] > COMM_SHARE]
-        lines.append(f"- {name}: communication exceeds {COMM_SHARE:.0%} of a step from K = {over[0]}"
-                     if over else f"- {name}: communication stays under {COMM_SHARE:.0%} of a step up to "
-                     f"K = {rows[-1]['K']} (one row per rank, the most a batch of 64 allows)")
+        for key, how in (("share", "reduced after the backward"), ("share_overlapped", "overlapped")):
+            over = [r["K"] for r in rows if r[name][key] > COMM_SHARE]
+            lines.append(f"- {name}, {how}: communication exceeds {COMM_SHARE:.0%} of a step from K = {over[0]}"
+                         if over else f"- {name}, {how}: communication stays under {COMM_SHARE:.0%} of a step "
+                         f"up to K = {rows[-1]['K']} (one row per rank, the most a batch of 64 allows)")
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:

@@ -18,6 +18,7 @@ import functools
 import numbers
 import threading
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -153,6 +154,10 @@ class LSTM(ParameterSet):
         self._bf16: Bf16Weights | None = None   # the rounded weights (made on first use)
         self._bf16_lock: threading.Lock = threading.Lock()
         self._reuse_buffers: bool = True  # buffers between layers from the workspace (False: fresh ones)
+        #: Called with a layer's index as soon as backward has finished that layer's parameter
+        #: gradients (the layers above it are finished too): data-parallel training starts
+        #: reducing them while the layers below run.
+        self._after_layer_backward: Callable[[int], None] | None = None
 
     @property
     def num_directions(self) -> int:
@@ -527,6 +532,8 @@ class LSTM(ParameterSet):
                 ws.give(*([grad] if own else []), *(inner[layer] if layer < self.num_layers - 1 else []))
                 own = layer > 0
             grad = dx
+            if self._after_layer_backward is not None:
+                self._after_layer_backward(layer)
         return self._to_caller(grad, dh0, dc0, unbatched, xp)
 
     def _to_caller(self, seq, h, c, unbatched, xp):

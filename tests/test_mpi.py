@@ -48,8 +48,9 @@ def train_cmd(n, *args):
     return cmd if n == 0 else launcher(n) + cmd
 
 
-def run(n, *args, check=True):
-    p = subprocess.run(train_cmd(n, *args), capture_output=True, text=True, timeout=TIMEOUT)
+def run(n, *args, check=True, env=None):
+    p = subprocess.run(train_cmd(n, *args), capture_output=True, text=True, timeout=TIMEOUT,
+                       env=None if env is None else dict(os.environ, **env))
     if check:
         assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     return p
@@ -80,10 +81,13 @@ def assert_same_run(a, b):
         np.testing.assert_allclose(pb[k], pa[k], rtol=1e-4, atol=2e-5, err_msg=k)
 
 
-def test_two_ranks_take_the_steps_of_one_process(text_file, tmp_path):
-    common = ["--text", str(text_file), *SMALL, "--max-steps", "20", "--eval-every", "10"]
+@pytest.mark.parametrize("overlap, layers", [("1", 2), ("1", 3), ("0", 2)])
+def test_two_ranks_take_the_steps_of_one_process(text_file, tmp_path, overlap, layers):
+    """With the layers' gradients reduced during the backward (by a thread, top layer first)
+    or all after it ($FASTLSTM_MPI_OVERLAP=0)."""
+    common = ["--text", str(text_file), *SMALL, "--max-steps", "20", "--eval-every", "10", "--layers", str(layers)]
     run(0, *common, "--out", str(tmp_path / "one"))
-    p = run(2, *common, "--progress", "lines", "--out", str(tmp_path / "two"))
+    p = run(2, *common, "--progress", "lines", "--out", str(tmp_path / "two"), env={"FASTLSTM_MPI_OVERLAP": overlap})
     assert "2 MPI ranks" in p.stdout
     assert p.stdout.count("fastlstm train:") == 1  # the root alone reports
     assert_same_run(tmp_path / "one", tmp_path / "two")

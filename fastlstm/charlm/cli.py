@@ -57,11 +57,16 @@ metrics.jsonl (one JSON object per step and per validation) and loss.png (with m
 installed). Ctrl-C saves a checkpoint and stops; `--resume` continues exactly where it
 stopped, with the same losses as an uninterrupted run.
 
+Under `mpiexec -n K` (pip install "fastlstm[mpi]"), K ranks share each batch: --batch-size is the
+global batch (a multiple of K), the steps are those of one process (to rounding), rank 0 writes
+the run folder, and a checkpoint resumes under any number of ranks.
+
 examples:
   fastlstm train --max-time 60                     # Macbeth, 60 seconds
   fastlstm train --text novel.txt --epochs 5 --out runs/novel
   fastlstm train --preset tutorial --epochs 20
   fastlstm train --resume --max-time 60            # 60 more seconds of runs/macbeth
+  mpiexec -n 2 fastlstm train --max-time 60        # the same run on 2 ranks
 """
 
 GENERATE_EPILOG = """\

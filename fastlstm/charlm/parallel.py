@@ -5,17 +5,24 @@ rank may use). mpi4py is imported only when a launcher started more than one ran
 """
 
 import os
+import queue
+import threading
 import time
 
 import numpy as np
 
-__all__ = ["MPI_MISSING", "STOP_DONE", "STOP_EARLY", "STOP_INTERRUPTED", "Group", "connect", "launcher_size"]
+__all__ = ["MPI_MISSING", "OVERLAP_ENV", "STOP_DONE", "STOP_EARLY", "STOP_INTERRUPTED", "Group", "connect",
+           "launcher_size"]
 
 #: What launchers set in each rank's environment: the number of ranks (Open MPI; MPICH/Hydra
 #: and Intel MPI).
 SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 #: Why the ranks stop, in increasing precedence (the ranks agree on the largest).
 STOP_DONE, STOP_EARLY, STOP_INTERRUPTED = 1, 2, 3
+#: "0" reduces the gradients after the whole backward (one Allreduce of the flat buffer);
+#: otherwise (the default) each layer's part is reduced, by a thread, while the layers below
+#: run their backward.
+OVERLAP_ENV = "FASTLSTM_MPI_OVERLAP"
 MPI_MISSING = ("this run was started by an MPI launcher with {size} ranks, but mpi4py is not installed: "
                "install it with `pip install 'fastlstm[mpi]'` (mpi4py and Open MPI), or run without mpiexec")
 
@@ -51,9 +58,11 @@ class Group:
     """The ranks of one data-parallel run, on an MPI communicator.
 
     Each rank computes a contiguous share of every global batch's rows (``rows``); the
-    gradients are averaged by one Allreduce of the model's flat gradient buffer per step
-    (``average``, with each rank's share of the targets as its weight); the loss and the
-    decision to stop go in one small Allreduce each.
+    gradients are averaged by Allreduce on the model's flat gradient buffer (``average``, with
+    each rank's share of the targets as its weight), in contiguous pieces that a thread
+    reduces while the backward goes on (``start_average``, ``wait``) where MPI allows threads
+    and $FASTLSTM_MPI_OVERLAP is not "0"; the loss and the decision to stop go in one small
+    Allreduce each.
 
     Attributes
     ----------
@@ -61,6 +70,11 @@ class Group:
         This rank and the number of ranks.
     comm_seconds : float
         Time spent in the gradient Allreduce (and waiting there for the other ranks) so far.
+    wait_seconds : float
+        Time the training thread waited for the gradient reduction (``wait``; with ``average``
+        called directly, the whole Allreduce): the part of ``comm_seconds`` not overlapped.
+    overlap : bool
+        Whether ``start_average`` reduces in the background.
     comm_bytes : int
         Bytes of the gradient buffer reduced so far (each rank sends and receives about
         twice that over a ring).
@@ -72,7 +86,13 @@ class Group:
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         self.comm_seconds = 0.0
+        self.wait_seconds = 0.0
         self.comm_bytes = 0
+        self.overlap = (os.environ.get(OVERLAP_ENV, "1").strip() != "0"
+                        and mpi is not None and mpi.Query_thread() >= mpi.THREAD_SERIALIZED)
+        self._pending = queue.Queue()
+        self._reducer = None
+        self._failure = None
 
     @property
     def is_root(self):
@@ -93,6 +113,41 @@ class Group:
         self.comm.Allreduce(self._mpi.IN_PLACE, flat, op=self._mpi.SUM)
         self.comm_seconds += time.perf_counter() - t
         self.comm_bytes += flat.nbytes
+
+    def start_average(self, flat, weight):
+        """``average`` of this piece of the gradients, in the background where ``overlap``
+        (pieces are reduced in the order given; every rank gives the same pieces in the same
+        order). Call ``wait`` before any other communication."""
+        if not self.overlap:
+            t = time.perf_counter()
+            self.average(flat, weight)
+            self.wait_seconds += time.perf_counter() - t
+            return
+        if self._reducer is None:
+            self._reducer = threading.Thread(target=self._reduce_pieces, name="fastlstm-allreduce", daemon=True)
+            self._reducer.start()
+        self._pending.put((flat, weight))
+
+    def _reduce_pieces(self):
+        while True:
+            flat, weight = self._pending.get()
+            try:
+                if self._failure is None:
+                    self.average(flat, weight)
+            except BaseException as e:  # noqa: BLE001 - handed to the training thread by wait()
+                self._failure = e
+            finally:
+                self._pending.task_done()
+
+    def wait(self):
+        """Until every piece given to ``start_average`` is reduced (re-raises its error)."""
+        if self._reducer is not None:
+            t = time.perf_counter()
+            self._pending.join()
+            self.wait_seconds += time.perf_counter() - t
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
 
     def sum(self, *values):
         """The sums over the ranks of a few floats, identical on every rank (the root's)."""
@@ -131,11 +186,12 @@ class Group:
     def kernel_threads(self):
         """Threads the LSTM kernels of this rank should use: the CPUs it is bound to, or when
         the launcher did not bind it, the machine's CPUs shared among its ranks on this node."""
+        local = self.comm.Split_type(self._mpi.COMM_TYPE_SHARED)  # collective: every rank calls it
+        try:
+            on_node = local.Get_size()
+        finally:
+            local.Free()
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         if cpus < (os.cpu_count() or cpus):
             return max(1, cpus)  # bound by the launcher
-        local = self.comm.Split_type(self._mpi.COMM_TYPE_SHARED)
-        try:
-            return max(1, cpus // local.Get_size())
-        finally:
-            local.Free()
+        return max(1, cpus // on_node)

@@ -87,6 +87,7 @@ class Trainer:
         #: (a signal handler's thread may write one in the middle of a step).
         self.state_lock = threading.Lock()
         self._before_step = None  # the generators' states before the step in progress
+        self._pieces = None  # where each layer's gradients lie in the flat buffer (_gradient_pieces)
         self._arange = np.arange(T + 1)[:, None]
         self.val_batches = self._val_windows()  # [(ids, targets)], fixed for the run
 
@@ -161,11 +162,43 @@ class Trainer:
         g, m = self.group, self.model
         n = x.shape[1]
         start, stop = g.rows(n)
-        with batch_rows(start, stop, n):  # a last, short batch may leave a rank no rows: it adds 0
-            part = m.loss_and_backward(x[:, start:stop], y[..., start:stop], last_only=self.last_only)
         weight = (stop - start) / n
-        g.average(m.flat_grads, weight)
+        flat = m.flat_grads
+        pieces = self._gradient_pieces()
+
+        def reduce_layer(layer):  # its gradients (and all above it) are final: reduce them now
+            if layer in pieces:
+                g.start_average(flat[pieces[layer]], weight)
+
+        m.lstm._after_layer_backward = reduce_layer
+        try:
+            with batch_rows(start, stop, n):  # a last, short batch may leave a rank no rows: it adds 0
+                part = m.loss_and_backward(x[:, start:stop], y[..., start:stop], last_only=self.last_only)
+        finally:
+            m.lstm._after_layer_backward = None
+        g.start_average(flat[:pieces["rest"]], weight)  # layer 0 (and the embedding folded into it)
+        g.wait()
         return g.sum(part * weight)[0]
+
+    def _gradient_pieces(self):
+        """Where each LSTM layer k >= 1's gradients lie in the flat buffer (slice; the top
+        layer's reaches the end, so holds the dense layer's too), and "rest": the end of
+        everything below layer 1 (layer 0, whose input weights get the folded embedding's
+        gradient after the LSTM's backward, and the embedding)."""
+        if self._pieces is None:
+            m = self.model
+            flat = m.flat_grads
+            base = flat.__array_interface__["data"][0]
+
+            def offset(name):
+                return (m.grads[name].__array_interface__["data"][0] - base) // flat.itemsize
+
+            L = m.num_layers
+            starts = [offset(f"lstm.weight_ih_l{k}") for k in range(1, L)] + [flat.size]
+            pieces = {k: slice(starts[k - 1], starts[k] if k < L - 1 else flat.size) for k in range(1, L)}
+            pieces["rest"] = starts[0]
+            self._pieces = pieces
+        return self._pieces
 
     def undo_step(self):
         """Put the generators back as they were before an interrupted step (its update not begun)."""
