@@ -126,19 +126,21 @@ def test_a_batch_the_ranks_do_not_divide_is_one_error(text_file, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def run_script(tmp_path, body, *train_args):
+    """2 ranks of a script that runs ``body`` (Python lines with ``argv``, the command line
+    after the script, and ``rank``, this rank's number as text), then ``fastlstm train``."""
+    script = tmp_path / "rank_script.py"
+    script.write_text("import os, sys\nfrom fastlstm.charlm.cli import main\nargv = sys.argv[1:]\n"
+                      "rank = os.environ.get('OMPI_COMM_WORLD_RANK')\n" + body + "sys.exit(main(argv))\n",
+                      encoding="utf-8")
+    cmd = launcher(2) + [sys.executable, str(script), "train", *train_args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
+
+
 def test_a_rank_with_bad_input_stops_all_with_its_error(text_file, tmp_path):
     """Only rank 1 is given a missing text: every rank exits with status 2, nothing written."""
-    script = tmp_path / "one_bad_rank.py"
-    script.write_text(
-        "import os, sys\n"
-        "from fastlstm.charlm.cli import main\n"
-        "argv = sys.argv[1:]\n"
-        "if os.environ.get('OMPI_COMM_WORLD_RANK') == '1':\n"
-        "    argv[argv.index('--text') + 1] = 'no-such-file.txt'\n"
-        "sys.exit(main(argv))\n", encoding="utf-8")
-    cmd = launcher(2) + [sys.executable, str(script), "train", "--text", str(text_file), *SMALL,
-                         "--out", str(tmp_path / "r")]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
+    p = run_script(tmp_path, "if rank == '1':\n    argv[argv.index('--text') + 1] = 'no-such-file.txt'\n",
+                   "--text", str(text_file), *SMALL, "--out", str(tmp_path / "r"))
     assert p.returncode == 2, p.stderr
     assert "on rank 1 of 2" in p.stderr and "no-such-file.txt" in p.stderr
     assert not (tmp_path / "r").exists()
@@ -147,22 +149,16 @@ def test_a_rank_with_bad_input_stops_all_with_its_error(text_file, tmp_path):
 def test_a_rank_failing_mid_run_ends_the_job(text_file, tmp_path):
     """Rank 1 raises at its eighth step (the others wait for it in the Allreduce): the job
     ends with the rank's error, and a checkpoint that loads is left."""
-    script = tmp_path / "failing_rank.py"
-    script.write_text(
-        "import os, sys\n"
-        "from fastlstm.charlm import trainer\n"
-        "from fastlstm.charlm.cli import main\n"
-        "real = trainer.Trainer.train_step\n"
-        "def step(self):\n"
-        "    if self.steps_done == 7 and os.environ.get('OMPI_COMM_WORLD_RANK') == '1':\n"
-        "        raise FloatingPointError('injected on rank 1')\n"
-        "    return real(self)\n"
-        "trainer.Trainer.train_step = step\n"
-        "sys.exit(main(sys.argv[1:]))\n", encoding="utf-8")
-    cmd = launcher(2) + [sys.executable, str(script), "train", "--text", str(text_file), *SMALL,
-                         "--eval-every", "5", "--max-steps", "50", "--out", str(tmp_path / "r")]
+    body = ("from fastlstm.charlm import trainer\n"
+            "real = trainer.Trainer.train_step\n"
+            "def step(self):\n"
+            "    if self.steps_done == 7 and rank == '1':\n"
+            "        raise FloatingPointError('injected on rank 1')\n"
+            "    return real(self)\n"
+            "trainer.Trainer.train_step = step\n")
     t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
+    p = run_script(tmp_path, body, "--text", str(text_file), *SMALL, "--eval-every", "5", "--max-steps", "50",
+                   "--out", str(tmp_path / "r"))
     assert p.returncode != 0
     assert "error on rank 1 of 2: FloatingPointError: injected on rank 1" in p.stderr
     assert time.perf_counter() - t < TIMEOUT
