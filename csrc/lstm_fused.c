@@ -27,9 +27,9 @@ typedef struct {
     void (*pack_backward)(ptrdiff_t H, ptrdiff_t R, const float *W_hh, float *W_b);
     void (*forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T, ptrdiff_t N,
                     const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t P,
-                    const float *x, const float *W_ih, const float *b, const float *W_f,
-                    const float *W_hr, const float *h0, const float *c0, float *gates, int keep,
-                    float *y, float *cs, float *ms);
+                    const float *x, const float *W_ih, const float *b, const float *W_hh,
+                    float *W_f, float *W_x, const float *W_hr, const float *h0, const float *c0,
+                    float *gates, int keep, float *y, float *cs, float *ms);
     void (*backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T, ptrdiff_t N,
                      const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H, const float *x,
                      const float *W_ih, const float *h0, const float *c0, const float *y,
@@ -165,13 +165,14 @@ void lstm_fused_pack_backward(int path, ptrdiff_t H, ptrdiff_t R, const float *W
 void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows,
                         ptrdiff_t T, ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I,
                         ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t P, const float *x, const float *W_ih,
-                        const float *b, const float *W_f, const float *W_hr, const float *h0,
-                        const float *c0, float *gates, int keep, float *y, float *cs, float *ms)
+                        const float *b, const float *W_hh, float *W_f, float *W_x,
+                        const float *W_hr, const float *h0, const float *c0, float *gates,
+                        int keep, float *y, float *cs, float *ms)
 {
     const path_kernels *k = usable(path);
     if (k && T > 0 && N > 0 && H > 0)
-        k->forward(blas, nthreads, by_rows, T, N, batch, I, Ip, H, P, x, W_ih, b, W_f, W_hr, h0,
-                   c0, gates, keep, y, cs, ms);
+        k->forward(blas, nthreads, by_rows, T, N, batch, I, Ip, H, P, x, W_ih, b, W_hh, W_f, W_x,
+                   W_hr, h0, c0, gates, keep, y, cs, ms);
 }
 
 void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows,

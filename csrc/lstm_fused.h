@@ -1,6 +1,7 @@
 /* lstm_fused.h - the fused float32 paths of the C backend: LSTM time loops
  * with the recurrent product fused into the gate math, on W_hh packed once
- * per call into register-blocked panels. Plain C (OpenMP optional), no
+ * per call (by the loop's own threads, each its share) into register-blocked
+ * panels. Plain C (OpenMP optional), no
  * Python.h. The BLAS path (float64, and float32 without a fused path) is in
  * lstm_blas_loop.h.
  *
@@ -80,8 +81,15 @@ void lstm_fused_pack_backward(int path, ptrdiff_t H, ptrdiff_t R, const float *W
  *          (x . W_ih^T + b, the caller's) on entry, and W_ih and b are not read
  *   W_ih:  [G, I] IN
  *   b:     [G] IN         b_ih + b_hh
- *   Ip:    0 or I, as given to lstm_fused_pack_forward
- *   W_f:   packed weights (lstm_fused_pack_forward, same path, Ip and R = K) IN
+ *   Ip:    0 or I: the input projection fused into the steps, or hoisted
+ *   W_hh:  [G, K] IN, or NULL
+ *   W_f:   [forward_pack_size(path, Ip, H, K)] the packed [W_ih | W_hh]: OUT with
+ *          W_hh (the threads pack it, each its own share, which then starts
+ *          out in its own cache), else IN (lstm_fused_pack_forward, same path,
+ *          Ip and R = K: packed once for many calls)
+ *   W_x:   NULL, or [forward_pack_size(path, I, H, 0)] workspace: with Ip = 0
+ *          and x, the hoisted projection runs on the fused kernels, on W_ih
+ *          packed there, instead of BLAS
  *   W_hr:  [P, H] IN (NULL when P = 0)
  *   h0:    [N, K] IN, c0: [N, H] IN
  *   gates: [rows, G] OUT   activated gates (kept for backward); with keep = 0
@@ -97,8 +105,9 @@ void lstm_fused_pack_backward(int path, ptrdiff_t H, ptrdiff_t R, const float *W
 void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows,
                         ptrdiff_t T, ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I,
                         ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t P, const float *x, const float *W_ih,
-                        const float *b, const float *W_f, const float *W_hr, const float *h0,
-                        const float *c0, float *gates, int keep, float *y, float *cs, float *ms);
+                        const float *b, const float *W_hh, float *W_f, float *W_x,
+                        const float *W_hr, const float *h0, const float *c0, float *gates,
+                        int keep, float *y, float *cs, float *ms);
 
 /* Backward pass of one layer.
  *   batch, P, x, W_ih, W_hr, h0, c0, y, cs, ms   IN  as in the forward pass

@@ -88,12 +88,14 @@ INLINE void FN(gemv_rows)(ptrdiff_t m, ptrdiff_t k, const float *a, ptrdiff_t ld
  * block, so that weights larger than L2 stream from L3 while the FMAs run;
  * blocks past the panel's end touch their own panel. In block-major order
  * (by_rows = 1) the threads split the batch rows: each reads all of the
- * weights, which must then fit in its L2, but only rows it wrote itself. */
+ * weights, which must then fit in its L2, but only rows it wrote itself.
+ * down: the thread runs its items backwards (forward steps alternate), and
+ * fetches the panel before instead of the one after. */
 typedef struct { ptrdiff_t p, n0, n1; const char *pf; } FN(work);
 
 INLINE FN(work) FN(work_item)(ptrdiff_t w, int by_rows, ptrdiff_t N, ptrdiff_t nblocks,
                               ptrdiff_t npanels, ptrdiff_t pfirst, ptrdiff_t plast,
-                              const float *W, ptrdiff_t panel_floats, ptrdiff_t k)
+                              const float *W, ptrdiff_t panel_floats, ptrdiff_t k, int down)
 {
     FN(work) it;
     const ptrdiff_t blk = by_rows ? w / npanels : w % nblocks;
@@ -103,7 +105,8 @@ INLINE FN(work) FN(work_item)(ptrdiff_t w, int by_rows, ptrdiff_t N, ptrdiff_t n
     if (by_rows) {
         it.pf = (const char *)(W + it.p * panel_floats); /* in L2 already */
     } else {
-        const char *next = (const char *)(W + (it.p < plast ? it.p + 1 : pfirst) * panel_floats);
+        const ptrdiff_t pn = down ? (it.p > pfirst ? it.p - 1 : plast) : (it.p < plast ? it.p + 1 : pfirst);
+        const char *next = (const char *)(W + pn * panel_floats);
         it.pf = blk * k * 64 < panel_floats * (ptrdiff_t)sizeof(float)
                     ? next + blk * k * 64 : (const char *)(W + it.p * panel_floats);
     }
@@ -251,45 +254,129 @@ static void FN(transpose_rows)(ptrdiff_t nrows, ptrdiff_t ncols, const float *sr
 }
 #endif
 
-static void FN(pack_forward)(ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t R, const float *W_ih,
-                             const float *W_hh, float *W_f)
+/* Panels p0..p1-1 of the forward pack (the threads of a time loop each pack
+ * their own share, which then starts out in their own cache). */
+static void FN(pack_panels)(ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t R,
+                            const float *W_ih, const float *W_hh, float *W_f)
 {
     const ptrdiff_t npanels = (H + VL - 1) / VL, K = Ip + R, stride = 4 * VL;
     /* Row by row of W_ih and W_hh (contiguous reads): a row's values go to one
      * lane of the panel rows, 4 * VL floats apart; lanes past H stay zero.
      * (Faster than gathering a panel row from VL rows of W: AVX-512 gathers
      * are slow on AMD Zen, and a call at N = 1 spent a fifth of its time here.) */
-    if (H % VL) memset(W_f + (npanels - 1) * K * stride, 0, (size_t)(K * stride) * sizeof(float));
+    if (H % VL && p1 == npanels && p0 < p1)
+        memset(W_f + (npanels - 1) * K * stride, 0, (size_t)(K * stride) * sizeof(float));
 #if VL == 16 && defined(FASTLSTM_X86_PATHS)
     /* 16 rows x 16 columns at a time, transposed in registers */
-    for (ptrdiff_t p = 0; p < npanels; ++p) {
+    for (ptrdiff_t p = p0; p < p1; ++p) {
         const ptrdiff_t nv = H - p * VL < VL ? H - p * VL : VL;
         for (int g = 0; g < 4; ++g) {
             const ptrdiff_t j0 = g * H + p * VL;
             float *dst = W_f + p * K * stride + g * VL;
             if (Ip) FN(transpose_rows)(nv, Ip, W_ih + j0 * Ip, Ip, dst, stride);
-            FN(transpose_rows)(nv, R, W_hh + j0 * R, R, dst + Ip * stride, stride);
+            if (R) FN(transpose_rows)(nv, R, W_hh + j0 * R, R, dst + Ip * stride, stride);
         }
     }
     return;
 #endif
-    for (ptrdiff_t p = 0; p < npanels; ++p)
+    for (ptrdiff_t p = p0; p < p1; ++p)
         for (int g = 0; g < 4; ++g)
             for (ptrdiff_t u = 0; u < VL && p * VL + u < H; ++u) {
                 const ptrdiff_t j = g * H + p * VL + u;
                 float *dst = W_f + p * K * stride + g * VL + u;
-                const float *a = Ip ? W_ih + j * Ip : NULL, *w = W_hh + j * R;
+                const float *a = Ip ? W_ih + j * Ip : NULL, *w = R ? W_hh + j * R : NULL;
                 for (ptrdiff_t k = 0; k < Ip; ++k) dst[k * stride] = a[k];
                 dst += Ip * stride;
                 for (ptrdiff_t k = 0; k < R; ++k) dst[k * stride] = w[k];
             }
 }
 
+static void FN(pack_forward)(ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t R, const float *W_ih,
+                             const float *W_hh, float *W_f)
+{
+    FN(pack_panels)(0, (H + VL - 1) / VL, Ip, H, R, W_ih, W_hh, W_f);
+}
+
+/* ---- the hoisted input projection on the fused kernels ----------------------
+ * gates [rows, G] = x [rows, I] . W_ih^T + b for the units of one panel, with
+ * W_ih packed as a forward panel without W_hh (pack_panels with R = 0): R
+ * rows at a time, the panel's 4 gates x VL units in registers, as the forward
+ * blocks run. BLAS would pack x and W_ih again at every call and, at the few
+ * rows of a small batch, runs below the FMA rate this reaches. */
+INLINE void FN(project_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t nvalid,
+                              const float *Wp, const float *x, const float *bias, float *gates)
+{
+    const ptrdiff_t G = 4 * H;
+    VF acc[RF][4];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+        acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = FN(splat)(0.0f);
+    for (ptrdiff_t k = 0; k < I; ++k) {
+        const float *w = Wp + k * 4 * VL;
+        VF w0 = FN(load)(w), w1 = FN(load)(w + VL);
+        VF w2 = FN(load)(w + 2 * VL), w3 = FN(load)(w + 3 * VL);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+            VF b = FN(splat)(x[r * I + k]);
+            acc[r][0] += b * w0;
+            acc[r][1] += b * w1;
+            acc[r][2] += b * w2;
+            acc[r][3] += b * w3;
+        }
+    }
+    VF add[4];
+#pragma GCC unroll 4
+    for (int g = 0; g < 4; ++g) add[g] = FN(loadn)(bias + g * H, nvalid);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int g = 0; g < 4; ++g) FN(storen)(gates + r * G + g * H, acc[r][g] + add[g], nvalid);
+}
+
+#define PROJ_CASE(R_)                                                     \
+    case R_:                                                              \
+        FN(project_block)(R_, H, I, nvalid, Wp, x, bias, gates);          \
+        break;
+
+static void FN(project_rows)(int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t nvalid, const float *Wp,
+                             const float *x, const float *bias, float *gates)
+{
+    switch (R) {
+    PROJ_CASE(1) PROJ_CASE(2)
+#if RF >= 3
+    PROJ_CASE(3) PROJ_CASE(4)
+#endif
+#if RF >= 5
+    PROJ_CASE(5) PROJ_CASE(6)
+#endif
+    default: break;
+    }
+}
+
+/* Panels p0..p1-1 of the projection of all rows: W_ih packed into W_x by
+ * this thread (its panels only), then each panel over every row. */
+static void FN(project_panels)(ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t rows, ptrdiff_t I,
+                               ptrdiff_t H, const float *x, const float *W_ih, const float *b,
+                               float *W_x, float *gates)
+{
+    const ptrdiff_t G = 4 * H, nblocks = (rows + RF - 1) / RF;
+    FN(pack_panels)(p0, p1, I, H, 0, W_ih, NULL, W_x);
+    for (ptrdiff_t p = p0; p < p1; ++p) {
+        const ptrdiff_t j0 = p * VL, nvalid = H - j0 < VL ? H - j0 : VL;
+        for (ptrdiff_t blk = 0; blk < nblocks; ++blk) {
+            const ptrdiff_t r0 = rows * blk / nblocks, r1 = rows * (blk + 1) / nblocks;
+            FN(project_rows)((int)(r1 - r0), H, I, nvalid, W_x + p * I * 4 * VL, x + r0 * I,
+                             b + j0, gates + r0 * G + j0);
+        }
+    }
+}
+
 static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T,
                         ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t Ip,
                         ptrdiff_t H, ptrdiff_t P, const float *x, const float *W_ih,
-                        const float *b, const float *W_f, const float *W_hr, const float *h0,
-                        const float *c0, float *gates, int keep, float *y, float *cs, float *ms)
+                        const float *b, const float *W_hh, float *W_f, float *W_x,
+                        const float *W_hr, const float *h0, const float *c0, float *gates,
+                        int keep, float *y, float *cs, float *ms)
 {
     /* KR: the width of h (P with a projection, whose cell output m goes to ms
      * and h = m . W_hr^T is one more product, after a barrier) */
@@ -300,12 +387,19 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
     {
         const lstm_team me = lstm_team_join(blas);
         const lstm_range pp = lstm_share(P, me);
-        if (!Ip) {
+        /* Each thread packs, and projects for, the units it runs the most of. */
+        const lstm_range p = lstm_share(npanels, me);
+        if (W_hh) FN(pack_panels)(p.lo, p.hi, Ip, H, KR, W_ih, W_hh, W_f);
+        if (!Ip && x && W_x) {
+            FN(project_panels)(p.lo, p.hi, rows, I, H, x, W_ih, b, W_x, gates);
+        } else if (!Ip) {
             /* Hoisted projection for every step at once, split by units. */
-            const lstm_range p = lstm_share(npanels, me);
             const ptrdiff_t u0 = p.lo * VL, u1 = p.hi * VL < H ? p.hi * VL : H;
             for (int g = 0; g < 4; ++g)
                 lstm_project_f32(blas, rows, I, G, g * H + u0, g * H + u1, x, W_ih, b, gates);
+        }
+        /* the steps read other threads' panels (and gates, by rows) */
+        if (W_hh || !Ip) {
             LSTM_BARRIER();
         }
         /* Step t's Nt rows start at row `off` of the packed arrays; they are
@@ -316,9 +410,16 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
             const FN(items) s = FN(step_items)(me, Nt, RF, npanels);
             const float *h_prev = t ? y + off_prev * KR : h0;
             const float *c_prev = t ? cs + off_prev * H : c0;
-            for (ptrdiff_t w = s.w0; w < s.w1; ++w) {
+            /* Every other step runs the items backwards: it starts on the
+             * panels the step before read last, still in L2 when this thread's
+             * share of the weights is larger than L2 (read in the same order
+             * each step, LRU would have evicted every panel before its reuse).
+             * Each panel's sums are its own: the order changes no result. */
+            const int down = (int)(t & 1);
+            for (ptrdiff_t i = s.w0; i < s.w1; ++i) {
+                const ptrdiff_t w = down ? s.w0 + s.w1 - 1 - i : i;
                 const FN(work) it = FN(work_item)(w, by_rows, Nt, s.nblocks, npanels, s.pfirst,
-                                                   s.plast, W_f, K * 4 * VL, K);
+                                                   s.plast, W_f, K * 4 * VL, K, down);
                 const ptrdiff_t j0 = it.p * VL, n0 = it.n0, r0 = off + it.n0;
                 const ptrdiff_t nvalid = H - j0 < VL ? H - j0 : VL;
                 FN(forward_rows)((int)(it.n1 - n0), H, Ip, KR, nvalid, W_f + it.p * K * 4 * VL,
@@ -516,7 +617,7 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
             const FN(items) s = FN(step_items)(me, Nt, RB, npanels);
             for (ptrdiff_t w = s.w0; w < s.w1; ++w) {
                 const FN(work) it = FN(work_item)(w, by_rows, Nt, s.nblocks, npanels, s.pfirst,
-                                                   s.plast, W_b, G * PW, G);
+                                                   s.plast, W_b, G * PW, G, 0);
                 const ptrdiff_t j0 = it.p * PW, n0 = it.n0, r0 = off + n0;
                 const ptrdiff_t nvalid = H - j0 < PW ? H - j0 : PW;
                 const float *c_prev = t ? cs + (off_prev + n0) * H : c0 + n0 * H;
@@ -533,7 +634,7 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
         const FN(items) s = FN(step_items)(me, N0, RB, npanels);
         for (ptrdiff_t w = s.w0; w < s.w1; ++w) {
             const FN(work) it = FN(work_item)(w, by_rows, N0, s.nblocks, npanels, s.pfirst,
-                                               s.plast, W_b, G * PW, G);
+                                               s.plast, W_b, G * PW, G, 0);
             const ptrdiff_t j0 = it.p * PW, n0 = it.n0;
             const ptrdiff_t nvalid = H - j0 < PW ? H - j0 : PW;
             FN(backward_rows)((int)(it.n1 - n0), LSTM_BWD_DH0, H, nvalid, W_b + it.p * G * PW,
@@ -566,7 +667,7 @@ static void FN(proj_dh)(lstm_team me, ptrdiff_t n, ptrdiff_t H, ptrdiff_t P, con
     const ptrdiff_t G = 4 * H, PW = BV * VL, npp = (P + PW - 1) / PW;
     const FN(items) s = FN(step_items)(me, n, RB, npp);
     for (ptrdiff_t w = s.w0; w < s.w1; ++w) {
-        const FN(work) it = FN(work_item)(w, 0, n, s.nblocks, npp, s.pfirst, s.plast, W_b, G * PW, G);
+        const FN(work) it = FN(work_item)(w, 0, n, s.nblocks, npp, s.pfirst, s.plast, W_b, G * PW, G, 0);
         const ptrdiff_t j0 = it.p * PW, nvalid = P - j0 < PW ? P - j0 : PW;
         FN(backward_rows)((int)(it.n1 - it.n0), LSTM_BWD_DH0, H, nvalid, W_b + it.p * G * PW,
                           dP + it.n0 * G, NULL, NULL, NULL, NULL, dh + it.n0 * P + j0, P, NULL,
@@ -704,6 +805,7 @@ static const path_kernels FN(kernels) = {VL, BV * VL, FN(cpu_has), FN(pack_forwa
                                          FN(activations)};
 
 #undef FWD_CASE
+#undef PROJ_CASE
 #undef BWD_CASE
 #undef INLINE
 #undef VF

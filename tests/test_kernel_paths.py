@@ -16,13 +16,16 @@ PATHS = list(c_backend.SUPPORTED_KERNELS)
 SHAPES = [(3, 1, 2, 1, 1), (4, 7, 3, 17, 2), (2, 13, 5, 33, 1), (3, 25, 4, 40, 2), (2, 3, 1, 64, 1)]
 
 
-@pytest.mark.parametrize("projection", ["fused", "hoisted"])
+@pytest.mark.parametrize("projection", ["fused", "hoisted", "hoisted-blas"])
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("T,N,I,H,L", SHAPES, ids=[shape_id(*s) for s in SHAPES])
 def test_path_matches_reference(monkeypatch, threads, path, projection, T, N, I, H, L):
     monkeypatch.setenv("FASTLSTM_KERNEL", path)
-    # the input projection fused into each step, or one product over all steps
+    # the input projection fused into each step, or one product over all steps (on the
+    # fused kernels while x is small, as here, or by BLAS)
     monkeypatch.setenv("FASTLSTM_FUSE_INPUT", "always" if projection == "fused" else "never")
+    if projection == "hoisted-blas":
+        monkeypatch.setenv("FASTLSTM_PROJECT_X_BYTES", "0")
     x, state, dy, dstate = make_inputs(7, T, N, I, H, L, np.float32)
     ref = fastlstm.LSTM(I, H, L, backend=REFERENCE, seed=3)
     layer = fastlstm.LSTM(I, H, L, backend="c", seed=3)

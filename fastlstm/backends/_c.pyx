@@ -100,9 +100,9 @@ cdef extern from "lstm_fused.h" nogil:
     void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows, Py_ssize_t T,
                             Py_ssize_t N, const Py_ssize_t *batch, Py_ssize_t I, Py_ssize_t Ip,
                             Py_ssize_t H, Py_ssize_t P, const float *x, const float *W_ih,
-                            const float *b, const float *W_f, const float *W_hr, const float *h0,
-                            const float *c0, float *gates, int keep, float *y, float *cs,
-                            float *ms)
+                            const float *b, const float *W_hh, float *W_f, float *W_x,
+                            const float *W_hr, const float *h0, const float *c0, float *gates,
+                            int keep, float *y, float *cs, float *ms)
     void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows, Py_ssize_t T,
                              Py_ssize_t N, const Py_ssize_t *batch, Py_ssize_t I, Py_ssize_t H,
                              Py_ssize_t P, const float *x, const float *W_ih, const float *W_b,
@@ -352,14 +352,15 @@ def activations(str path, const float[::1] x):
 _PACK_BUFFERS = threading.local()
 
 
-cdef float[::1] _aligned_floats(Py_ssize_t n):
+cdef float[::1] _aligned_floats(Py_ssize_t n, int slot=0):
     """A 64-byte aligned float32 buffer of n elements for packed weights: the calling
-    thread's own, kept between calls (a fresh multi-megabyte array would cost a page
-    fault per 4 KiB at every call, a fifth of a small batch's forward)."""
-    raw = getattr(_PACK_BUFFERS, "raw", None)
+    thread's own (one per slot), kept between calls (a fresh multi-megabyte array would
+    cost a page fault per 4 KiB at every call, a fifth of a small batch's forward)."""
+    name = "raw" if slot == 0 else f"raw{slot}"
+    raw = getattr(_PACK_BUFFERS, name, None)
     if raw is None or raw.shape[0] < n + 16:
         raw = np.empty(n + 16, np.float32)
-        _PACK_BUFFERS.raw = raw
+        setattr(_PACK_BUFFERS, name, raw)
     cdef Py_ssize_t off = ((-raw.ctypes.data) % 64) // 4
     return raw[off:off + n]
 
@@ -416,24 +417,24 @@ def _shape(a):
 
 
 cdef tuple _forward_setup(int path, const floating[:, ::1] W_ih, const floating[:, ::1] W_hh,
-                          Py_ssize_t N, Py_ssize_t H):
-    """(packed weights, Ip, threads, by_rows) of a fused forward (the fuse, thread and
-    split rules of _config); (None, 0, 1, 0) on the BLAS path. W_hh has K = H columns,
-    or P with a projection."""
+                          Py_ssize_t N, Py_ssize_t H, Py_ssize_t rows):
+    """(buffer for the packed weights, buffer for W_ih packed for a hoisted projection
+    on the fused kernels or None, Ip, threads, by_rows) of a fused forward over rows
+    rows (the fuse, projection, thread and split rules of _config; the threads of the
+    loop pack the weights there); (None, None, 0, 1, 0) on the BLAS path. W_hh has
+    K = H columns, or P with a projection."""
     cdef Py_ssize_t I = W_ih.shape[1], K = W_hh.shape[1], Ip = 0
-    cdef float[::1] packed
     if path == LSTM_PATH_BLAS:
-        return None, 0, 1, 0
+        return None, None, 0, 1, 0
     nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
     if I > 0 and _config.fuse_input(I, H, N, nthreads, _PANEL_ROW_BYTES, K):
         Ip = I
     packed = _aligned_floats(lstm_fused_forward_pack_size(path, Ip, H, K))
     by_rows = _config.split_by_rows(4 * packed.shape[0], nthreads)
-    if floating is float:
-        with nogil:
-            lstm_fused_pack_forward(path, Ip, H, K, &W_ih[0, 0] if Ip else NULL, &W_hh[0, 0],
-                                    &packed[0])
-    return packed, Ip, nthreads, by_rows
+    packed_x = None
+    if Ip == 0 and _config.project_in_kernel(rows, I):
+        packed_x = _aligned_floats(lstm_fused_forward_pack_size(path, I, H, 0), 1)
+    return packed, packed_x, Ip, nthreads, by_rows
 
 
 cdef tuple _backward_setup(int path, const floating[:, ::1] W_hh, Py_ssize_t N, Py_ssize_t H):
@@ -472,13 +473,19 @@ def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const
     cdef int path = _fused_path(<floating>0), nthreads, by_rows
     cdef Py_ssize_t Ip
     cdef float[::1] packed
+    cdef float[::1] packed_x
+    cdef float *pxp = NULL
     # projected: NULL x tells the loops that gates hold the input projection already
     cdef const floating *xp = NULL
     if not projected:
         xp = &x[0, 0, 0]
-    weights, Ip, nthreads, by_rows = _forward_setup(path, W_ih, W_hh, N, H)
+    weights, weights_x, Ip, nthreads, by_rows = _forward_setup(path, W_ih, W_hh, N, H,
+                                                               0 if projected else T * N)
     if weights is not None:
         packed = weights
+    if weights_x is not None:
+        packed_x = weights_x
+        pxp = &packed_x[0]
     with nogil:
         if floating is double:
             lstm_blas_forward_f64(&_BLAS, T, N, NULL, I, H, 0, xp, &W_ih[0, 0],
@@ -491,7 +498,7 @@ def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const
         else:
             # Without keep (inference) the fused kernels store no activated gates.
             lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, NULL, I, Ip, H, 0,
-                               xp, &W_ih[0, 0], &b[0], &packed[0], NULL, &h0[0, 0],
+                               xp, &W_ih[0, 0], &b[0], &W_hh[0, 0], &packed[0], pxp, NULL, &h0[0, 0],
                                &c0[0, 0], &gates[0, 0, 0], keep, &y[0, 0, 0], &cs[0, 0, 0], NULL)
         memcpy(&hT[0, 0], &y[T - 1, 0, 0], N * H * sizeof(floating))
         memcpy(&cT[0, 0], &cs[T - 1, 0, 0], N * H * sizeof(floating))
@@ -589,9 +596,14 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
     cdef int path = _fused_path(<floating>0), nthreads, by_rows
     cdef Py_ssize_t Ip
     cdef float[::1] packed
-    weights, Ip, nthreads, by_rows = _forward_setup(path, W_ih, W_hh, N, H)
+    cdef float[::1] packed_x
+    cdef float *pxp = NULL
+    weights, weights_x, Ip, nthreads, by_rows = _forward_setup(path, W_ih, W_hh, N, H, rows)
     if weights is not None:
         packed = weights
+    if weights_x is not None:
+        packed_x = weights_x
+        pxp = &packed_x[0]
     with nogil:
         if floating is double:
             lstm_blas_forward_f64(&_BLAS, T, N, bp, I, H, P, &x[0, 0], &W_ih[0, 0], &W_hh[0, 0],
@@ -603,8 +615,8 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
                                   &cs[0, 0], msp)
         else:
             lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, bp, I, Ip, H, P, &x[0, 0],
-                               &W_ih[0, 0], &b[0], &packed[0], whr, &h0[0, 0], &c0[0, 0],
-                               &gates[0, 0], keep, &y[0, 0], &cs[0, 0], msp)
+                               &W_ih[0, 0], &b[0], &W_hh[0, 0], &packed[0], pxp, whr, &h0[0, 0],
+                               &c0[0, 0], &gates[0, 0], keep, &y[0, 0], &cs[0, 0], msp)
 
 
 def _backward_packed(const floating[:, ::1] x, const floating[:, ::1] h0,
