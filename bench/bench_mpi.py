@@ -11,6 +11,7 @@ Needs mpi4py and mpiexec (``pip install ".[mpi]"``) and the Macbeth text (FASTLS
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -102,8 +103,8 @@ def worker_ranks(steps):
     from fastlstm.charlm.threads import compute_threads
     g = connect()
     tr = _trainer(64, g)
-    threads = g.kernel_threads() if g is not None else 1
-    with compute_threads(), _config.thread_share(threads):
+    threads = g.kernel_threads() if g is not None else _config.num_threads(os.cpu_count() or 1)
+    with compute_threads(), (_config.thread_share(threads) if g is not None else contextlib.nullcontext()):
         wall, comm, wait = _timed_steps(tr, steps)
     buf = tr.model.flat_grads
     alone = []
