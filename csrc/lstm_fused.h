@@ -1,7 +1,7 @@
 /* lstm_fused.h - the fused float32 paths of the C backend: LSTM time loops
  * with the recurrent product fused into the gate math, on W_hh packed once
- * per call (by the loop's own threads, each its share) into register-blocked
- * panels. Plain C (OpenMP optional), no
+ * per call (by the loop's own threads, each its share), or once for many
+ * calls (inference on fixed weights), into register-blocked panels. Plain C (OpenMP optional), no
  * Python.h. The BLAS path (float64, and float32 without a fused path) is in
  * lstm_blas_loop.h.
  *
@@ -89,7 +89,10 @@ void lstm_fused_pack_backward(int path, ptrdiff_t H, ptrdiff_t R, const float *W
  *          Ip and R = K: packed once for many calls)
  *   W_x:   NULL, or [forward_pack_size(path, I, H, 0)] workspace: with Ip = 0
  *          and x, the hoisted projection runs on the fused kernels, on W_ih
- *          packed there, instead of BLAS
+ *          packed there, instead of BLAS. With W_ih NULL, W_x is IN instead
+ *          (lstm_fused_pack_forward(path, I, H, 0, W_ih, NULL, W_x): packed
+ *          once for many calls); W_ih may be NULL only then, or with Ip = I
+ *          and W_hh NULL (nothing reads it)
  *   W_hr:  [P, H] IN (NULL when P = 0)
  *   h0:    [N, K] IN, c0: [N, H] IN
  *   gates: [rows, G] OUT   activated gates (kept for backward); with keep = 0

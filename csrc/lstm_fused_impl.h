@@ -354,13 +354,14 @@ static void FN(project_rows)(int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t nvalid, 
 }
 
 /* Panels p0..p1-1 of the projection of all rows: W_ih packed into W_x by
- * this thread (its panels only), then each panel over every row. */
+ * this thread (its panels only; W_ih NULL: W_x holds them already, packed once
+ * for many calls), then each panel over every row. */
 static void FN(project_panels)(ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t rows, ptrdiff_t I,
                                ptrdiff_t H, const float *x, const float *W_ih, const float *b,
                                float *W_x, float *gates)
 {
     const ptrdiff_t G = 4 * H, nblocks = (rows + RF - 1) / RF;
-    FN(pack_panels)(p0, p1, I, H, 0, W_ih, NULL, W_x);
+    if (W_ih) FN(pack_panels)(p0, p1, I, H, 0, W_ih, NULL, W_x);
     for (ptrdiff_t p = p0; p < p1; ++p) {
         const ptrdiff_t j0 = p * VL, nvalid = H - j0 < VL ? H - j0 : VL;
         for (ptrdiff_t blk = 0; blk < nblocks; ++blk) {

@@ -189,7 +189,8 @@ def _options(lengths, reverse, W_hr, ms=None, dW_hr=None, projected=False):
 
 
 def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, workspace=None,
-                xp=HostArrays, lengths=None, reverse=False, W_hr=None, gates=None, y=None):
+                xp=HostArrays, lengths=None, reverse=False, W_hr=None, gates=None, y=None,
+                packed=None):
     """Validated arrays in; (y, hT, cT, cache or None) out. ``xp``: where x lives.
 
     lengths ([N] int64 or None), reverse and W_hr ([P, H] or None) as in the
@@ -197,7 +198,9 @@ def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, worksp
     ([T, N, G] or None): the caller's input projection x . W_ih^T + b (the
     contract's ``projected``; x is then [T, N, 0] and W_ih [G, 0]); the buffer
     stays the caller's, and after backward it holds the gradient of the projection.
-    ``y``: where the outputs go (a buffer the caller reuses), else a fresh array."""
+    ``y``: where the outputs go (a buffer the caller reuses), else a fresh array.
+    ``packed``: W_ih and W_hh packed once (the C backend's PackedForward of these
+    arrays), for a backend that reads them (``PACKED_WEIGHTS``); others pack nothing."""
     T, N, _ = x.shape
     H = W_hh.shape[0] // 4
     K = W_hh.shape[1]  # H, or P with a projection
@@ -213,8 +216,10 @@ def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, worksp
         gates = take((T, N, 4 * H), dt)
     cs = take((T, N, H), dt)
     ms = take((T, N, H), dt) if W_hr is not None else None
-    be.forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=training,
-               **_options(lengths, reverse, W_hr, ms, projected=projected))
+    extra = _options(lengths, reverse, W_hr, ms, projected=projected)
+    if packed is not None and getattr(be, "PACKED_WEIGHTS", False):
+        extra["packed"] = packed
+    be.forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=training, **extra)
     if training:
         return y, hT, cT, LSTMCache(be, x, h0, c0, W_ih, W_hh, y, gates, cs, arrays=xp,
                                     lengths=lengths, reverse=reverse, W_hr=W_hr, ms=ms,

@@ -9,7 +9,9 @@ Inference calls (forward with training=False, __call__, step) on one object
 are safe from several threads at once: their buffers are per call or per
 thread. A training forward and its backward belong to one thread.
 ``inference_weights("bf16")`` makes inference calls read bf16-rounded weights
-(not exact; the C backend's bf16 kernels, csrc/lstm_bf16.h).
+(not exact; the C backend's bf16 kernels, csrc/lstm_bf16.h);
+``inference_weights("float32", packed=True)`` makes them read float32 weights packed
+once (exact; _packed.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from . import _validate as v
 from ._arrays import backend_and_arrays, on_callers_stream
 from ._bf16 import Bf16Weights, check_precision
 from ._dropout import keep_mask
+from ._packed import PackedWeights
 from ._params import ParameterSet
 from .backends import check_name, get_backend
 from .functional import Workspace, run_backward, run_directions, run_forward
@@ -78,6 +81,19 @@ class LSTM(ParameterSet):
     the numpy backend, or a build without vector kernels) the float32 kernels run on the
     rounded weights: the same numbers, not faster. Training forwards always use the
     float32 weights.
+
+    Packed float32 inference (``inference_weights("float32", packed=True)``): inference
+    calls read a copy of the weights taken then, and on the C backend's fused float32
+    kernels the panels of W_hh (and of W_ih, where the kernels pack it: the fused input
+    or the hoisted projection) are packed once and kept, instead of at every call.
+    **Exact**: the same kernels on the same panels, bit for bit the results of the
+    unpacked path on those weights; for any thread count (``FASTLSTM_NUM_THREADS``, the
+    directions' thread shares), since the panels' layout does not depend on it. Why: at
+    N = 1 the pack is 4-15% of a forward (ONNX Runtime packs once, when its session is
+    made). It costs a copy of the weights plus their panels. Other backends, float32
+    without fused kernels (``FASTLSTM_KERNEL=blas``) and ``step`` (which reads W_hh in
+    place, unpacked) run unchanged on the copy: the same numbers, no faster. Not for
+    float64 layers (a ValueError).
 
     Attributes
     ----------
@@ -152,6 +168,8 @@ class LSTM(ParameterSet):
         self._step_workspace: Workspace = Workspace(limit=4)
         self._inference: str = "float32"
         self._bf16: Bf16Weights | None = None   # the rounded weights (made on first use)
+        self._packed: bool = False  # float32 inference on weights packed once
+        self._f32: PackedWeights | None = None  # those weights (made on first use)
         self._bf16_lock: threading.Lock = threading.Lock()
         self._reuse_buffers: bool = True  # buffers between layers from the workspace (False: fresh ones)
         #: Called with a layer's index as soon as backward has finished that layer's parameter
@@ -165,7 +183,7 @@ class LSTM(ParameterSet):
         return 2 if self.bidirectional else 1
 
     # -- reduced-precision inference -----------------------------------------
-    def inference_weights(self, precision: str | None = "bf16") -> None:
+    def inference_weights(self, precision: str | None = "bf16", *, packed: bool = False) -> None:
         """Choose the weights of ``forward(training=False)`` and ``step``.
 
         Parameters
@@ -174,29 +192,65 @@ class LSTM(ParameterSet):
             "bf16": the weights rounded to bfloat16 (16 bits, products summed in float32;
             **not exact**, see the class Notes for the error bound and the CPU paths);
             "float32" or None: the exact weights again (the default).
+        packed : bool
+            With "float32": keep the weights packed once into the C kernels' panels
+            instead of packing them at every call (**exact**, bit for bit the unpacked
+            results; faster at small batches; see the class Notes). False (the default)
+            goes back to packing per call. bf16 weights are always packed once, so with
+            "bf16" this changes nothing.
 
-        The rounding happens now and again whenever the parameters change through a
-        training forward (``forward(training=True)``, which precedes every update),
-        ``load_state_dict`` or a replaced ``params`` array. Changing a parameter in place
-        in any other way (``params[name][...] = value``) is not seen: call this again.
+        The rounding (bf16) or packing (float32 with ``packed``) happens now and again
+        whenever the parameters change through a training forward
+        (``forward(training=True)``, which precedes every update), ``load_state_dict`` or
+        a replaced ``params`` array. Changing a parameter in place in any other way
+        (``params[name][...] = value``) is not seen: call this again.
 
         Raises
         ------
         ValueError
-            For another precision, or "bf16" on a float64 layer.
+            For another precision, "bf16" or ``packed=True`` on a float64 layer.
+        TypeError
+            When ``packed`` is not a bool.
         """
-        self._inference = check_precision("precision", precision, self.dtype)
-        with self._bf16_lock:
-            self._bf16 = None
+        p = check_precision("precision", precision, self.dtype)
+        if not isinstance(packed, (bool, np.bool_)):
+            raise TypeError(f"packed must be a bool, got {type(packed).__name__} {packed!r}")
+        if packed and self.dtype != np.float32:
+            raise ValueError(f"packed=True needs a float32 layer, this one is {self.dtype}: the "
+                             "packed panels are the float32 kernels' (float64 packs nothing)")
+        self._inference = p
+        self._packed = bool(packed) and p == "float32"
+        self._parameters_loaded()
+        if self._packed:
+            self._f32_weights()  # the copy is taken now; its panels on first use
 
     @property
     def inference_precision(self) -> str:
         """The weights inference calls read: "float32" (exact) or "bf16" (:meth:`inference_weights`)."""
         return self._inference
 
+    @property
+    def inference_packed(self) -> bool:
+        """Whether inference calls read weights packed once (:meth:`inference_weights`):
+        True for bf16 and for ``"float32", packed=True``; False when each call packs."""
+        return self._packed or self._inference == "bf16"
+
     def _parameters_loaded(self) -> None:
         with self._bf16_lock:
             self._bf16 = None
+            self._f32 = None
+
+    def _f32_weights(self) -> PackedWeights:
+        """The float32 snapshot whose panels inference calls read, made again when
+        missing or stale."""
+        with self._bf16_lock:
+            snap = self._f32
+            if snap is None or snap.stale(self.params):
+                for name in self.params:
+                    self._param(name)  # replaced arrays are checked before they are read
+                snap = self._f32 = PackedWeights(self.params, self._layer_keys, self.hidden_size,
+                                                 self.dtype)
+            return snap
 
     def _precision(self, weights, training):
         """The precision of one call: its ``weights`` argument, else the layer's inference
@@ -219,6 +273,15 @@ class LSTM(ParameterSet):
                 snap = self._bf16 = Bf16Weights(self.params, self._layer_keys, self.hidden_size,
                                                 self.dtype)
             return snap
+
+    def _inference_snapshot(self, precision, training):
+        """The snapshot a call reads: the bf16 weights, the packed float32 weights (an
+        inference call while they are in force), else None (the parameters as they are)."""
+        if precision == "bf16":
+            return self._bf16_weights()
+        if self._packed and not training:
+            return self._f32_weights()
+        return None
 
     def _bf16_backend(self, be, xp, lengths):
         """The C backend when its bf16 kernels run this call, else None (the float32
@@ -398,11 +461,14 @@ class LSTM(ParameterSet):
         self._saved = None
         if training:
             self._parameters_loaded()  # an update follows: round again at the next bf16 call
-        snap = self._bf16_weights() if precision == "bf16" else None
-        fast = snap is not None and self._bf16_backend(be, xp, lens)
+        snap = self._inference_snapshot(precision, training or projected)
+        fast = isinstance(snap, Bf16Weights) and self._bf16_backend(be, xp, lens)
         if fast:
             y, h_n, c_n = self._forward_bf16(fast, x, h0, c0, snap)
             return self._to_caller(y, h_n, c_n, unbatched, xp)
+        # packed float32: the C backend's loops read the snapshot's panels
+        panels = snap if isinstance(snap, PackedWeights) and getattr(be, "PACKED_WEIGHTS", False) \
+            else None
         # Buffers between layers (outputs, masks, masked outputs) come from the workspace and
         # go back to it once consumed: fresh multi-megabyte arrays cost page faults on every
         # call. Host arrays, one direction, full lengths: the shapes the trainer runs.
@@ -423,7 +489,8 @@ class LSTM(ParameterSet):
                 tasks.append(functools.partial(
                     run_forward, be, inp, h0[idx], c0[idx], W_ih, W_hh, b, training, hT=h_n[idx],
                     cT=c_n[idx], workspace=self._workspace, xp=xp, lengths=lens, reverse=d == 1,
-                    W_hr=W_hr, gates=gates, y=y_buf))
+                    W_hr=W_hr, gates=gates, y=y_buf,
+                    packed=None if panels is None else panels.panels(be, idx)))
             outs = []
             for y, _, _, cache in run_directions(be, tasks, xp):
                 caches.append(cache)
@@ -579,8 +646,8 @@ class LSTM(ParameterSet):
         x_t = v.check_shape("x_t", xp.as_array("x_t", x_t, self.dtype), (None, self.input_size), "(N, I)")
         N = x_t.shape[0]
         h, c = self._state("state", state, N, xp)
-        snap = self._bf16_weights() if precision == "bf16" else None
-        fast = snap is not None and self._bf16_backend(be, xp, None)
+        snap = self._inference_snapshot(precision, False)
+        fast = isinstance(snap, Bf16Weights) and self._bf16_backend(be, xp, None)
         if fast:
             y, h_new, c_new = self._forward_bf16(fast, x_t[None], h, c, snap)
             return y[0], (h_new, c_new)

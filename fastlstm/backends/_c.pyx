@@ -365,6 +365,56 @@ cdef float[::1] _aligned_floats(Py_ssize_t n, int slot=0):
     return raw[off:off + n]
 
 
+def _aligned_new(Py_ssize_t n):
+    """A fresh 64-byte aligned float32 array of n elements (the panels a PackedForward keeps)."""
+    raw = np.empty(n + 16, np.float32)
+    off = ((-raw.ctypes.data) % 64) // 4
+    return raw[off:off + n]
+
+
+class PackedForward:
+    """The float32 weights of one (layer, direction) with their forward panels packed
+    once for many inference calls (``forward(..., packed=...)``): ``W_ih`` (G, I) and
+    ``W_hh`` (G, K), float32 C-contiguous, which the caller must not change after (the
+    panels would no longer match; fastlstm.LSTM keeps copies of its own). The layout
+    depends on the path and on whether the input projection is fused (Ip), not on the
+    threads (each thread packs its panels at the same place), so the panels are made on
+    first use for each (path, Ip) and hold for any thread count or split. Thread-safe."""
+
+    def __init__(self, W_ih, W_hh):
+        self.W_ih = np.ascontiguousarray(W_ih, np.float32)
+        self.W_hh = np.ascontiguousarray(W_hh, np.float32)
+        if self.W_ih.ndim != 2 or self.W_hh.ndim != 2 or self.W_ih.shape[0] != self.W_hh.shape[0] \
+                or self.W_hh.shape[0] % 4:
+            raise ValueError(f"W_ih and W_hh must be (4H, I) and (4H, K), got {self.W_ih.shape} "
+                             f"and {self.W_hh.shape}")
+        self._panels = {}
+        self._lock = threading.Lock()
+
+    def panels(self, int path, Py_ssize_t Ip, bint hh=True):
+        """[W_ih (Ip columns) | W_hh] packed for `path` (hh False: W_ih alone, the
+        hoisted projection's W_x, with Ip = I)."""
+        key = (path, Ip, hh)
+        with self._lock:
+            out = self._panels.get(key)
+            if out is None:
+                out = self._panels[key] = self._pack(path, Ip, hh)
+            return out
+
+    def _pack(self, int path, Py_ssize_t Ip, bint hh):
+        cdef const float[:, ::1] wi = self.W_ih
+        cdef const float[:, ::1] wh = self.W_hh
+        cdef Py_ssize_t H = wh.shape[0] // 4, R = wh.shape[1] if hh else 0
+        arr = _aligned_new(lstm_fused_forward_pack_size(path, Ip, H, R))
+        cdef float[::1] out = arr
+        cdef const float *a = &wi[0, 0] if Ip and wi.shape[1] else NULL
+        cdef const float *w = &wh[0, 0] if R and wh.shape[1] else NULL
+        if out.shape[0]:
+            with nogil:
+                lstm_fused_pack_forward(path, Ip, H, R, a, w, &out[0])
+        return arr
+
+
 cdef int _blas_share() except -1:
     """The BLAS thread count for a BLAS-path loop on this thread: its share while
     the directions run side by side (_config.thread_share), else 0 (BLAS's own)."""
@@ -417,23 +467,27 @@ def _shape(a):
 
 
 cdef tuple _forward_setup(int path, const floating[:, ::1] W_ih, const floating[:, ::1] W_hh,
-                          Py_ssize_t N, Py_ssize_t H, Py_ssize_t rows):
+                          Py_ssize_t N, Py_ssize_t H, Py_ssize_t rows, prepacked=None):
     """(buffer for the packed weights, buffer for W_ih packed for a hoisted projection
     on the fused kernels or None, Ip, threads, by_rows) of a fused forward over rows
     rows (the fuse, projection, thread and split rules of _config; the threads of the
     loop pack the weights there); (None, None, 0, 1, 0) on the BLAS path. W_hh has
-    K = H columns, or P with a projection."""
+    K = H columns, or P with a projection. prepacked (a PackedForward of these
+    weights, or None): both buffers are its panels, packed already (the same rules
+    choose which, so the loop runs as it would have on panels it packed itself)."""
     cdef Py_ssize_t I = W_ih.shape[1], K = W_hh.shape[1], Ip = 0
     if path == LSTM_PATH_BLAS:
         return None, None, 0, 1, 0
     nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
     if I > 0 and _config.fuse_input(I, H, N, nthreads, _PANEL_ROW_BYTES, K):
         Ip = I
-    packed = _aligned_floats(lstm_fused_forward_pack_size(path, Ip, H, K))
-    by_rows = _config.split_by_rows(4 * packed.shape[0], nthreads)
+    n = lstm_fused_forward_pack_size(path, Ip, H, K)
+    packed = prepacked.panels(path, Ip) if prepacked is not None else _aligned_floats(n)
+    by_rows = _config.split_by_rows(4 * n, nthreads)
     packed_x = None
     if Ip == 0 and _config.project_in_kernel(rows, I):
-        packed_x = _aligned_floats(lstm_fused_forward_pack_size(path, I, H, 0), 1)
+        packed_x = prepacked.panels(path, I, False) if prepacked is not None else \
+            _aligned_floats(lstm_fused_forward_pack_size(path, I, H, 0), 1)
     return packed, packed_x, Ip, nthreads, by_rows
 
 
@@ -456,7 +510,7 @@ def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const
                    const floating[:, ::1] W_ih, const floating[:, ::1] W_hh, const floating[::1] b,
                    floating[:, :, ::1] y, floating[:, ::1] hT, floating[:, ::1] cT,
                    floating[:, :, ::1] gates, floating[:, :, ::1] cs, bint keep=True,
-                   bint projected=False):
+                   bint projected=False, prepacked=None):
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef Py_ssize_t G = 4 * H
     if projected and I != 0:
@@ -480,12 +534,20 @@ def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const
     if not projected:
         xp = &x[0, 0, 0]
     weights, weights_x, Ip, nthreads, by_rows = _forward_setup(path, W_ih, W_hh, N, H,
-                                                               0 if projected else T * N)
+                                                               0 if projected else T * N, prepacked)
+    # Prepacked: NULL W_hh (and W_ih where the projection reads W_x) tells the loop its
+    # panels are packed already.
+    cdef const floating *wih = &W_ih[0, 0]
+    cdef const floating *whh = &W_hh[0, 0]
     if weights is not None:
         packed = weights
+        if prepacked is not None:
+            whh = NULL
     if weights_x is not None:
         packed_x = weights_x
         pxp = &packed_x[0]
+        if prepacked is not None:
+            wih = NULL
     with nogil:
         if floating is double:
             lstm_blas_forward_f64(&_BLAS, T, N, NULL, I, H, 0, xp, &W_ih[0, 0],
@@ -498,7 +560,7 @@ def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const
         else:
             # Without keep (inference) the fused kernels store no activated gates.
             lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, NULL, I, Ip, H, 0,
-                               xp, &W_ih[0, 0], &b[0], &W_hh[0, 0], &packed[0], pxp, NULL, &h0[0, 0],
+                               xp, wih, &b[0], whh, &packed[0], pxp, NULL, &h0[0, 0],
                                &c0[0, 0], &gates[0, 0, 0], keep, &y[0, 0, 0], &cs[0, 0, 0], NULL)
         memcpy(&hT[0, 0], &y[T - 1, 0, 0], N * H * sizeof(floating))
         memcpy(&cT[0, 0], &cs[T - 1, 0, 0], N * H * sizeof(floating))
@@ -574,7 +636,8 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
                     const floating[:, ::1] W_ih, const floating[:, ::1] W_hh,
                     const floating[:, ::1] W_hr, const floating[::1] b,
                     const Py_ssize_t[::1] batch, floating[:, ::1] y, floating[:, ::1] gates,
-                    floating[:, ::1] cs, floating[:, ::1] ms, bint keep, Py_ssize_t T):
+                    floating[:, ::1] cs, floating[:, ::1] ms, bint keep, Py_ssize_t T,
+                    prepacked=None):
     """The forward loop on packed rows (StepOrder): x [rows, I], y [rows, K],
     gates [rows, G], cs and ms [rows, H]; h0 [N, K], c0 [N, H] sorted; batch
     [T] rows per step, or empty for T*N rows in order. W_hr [P, H] (P = 0:
@@ -598,12 +661,19 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
     cdef float[::1] packed
     cdef float[::1] packed_x
     cdef float *pxp = NULL
-    weights, weights_x, Ip, nthreads, by_rows = _forward_setup(path, W_ih, W_hh, N, H, rows)
+    weights, weights_x, Ip, nthreads, by_rows = _forward_setup(path, W_ih, W_hh, N, H, rows,
+                                                               prepacked)
+    cdef const floating *wih = &W_ih[0, 0]
+    cdef const floating *whh = &W_hh[0, 0]
     if weights is not None:
         packed = weights
+        if prepacked is not None:
+            whh = NULL  # the panels are packed already (as in _forward_plain)
     if weights_x is not None:
         packed_x = weights_x
         pxp = &packed_x[0]
+        if prepacked is not None:
+            wih = NULL
     with nogil:
         if floating is double:
             lstm_blas_forward_f64(&_BLAS, T, N, bp, I, H, P, &x[0, 0], &W_ih[0, 0], &W_hh[0, 0],
@@ -615,7 +685,7 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
                                   &cs[0, 0], msp)
         else:
             lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, bp, I, Ip, H, P, &x[0, 0],
-                               &W_ih[0, 0], &b[0], &W_hh[0, 0], &packed[0], pxp, whr, &h0[0, 0],
+                               wih, &b[0], whh, &packed[0], pxp, whr, &h0[0, 0],
                                &c0[0, 0], &gates[0, 0], keep, &y[0, 0], &cs[0, 0], msp)
 
 
@@ -680,23 +750,32 @@ def _rows_view(a, rows, width):
     return a.reshape(-1)[:rows * width].reshape(rows, width)
 
 
+#: forward takes ``packed=`` (a PackedForward of its W_ih and W_hh): the float32 fused
+#: loops then read panels packed once instead of packing them at every call.
+PACKED_WEIGHTS = True
+
+
 def forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=True, *, lengths=None,
-            reverse=False, W_hr=None, ms=None, projected=False):
+            reverse=False, W_hr=None, ms=None, projected=False, packed=None):
     """The backend contract's forward (fastlstm/backends/reference.py). With lengths,
     reverse or W_hr the rows go through a StepOrder: packed in step order for the C
     loops, and y and the final state back in place; gates, cs and ms then hold the
-    packed layout (what backward reads back). projected: the plain loop only."""
+    packed layout (what backward reads back). projected: the plain loop only.
+    packed: None, or a PackedForward holding these very W_ih and W_hh arrays (ignored
+    by float64 and the BLAS path, which pack nothing of their own)."""
+    if packed is not None and (packed.W_ih is not W_ih or packed.W_hh is not W_hh):
+        raise ValueError("packed must be a PackedForward of this call's W_ih and W_hh arrays")
     if _config.thread_share_now() is not None:
         return _with_blas_share(_forward, x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep,
-                                lengths, reverse, W_hr, ms, projected)
+                                lengths, reverse, W_hr, ms, projected, packed)
     return _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reverse, W_hr, ms,
-                    projected)
+                    projected, packed)
 
 
 def _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reverse, W_hr, ms,
-             projected=False):
+             projected=False, packed=None):
     if lengths is None and not reverse and W_hr is None:
-        _forward_plain(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, projected)
+        _forward_plain(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, projected, packed)
         return
     if projected:
         raise NotImplementedError("projected gates run without lengths, reverse or a projection")
@@ -722,7 +801,8 @@ def _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reve
                     W_hr if P else np.empty((0, H), dt), b,
                     order.batch if not order.identity else _NO_BATCH, yp,
                     _rows_view(gates, rows, 4 * H), cp,
-                    _rows_view(ms, rows, H) if P else np.empty((0, H), dt), keep, order.steps)
+                    _rows_view(ms, rows, H) if P else np.empty((0, H), dt), keep, order.steps,
+                    packed)
     order.unpack(yp, y)
     order.final(yp, h0, hT)
     order.final(cp, c0, cT)
