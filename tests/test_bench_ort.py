@@ -35,4 +35,5 @@ def test_tiny_run_writes_its_report(tmp_path):
     assert all(r["fastlstm"] > 0 and r["ort"] > 0 and r["max_abs_diff"] < ort.AGREE for r in rows)
     text = (tmp_path / "ORT.md").read_text()
     assert "| 8 | 4 | 1 | 1 |" in text and "N=1 points at or below 1.0x ONNX Runtime" in text
+    assert 'inference_weights("float32", packed=True)' in text  # both pack once, and say so
     assert json.loads((tmp_path / "ort.json").read_text())["rows"][0]["H"] == 8
