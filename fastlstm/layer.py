@@ -414,7 +414,8 @@ class LSTM(ParameterSet):
         weights : {"float32", "bf16"} or None
             The weights of this call (None: :attr:`inference_precision` for inference,
             float32 for training; "bf16" is for inference only and not exact: see
-            :meth:`inference_weights`).
+            :meth:`inference_weights`). An inference call in float32 reads the weights
+            packed once while ``inference_weights("float32", packed=True)`` is in force.
         input_projection : ndarray (T, N, 4H), optional
             Instead of x (pass x=None): layer 0's input projection, time-major,
             ``x . weight_ih_l0^T + bias_ih_l0 + bias_hh_l0`` computed by the caller
