@@ -197,3 +197,18 @@ def test_errors():
                           z((2, 1, 8), np.float32), keep=False, packed=pf)
     with pytest.raises(ValueError, match="W_ih and W_hh must be"):
         c_backend.PackedForward(np.zeros((32, 4), np.float32), np.zeros((16, 8), np.float32))
+
+
+def test_threads_share_one_snapshot():
+    """Inference calls from several threads at once read the same kept panels (made
+    once, under a lock) and each gets the unpacked results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    layer = fastlstm.LSTM(20, 36, num_layers=2, seed=9, backend="c")
+    xs = [data(6, 2, 20, seed=s) for s in range(8)]
+    want = [layer.forward(x) for x in xs]
+    layer.inference_weights("float32", packed=True)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(layer.forward, xs))
+    for a, b in zip(want, got):
+        same(a, b)
