@@ -11,10 +11,11 @@ activations x to bf16 as well: 2^-7).
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import numpy as np
+
+from ._packed import WeightSnapshot
 
 #: The precisions of inference weights: exact float32, or bf16 (rounded, not exact).
 PRECISIONS = ("float32", "bf16")
@@ -48,36 +49,14 @@ def check_precision(name: str, value: Any, dtype: np.dtype) -> str:
     return value
 
 
-class Bf16Weights:
+class Bf16Weights(WeightSnapshot):
     """A layer's weights rounded to bf16 once: ``weights(index)`` gives (W_ih, W_hh, b,
     W_hr or None) of one (layer, direction) as float32 arrays holding the rounded values
     (biases stay float32: b = b_ih + b_hh), ``panels(be, index)`` the C backend's packed
-    form of [W_ih | W_hh]. ``sources`` are the parameter arrays it was made from (a
-    replaced array makes it stale). Read-only after construction, so threads share it."""
+    form of [W_ih | W_hh] (see :class:`fastlstm._packed.WeightSnapshot`)."""
 
-    def __init__(self, params: dict[str, np.ndarray], layer_keys: list[tuple[Any, ...]],
-                 hidden_size: int, dtype: np.dtype) -> None:
-        self.sources = dict(params)
-        self._weights = []
-        for ih, hh, b_ih, b_hh, hr in layer_keys:
-            b = (params[b_ih] + params[b_hh]).astype(dtype) if b_ih is not None \
-                else np.zeros(4 * hidden_size, dtype)
-            self._weights.append((round_bf16(params[ih]), round_bf16(params[hh]), b,
-                                  None if hr is None else round_bf16(params[hr])))
-        self._panels: dict[int, Any] = {}
-        self._lock = threading.Lock()
+    def convert(self, a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        return round_bf16(a)
 
-    def weights(self, index: int) -> tuple[Any, ...]:
-        return self._weights[index]
-
-    def panels(self, be: Any, index: int) -> Any:
-        with self._lock:
-            p = self._panels.get(index)
-            if p is None:
-                W_ih, W_hh = self._weights[index][:2]
-                p = self._panels[index] = be.bf16_pack(W_ih, W_hh, 4)
-            return p
-
-    def stale(self, params: dict[str, np.ndarray]) -> bool:
-        """Whether a parameter array was replaced since (in-place changes are not seen)."""
-        return any(params.get(k) is not a for k, a in self.sources.items())
+    def pack(self, be: Any, W_ih: np.ndarray, W_hh: np.ndarray) -> Any:
+        return be.bf16_pack(W_ih, W_hh, 4)

@@ -16,14 +16,13 @@ from typing import Any
 import numpy as np
 
 
-class PackedWeights:
-    """A layer's float32 weights copied once: ``weights(index)`` gives (W_ih, W_hh, b,
-    W_hr or None) of one (layer, direction) (b = b_ih + b_hh, summed as the unpacked
-    path sums it), ``panels(be, index)`` the C backend's PackedForward of that W_ih and
-    W_hh (its panels packed on first use per kernel path and fusion, valid for any thread
-    count). ``sources`` are the parameter arrays it was made from (a replaced array makes
-    it stale). Copies, so that an in-place change cannot leave the panels and the weights
-    the loops read apart. Read-only after construction, so threads share it."""
+class WeightSnapshot:
+    """What inference snapshots share: a layer's weights converted once (``convert``),
+    ``weights(index)`` giving (W_ih, W_hh, b, W_hr or None) of one (layer, direction)
+    (b = b_ih + b_hh, summed as the unpacked path sums it), ``panels(be, index)`` the
+    backend's packed form of that W_ih and W_hh (``pack``, made on first use and kept),
+    and ``sources``, the parameter arrays it was made from (a replaced array makes it
+    stale). Read-only after construction but for the panels' cache, so threads share it."""
 
     def __init__(self, params: dict[str, np.ndarray], layer_keys: list[tuple[Any, ...]],
                  hidden_size: int, dtype: np.dtype) -> None:
@@ -32,11 +31,18 @@ class PackedWeights:
         for ih, hh, b_ih, b_hh, hr in layer_keys:
             b = np.add(params[b_ih], params[b_hh]).astype(dtype, copy=False) if b_ih is not None \
                 else np.zeros(4 * hidden_size, dtype)
-            self._weights.append((np.array(params[ih], dtype, order="C"),
-                                  np.array(params[hh], dtype, order="C"), b,
-                                  None if hr is None else np.array(params[hr], dtype, order="C")))
+            self._weights.append((self.convert(params[ih], dtype), self.convert(params[hh], dtype), b,
+                                  None if hr is None else self.convert(params[hr], dtype)))
         self._panels: dict[int, Any] = {}
         self._lock = threading.Lock()
+
+    def convert(self, a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        """The snapshot's own C-contiguous copy of one weight."""
+        raise NotImplementedError
+
+    def pack(self, be: Any, W_ih: np.ndarray, W_hh: np.ndarray) -> Any:
+        """The backend's packed form of one (layer, direction)'s weights."""
+        raise NotImplementedError
 
     def weights(self, index: int) -> tuple[Any, ...]:
         return self._weights[index]
@@ -46,9 +52,22 @@ class PackedWeights:
             p = self._panels.get(index)
             if p is None:
                 W_ih, W_hh = self._weights[index][:2]
-                p = self._panels[index] = be.PackedForward(W_ih, W_hh)
+                p = self._panels[index] = self.pack(be, W_ih, W_hh)
             return p
 
     def stale(self, params: dict[str, np.ndarray]) -> bool:
         """Whether a parameter array was replaced since (in-place changes are not seen)."""
         return any(params.get(k) is not a for k, a in self.sources.items())
+
+
+class PackedWeights(WeightSnapshot):
+    """A layer's float32 weights copied once; ``panels`` is the C backend's PackedForward
+    of each W_ih and W_hh (its panels packed on first use per kernel path and fusion,
+    valid for any thread count). Copies, so that an in-place change cannot leave the
+    panels and the weights the loops read apart."""
+
+    def convert(self, a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        return np.array(a, dtype, order="C")
+
+    def pack(self, be: Any, W_ih: np.ndarray, W_hh: np.ndarray) -> Any:
+        return be.PackedForward(W_ih, W_hh)

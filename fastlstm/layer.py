@@ -29,7 +29,7 @@ from . import _validate as v
 from ._arrays import backend_and_arrays, on_callers_stream
 from ._bf16 import Bf16Weights, check_precision
 from ._dropout import keep_mask
-from ._packed import PackedWeights
+from ._packed import PackedWeights, WeightSnapshot
 from ._params import ParameterSet
 from .backends import check_name, get_backend
 from .functional import Workspace, run_backward, run_directions, run_forward
@@ -222,7 +222,7 @@ class LSTM(ParameterSet):
         self._packed = bool(packed) and p == "float32"
         self._parameters_loaded()
         if self._packed:
-            self._f32_weights()  # the copy is taken now; its panels on first use
+            self._snapshot("_f32", PackedWeights)  # the copy is taken now; its panels on first use
 
     @property
     def inference_precision(self) -> str:
@@ -240,18 +240,6 @@ class LSTM(ParameterSet):
             self._bf16 = None
             self._f32 = None
 
-    def _f32_weights(self) -> PackedWeights:
-        """The float32 snapshot whose panels inference calls read, made again when
-        missing or stale."""
-        with self._bf16_lock:
-            snap = self._f32
-            if snap is None or snap.stale(self.params):
-                for name in self.params:
-                    self._param(name)  # replaced arrays are checked before they are read
-                snap = self._f32 = PackedWeights(self.params, self._layer_keys, self.hidden_size,
-                                                 self.dtype)
-            return snap
-
     def _precision(self, weights, training):
         """The precision of one call: its ``weights`` argument, else the layer's inference
         precision (float32 for a training forward)."""
@@ -263,24 +251,25 @@ class LSTM(ParameterSet):
                              "runs on the float32 weights")
         return p
 
-    def _bf16_weights(self) -> Bf16Weights:
-        """The rounded weights, made again when missing or stale."""
+    def _snapshot(self, attr: str, kind: type[WeightSnapshot]) -> Any:
+        """The inference snapshot kept in ``attr`` (the bf16 or the packed float32 weights),
+        made again when missing or stale."""
         with self._bf16_lock:
-            snap = self._bf16
+            snap = getattr(self, attr)
             if snap is None or snap.stale(self.params):
                 for name in self.params:
                     self._param(name)  # replaced arrays are checked before they are read
-                snap = self._bf16 = Bf16Weights(self.params, self._layer_keys, self.hidden_size,
-                                                self.dtype)
+                snap = kind(self.params, self._layer_keys, self.hidden_size, self.dtype)
+                setattr(self, attr, snap)
             return snap
 
     def _inference_snapshot(self, precision, training):
         """The snapshot a call reads: the bf16 weights, the packed float32 weights (an
         inference call while they are in force), else None (the parameters as they are)."""
         if precision == "bf16":
-            return self._bf16_weights()
+            return self._snapshot("_bf16", Bf16Weights)
         if self._packed and not training:
-            return self._f32_weights()
+            return self._snapshot("_f32", PackedWeights)
         return None
 
     def _bf16_backend(self, be, xp, lengths):

@@ -612,7 +612,7 @@ class CharModel:
         bf16 kernels, or where the build has none the float32 ones on the rounded weights."""
         assert state is not None
         be, block = self._compiled_loop(), self.NOISE_BLOCK
-        snap = self.lstm._bf16_weights() if precision == "bf16" else None
+        snap = self.lstm._inference_snapshot("bf16", False) if precision == "bf16" else None
         weights = [self.lstm._layer_weights(k, snap) for k in range(self.num_layers)]
         bf16 = None
         if snap is not None and be.BF16_KERNELS:
