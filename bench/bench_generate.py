@@ -74,16 +74,17 @@ def run(cmd, env, cwd=ROOT):
 class Contender:
     """One command line that generates ``n`` characters (per sample) when called."""
 
-    def __init__(self, name, argv_for, env, per_call):
+    def __init__(self, name, argv_for, env, per_call, cwd=ROOT):
         self.name, self.argv_for, self.env, self.per_call = name, argv_for, env, per_call
+        self.cwd = cwd
         self.rates = []
 
     def round(self, length):
         """One long and one short run: characters per second between them (NaN when the
         difference drowns in start-up noise)."""
         length = max(2 * SHORT, length // (20 if self.per_call > 1 else 1))  # a batch: fewer steps
-        short = run(self.argv_for(SHORT), self.env)
-        long_ = run(self.argv_for(length), self.env)
+        short = run(self.argv_for(SHORT), self.env, self.cwd)
+        long_ = run(self.argv_for(length), self.env, self.cwd)
         gap = long_ - short
         self.rates.append(self.per_call * (length - SHORT) / gap if gap > 0.05 else float("nan"))
 
@@ -99,8 +100,15 @@ def build_previous(commit, scratch):
 
 
 def fastlstm_env(path, threads):
+    """The environment that runs the fastlstm of the tree ``path``, from ``path`` as the working
+    directory (``python -m`` puts the working directory first on sys.path, before PYTHONPATH:
+    run from this checkout, every tree would import this checkout's fastlstm)."""
     env = dict(os.environ, PYTHONPATH=str(path), FASTLSTM_NUM_THREADS=str(threads))
     env.pop("FASTLSTM_BACKEND", None)
+    r = subprocess.run([sys.executable, "-c", "import fastlstm; print(fastlstm.__file__)"], capture_output=True,
+                       text=True, env=env, cwd=path, check=True)
+    if not Path(r.stdout.strip()).resolve().is_relative_to(Path(path).resolve()):
+        raise RuntimeError(f"the tree {path} imports fastlstm from {r.stdout.strip()}")
     return env
 
 
@@ -130,19 +138,20 @@ def contenders(tmp, threads, previous_tree):
     for name, tree in trees.items():
         env = fastlstm_env(tree, threads)
         ck = str(Path(tmp) / f"ck-{name}")
-        run([sys.executable, "-m", "fastlstm", "train", "--text", text, "--out", ck, "--overwrite", *TRAIN], env)
+        run([sys.executable, "-m", "fastlstm", "train", "--text", text, "--out", ck, "--overwrite", *TRAIN], env,
+            tree)
 
         def argv(n, ck=ck, extra=()):
             return [sys.executable, "-m", "fastlstm", "generate", "--checkpoint", ck, "--length", str(n),
                     "--seed", "0", "--prime", "\n", *extra]
         out[name] = Contender(f"fastlstm {name}" if name == "float32" else f"fastlstm before issue 15 "
-                              f"({PREVIOUS})", argv, env, 1)
+                              f"({PREVIOUS})", argv, env, 1, tree)
         if name == "float32":
             if has_option(env, "--weights"):
                 out["bf16"] = Contender("fastlstm bf16 weights", lambda n, a=argv: a(n, extra=("--weights", "bf16")),
-                                        env, 1)
+                                        env, 1, tree)
             out["batch64"] = Contender("fastlstm --num-samples 64", lambda n, a=argv: a(
-                n, extra=("--num-samples", "64")), env, 64)
+                n, extra=("--num-samples", "64")), env, 64, tree)
     script = Path(tmp) / "torch_loop.py"
     script.write_text(TORCH_LOOP)
     tenv = dict(os.environ, OMP_NUM_THREADS=str(threads))

@@ -85,6 +85,13 @@ typedef struct {
                     float *c_n, int reverse, float *work);
     void (*dense)(ptrdiff_t N, ptrdiff_t K, ptrdiff_t V, const uint32_t *Wp, const float *h,
                   float *z, float *work);
+    void (*row_activations)(const float *in, ptrdiff_t I, const float *h, ptrdiff_t H,
+                            float *act);
+    void (*row_panels)(ptrdiff_t p0, ptrdiff_t p1, int down, ptrdiff_t I, ptrdiff_t H,
+                       const uint32_t *Wp, const float *act, const float *add, float *c,
+                       float *h);
+    void (*dense_panels)(ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t K, ptrdiff_t V, const uint32_t *Wp,
+                         const float *h, float *z, float *work);
 } bf16_kernels;
 
 #ifdef FASTLSTM_VECTOR_PATHS
@@ -189,4 +196,31 @@ void lstm_bf16_dense(int path, ptrdiff_t N, ptrdiff_t K, ptrdiff_t V, const uint
 {
     const bf16_kernels *k = usable(path);
     if (k && N > 0 && V > 0) k->dense(N, K, V, Wp, h, z, work);
+}
+
+ptrdiff_t lstm_bf16_row_size(ptrdiff_t I, ptrdiff_t H)
+{
+    return bf16_lda(I, H);
+}
+
+void lstm_bf16_row_activations(int path, const float *in, ptrdiff_t I, const float *h, ptrdiff_t H,
+                               float *act)
+{
+    const bf16_kernels *k = usable(path);
+    if (k) k->row_activations(in, I, h, H, act);
+}
+
+void lstm_bf16_row_panels(int path, ptrdiff_t p0, ptrdiff_t p1, int down, ptrdiff_t I, ptrdiff_t H,
+                          const uint32_t *Wp, const float *act, const float *add, float *c,
+                          float *h)
+{
+    const bf16_kernels *k = usable(path);
+    if (k && p1 > p0) k->row_panels(p0, p1, down, I, H, Wp, act, add, c, h);
+}
+
+void lstm_bf16_dense_panels(int path, ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t K, ptrdiff_t V,
+                            const uint32_t *Wp, const float *h, float *z, float *work)
+{
+    const bf16_kernels *k = usable(path);
+    if (k && p1 > p0) k->dense_panels(p0, p1, K, V, Wp, h, z, work);
 }

@@ -94,6 +94,25 @@ void lstm_bf16_forward(int path, int nthreads, ptrdiff_t L, ptrdiff_t T, ptrdiff
 void lstm_bf16_dense(int path, ptrdiff_t N, ptrdiff_t K, ptrdiff_t V, const uint32_t *Wp,
                      const float *h, float *z, float *work);
 
+/* For loops that run their own team of threads (the generation loop at one
+ * row), on the calling thread:
+ * lstm_bf16_row_size(I, H): floats of one row's activations [in | h];
+ * lstm_bf16_row_activations: act [row_size(I, H)] OUT from in [I] and h [H];
+ * lstm_bf16_row_panels: panels p0..p1-1 (16 units each; down: from the last)
+ *   of one layer's step, Wp = lstm_bf16_pack(4, H, I, H, W_ih, W_hh), add [G]
+ *   the bias (or, with I = 0, the input's whole part of the pre-activations),
+ *   c [H] INOUT and h [H] OUT at those units;
+ * lstm_bf16_dense_panels: z [p0 * 16, min(V, p1 * 16)) OUT of one row h [K]
+ *   on a dense layer packed as for lstm_bf16_dense; work [row_size(0, K)]. */
+ptrdiff_t lstm_bf16_row_size(ptrdiff_t I, ptrdiff_t H);
+void lstm_bf16_row_activations(int path, const float *in, ptrdiff_t I, const float *h, ptrdiff_t H,
+                               float *act);
+void lstm_bf16_row_panels(int path, ptrdiff_t p0, ptrdiff_t p1, int down, ptrdiff_t I, ptrdiff_t H,
+                          const uint32_t *Wp, const float *act, const float *add, float *c,
+                          float *h);
+void lstm_bf16_dense_panels(int path, ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t K, ptrdiff_t V,
+                            const uint32_t *Wp, const float *h, float *z, float *work);
+
 #ifdef __cplusplus
 }
 #endif

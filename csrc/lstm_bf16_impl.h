@@ -212,8 +212,44 @@ static void FN(bf16_dense)(ptrdiff_t N, ptrdiff_t K, ptrdiff_t V, const uint32_t
     }
 }
 
+/* ---- one row, for loops with their own team (the generation loop) ------- */
+/* act = [in (I) | h (H)] of one row as the panels read it. */
+static void FN(bf16_row_activations)(const float *in, ptrdiff_t I, const float *h, ptrdiff_t H,
+                                     float *act)
+{
+    FN(bf16_activations)(1, in, I, h, H, act, bf16_lda(I, H));
+}
+
+/* Panels p0..p1-1 of one layer's step for one row (down: from the last).
+ * add [G]: the bias, or what stands in for the input part (I = 0). */
+static void FN(bf16_row_panels)(ptrdiff_t p0, ptrdiff_t p1, int down, ptrdiff_t I, ptrdiff_t H,
+                                const uint32_t *Wp, const float *act, const float *add, float *c,
+                                float *h)
+{
+    const ptrdiff_t KP = bf16_pairs(I, H), lda = bf16_lda(I, H);
+    for (ptrdiff_t i = p0; i < p1; ++i) {
+        const ptrdiff_t p = down ? p0 + p1 - 1 - i : i, j0 = p * 16;
+        FN(bf16_rows)(1, 4, KP, Wp + p * KP * 4 * 16, act, lda, H, H - j0 < 16 ? H - j0 : 16,
+                      add + j0, c + j0, c + j0, h + j0, NULL, 0);
+    }
+}
+
+/* Logits z [p0 * 16, min(V, p1 * 16)) of one row h [K] (panels p0..p1-1 of a
+ * dense layer); work: [bf16_lda(0, K)] scratch. */
+static void FN(bf16_dense_panels)(ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t K, ptrdiff_t V,
+                                  const uint32_t *Wp, const float *h, float *z, float *work)
+{
+    const ptrdiff_t lda = bf16_lda(0, K), KP = bf16_pairs(0, K);
+    FN(bf16_activations)(1, NULL, 0, h, K, work, lda);
+    for (ptrdiff_t p = p0; p < p1; ++p)
+        FN(bf16_rows)(1, 1, KP, Wp + p * KP * 16, work, lda, 0, V - p * 16 < 16 ? V - p * 16 : 16,
+                      NULL, NULL, NULL, NULL, z + p * 16, V);
+}
+
 /* This path's entry in lstm_bf16.c's table; cpu_has_<path> is defined there. */
-static const bf16_kernels FN(bf16_kernels) = {FN(cpu_has), FN(bf16_forward), FN(bf16_dense)};
+static const bf16_kernels FN(bf16_kernels) = {FN(cpu_has), FN(bf16_forward), FN(bf16_dense),
+                                              FN(bf16_row_activations), FN(bf16_row_panels),
+                                              FN(bf16_dense_panels)};
 
 #undef BF16_CASE
 #undef UV

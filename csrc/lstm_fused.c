@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stddef.h>
+#include <stdint.h>
 #include "lstm_common.h"
 #include "lstm_fused.h"
 
@@ -47,6 +48,10 @@ typedef struct {
                  ptrdiff_t H, const float *x, const float *const *W_ih, const float *const *W_hh,
                  const float *const *b, const float *h, const float *c, float *gates,
                  float *h_out, float *c_out, int descending);
+    void (*row_panels)(ptrdiff_t p0, ptrdiff_t p1, int down, ptrdiff_t Ip, ptrdiff_t H,
+                       const float *W_f, const float *x, const float *add, const float *h_prev,
+                       float *c, float *h);
+    void (*dot_rows)(ptrdiff_t m, ptrdiff_t k, const float *a, const float *x, float *y);
     void (*activations)(ptrdiff_t n, const float *x, float *sig, float *th);
 } path_kernels;
 
@@ -216,6 +221,27 @@ void lstm_fused_step(const lstm_blas *blas, int path, int nthreads, ptrdiff_t L,
     if (k && L > 0 && N > 0 && H > 0)
         k->step(blas, nthreads, L, N, I0, H, x, W_ih, W_hh, b, h, c, gates, h_out, c_out,
                 alternate());
+}
+
+ptrdiff_t lstm_fused_lanes(int path)
+{
+    const path_kernels *k = usable(path);
+    return k ? k->lanes : 0;
+}
+
+void lstm_fused_row_panels(int path, ptrdiff_t p0, ptrdiff_t p1, int down, ptrdiff_t Ip,
+                           ptrdiff_t H, const float *W_f, const float *x, const float *add,
+                           const float *h_prev, float *c, float *h)
+{
+    const path_kernels *k = usable(path);
+    if (k && p1 > p0) k->row_panels(p0, p1, down, Ip, H, W_f, x, add, h_prev, c, h);
+}
+
+void lstm_fused_dot_rows(int path, ptrdiff_t m, ptrdiff_t k, const float *a, const float *x,
+                         float *y)
+{
+    const path_kernels *kp = usable(path);
+    if (kp && m > 0) kp->dot_rows(m, k, a, x, y);
 }
 
 void lstm_fused_activations(int path, ptrdiff_t n, const float *x, float *sig, float *th)

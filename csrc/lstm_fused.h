@@ -149,6 +149,23 @@ void lstm_fused_step(const lstm_blas *blas, int path, int nthreads, ptrdiff_t L,
                      const float *const *W_hh, const float *const *b, const float *h,
                      const float *c, float *gates, float *h_out, float *c_out);
 
+/* Units per forward panel of `path` (0 where no fused path was built). */
+ptrdiff_t lstm_fused_lanes(int path);
+
+/* For loops that run their own team of threads (the generation loop at one
+ * row): panels p0..p1-1 of one layer's step for one row, on the calling
+ * thread. W_f: lstm_fused_pack_forward(path, Ip, H, H) IN; x: [Ip] IN (Ip >
+ * 0: the input fused); add: [G] IN, the bias, or with Ip = 0 the input's
+ * whole part of the pre-activations (bias included); h_prev: [H] IN; c: [H]
+ * INOUT and h: [H] OUT at these panels' units. down: the panels from the
+ * last to the first (the same sums). */
+void lstm_fused_row_panels(int path, ptrdiff_t p0, ptrdiff_t p1, int down, ptrdiff_t Ip,
+                           ptrdiff_t H, const float *W_f, const float *x, const float *add,
+                           const float *h_prev, float *c, float *h);
+/* y [m] OUT = A [m, k] IN (row-major) . x [k] IN, on the calling thread. */
+void lstm_fused_dot_rows(int path, ptrdiff_t m, ptrdiff_t k, const float *a, const float *x,
+                         float *y);
+
 /* sigmoid and tanh of x [n], as the fused kernels of path compute them (for
  * tests of their accuracy); nothing is written on a path without kernels. */
 void lstm_fused_activations(int path, ptrdiff_t n, const float *x, float *sig, float *th);

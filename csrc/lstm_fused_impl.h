@@ -736,6 +736,36 @@ static void FN(backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, 
     }
 }
 
+/* ---- one row on weights packed once (the generation loop's own team) -----
+ * Panels p0..p1-1 of one layer's step for one row, on the calling thread:
+ * W_f packed by pack_forward(Ip, H, H); x [Ip] fused when Ip > 0, and add
+ * [G] the bias, or with Ip = 0 the whole input part of the pre-activations
+ * (layer 0's folded input). c [H] is updated in place for these units, h
+ * [H] written; down runs the panels from the last (every other step: the
+ * panels read last are still in L2). */
+static void FN(row_panels)(ptrdiff_t p0, ptrdiff_t p1, int down, ptrdiff_t Ip, ptrdiff_t H,
+                           const float *W_f, const float *x, const float *add,
+                           const float *h_prev, float *c, float *h)
+{
+    const ptrdiff_t panel = (Ip + H) * 4 * VL;
+    for (ptrdiff_t i = p0; i < p1; ++i) {
+        const ptrdiff_t p = down ? p0 + p1 - 1 - i : i;
+        const ptrdiff_t pn = down ? (p > p0 ? p - 1 : p1 - 1) : (p + 1 < p1 ? p + 1 : p0);
+        const ptrdiff_t j0 = p * VL, nvalid = H - j0 < VL ? H - j0 : VL;
+        /* keep = 0: add is only read, as the hoisted projection would be */
+        FN(forward_rows)(1, H, Ip, H, nvalid, W_f + p * panel, Ip ? x : NULL, add + j0, h_prev,
+                         c + j0, (float *)(uintptr_t)(add + j0), 0, c + j0, h + j0,
+                         (const char *)(W_f + pn * panel));
+    }
+}
+
+/* y [m] = A [m, k] (row-major) . x [k]: a dense layer's logits for one row. */
+static void FN(dot_rows)(ptrdiff_t m, ptrdiff_t k, const float *a, const float *x, float *y)
+{
+    for (ptrdiff_t r = 0; r < m; ++r) y[r] = 0.0f;
+    FN(gemv_rows)(m, k, a, k, x, y, 0);
+}
+
 /* ---- one step of an L-layer stack (generation) ----------------------------
  * No packing (the weights may change between calls): the products go to the
  * caller's BLAS, each thread for its own hidden units, then the gate math of
@@ -803,7 +833,7 @@ static void FN(activations)(ptrdiff_t n, const float *x, float *sig, float *th)
 static const path_kernels FN(kernels) = {VL, BV * VL, FN(cpu_has), FN(pack_forward),
                                          FN(pack_backward), FN(forward), FN(backward),
                                          FN(backward_proj), FN(step),
-                                         FN(activations)};
+                                         FN(row_panels), FN(dot_rows), FN(activations)};
 
 #undef FWD_CASE
 #undef PROJ_CASE

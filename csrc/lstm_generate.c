@@ -56,6 +56,23 @@ static int argmax(const float *z, ptrdiff_t n)
     return (int)best;
 }
 
+/* The character drawn from logits zk [V] (without the bias; clobbered) plus
+ * `add` (the noise with the bias, or the bias) under top-k; z, sel: [V]. */
+static int pick(ptrdiff_t V, ptrdiff_t top_k, const float *bias, float *zk, const float *add,
+                int sampled, float *z, float *sel)
+{
+    for (ptrdiff_t v = 0; v < V; ++v) z[v] = zk[v] + add[v];
+    if (sampled && top_k > 0 && top_k < V) {
+        /* keep the top_k likeliest by the logits before the noise */
+        for (ptrdiff_t v = 0; v < V; ++v) zk[v] += bias[v];
+        memcpy(sel, zk, (size_t)V * sizeof(float));
+        const float threshold = kth_largest(sel, V, top_k);
+        for (ptrdiff_t v = 0; v < V; ++v)
+            if (zk[v] < threshold) z[v] = -INFINITY;
+    }
+    return argmax(z, V);
+}
+
 /* The character one row draws from its logits (h_top . WT, plus `add`: its
  * noise with the bias, or the bias) under top-k. */
 static int draw(const lstm_gen_model *m, const float *h_top, const float *add, int sampled,
@@ -71,16 +88,7 @@ static int draw(const lstm_gen_model *m, const float *h_top, const float *add, i
             for (ptrdiff_t v = 0; v < V; ++v) zk[v] += hj * w[v];
         }
     }
-    for (ptrdiff_t v = 0; v < V; ++v) z[v] = zk[v] + add[v];
-    if (sampled && m->top_k > 0 && m->top_k < V) {
-        /* keep the top_k likeliest by the logits before the noise */
-        for (ptrdiff_t v = 0; v < V; ++v) zk[v] += m->bias[v];
-        memcpy(sel, zk, (size_t)V * sizeof(float));
-        const float threshold = kth_largest(sel, V, m->top_k);
-        for (ptrdiff_t v = 0; v < V; ++v)
-            if (zk[v] < threshold) z[v] = -INFINITY;
-    }
-    return argmax(z, V);
+    return pick(V, m->top_k, m->bias, zk, add, sampled, z, sel);
 }
 
 void lstm_generate(const lstm_blas *blas, int path, int nthreads, const lstm_gen_model *m,
@@ -141,4 +149,78 @@ void lstm_generate(const lstm_blas *blas, int path, int nthreads, const lstm_gen
         memcpy(c, c2, (size_t)LNH * sizeof(float));
         memcpy(h_top, h2 + (L - 1) * N * H, (size_t)(N * H) * sizeof(float));
     }
+}
+
+/* ---- one row, one team per chunk ------------------------------------------- */
+/* Floats of one thread's scratch: its copy of the logits, the noisy logits,
+ * top-k, and the bf16 activations (a multiple of 16: each thread's starts on
+ * its own cache line). */
+static ptrdiff_t row_scratch(const lstm_gen_row *m)
+{
+    const ptrdiff_t act = m->W_bf16 ? lstm_bf16_row_size(m->H, m->H) : 0;
+    return (3 * m->V + act + 15) / 16 * 16;
+}
+
+ptrdiff_t lstm_generate_row_work_size(const lstm_gen_row *m, int nthreads)
+{
+    /* the other h [L, H], the shared logits [V], then each thread's scratch;
+     * 16 floats to align the start */
+    return m->L * m->H + (m->V + 15) / 16 * 16 + 16 +
+           (ptrdiff_t)(nthreads > 1 ? nthreads : 1) * row_scratch(m);
+}
+
+void lstm_generate_row(const lstm_blas *blas, int path, int nthreads, const lstm_gen_row *m,
+                       ptrdiff_t n, const float *noise, float *h, float *c, float *work, int *ids)
+{
+    const ptrdiff_t L = m->L, H = m->H, V = m->V, G = 4 * H;
+    const int bf16 = m->W_bf16 != NULL;
+    const ptrdiff_t U = bf16 ? 16 : lstm_fused_lanes(path);
+    if (n <= 0 || U <= 0) return;
+    const ptrdiff_t npanels = (H + U - 1) / U, nlogit = bf16 ? (V + 15) / 16 : V;
+    float *h2 = work, *zs = h2 + L * H;
+    float *scratch = zs + (V + 15) / 16 * 16;
+    scratch += ((16 - ((uintptr_t)scratch / sizeof(float)) % 16) % 16);
+    const ptrdiff_t per_thread = row_scratch(m);
+    LSTM_PARALLEL(nthreads)
+    {
+        const lstm_team me = lstm_team_join(blas);
+        /* the same units of every layer, and a share of the logits (panels of
+         * 16 with bf16, rows of the dense weights in float32) */
+        const lstm_range p = lstm_share(npanels, me), d = lstm_share(nlogit, me);
+        float *zk = scratch + me.tid * per_thread, *z = zk + V, *sel = z + V, *act = sel + V;
+        float *hc = h, *hn = h2; /* this step's h of every layer, and the next */
+        for (ptrdiff_t k = 0; k < n; ++k) {
+            const float *top = hc + (L - 1) * H;
+            if (bf16)
+                lstm_bf16_dense_panels(m->bf16_path, d.lo, d.hi, H, V, m->dense_bf16, top, zs, act);
+            else
+                lstm_fused_dot_rows(path, d.hi - d.lo, H, m->dense + d.lo * H, top, zs + d.lo);
+            LSTM_BARRIER();
+            /* every thread draws the same character from the same numbers */
+            memcpy(zk, zs, (size_t)V * sizeof(float));
+            const float *add = noise ? noise + k * V : m->bias;
+            const int id = pick(V, m->top_k, m->bias, zk, add, noise != NULL, z, sel);
+            if (me.tid == 0) ids[k] = id;
+            const int down = (int)(k & 1);
+            for (ptrdiff_t l = 0; l < L; ++l) {
+                const ptrdiff_t I = l ? H : 0;
+                const float *in = l ? hn + (l - 1) * H : NULL;
+                const float *addl = l ? m->b[l] : m->table + (ptrdiff_t)id * G;
+                if (bf16) {
+                    lstm_bf16_row_activations(m->bf16_path, in, I, hc + l * H, H, act);
+                    lstm_bf16_row_panels(m->bf16_path, p.lo, p.hi, down, I, H, m->W_bf16[l], act,
+                                         addl, c + l * H, hn + l * H);
+                } else {
+                    lstm_fused_row_panels(path, p.lo, p.hi, down, I, H, m->W[l], in, addl,
+                                          hc + l * H, c + l * H, hn + l * H);
+                }
+                LSTM_BARRIER();
+            }
+            float *t = hc;
+            hc = hn;
+            hn = t;
+        }
+        lstm_team_leave(blas, me);
+    }
+    if (n % 2) memcpy(h, h2, (size_t)(L * H) * sizeof(float));
 }

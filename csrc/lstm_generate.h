@@ -65,6 +65,38 @@ void lstm_generate(const lstm_blas *blas, int path, int nthreads, const lstm_gen
                    ptrdiff_t n, ptrdiff_t N, const float *noise, float *h_top, float *h, float *c,
                    float *work, int *ids);
 
+/* One row (one sample) on weights packed once for the whole generation, in
+ * one team of threads for a whole chunk (no team started per character), the
+ * embedding folded into a table. Letters as above; G = 4H. */
+typedef struct {
+    ptrdiff_t L, H, V;
+    const float *table;       /* [V, G]: layer 0's input projection of each id, plus b[0] */
+    const float *const *b;    /* [L] of [G]: b_ih + b_hh (b[0] is not read: in the table) */
+    /* float32: [L] of lstm_fused_pack_forward(path, l ? H : 0, H, H, W_ih[l], W_hh[l]) and the
+     * dense weights [V, H] times 1 / temperature; bf16 (W_bf16 set, W not read): [L] of
+     * lstm_bf16_pack(4, H, l ? H : 0, H, W_ih[l], W_hh[l]) and the dense weights packed by
+     * lstm_bf16_pack(1, V, 0, H, NULL, dense), on bf16_path */
+    const float *const *W;
+    const float *dense;
+    const uint32_t *const *W_bf16;
+    const uint32_t *dense_bf16;
+    int bf16_path;
+    const float *bias;        /* [V] dense bias times 1 / temperature */
+    ptrdiff_t top_k;          /* as in lstm_gen_model */
+} lstm_gen_row;
+
+/* Floats of workspace lstm_generate_row needs with nthreads threads. */
+ptrdiff_t lstm_generate_row_work_size(const lstm_gen_row *m, int nthreads);
+
+/* n characters of one row, as lstm_generate with N = 1 draws them (the same
+ * noise; the sums may round differently): h, c [L, H] INOUT the carried
+ * state (h[L - 1] is what the first logits read), noise [n, V] or NULL,
+ * ids [n] OUT. path: the fused float32 path (float32 weights) and nthreads
+ * the team (each thread takes its share of the units of every layer and of
+ * the logits; three barriers per character with two layers). */
+void lstm_generate_row(const lstm_blas *blas, int path, int nthreads, const lstm_gen_row *m,
+                       ptrdiff_t n, const float *noise, float *h, float *c, float *work, int *ids);
+
 #ifdef __cplusplus
 }
 #endif

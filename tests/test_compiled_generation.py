@@ -33,6 +33,51 @@ def test_compiled_loop_gives_the_numpy_loops_characters(monkeypatch, input_mode,
     assert compiled == reference
 
 
+@pytest.mark.parametrize("weights", ["float32", "bf16"])
+@pytest.mark.parametrize("input_mode", ["embedding", "scaled"])
+def test_one_sample_loop_on_a_team_with_odd_chunks(monkeypatch, weights, input_mode):
+    # the one-sample loop (lstm_generate_row) on two threads even for this small model,
+    # chunks of odd length (its two h buffers swap at every character), against the NumPy loop
+    monkeypatch.setenv("FASTLSTM_MIN_PARALLEL_WORK", "0")
+    monkeypatch.setenv("FASTLSTM_NUM_THREADS", "2")
+    if weights == "bf16" and "avx512bf16" in c_backend.BF16_KERNELS:
+        monkeypatch.setenv("FASTLSTM_BF16_KERNEL", "avx512")  # exact to the NumPy loop's sums
+    monkeypatch.setattr(CharModel, "GENERATE_CHUNK", 13)
+    model = CharModel(37, 40, 3, embed_dim=7, input_mode=input_mode, seed=6, backend="c")
+    model.lstm.params["weight_hh_l2"] *= 3  # peakier output
+    draw = dict(seed=5, temperature=0.8, top_k=9, weights=weights)
+    compiled = model.generate([3, 1, 4, 1], 401, **draw)
+    greedy = model.generate([3, 1, 4, 1], 401, greedy=True, weights=weights)
+    with monkeypatch.context() as m:
+        _numpy_loop(m)
+        assert compiled == model.generate([3, 1, 4, 1], 401, **draw)
+        assert greedy == model.generate([3, 1, 4, 1], 401, greedy=True, weights=weights)
+
+
+def test_one_sample_loop_checks_its_arguments():
+    f = np.float32
+    L, H, V, E = 2, 4, 6, 3
+    W_ih = [np.ones((4 * H, E), f), np.ones((4 * H, H), f)]
+    W_hh, b = [np.ones((4 * H, H), f)] * L, [np.zeros(4 * H, f)] * L
+    pack = c_backend.pack_generate_row(W_ih, W_hh, b, np.zeros((V, E), f), np.zeros((V, H), f))
+    if pack is None:
+        pytest.skip("no fused path on this build")
+    h, c = np.zeros((L, H), f), np.zeros((L, H), f)
+    ids = c_backend.generate_row(pack, np.zeros(V, f), 0, None, h, c, 5)
+    assert ids.shape == (5,) and ((0 <= ids) & (ids < V)).all()
+    with pytest.raises(ValueError, match="inputs"):
+        c_backend.pack_generate_row(W_ih, W_hh, b, np.zeros((V, E + 1), f), np.zeros((V, H), f))
+    with pytest.raises(ValueError, match="W_hh"):
+        c_backend.pack_generate_row(W_ih, [W_hh[0], np.ones((4 * H, H + 1), f)], b, np.zeros((V, E), f),
+                                    np.zeros((V, H), f))
+    with pytest.raises(ValueError, match="noise"):
+        c_backend.generate_row(pack, np.zeros(V, f), 0, np.zeros((5, V + 1), f), h, c, 5)
+    with pytest.raises(ValueError, match="h"):
+        c_backend.generate_row(pack, np.zeros(V, f), 0, None, np.zeros((L, H + 1), f), c, 5)
+    with pytest.raises(ValueError, match="top_k"):
+        c_backend.generate_row(pack, np.zeros(V, f), -1, None, h, c, 5)
+
+
 def test_compiled_loop_streams_every_character_in_order(monkeypatch):
     model = CharModel(11, 8, 1, embed_dim=3, seed=1, backend="c")
     monkeypatch.setattr(CharModel, "GENERATE_CHUNK", 7)

@@ -13,7 +13,7 @@ a StepOrder (_steps.py): the C loops see sorted rows, packed step by step.
 
 from cython cimport floating
 from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from libc.stdint cimport int64_t
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
@@ -981,6 +981,21 @@ cdef extern from "lstm_generate.h" nogil:
         const uint32_t **W_bf16
         const uint32_t *WT_bf16
         int bf16_path, bf16_threads
+    ctypedef struct lstm_gen_row:
+        Py_ssize_t L, H, V
+        const float *table
+        const float **b
+        const float **W
+        const float *dense
+        const uint32_t **W_bf16
+        const uint32_t *dense_bf16
+        int bf16_path
+        const float *bias
+        Py_ssize_t top_k
+    Py_ssize_t lstm_generate_row_work_size(const lstm_gen_row *m, int nthreads)
+    void lstm_generate_row(const lstm_blas *blas, int path, int nthreads, const lstm_gen_row *m,
+                           Py_ssize_t n, const float *noise, float *h, float *c, float *work,
+                           int *ids)
     Py_ssize_t lstm_generate_work_size(const lstm_gen_model *m, Py_ssize_t N)
     void lstm_generate(const lstm_blas *blas, int path, int nthreads, const lstm_gen_model *m,
                        Py_ssize_t n, Py_ssize_t N, const float *noise, float *h_top, float *h,
@@ -1122,6 +1137,133 @@ def generate(list W_ih, list W_hh, list b, emb, const float[:, ::1] WT, const fl
     if (ids < 0).any():
         raise MemoryError("the generation loop ran out of memory for its scratch buffers")
     return ids
+
+
+class RowPack:
+    """One sample's generation weights, packed once (pack_generate_row): layer 0's input
+    folded into a (V, 4H) table, every layer's panels, the dense weights."""
+
+    __slots__ = ("L", "H", "V", "path", "bf16", "table", "b", "layers", "dense")
+
+    def __init__(self, L, H, V, path, bf16, table, b, layers, dense):
+        self.L, self.H, self.V, self.path, self.bf16 = L, H, V, path, bf16
+        self.table, self.b, self.layers, self.dense = table, b, layers, dense
+
+
+def pack_generate_row(list W_ih, list W_hh, list b, inputs, dense, bint bf16=False):
+    """Pack a one-sample generation once (for ``generate_row``): W_ih, W_hh, b (b_ih +
+    b_hh) the L layers; inputs (V, I0) layer 0's input for each id (the embedding rows,
+    or id / V); dense (V, H) the dense weights times 1 / temperature. bf16: the weights
+    rounded to bf16 (not exact). Layer 0's input projection of every id, plus its bias,
+    becomes one (V, 4H) table (summed in float64). None where no kernel runs this: the
+    BLAS path for float32, no bf16 kernels for bf16."""
+    cdef Py_ssize_t L = len(W_ih), l, H, V, Ip
+    cdef int path = _fused_path(<float>0)
+    cdef const float[:, ::1] wi
+    cdef const float[:, ::1] wh
+    cdef float[::1] out
+    if L == 0 or len(W_hh) != L or len(b) != L:
+        raise ValueError(f"W_ih, W_hh and b need one entry per layer, got {len(W_ih)}, {len(W_hh)}, {len(b)}")
+    if (path == LSTM_PATH_BLAS and not bf16) or (bf16 and bf16_path() == "none"):
+        return None
+    H = W_hh[0].shape[1]
+    V = dense.shape[0]
+    I0 = W_ih[0].shape[1]
+    _check("inputs", _shape(inputs), (V, I0))
+    _check("dense", _shape(dense), (V, H))
+    for l in range(L):
+        _check_entry("W_ih", l, tuple(W_ih[l].shape), (4 * H, I0 if l == 0 else H))
+        _check_entry("W_hh", l, tuple(W_hh[l].shape), (4 * H, H))
+        _check_entry("b", l, tuple(b[l].shape), (4 * H,))
+    table = np.ascontiguousarray(
+        (np.asarray(inputs, np.float64) @ np.asarray(W_ih[0], np.float64).T
+         + np.asarray(b[0], np.float64)).astype(np.float32))
+    biases = [np.ascontiguousarray(x, np.float32) for x in b]
+    layers = []
+    for l in range(L):
+        if bf16:
+            layers.append(bf16_pack(None if l == 0 else W_ih[l], W_hh[l], 4))
+            continue
+        wi, wh = W_ih[l], W_hh[l]
+        Ip = 0 if l == 0 else H
+        arr = _aligned_new(lstm_fused_forward_pack_size(path, Ip, H, H))
+        out = arr
+        with nogil:
+            lstm_fused_pack_forward(path, Ip, H, H, &wi[0, 0] if Ip else NULL, &wh[0, 0], &out[0])
+        layers.append(arr)
+    if bf16:
+        dense_packed = bf16_pack(None, np.ascontiguousarray(dense, np.float32), 1)
+    else:
+        dense_packed = np.ascontiguousarray(dense, np.float32)
+    return RowPack(L, H, V, path, bool(bf16), table, biases, layers, dense_packed)
+
+
+def generate_row(pack, const float[::1] bias, Py_ssize_t top_k, noise, float[:, ::1] h,
+                 float[:, ::1] c, Py_ssize_t n):
+    """n characters of one sample on a ``pack_generate_row`` pack (csrc/lstm_generate.h's
+    lstm_generate_row): bias (V,) the dense bias times 1 / temperature; top_k 0 for all;
+    noise (n, V) Gumbel noise plus bias, or None (greedy); h, c (L, H) the carried state,
+    moved on in place (h[L-1] is the top layer's output the first logits read). Returns
+    the (n,) ids (int32). The GIL is released for the whole chunk."""
+    cdef Py_ssize_t L = pack.L, H = pack.H, V = pack.V, l
+    cdef const float[:, ::1] nz
+    cdef const float[:, ::1] tab = pack.table
+    cdef const float[::1] fv
+    cdef const uint32_t[::1] wv
+    cdef const float[:, ::1] dn
+    cdef lstm_gen_row m
+    _check_all((("bias", bias, (V,)), ("h", h, (L, H)), ("c", c, (L, H))))
+    if noise is not None:
+        nz = noise
+        _check("noise", _shape(noise), (n, V))
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    if pack.path != _fused_path(<float>0) and not pack.bf16:
+        raise ValueError("pack was made for another kernel path: call pack_generate_row again")
+    ids = np.empty(max(n, 0), np.intc)
+    cdef int[::1] out = ids
+    if n <= 0 or H == 0 or V == 0:
+        return ids
+    cdef int nthreads = _config.threads_for(1, H, lstm_fused_max_threads(), step=True)
+    cdef const float **fp = <const float **>malloc(2 * L * sizeof(float *))
+    cdef const uint32_t **bp = <const uint32_t **>malloc(L * sizeof(uint32_t *))
+    try:
+        if fp == NULL or bp == NULL:
+            raise MemoryError()
+        memset(&m, 0, sizeof(m))
+        m.L, m.H, m.V, m.top_k = L, H, V, top_k
+        m.table, m.bias = &tab[0, 0], &bias[0]
+        for l in range(L):
+            fv = pack.b[l]
+            fp[L + l] = &fv[0]
+        m.b = fp + L
+        if pack.bf16:
+            for l in range(L):
+                wv = pack.layers[l].words
+                bp[l] = &wv[0]
+            wv = pack.dense.words
+            m.W_bf16, m.dense_bf16, m.bf16_path = bp, &wv[0], _bf16_code()
+        else:
+            for l in range(L):
+                fv = pack.layers[l]
+                fp[l] = &fv[0]
+            dn = pack.dense
+            m.W, m.dense = fp, &dn[0, 0]
+        work_array = np.empty(lstm_generate_row_work_size(&m, nthreads), np.float32)
+        _run_generate_row(&m, pack.path, nthreads, n, &nz[0, 0] if noise is not None else NULL,
+                          h, c, work_array, out)
+    finally:
+        free(fp)
+        free(bp)
+    return ids
+
+
+cdef void _run_generate_row(const lstm_gen_row *m, int path, int nthreads, Py_ssize_t n,
+                            const float *noise, float[:, ::1] h, float[:, ::1] c,
+                            float[::1] work, int[::1] ids) except *:
+    with nogil:
+        lstm_generate_row(&_BLAS, path, nthreads, m, n, noise, &h[0, 0], &c[0, 0], &work[0],
+                          &ids[0])
 
 
 cdef void _run_generate(const lstm_gen_model *m, int path, int nthreads, Py_ssize_t n, Py_ssize_t N,

@@ -628,6 +628,13 @@ class CharModel:
         c = np.ascontiguousarray(state[1], np.float32)
         b = np.ascontiguousarray(b, np.float32)
         drawn = np.empty((length, h_top.shape[0]), np.int64)
+        if h_top.shape[0] == 1:
+            inputs = emb if emb is not None else (np.arange(self.vocab_size) / self.vocab_size).astype(
+                np.float32)[:, None]  # what the loop feeds back for each id
+            row = be.pack_generate_row(W_ih, W_hh, bias, inputs, np.ascontiguousarray(WT.T),
+                                       bf16=bf16 is not None)
+            if row is not None:
+                return self._draw_row(be, row, h, c, length, b, greedy, top_k, noise_block, emit, drawn)
         # a batch steps on weights packed once for the whole generation
         packed = be.pack_generate(W_ih, W_hh) if h_top.shape[0] > 1 and bf16 is None else None
         noise: Any = None
@@ -643,5 +650,28 @@ class CharModel:
             drawn[n:n + chunk] = ids
             for row in ids:
                 emit(row)
+            n += chunk
+        return drawn
+
+    def _draw_row(self, be: Any, row: Any, h: Any, c: Any, length: int, b: Any, greedy: bool,
+                  top_k: int | None, noise_block: Callable[[int], Any], emit: Callable[[Any], None],
+                  drawn: NDArray[np.int64]) -> NDArray[np.int64]:
+        """One sample in C on weights packed once (``pack_generate_row``: layer 0's input
+        folded into a table of every id's pre-activations), one team of threads per chunk;
+        the same noise blocks as the other loops. h, c: the (L, 1, H) state."""
+        block = self.NOISE_BLOCK
+        h1, c1 = np.ascontiguousarray(h[:, 0]), np.ascontiguousarray(c[:, 0])
+        noise: Any = None
+        n = 0
+        while n < length:
+            k = n % block
+            if not greedy and k == 0:
+                noise = noise_block(min(block, length - n))[:, 0]
+            chunk = min(self.GENERATE_CHUNK, length - n, block - k)
+            ids = be.generate_row(row, b, 0 if top_k is None else top_k,
+                                  None if greedy else noise[k:k + chunk], h1, c1, chunk)
+            drawn[n:n + chunk, 0] = ids
+            for one in ids[:, None]:
+                emit(one)
             n += chunk
         return drawn
