@@ -614,10 +614,7 @@ class CharModel:
         be, block = self._compiled_loop(), self.NOISE_BLOCK
         snap = self.lstm._inference_snapshot("bf16", False) if precision == "bf16" else None
         weights = [self.lstm._layer_weights(k, snap) for k in range(self.num_layers)]
-        bf16 = None
-        if snap is not None and be.BF16_KERNELS:
-            bf16 = ([snap.panels(be, k) for k in range(self.num_layers)],
-                    be.bf16_pack(None, np.ascontiguousarray(WT.T), 1))
+        bf16_kernels = snap is not None and bool(be.BF16_KERNELS)
         W_ih = [w[0] for w in weights]
         W_hh = [w[1] for w in weights]
         bias = [w[2].copy() for w in weights]  # the layer's bias buffer is rewritten per call
@@ -632,9 +629,14 @@ class CharModel:
             inputs = emb if emb is not None else (np.arange(self.vocab_size) / self.vocab_size).astype(
                 np.float32)[:, None]  # what the loop feeds back for each id
             row = be.pack_generate_row(W_ih, W_hh, bias, inputs, np.ascontiguousarray(WT.T),
-                                       bf16=bf16 is not None)
+                                       bf16=bf16_kernels)
             if row is not None:
                 return self._draw_row(be, row, h, c, length, b, greedy, top_k, noise_block, emit, drawn)
+        bf16 = None
+        if bf16_kernels:
+            assert snap is not None
+            bf16 = ([snap.panels(be, k) for k in range(self.num_layers)],
+                    be.bf16_pack(None, np.ascontiguousarray(WT.T), 1))
         # a batch steps on weights packed once for the whole generation
         packed = be.pack_generate(W_ih, W_hh) if h_top.shape[0] > 1 and bf16 is None else None
         noise: Any = None
