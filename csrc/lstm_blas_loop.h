@@ -129,6 +129,18 @@ void lstm_adam_step_f32(ptrdiff_t n, float *p, const float *g, float *m, float *
 void lstm_adam_step_f64(ptrdiff_t n, double *p, const double *g, double *m, double *v, double c1,
                         double c2, double a, double e, double wd);
 
+/* Row-major c [M, N] OUT = op(a) [M, K] . op(b) [K, N], the rows of c split over
+ * nthreads threads (OpenMP, each one single-threaded BLAS call): op(a) is a
+ * [M, K] stored row-major with leading dimension lda (ta 'N'), or a [K, M]
+ * stored so, transposed (ta 'T'); op(b) likewise ([K, N], or 'T': [N, K]).
+ * The dense layer's products, on the LSTM kernels' own threads. */
+void lstm_parallel_matmul_f32(const lstm_blas *blas, int nthreads, char ta, char tb, ptrdiff_t M,
+                              ptrdiff_t N, ptrdiff_t K, const float *a, ptrdiff_t lda,
+                              const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc);
+void lstm_parallel_matmul_f64(const lstm_blas *blas, int nthreads, char ta, char tb, ptrdiff_t M,
+                              ptrdiff_t N, ptrdiff_t K, const double *a, ptrdiff_t lda,
+                              const double *b, ptrdiff_t ldb, double *c, ptrdiff_t ldc);
+
 /* dst [V, G] INOUT: dst[ids[r]] += src[r] for r = 0 .. rows-1, src [rows, G] IN,
  * ids [rows] IN in [0, V) (unchecked): the gradient of a row gather (an
  * embedding, or a table of input projections by id). */

@@ -120,6 +120,28 @@ void FN(lstm_backward_products)(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N,
     }
 }
 
+void FN(lstm_parallel_matmul)(const lstm_blas *blas, int nthreads, char ta, char tb,
+                              ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const REAL *a, ptrdiff_t lda,
+                              const REAL *b, ptrdiff_t ldb, REAL *c, ptrdiff_t ldc)
+{
+    LSTM_PARALLEL(nthreads)
+    {
+        const lstm_team me = lstm_team_join(blas);
+        const lstm_range r = lstm_share(M, me);
+        if (r.hi > r.lo) {
+            if (K > 0) {
+                /* row-major C = A B is column-major C^T = B^T A^T: BLAS reads each
+                 * row-major operand as its transpose, so the flags carry over */
+                const REAL *ar = ta == 'T' ? a + r.lo : a + r.lo * lda;
+                FN(gemm)(blas, tb, ta, N, r.hi - r.lo, K, b, ldb, ar, lda, 0, c + r.lo * ldc, ldc);
+            } else {
+                for (ptrdiff_t i = r.lo; i < r.hi; ++i) memset(c + i * ldc, 0, (size_t)N * sizeof(REAL));
+            }
+        }
+        lstm_team_leave(blas, me);
+    }
+}
+
 void FN(lstm_scatter_add_rows)(ptrdiff_t rows, ptrdiff_t G, const int64_t *ids, const REAL *src,
                                REAL *dst)
 {

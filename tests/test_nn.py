@@ -315,3 +315,52 @@ def test_adam_in_one_pass_gives_the_loops_numbers(dtype, weight_decay):
         runs.append((params["w"], opt.m["w"], opt.v["w"]))
     for a, b in zip(*runs, strict=True):
         assert np.array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------- split products
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_split_matmul_is_matmul_for_every_layout(monkeypatch, dtype, threads):
+    # the dense layer's products on the kernels' threads (csrc lstm_parallel_matmul), against
+    # NumPy's for C- and F-ordered operands, above and below the size that splits
+    import fastlstm.charlm.nn as nn_mod
+    rng = np.random.default_rng(3)
+    for M, K, N in [(700, 31, 9), (5, 4, 3), (2, 0, 3)]:
+        monkeypatch.setattr(nn_mod, "SPLIT_MIN_MACS", 0 if M > 5 else 10 ** 9)
+        a = rng.standard_normal((M, K)).astype(dtype)
+        b = rng.standard_normal((K, N)).astype(dtype)
+        for A in (a, np.asfortranarray(a)):
+            for B in (b, np.asfortranarray(b)):
+                got = nn_mod.split_matmul(A, B, threads)
+                np.testing.assert_allclose(got, a @ b, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+                out = np.full((M, N), np.nan, dtype)
+                assert nn_mod.split_matmul(A, B, threads, out=out) is out
+                np.testing.assert_allclose(out, a @ b, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+
+
+def test_dense_layer_on_threads_matches_one_thread(monkeypatch):
+    import fastlstm.charlm.nn as nn_mod
+    monkeypatch.setattr(nn_mod, "SPLIT_MIN_MACS", 0)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 40, 12)).astype(np.float32)
+    dy = rng.standard_normal((6, 40, 5)).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        layer = nn.Dense(12, 5, seed=1)
+        layer.threads = threads
+        y = layer.forward(x, training=True)
+        dx = layer.backward(dy)
+        results.append((y, dx, layer.grads["weight"].copy(), layer.grads["bias"].copy()))
+    for one, two in zip(*results, strict=True):
+        np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-5)
+
+
+def test_backend_matmul_refuses_what_does_not_fit():
+    _c = pytest.importorskip("fastlstm.backends._c", reason="C backend not built")
+    a, b = np.ones((4, 3), np.float32), np.ones((3, 2), np.float32)
+    with pytest.raises(ValueError, match="do not fit"):
+        _c.matmul(a, b, np.empty((4, 3), np.float32), 2)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _c.matmul(a, b.astype(np.float64), np.empty((4, 2), np.float32), 2)
+    with pytest.raises(ValueError, match="contiguous"):
+        _c.matmul(np.ones((4, 6), np.float32)[:, ::2], b, np.empty((4, 2), np.float32), 2)

@@ -43,6 +43,14 @@ cdef extern from "lstm_blas_loop.h" nogil:
                             float c2, float a, float e, float wd)
     void lstm_adam_step_f64(Py_ssize_t n, double *p, const double *g, double *m, double *v,
                             double c1, double c2, double a, double e, double wd)
+    void lstm_parallel_matmul_f32(const lstm_blas *blas, int nthreads, char ta, char tb,
+                                  Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float *a,
+                                  Py_ssize_t lda, const float *b, Py_ssize_t ldb, float *c,
+                                  Py_ssize_t ldc)
+    void lstm_parallel_matmul_f64(const lstm_blas *blas, int nthreads, char ta, char tb,
+                                  Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double *a,
+                                  Py_ssize_t lda, const double *b, Py_ssize_t ldb, double *c,
+                                  Py_ssize_t ldc)
     void lstm_scatter_add_rows_f32(Py_ssize_t rows, Py_ssize_t G, const int64_t *ids,
                                    const float *src, float *dst)
     void lstm_scatter_add_rows_f64(Py_ssize_t rows, Py_ssize_t G, const int64_t *ids,
@@ -1272,6 +1280,48 @@ cdef void _run_generate(const lstm_gen_model *m, int path, int nthreads, Py_ssiz
     with nogil:
         lstm_generate(&_BLAS, path, nthreads, m, n, N, noise, &h_top[0, 0], &h[0, 0, 0],
                       &c[0, 0, 0], &work[0], &ids[0, 0])
+
+
+def _row_major(a, str name):
+    """(the C-contiguous array under a, 'N' or 'T'): a itself, or the C-contiguous
+    transpose of an F-contiguous a."""
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {a.shape}")
+    if a.flags.c_contiguous:
+        return a, ord("N")
+    if a.flags.f_contiguous:
+        return a.T, ord("T")
+    raise ValueError(f"{name} must be C- or F-contiguous")
+
+
+def matmul(a, b, out, int threads):
+    """out [M, N] = a [M, K] @ b [K, N], the rows of out split over ``threads`` of the
+    kernels' OpenMP threads, each share one single-threaded BLAS call (the dense
+    layer's products: the LSTM kernels' threads are awake and idle between their
+    loops). a and b C- or F-contiguous, out C-contiguous, all float32 or all float64."""
+    A, ta = _row_major(a, "a")
+    B, tb = _row_major(b, "b")
+    if out.ndim != 2 or not out.flags.c_contiguous or out.shape != (a.shape[0], b.shape[1]) \
+            or b.shape[0] != a.shape[1]:
+        raise ValueError(f"matmul: a {a.shape}, b {b.shape}, out {out.shape} do not fit")
+    if not (a.dtype == b.dtype == out.dtype) or a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"matmul: a, b and out must share float32 or float64, got {a.dtype}, "
+                        f"{b.dtype}, {out.dtype}")
+    if out.size:
+        _matmul(A, B, out, ta, tb, a.shape[0], b.shape[1], a.shape[1], max(1, threads))
+    return out
+
+
+def _matmul(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1] C, char ta,
+            char tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, int threads):
+    cdef Py_ssize_t lda = max(1, A.shape[1]), ldb = max(1, B.shape[1])
+    cdef const floating *ap = &A[0, 0] if A.shape[0] * A.shape[1] else NULL
+    cdef const floating *bp = &B[0, 0] if B.shape[0] * B.shape[1] else NULL
+    with nogil:
+        if floating is float:
+            lstm_parallel_matmul_f32(&_BLAS, threads, ta, tb, M, N, K, ap, lda, bp, ldb, &C[0, 0], N)
+        else:
+            lstm_parallel_matmul_f64(&_BLAS, threads, ta, tb, M, N, K, ap, lda, bp, ldb, &C[0, 0], N)
 
 
 def scatter_add_rows(const int64_t[::1] ids, const floating[:, ::1] src, floating[:, ::1] dst):

@@ -340,6 +340,7 @@ class CharModel:
         top = y[-1] if last_only else y
         top = self.drop.forward(top, training=training,
                                 out=self._buffer("dropped", top.shape) if training else None)
+        self.dense.threads = self._kernel_threads()
         logits = self.dense.forward(top, training=training)
         if training:
             self._saved = (ids.shape, last_only)
@@ -449,6 +450,15 @@ class CharModel:
     GENERATE_CHUNK = 128
     #: Characters per block of Gumbel noise drawn from each sample's generator.
     NOISE_BLOCK = 1024
+
+    def _kernel_threads(self) -> int:
+        """The threads the LSTM's kernels run on (the dense layer's products split over as many)."""
+        from ..backends import get_backend
+
+        try:
+            return int(get_backend(self.lstm.backend).max_threads())
+        except (ValueError, ImportError, AttributeError):
+            return 1
 
     def _compiled_loop(self) -> Any:
         """The C backend when it runs this model's generation loop (float32), else None."""

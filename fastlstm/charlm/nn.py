@@ -20,7 +20,37 @@ SeedLike = int | np.random.SeedSequence | np.random.Generator | None
 Grads = Mapping[str, NDArray[np.floating]] | Iterable[NDArray[np.floating]]
 
 __all__ = ["Adam", "Dense", "Dropout", "Embedding", "SoftmaxCrossEntropy", "check_dropout", "clip_grad_norm",
-           "flat_buffer", "global_norm", "log_softmax", "softmax", "softmax_cross_entropy"]
+           "flat_buffer", "global_norm", "log_softmax", "softmax", "softmax_cross_entropy", "split_matmul"]
+
+
+#: Products of at least this many multiply-adds split their rows over the threads (Dense with
+#: ``threads`` >= 2): below it, waking the team costs more than it saves.
+SPLIT_MIN_MACS = 4_000_000
+
+
+def split_matmul(a: NDArray[Any], b: NDArray[Any], threads: int = 1,
+                 out: NDArray[Any] | None = None) -> NDArray[Any]:
+    """``a @ b`` (into ``out``, C-contiguous). With ``threads`` >= 2, a large product and the
+    C backend built, the rows of the result are split over that many of the LSTM kernels'
+    OpenMP threads, one single-threaded BLAS call each (``fastlstm.backends._c.matmul``): the
+    trainer keeps BLAS itself on one thread, so that no BLAS workers spin beside the kernels'
+    threads, and those are awake and idle between the LSTM's loops. Otherwise NumPy's
+    ``matmul``. The sums may round differently from NumPy's."""
+    M, K = a.shape
+    N = b.shape[1]
+    if threads >= 2 and M >= 2 and M * K * N >= SPLIT_MIN_MACS and a.dtype == b.dtype and \
+            a.dtype in (np.float32, np.float64) and (a.flags.c_contiguous or a.flags.f_contiguous) and \
+            (b.flags.c_contiguous or b.flags.f_contiguous):
+        try:
+            from ..backends import _c
+        except ImportError:
+            pass
+        else:
+            if out is None:
+                out = np.empty((M, N), a.dtype)
+            if out.flags.c_contiguous and out.dtype == a.dtype:
+                return _c.matmul(a, b, out, threads)
+    return np.matmul(a, b, out=out)
 
 
 def check_dropout(p: float, name: str = "dropout probability") -> float:
@@ -208,12 +238,17 @@ class Dense:
         ``{"weight": (out, in), "bias": (out,)}`` (no bias with ``bias=False``).
     grads : dict of str to ndarray
         Gradients of ``params``; they accumulate.
+    threads : int
+        Threads for the three products (``split_matmul``; default 1: one BLAS call each).
+        ``CharModel`` sets it to its LSTM kernels' thread count.
 
     Raises
     ------
     TypeError
         For a dtype other than float32 and float64.
     """
+
+    threads = 1
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
                  dtype: DTypeLike = np.float32, seed: SeedLike = None) -> None:
@@ -246,7 +281,7 @@ class Dense:
         x = np.asarray(x)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        y = x2 @ self.params["weight"].T
+        y = split_matmul(x2, self.params["weight"].T, self.threads)
         if "bias" in self.params:
             y += self.params["bias"]
         if training:
@@ -276,11 +311,12 @@ class Dense:
         x2 = _take_saved(self, "_x", "forward(..., training=True)")
         dy = np.asarray(dy)
         dy2 = dy.reshape(-1, self.out_features)
-        self.grads["weight"] += dy2.T @ x2
+        # dW^T = x^T dy: its rows (the input features) split over the threads
+        self.grads["weight"] += split_matmul(x2.T, dy2, self.threads).T
         if "bias" in self.params:
             self.grads["bias"] += dy2.sum(axis=0)
         dx_out = None if out is None else out.reshape(dy2.shape[0], self.in_features)
-        dx = np.matmul(dy2, self.params["weight"], out=dx_out)
+        dx = split_matmul(dy2, self.params["weight"], self.threads, out=dx_out)
         return dx.reshape(dy.shape[:-1] + (self.in_features,))
 
 
