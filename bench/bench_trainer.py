@@ -223,6 +223,23 @@ def fmt_time(t):
     return "not reached" if t is None else f"{t:.1f} s"
 
 
+def step_flops(V=67):
+    """Floating-point operations of the products of one peer step (2 per multiply-add): per
+    row (a position of a window), each LSTM layer's forward products (x . W_ih^T, h . W_hh^T)
+    and backward ones (dh, dx, dW_ih, dW_hh), with layer 0's input folded (its x . W_ih^T is a
+    table lookup, its dx not needed, its dW_ih a scatter: none counted), and the dense
+    layer's three."""
+    H, L, E = PEER["hidden_size"], PEER["num_layers"], PEER["embed_dim"]
+    del E  # folded
+    G, per_row = 4 * H, 0
+    for layer in range(L):
+        inputs = 0 if layer == 0 else H
+        per_row += 2 * G * (inputs + H)  # forward
+        per_row += 2 * G * (H + H) + (2 * G * 2 * inputs if inputs else 0)  # dh, dW_hh; dx, dW_ih
+    per_row += 3 * 2 * H * V
+    return per_row * PEER["batch_size"] * PEER["seq_len"]
+
+
 def report(results, gen, info, args, command):
     when = time.strftime("%Y-%m-%d %H:%M")
     lines = [f"## Trainer benchmark, {when}" + (" (provisional)" if args.note else ""), ""]
@@ -254,6 +271,15 @@ def report(results, gen, info, args, command):
     if "torch" in by and "fastlstm" in by:
         ratio = by["fastlstm"]["chars_per_s"] / by["torch"]["chars_per_s"]
         lines.append(f"- Training throughput, fastlstm / PyTorch: **{ratio:.2f}x** (target >= 1.6x, issue 15)")
+        if info.get("roof"):
+            flops = step_flops()
+            floor = flops / (info["roof"] * 1e9)
+            best = PEER["batch_size"] * PEER["seq_len"] / floor
+            lines.append(f"- Roof: NumPy's float32 matmul 2048² at {args.threads} threads, {info['roof']:.0f} GFLOP/s "
+                         f"(the best of before and after the trainers). A step's products (LSTM and dense, "
+                         f"forward and backward, the embedding folded) are {flops / 1e9:.1f} GFLOP: at the roof "
+                         f"a step would take {floor * 1e3:.0f} ms and nothing else, {best:,.0f} chars/s, "
+                         f"{best / by['torch']['chars_per_s']:.2f}x PyTorch's rate here")
         tt = by["torch"]["final_val"]
         for name in ("fastlstm", "fastlstm-defaults"):
             if name in by:
@@ -313,6 +339,8 @@ def main():
         ap.error(f"unknown trainers {bad}; choose from {', '.join(TRAINERS)}")
     env = bench_env()
     info = machine_info()
+    from fastlstm.bench.grid import roof_gflops
+    roofs = [roof_gflops(3.0)]
     results, gen = [], None
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
@@ -339,6 +367,8 @@ def main():
                 for w, g in gen.items():
                     print(f"   generation ({w} weights): {g['reported']:,.0f} chars/s (reported), "
                           f"{g['wall_diff']:,.0f} chars/s (wall-clock difference)", flush=True)
+    roofs.append(roof_gflops(3.0))
+    info["roof"] = max(roofs)
     section = report(results, gen, info, args, command)
     print()
     print(section)
