@@ -33,11 +33,14 @@ def test_compiled_loop_gives_the_numpy_loops_characters(monkeypatch, input_mode,
     assert compiled == reference
 
 
-@pytest.mark.parametrize("weights", ["float32", "bf16"])
+@pytest.mark.parametrize("weights,path", [("float32", p) for p in c_backend.SUPPORTED_KERNELS] + [("bf16", None)])
 @pytest.mark.parametrize("input_mode", ["embedding", "scaled"])
-def test_one_sample_loop_on_a_team_with_odd_chunks(monkeypatch, weights, input_mode):
+def test_one_sample_loop_on_a_team_with_odd_chunks(monkeypatch, weights, path, input_mode):
     # the one-sample loop (lstm_generate_row) on two threads even for this small model,
     # chunks of odd length (its two h buffers swap at every character), against the NumPy loop
+    # (the BLAS path has no such loop: it keeps the batch loop)
+    if path is not None:
+        monkeypatch.setenv("FASTLSTM_KERNEL", path)
     monkeypatch.setenv("FASTLSTM_MIN_PARALLEL_WORK", "0")
     monkeypatch.setenv("FASTLSTM_NUM_THREADS", "2")
     if weights == "bf16" and "avx512bf16" in c_backend.BF16_KERNELS:
