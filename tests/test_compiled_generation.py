@@ -155,3 +155,20 @@ def test_packed_weights_must_fit():
     other = c_backend.pack_generate([np.ones((4 * H, E + 1), f)], W_hh)
     with pytest.raises(ValueError, match="pack_generate"):
         c_backend.generate(W_ih, W_hh, b, **args, packed=other)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy-loop"])
+def test_on_chunk_streams_the_same_ids_in_blocks(monkeypatch, compiled):
+    if not compiled:
+        _numpy_loop(monkeypatch)
+    model = CharModel(11, 8, 1, embed_dim=3, seed=1, backend="c")
+    monkeypatch.setattr(CharModel, "GENERATE_CHUNK", 7)
+    blocks, each = [], []
+    out = model.generate([2], 50, seed=3, on_chunk=blocks.append, callback=each.append)
+    assert sum(blocks, []) == out == each and all(isinstance(b, list) for b in blocks)
+    if compiled:
+        assert [len(b) for b in blocks][:7] == [7] * 7
+    batch = []
+    rows = model.generate([2], 20, seed=3, num_samples=3, on_chunk=batch.append)
+    stacked = np.concatenate(batch)
+    assert stacked.shape == (20, 3) and [list(stacked[:, k]) for k in range(3)] == rows

@@ -381,10 +381,11 @@ def _generate(args):
     K = args.num_samples
     last_flush = [time.perf_counter()]
 
-    def emit(i):
-        write(chars[i])
+    def emit(ids):
+        # a chunk of characters at a time: no Python call per character
+        write("".join([chars[i] for i in ids]))
         now = time.perf_counter()
-        if now - last_flush[0] > 0.03:  # stream, without a system call per character
+        if now - last_flush[0] > 0.03:  # stream, without a system call per chunk
             flush()
             last_flush[0] = now
 
@@ -395,7 +396,7 @@ def _generate(args):
             write(echo)
             flush()
             model.generate(ids, args.length, temperature=temperature, top_k=args.top_k or None,
-                           greedy=greedy, seed=args.seed, callback=emit, weights=args.weights)
+                           greedy=greedy, seed=args.seed, on_chunk=emit, weights=args.weights)
             dt = time.perf_counter() - t0
             write("\n")
         else:

@@ -476,7 +476,8 @@ class CharModel:
                  top_k: int | None = None, greedy: bool = False, seed: int | None = None,
                  rng: np.random.Generator | None = None,
                  callback: Callable[[Any], object] | None = None,
-                 num_samples: int | None = None, weights: str = "float32") -> Any:
+                 num_samples: int | None = None, weights: str = "float32",
+                 on_chunk: Callable[[Any], object] | None = None) -> Any:
         """Continue ``prime_ids`` by ``length`` characters.
 
         The prime runs through one ``LSTM.forward``; then each new character is one
@@ -506,6 +507,10 @@ class CharModel:
         callback : callable or None, optional
             ``callback(id)`` as each character is drawn (for streaming); with
             ``num_samples``, ``callback(ids)`` with the (K,) ids of each position.
+        on_chunk : callable or None, optional
+            ``on_chunk(ids)`` with the list of ids of each chunk as it is drawn (streaming in
+            blocks, without a Python call per character: what ``fastlstm generate`` uses);
+            with ``num_samples``, the (n, K) array of each chunk's positions.
         num_samples : int or None, optional
             K independent continuations of the prime in one pass (a batch of K):
             sample k is the text ``generate(..., seed=seed + k)`` gives, up to float
@@ -570,9 +575,13 @@ class CharModel:
             noise += b
             return noise  # (n, K, V)
 
-        def emit(ids: NDArray[np.integer]) -> None:
+        def emit(block: NDArray[np.integer]) -> None:
+            # block: (n, K) ids of the positions just drawn
+            if on_chunk is not None:
+                on_chunk(block[:, 0].tolist() if num_samples is None else block)
             if callback is not None:
-                callback(int(ids[0]) if num_samples is None else ids)
+                for ids in block:
+                    callback(int(ids[0]) if num_samples is None else ids)
 
         run = self._draw_compiled if self._compiled_loop() is not None else self._draw_numpy
         drawn = run(h_top, state, length, WT, b, greedy, top_k, noise_block, emit,
@@ -605,7 +614,7 @@ class CharModel:
                     logits[zk < kth[:, None]] = -np.inf
             ids = logits.argmax(axis=1)
             drawn[n] = ids
-            emit(ids)
+            emit(ids[None])
             if emb is not None:
                 x = emb[ids]  # (K, E)
             else:
@@ -660,8 +669,7 @@ class CharModel:
                               None if greedy else noise[k:k + chunk], h_top, h, c, chunk, packed,
                               bf16)
             drawn[n:n + chunk] = ids
-            for row in ids:
-                emit(row)
+            emit(ids)
             n += chunk
         return drawn
 
@@ -683,7 +691,6 @@ class CharModel:
             ids = be.generate_row(row, b, 0 if top_k is None else top_k,
                                   None if greedy else noise[k:k + chunk], h1, c1, chunk)
             drawn[n:n + chunk, 0] = ids
-            for one in ids[:, None]:
-                emit(one)
+            emit(ids[:, None])
             n += chunk
         return drawn
