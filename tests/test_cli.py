@@ -102,6 +102,19 @@ def test_train_then_generate_streams_reproducibly(run_dir, capsys):
     assert "chars/s" in out.err and len(out.out) == 6
 
 
+def test_generate_and_export_run_on_rank_0_only_under_mpiexec(run_dir, tmp_path, capsys, monkeypatch):
+    # as `mpiexec -n 2` starts them (the launcher's variables): rank 1 leaves quietly, rank 0 works
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")
+    onnx_path = tmp_path / "m.onnx"
+    assert main(["generate", "--checkpoint", str(run_dir), "--length", "20", "--seed", "1"]) == 0
+    assert main(["export", "--checkpoint", str(run_dir), "--onnx", str(onnx_path)]) == 0
+    assert capsys.readouterr().out == "" and not onnx_path.exists()
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "0")
+    assert main(["generate", "--checkpoint", str(run_dir), "--length", "20", "--seed", "1"]) == 0
+    assert len(capsys.readouterr().out) > 20
+
+
 def test_generate_num_samples_prints_each_sample_under_a_header(run_dir, capsys):
     capsys.readouterr()
     base = ["generate", "--checkpoint", run_dir, "--prime", "the ", "--length", 30]

@@ -86,6 +86,9 @@ def test_launcher_size_reads_the_launchers_variables():
     assert launcher_size({"OMPI_COMM_WORLD_SIZE": "4"}) == 4
     assert launcher_size({"PMI_SIZE": "3"}) == 3
     assert launcher_size({"OMPI_COMM_WORLD_SIZE": "x"}) == 1
+    assert parallel.launcher_rank({}) == 0
+    assert parallel.launcher_rank({"OMPI_COMM_WORLD_RANK": "3"}) == 3
+    assert parallel.launcher_rank({"PMI_RANK": "1"}) == 1
 
 
 def test_one_process_does_not_import_mpi4py(monkeypatch):

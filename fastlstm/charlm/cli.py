@@ -427,6 +427,11 @@ def main(argv=None):
     try:
         if args.command == "train":
             return _train(args)
+        from .parallel import launcher_rank, launcher_size
+        if launcher_size() > 1 and launcher_rank() != 0:
+            # one process's work: under mpiexec rank 0 generates (or exports) and the others
+            # leave, instead of K copies of the text or K writers of one file
+            return 0
         if args.command == "export":
             return _export(args)
         return _generate(args)

@@ -17,6 +17,8 @@ __all__ = ["MPI_MISSING", "OVERLAP_ENV", "STOP_DONE", "STOP_EARLY", "STOP_INTERR
 #: What launchers set in each rank's environment: the number of ranks (Open MPI; MPICH/Hydra
 #: and Intel MPI).
 SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+#: ... and this rank's number.
+RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK")
 #: Why the ranks stop, in increasing precedence (the ranks agree on the largest).
 STOP_DONE, STOP_EARLY, STOP_INTERRUPTED = 1, 2, 3
 #: "0" reduces the gradients after the whole backward (one Allreduce of the flat buffer);
@@ -35,6 +37,16 @@ def launcher_size(environ=None):
         if value.strip().isdigit():
             return max(1, int(value))
     return 1
+
+
+def launcher_rank(environ=None):
+    """This process's rank under an MPI launcher (0 outside one)."""
+    environ = os.environ if environ is None else environ
+    for name in RANK_VARIABLES:
+        value = environ.get(name, "")
+        if value.strip().isdigit():
+            return int(value)
+    return 0
 
 
 def connect():
