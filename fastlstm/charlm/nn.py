@@ -30,12 +30,31 @@ SPLIT_MIN_MACS = 4_000_000
 
 def split_matmul(a: NDArray[Any], b: NDArray[Any], threads: int = 1,
                  out: NDArray[Any] | None = None) -> NDArray[Any]:
-    """``a @ b`` (into ``out``, C-contiguous). With ``threads`` >= 2, a large product and the
-    C backend built, the rows of the result are split over that many of the LSTM kernels'
-    OpenMP threads, one single-threaded BLAS call each (``fastlstm.backends._c.matmul``): the
-    trainer keeps BLAS itself on one thread, so that no BLAS workers spin beside the kernels'
-    threads, and those are awake and idle between the LSTM's loops. Otherwise NumPy's
-    ``matmul``. The sums may round differently from NumPy's."""
+    """``a @ b``, on the LSTM kernels' threads when it is large.
+
+    With ``threads`` >= 2, a product of at least ``SPLIT_MIN_MACS`` multiply-adds and the C
+    backend built, the rows of the result are split over that many of the kernels' OpenMP
+    threads, one single-threaded BLAS call each (``fastlstm.backends._c.matmul``): the trainer
+    keeps BLAS itself on one thread, so that no BLAS workers spin beside the kernels' threads,
+    and those are awake and idle between the LSTM's loops. Otherwise NumPy's ``matmul``. The
+    sums may round differently from NumPy's.
+
+    Parameters
+    ----------
+    a : ndarray
+        ``(M, K)``, C- or F-contiguous (a transpose is fine).
+    b : ndarray
+        ``(K, N)``, C- or F-contiguous, of ``a``'s dtype.
+    threads : int, optional
+        Threads to split the rows over (1: NumPy's ``matmul``).
+    out : ndarray, optional
+        Where the result goes (``(M, N)``, C-contiguous).
+
+    Returns
+    -------
+    ndarray
+        ``(M, N)``: ``out`` when given.
+    """
     M, K = a.shape
     N = b.shape[1]
     if threads >= 2 and M >= 2 and M * K * N >= SPLIT_MIN_MACS and a.dtype == b.dtype and \
