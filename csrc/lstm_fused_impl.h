@@ -129,6 +129,33 @@ INLINE FN(items) FN(step_items)(lstm_team me, ptrdiff_t n, ptrdiff_t rb, ptrdiff
     return s;
 }
 
+/* acc[r][g] += the K-row product of R rows src[r * K + k] with a panel's
+ * rows Wp[k] (4 gates x VL units each): the inner loop of the forward and
+ * projection blocks. pf: a line to prefetch per k (advanced by 64 bytes), or
+ * NULL; returns it advanced. */
+INLINE const char *FN(panel_products)(const int R, ptrdiff_t K, const float *Wp, const float *src,
+                                      VF acc[][4], const char *pf)
+{
+    for (ptrdiff_t k = 0; k < K; ++k) {
+        const float *w = Wp + k * 4 * VL;
+        if (pf) {
+            __builtin_prefetch(pf, 0, 2);
+            pf += 64;
+        }
+        VF w0 = FN(load)(w), w1 = FN(load)(w + VL);
+        VF w2 = FN(load)(w + 2 * VL), w3 = FN(load)(w + 3 * VL);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+            VF b = FN(splat)(src[r * K + k]);
+            acc[r][0] += b * w0;
+            acc[r][1] += b * w1;
+            acc[r][2] += b * w2;
+            acc[r][3] += b * w3;
+        }
+    }
+    return pf;
+}
+
 /* ---- forward ------------------------------------------------------------
  * One block: R rows x one panel of VL units (all four gates). The product
  * h_prev[rows] . W_hh^T[:, panel] goes to registers, and with x_rows also
@@ -151,20 +178,7 @@ INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t K
     const float *src = x_rows ? x_rows : h_prev;
     ptrdiff_t K = x_rows ? I : KR;
     for (int part = 0; part < (x_rows ? 2 : 1); ++part) {
-        for (ptrdiff_t k = 0; k < K; ++k, pf += 64) {
-            const float *w = Wp + k * 4 * VL;
-            __builtin_prefetch(pf, 0, 2);
-            VF w0 = FN(load)(w), w1 = FN(load)(w + VL);
-            VF w2 = FN(load)(w + 2 * VL), w3 = FN(load)(w + 3 * VL);
-#pragma GCC unroll 16
-            for (int r = 0; r < R; ++r) {
-                VF b = FN(splat)(src[r * K + k]);
-                acc[r][0] += b * w0;
-                acc[r][1] += b * w1;
-                acc[r][2] += b * w2;
-                acc[r][3] += b * w3;
-            }
-        }
+        pf = FN(panel_products)(R, K, Wp, src, acc, pf);
         Wp += K * 4 * VL;
         src = h_prev;
         K = KR;
@@ -311,19 +325,7 @@ INLINE void FN(project_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t n
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
         acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = FN(splat)(0.0f);
-    for (ptrdiff_t k = 0; k < I; ++k) {
-        const float *w = Wp + k * 4 * VL;
-        VF w0 = FN(load)(w), w1 = FN(load)(w + VL);
-        VF w2 = FN(load)(w + 2 * VL), w3 = FN(load)(w + 3 * VL);
-#pragma GCC unroll 16
-        for (int r = 0; r < R; ++r) {
-            VF b = FN(splat)(x[r * I + k]);
-            acc[r][0] += b * w0;
-            acc[r][1] += b * w1;
-            acc[r][2] += b * w2;
-            acc[r][3] += b * w3;
-        }
-    }
+    FN(panel_products)(R, I, Wp, x, acc, NULL);
     VF add[4];
 #pragma GCC unroll 4
     for (int g = 0; g < 4; ++g) add[g] = FN(loadn)(bias + g * H, nvalid);

@@ -29,24 +29,26 @@ MPI_MISSING = ("this run was started by an MPI launcher with {size} ranks, but m
                "install it with `pip install 'fastlstm[mpi]'` (mpi4py and Open MPI), or run without mpiexec")
 
 
+def _launcher_number(names, environ):
+    """The first of the variables ``names`` that holds a number, or None."""
+    environ = os.environ if environ is None else environ
+    for name in names:
+        value = environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return None
+
+
 def launcher_size(environ=None):
     """The number of ranks an MPI launcher started (1 outside one)."""
-    environ = os.environ if environ is None else environ
-    for name in SIZE_VARIABLES:
-        value = environ.get(name, "")
-        if value.strip().isdigit():
-            return max(1, int(value))
-    return 1
+    size = _launcher_number(SIZE_VARIABLES, environ)
+    return 1 if size is None else max(1, size)
 
 
 def launcher_rank(environ=None):
     """This process's rank under an MPI launcher (0 outside one)."""
-    environ = os.environ if environ is None else environ
-    for name in RANK_VARIABLES:
-        value = environ.get(name, "")
-        if value.strip().isdigit():
-            return int(value)
-    return 0
+    rank = _launcher_number(RANK_VARIABLES, environ)
+    return 0 if rank is None else rank
 
 
 def connect():
