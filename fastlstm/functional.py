@@ -8,7 +8,6 @@ arrays (CUDA) in give device arrays out, computed by the cuda backend.
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 import warnings
@@ -107,8 +106,10 @@ _FALLBACK_WARNED: set = set()
 def _backend_with(be, options, xp):
     """``be``, or the NumPy reference when ``be`` does not run these options yet (lengths,
     reverse, projection): a warning once per backend and option, never a wrong result."""
-    missing = [k for k, v in options.items() if v is not None and v is not False
-               and k not in getattr(be, "OPTIONS", ())]
+    used = [k for k, v in options.items() if v is not None and v is not False]
+    if not used:
+        return be
+    missing = [k for k in used if k not in getattr(be, "OPTIONS", ())]
     if not missing:
         return be
     what = ", ".join(missing)
@@ -153,8 +154,10 @@ def run_directions(be, tasks, xp=HostArrays):
     (``be.SIDE_BY_SIDE``) with two or more threads to spare run at the same time, each
     on half of the threads: each direction's weights stay in its own cores' caches
     and neither waits for the other inside its time loop."""
+    if len(tasks) != 2:
+        return [task() for task in tasks]
     threads = be.max_threads() if getattr(be, "SIDE_BY_SIDE", False) and not xp.on_device else 1
-    if len(tasks) != 2 or threads < 2:
+    if threads < 2:
         return [task() for task in tasks]
     half = threads // 2
 
@@ -208,14 +211,16 @@ def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, worksp
     projected = gates is not None
     be = _backend_with(be, {"lengths": lengths, "reverse": reverse, "projection": W_hr,
                             "projected": projected}, xp)
-    take = functools.partial(workspace.take, xp=xp) if workspace is not None else xp.empty
+    def take(shape):
+        return workspace.take(shape, dt, xp) if workspace is not None else xp.empty(shape, dt)
+
     y = xp.empty((T, N, K), dt) if y is None else y
     hT = xp.empty((N, K), dt) if hT is None else hT
     cT = xp.empty((N, H), dt) if cT is None else cT
     if gates is None:
-        gates = take((T, N, 4 * H), dt)
-    cs = take((T, N, H), dt)
-    ms = take((T, N, H), dt) if W_hr is not None else None
+        gates = take((T, N, 4 * H))
+    cs = take((T, N, H))
+    ms = take((T, N, H)) if W_hr is not None else None
     extra = _options(lengths, reverse, W_hr, ms, projected=projected)
     if packed is not None and getattr(be, "PACKED_WEIGHTS", False):
         extra["packed"] = packed

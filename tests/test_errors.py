@@ -316,3 +316,21 @@ def test_bogus_environment_backend(monkeypatch, call):
     with pytest.raises(ValueError, match=r"unknown backend 'bogus'") as info:
         call()
     assert _lists_available(str(info.value))
+
+
+def test_environment_is_read_as_it_is_now(monkeypatch):
+    # _config reads the variables at every call, from os.environ's own dictionary on
+    # POSIX: a change, a removal and a replaced os.environ are all seen at once
+    from fastlstm import _config
+    monkeypatch.setenv("FASTLSTM_NUM_THREADS", " 3 ")
+    assert _config.env_int("FASTLSTM_NUM_THREADS", 1) == 3
+    monkeypatch.setenv("FASTLSTM_NUM_THREADS", "5")
+    assert _config.env_int("FASTLSTM_NUM_THREADS", 1) == 5
+    monkeypatch.delenv("FASTLSTM_NUM_THREADS")
+    assert _config.env_int("FASTLSTM_NUM_THREADS", 1) == 1
+    monkeypatch.setattr("os.environ", {"FASTLSTM_NUM_THREADS": "7"})
+    assert _config.env_int("FASTLSTM_NUM_THREADS", 1) == 7
+    monkeypatch.undo()
+    monkeypatch.setenv("FASTLSTM_NUM_THREADS", "bogus")
+    with pytest.raises(_config.ConfigError, match="FASTLSTM_NUM_THREADS='bogus'"):
+        _config.env_int("FASTLSTM_NUM_THREADS", 1)

@@ -13,7 +13,9 @@ c_backend = pytest.importorskip("fastlstm.backends._c", reason="C backend not bu
 PATHS = list(c_backend.SUPPORTED_KERNELS)
 
 # H: below, at and past the 16/32-unit panels; N: partial 6- and 12-row blocks.
-SHAPES = [(3, 1, 2, 1, 1), (4, 7, 3, 17, 2), (2, 13, 5, 33, 1), (3, 25, 4, 40, 2), (2, 3, 1, 64, 1)]
+# N = 1 past 4 steps, I >= 64: the one-row loop that projects rows ahead (I > H and I < H).
+SHAPES = [(3, 1, 2, 1, 1), (4, 7, 3, 17, 2), (2, 13, 5, 33, 1), (3, 25, 4, 40, 2), (2, 3, 1, 64, 1),
+          (9, 1, 64, 33, 2), (14, 1, 70, 17, 1)]
 
 
 @pytest.mark.parametrize("projection", ["fused", "hoisted", "hoisted-blas"])
@@ -52,6 +54,34 @@ def test_path_inference_matches_training_forward(monkeypatch, threads, path, pro
     # and a training pass after them still has its gates for backward
     ref = fastlstm.LSTM(I, H, L, backend=REFERENCE, seed=5)
     assert_all_close(run_layer(layer, x, state), run_layer(ref, x, state), np.float32, path)
+
+
+@pytest.mark.parametrize("path", [p for p in PATHS if p != "blas"])
+@pytest.mark.parametrize("T,I,H", [(5, 64, 17), (9, 70, 40), (14, 64, 80), (23, 66, 66)])
+def test_one_row_projecting_ahead_changes_no_bit(monkeypatch, threads, path, T, I, H):
+    # one sequence (N = 1) projects its rows ahead inside the steps; a batch of two
+    # copies of it runs the separate loops: the same sums in the same order
+    monkeypatch.setenv("FASTLSTM_KERNEL", path)
+    monkeypatch.setenv("FASTLSTM_FUSE_INPUT", "never")
+    x, state, _, _ = make_inputs(13, T, 1, I, H, 1, np.float32)
+    layer = fastlstm.LSTM(I, H, backend="c", seed=2)
+    twice = np.concatenate([x, x], axis=1)
+    state2 = tuple(np.concatenate([s, s], axis=1) for s in state)
+    for training in (False, True):
+        y1, (h1, c1) = layer.forward(x, state, training=training)
+        y2, (h2, c2) = layer.forward(twice, state2, training=training)
+        for one, two in ((y1, y2), (h1, h2), (c1, c2)):
+            np.testing.assert_array_equal(one[:, 0], two[:, 0])
+            np.testing.assert_array_equal(two[:, 0], two[:, 1])
+    # the reverse direction and a shorter length pack one row per step too
+    both = fastlstm.LSTM(I, H, bidirectional=True, backend="c", seed=2)
+    two_states = tuple(np.concatenate([s, s], axis=0) for s in state)
+    for lengths in (None, [T - 1]):
+        y1, (h1, c1) = both.forward(x, two_states, lengths=lengths)
+        y2, (h2, c2) = both.forward(twice, tuple(np.concatenate([s, s], axis=1) for s in two_states),
+                                    lengths=None if lengths is None else lengths * 2)
+        for one, two in ((y1, y2), (h1, h2), (c1, c2)):
+            np.testing.assert_array_equal(one[:, 0], two[:, 0])
 
 
 @pytest.mark.parametrize("path", [p for p in PATHS if p != "blas"])

@@ -280,8 +280,11 @@ def bf16_forward(const float[:, :, ::1] x, list packed, list b, const float[:, :
     cdef Py_ssize_t H = h0.shape[2], l
     if L == 0 or len(b) != L:
         raise ValueError(f"packed and b need one entry per layer, got {len(packed)} and {len(b)}")
-    _check_all((("h0", h0, (L, N, H)), ("c0", c0, (L, N, H)), ("y", y, (T, N, H)),
-                ("h_n", h_n, (L, N, H)), ("c_n", c_n, (L, N, H))))
+    _need("h0", h0.shape, 3, L, N, H)
+    _need("c0", c0.shape, 3, L, N, H)
+    _need("y", y.shape, 3, T, N, H)
+    _need("h_n", h_n.shape, 3, L, N, H)
+    _need("c_n", c_n.shape, 3, L, N, H)
     for l in range(L):
         p = packed[l]
         if (p.NG, p.U, p.I, p.Kb) != (4, H, I0 if l == 0 else H, H):
@@ -464,6 +467,19 @@ cdef _check_all(tuple expected):
         _check(name, _shape(a), want)
 
 
+cdef inline int _need(str name, const Py_ssize_t *shape, int ndim, Py_ssize_t d0,
+                      Py_ssize_t d1=0, Py_ssize_t d2=0) except -1:
+    # _check on a typed memoryview's extents, in C: no Python object is made unless
+    # it raises (a small call checks a dozen arrays; as tuples that cost microseconds)
+    cdef Py_ssize_t want[3]
+    want[0], want[1], want[2] = d0, d1, d2
+    cdef int i
+    for i in range(ndim):
+        if shape[i] != want[i]:
+            _check(name, tuple([shape[j] for j in range(ndim)]), tuple([want[j] for j in range(ndim)]))
+    return 0
+
+
 cdef _check_entry(str name, Py_ssize_t l, tuple got, tuple want):
     # _check for entry l of a list of per-layer arrays (its name made only on failure)
     if got != want:
@@ -523,9 +539,16 @@ def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const
     cdef Py_ssize_t G = 4 * H
     if projected and I != 0:
         raise ValueError(f"with projected gates x must be (T, N, 0), got I = {I}")
-    _check_all((("h0", h0, (N, H)), ("c0", c0, (N, H)), ("W_ih", W_ih, (G, I)),
-                ("W_hh", W_hh, (G, H)), ("b", b, (G,)), ("y", y, (T, N, H)), ("hT", hT, (N, H)),
-                ("cT", cT, (N, H)), ("gates", gates, (T, N, G)), ("cs", cs, (T, N, H))))
+    _need("h0", h0.shape, 2, N, H)
+    _need("c0", c0.shape, 2, N, H)
+    _need("W_ih", W_ih.shape, 2, G, I)
+    _need("W_hh", W_hh.shape, 2, G, H)
+    _need("b", b.shape, 1, G)
+    _need("y", y.shape, 3, T, N, H)
+    _need("hT", hT.shape, 2, N, H)
+    _need("cT", cT.shape, 2, N, H)
+    _need("gates", gates.shape, 3, T, N, G)
+    _need("cs", cs.shape, 3, T, N, H)
     if N == 0 or H == 0:
         return
     if T == 0:
@@ -582,12 +605,22 @@ def _backward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, cons
                     floating[:, ::1] dW_ih, floating[:, ::1] dW_hh, floating[::1] db):
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef Py_ssize_t G = 4 * H
-    _check_all((("h0", h0, (N, H)), ("c0", c0, (N, H)), ("W_ih", W_ih, (G, I)),
-                ("W_hh", W_hh, (G, H)), ("y", y, (T, N, H)), ("gates", gates, (T, N, G)),
-                ("cs", cs, (T, N, H)), ("dy", dy, (T, N, H)), ("dhT", dhT, (N, H)),
-                ("dcT", dcT, (N, H)), ("dx", dx, (T, N, I)), ("dh0", dh0, (N, H)),
-                ("dc0", dc0, (N, H)), ("dW_ih", dW_ih, (G, I)), ("dW_hh", dW_hh, (G, H)),
-                ("db", db, (G,))))
+    _need("h0", h0.shape, 2, N, H)
+    _need("c0", c0.shape, 2, N, H)
+    _need("W_ih", W_ih.shape, 2, G, I)
+    _need("W_hh", W_hh.shape, 2, G, H)
+    _need("y", y.shape, 3, T, N, H)
+    _need("gates", gates.shape, 3, T, N, G)
+    _need("cs", cs.shape, 3, T, N, H)
+    _need("dy", dy.shape, 3, T, N, H)
+    _need("dhT", dhT.shape, 2, N, H)
+    _need("dcT", dcT.shape, 2, N, H)
+    _need("dx", dx.shape, 3, T, N, I)
+    _need("dh0", dh0.shape, 2, N, H)
+    _need("dc0", dc0.shape, 2, N, H)
+    _need("dW_ih", dW_ih.shape, 2, G, I)
+    _need("dW_hh", dW_hh.shape, 2, G, H)
+    _need("db", db.shape, 1, G)
     if N == 0 or H == 0:
         if T * N * I > 0:
             dx[:, :, :] = 0
@@ -654,10 +687,15 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
     loop."""
     cdef Py_ssize_t rows = x.shape[0], I = x.shape[1], N = c0.shape[0], H = c0.shape[1]
     cdef Py_ssize_t P = W_hr.shape[0], K = P if P else H, G = 4 * H
-    _check_all((("h0", h0, (N, K)), ("W_ih", W_ih, (G, I)), ("W_hh", W_hh, (G, K)),
-                ("W_hr", W_hr, (P, H)), ("b", b, (G,)), ("y", y, (rows, K)),
-                ("gates", gates, (rows, G)), ("cs", cs, (rows, H)),
-                ("ms", ms, (rows if P else 0, H))))
+    _need("h0", h0.shape, 2, N, K)
+    _need("W_ih", W_ih.shape, 2, G, I)
+    _need("W_hh", W_hh.shape, 2, G, K)
+    _need("W_hr", W_hr.shape, 2, P, H)
+    _need("b", b.shape, 1, G)
+    _need("y", y.shape, 2, rows, K)
+    _need("gates", gates.shape, 2, rows, G)
+    _need("cs", cs.shape, 2, rows, H)
+    _need("ms", ms.shape, 2, rows if P else 0, H)
     _check_batch(batch, T, N, rows)
     if rows == 0 or H == 0:
         return
@@ -711,12 +749,22 @@ def _backward_packed(const floating[:, ::1] x, const floating[:, ::1] h0,
     dh [N, K] and dc [N, H] (sorted) carry dh_T, dc_T in and dh_0, dc_0 out."""
     cdef Py_ssize_t rows = x.shape[0], I = x.shape[1], N = c0.shape[0], H = c0.shape[1]
     cdef Py_ssize_t P = W_hr.shape[0], K = P if P else H, G = 4 * H
-    _check_all((("h0", h0, (N, K)), ("W_ih", W_ih, (G, I)), ("W_hh", W_hh, (G, K)),
-                ("y", y, (rows, K)), ("h_prev", h_prev, (rows if h_prev.shape[0] else 0, K)),
-                ("cs", cs, (rows, H)), ("ms", ms, (rows if P else 0, H)),
-                ("gates", gates, (rows, G)), ("dy", dy, (rows, K)), ("dh", dh, (N, K)),
-                ("dc", dc, (N, H)), ("dx", dx, (rows, I)), ("dW_ih", dW_ih, (G, I)),
-                ("dW_hh", dW_hh, (G, K)), ("dW_hr", dW_hr, (P, H)), ("db", db, (G,))))
+    _need("h0", h0.shape, 2, N, K)
+    _need("W_ih", W_ih.shape, 2, G, I)
+    _need("W_hh", W_hh.shape, 2, G, K)
+    _need("y", y.shape, 2, rows, K)
+    _need("h_prev", h_prev.shape, 2, rows if h_prev.shape[0] else 0, K)
+    _need("cs", cs.shape, 2, rows, H)
+    _need("ms", ms.shape, 2, rows if P else 0, H)
+    _need("gates", gates.shape, 2, rows, G)
+    _need("dy", dy.shape, 2, rows, K)
+    _need("dh", dh.shape, 2, N, K)
+    _need("dc", dc.shape, 2, N, H)
+    _need("dx", dx.shape, 2, rows, I)
+    _need("dW_ih", dW_ih.shape, 2, G, I)
+    _need("dW_hh", dW_hh.shape, 2, G, K)
+    _need("dW_hr", dW_hr.shape, 2, P, H)
+    _need("db", db.shape, 1, G)
     _check_batch(batch, T, N, rows)
     if batch.shape[0] and h_prev.shape[0] == 0:
         raise ValueError("packed rows of several lengths need h_prev")
@@ -870,9 +918,14 @@ def step(const floating[:, ::1] x_t, const floating[:, ::1] h, const floating[:,
          floating[:, ::1] h_out, floating[:, ::1] c_out, floating[:, ::1] gates):
     """One step of one layer, on the BLAS path for both dtypes (see reference.step)."""
     cdef Py_ssize_t N = x_t.shape[0], I = x_t.shape[1], H = h.shape[1], G = 4 * H
-    _check_all((("h", h, (N, H)), ("c", c, (N, H)), ("W_ih", W_ih, (G, I)), ("W_hh", W_hh, (G, H)),
-                ("b", b, (G,)), ("h_out", h_out, (N, H)), ("c_out", c_out, (N, H)),
-                ("gates", gates, (N, G))))
+    _need("h", h.shape, 2, N, H)
+    _need("c", c.shape, 2, N, H)
+    _need("W_ih", W_ih.shape, 2, G, I)
+    _need("W_hh", W_hh.shape, 2, G, H)
+    _need("b", b.shape, 1, G)
+    _need("h_out", h_out.shape, 2, N, H)
+    _need("c_out", c_out.shape, 2, N, H)
+    _need("gates", gates.shape, 2, N, G)
     if N == 0 or H == 0:
         return
     cdef const floating *wi = &W_ih[0, 0] if I > 0 else NULL
@@ -941,8 +994,11 @@ def _step_layers(const floating[:, ::1] x_t, const floating[:, :, ::1] h,
     cdef Py_ssize_t G = 4 * H, l
     if len(W_hh) != L or len(b) != L:
         raise ValueError(f"W_ih, W_hh and b must have one entry per layer, got {len(W_ih)}, {len(W_hh)}, {len(b)}")
-    _check_all((("h", h, (L, N, H)), ("c", c, (L, N, H)), ("h_out", h_out, (L, N, H)),
-                ("c_out", c_out, (L, N, H)), ("gates", gates, (N, G))))
+    _need("h", h.shape, 3, L, N, H)
+    _need("c", c.shape, 3, L, N, H)
+    _need("h_out", h_out.shape, 3, L, N, H)
+    _need("c_out", c_out.shape, 3, L, N, H)
+    _need("gates", gates.shape, 2, N, G)
     for l in range(L):
         _check_entry("W_ih", l, tuple(W_ih[l].shape), (G, I0 if l == 0 else H))
         _check_entry("W_hh", l, tuple(W_hh[l].shape), (G, H))
@@ -1058,8 +1114,11 @@ def generate(list W_ih, list W_hh, list b, emb, const float[:, ::1] WT, const fl
     if L == 0 or len(W_hh) != L or len(b) != L:
         raise ValueError(f"W_ih, W_hh and b need one entry per layer, got {len(W_ih)}, {len(W_hh)}, {len(b)}")
     I0 = W_ih[0].shape[1]
-    _check_all((("WT", WT, (H, V)), ("bias", bias, (V,)), ("h_top", h_top, (N, H)), ("h", h, (L, N, H)),
-                ("c", c, (L, N, H))))
+    _need("WT", WT.shape, 2, H, V)
+    _need("bias", bias.shape, 1, V)
+    _need("h_top", h_top.shape, 2, N, H)
+    _need("h", h.shape, 3, L, N, H)
+    _need("c", c.shape, 3, L, N, H)
     for l in range(L):
         _check_entry("W_ih", l, tuple(W_ih[l].shape), (4 * H, I0 if l == 0 else H))
         _check_entry("W_hh", l, tuple(W_hh[l].shape), (4 * H, H))
@@ -1220,7 +1279,9 @@ def generate_row(pack, const float[::1] bias, Py_ssize_t top_k, noise, float[:, 
     cdef const uint32_t[::1] wv
     cdef const float[:, ::1] dn
     cdef lstm_gen_row m
-    _check_all((("bias", bias, (V,)), ("h", h, (L, H)), ("c", c, (L, H))))
+    _need("bias", bias.shape, 1, V)
+    _need("h", h.shape, 2, L, H)
+    _need("c", c.shape, 2, L, H)
     if noise is not None:
         nz = noise
         _check("noise", _shape(noise), (n, V))
