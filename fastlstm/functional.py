@@ -8,6 +8,7 @@ arrays (CUDA) in give device arrays out, computed by the cuda backend.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import warnings
@@ -76,6 +77,11 @@ class Workspace:
     back after a call's last launch is free for the next call on that stream.
     """
 
+    #: Host buffers smaller than this are not kept: the allocator serves them
+    #: without page faults, faster than the lock and the search (a small call, N=1,
+    #: takes and gives back a few of them).
+    SMALL_BYTES = 1 << 16
+
     def __init__(self, limit=8):
         self.limit = limit
         self._free = []
@@ -86,6 +92,8 @@ class Workspace:
         return (xp, xp.buffer_tag()) if xp.on_device else (xp, None)
 
     def take(self, shape, dtype, xp=HostArrays):
+        if not xp.on_device and math.prod(shape) * np.dtype(dtype).itemsize < self.SMALL_BYTES:
+            return np.empty(shape, dtype)
         where = self._where(xp)
         with self._lock:
             for k, (w, a) in enumerate(self._free):
@@ -94,6 +102,10 @@ class Workspace:
         return xp.empty(shape, dtype)
 
     def give(self, *arrays, xp=HostArrays):
+        if not xp.on_device:
+            arrays = tuple(a for a in arrays if a.nbytes >= self.SMALL_BYTES)
+            if not arrays:
+                return
         where = self._where(xp)
         with self._lock:
             self._free.extend((where, a) for a in arrays)
@@ -209,8 +221,9 @@ def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, worksp
     K = W_hh.shape[1]  # H, or P with a projection
     dt = x.dtype
     projected = gates is not None
-    be = _backend_with(be, {"lengths": lengths, "reverse": reverse, "projection": W_hr,
-                            "projected": projected}, xp)
+    if lengths is not None or reverse or W_hr is not None or projected:
+        be = _backend_with(be, {"lengths": lengths, "reverse": reverse, "projection": W_hr,
+                                "projected": projected}, xp)
     def take(shape):
         return workspace.take(shape, dt, xp) if workspace is not None else xp.empty(shape, dt)
 
