@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Callable
 
 #: Backend names (the one list the API, the CLI and FASTLSTM_BACKEND share).
 BACKENDS = ("c", "cuda", "numpy")
@@ -30,6 +31,7 @@ class _EnvironReader:
     def __init__(self) -> None:
         self._env: object = None
         self._keys: dict[str, bytes] = {}
+        self._fast: tuple[dict, Callable[[str], bytes], Callable[[bytes], str]] | None = None
 
     def _bind(self) -> None:
         env = os.environ
@@ -38,18 +40,19 @@ class _EnvironReader:
         decode = getattr(env, "decodevalue", None)
         fast = os.name == "posix" and isinstance(data, dict) and callable(encode) and callable(decode)
         self._env, self._keys = env, {}
-        self._data, self._encode, self._decode = (data, encode, decode) if fast else (None, None, None)
+        self._fast = (data, encode, decode) if fast else None  # type: ignore[assignment]
 
     def __call__(self, name: str) -> str:
         if os.environ is not self._env:
             self._bind()
-        if self._data is None:
+        if self._fast is None:
             return os.environ.get(name, "")
+        data, encode, decode = self._fast
         key = self._keys.get(name)
         if key is None:
-            key = self._keys[name] = self._encode(name)
-        value = self._data.get(key)
-        return "" if value is None else self._decode(value)
+            key = self._keys[name] = encode(name)
+        value = data.get(key)
+        return "" if value is None else decode(value)
 
 
 _read_environ = _EnvironReader()
