@@ -160,13 +160,14 @@ def _side_thread():
         return _SIDE_POOL[0]
 
 
-def run_directions(be, tasks, xp=HostArrays):
+def run_directions(be, tasks, xp=HostArrays, side_by_side=True):
     """Run the callables ``tasks`` (the directions of one layer) and return their results
     in order. Two of them on a backend whose kernels release the GIL
     (``be.SIDE_BY_SIDE``) with two or more threads to spare run at the same time, each
     on half of the threads: each direction's weights stay in its own cores' caches
-    and neither waits for the other inside its time loop."""
-    if len(tasks) != 2:
+    and neither waits for the other inside its time loop. ``side_by_side`` False: one
+    after the other, each on all of the threads (see _config.DIRECTIONS_APART_ROWS)."""
+    if len(tasks) != 2 or not side_by_side:
         return [task() for task in tasks]
     threads = be.max_threads() if getattr(be, "SIDE_BY_SIDE", False) and not xp.on_device else 1
     if threads < 2:

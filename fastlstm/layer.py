@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _config
 from . import _validate as v
 from ._arrays import backend_and_arrays, on_callers_stream
 from ._bf16 import Bf16Weights, check_precision
@@ -482,7 +483,8 @@ class LSTM(ParameterSet):
                     W_hr=W_hr, gates=gates, y=y_buf,
                     packed=None if panels is None else panels.panels(be, idx)))
             outs = []
-            for y, _, _, cache in run_directions(be, tasks, xp):
+            side_by_side = training or N >= _config.DIRECTIONS_APART_ROWS
+            for y, _, _, cache in run_directions(be, tasks, xp, side_by_side):
                 caches.append(cache)
                 outs.append(y)
             if ws is not None and not training and layer > 0:

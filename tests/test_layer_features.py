@@ -271,3 +271,30 @@ def test_buffers_reused_between_calls_change_nothing(backend, monkeypatch):
     assert np.array_equal(dy, dy_copy)
     for a, b in zip(*runs, strict=True):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("N", [1, 3, 70])
+def test_bidirectional_inference_runs_directions_apart_below_the_row_limit(monkeypatch, N):
+    # a small inference batch runs the two directions one after the other on all the
+    # threads, training (and a large batch) side by side on half of them each: the same
+    # numbers either way (each unit's sums in the same order on any thread split)
+    pytest.importorskip("fastlstm.backends._c", reason="C backend not built")
+    monkeypatch.setenv("FASTLSTM_NUM_THREADS", "2")
+    monkeypatch.setenv("FASTLSTM_MIN_PARALLEL_WORK", "0")
+    seen = []
+    run = fastlstm.layer.run_directions
+
+    def spy(be, tasks, xp, side_by_side=True):
+        seen.append(side_by_side)
+        return run(be, tasks, xp, side_by_side)
+
+    monkeypatch.setattr(fastlstm.layer, "run_directions", spy)
+    layer = fastlstm.LSTM(70, 20, 2, bidirectional=True, backend="c", seed=4)
+    x = np.random.default_rng(2).standard_normal((9, N, 70)).astype(np.float32)
+    y, (h, c) = layer.forward(x)
+    assert seen == [N >= fastlstm._config.DIRECTIONS_APART_ROWS] * 2
+    y_train, (h_train, c_train) = layer.forward(x, training=True)
+    assert seen[2:] == [True, True]
+    np.testing.assert_array_equal(y, y_train)
+    np.testing.assert_array_equal(h, h_train)
+    np.testing.assert_array_equal(c, c_train)
