@@ -269,7 +269,19 @@ def project_in_kernel(rows, I):
 #: H=300, T=50): N=1 3.1 ms instead of 3.4 back to back, 3.8-4.0 instead of 6.0-6.9
 #: alternating with torch's calls; N=4-16 0.9-1.0x; N=30 and 128 within noise. Training
 #: keeps them side by side (at N=1 its forward+backward took 1.09x the time apart).
+#: FASTLSTM_DIRECTIONS: "auto" (this rule), "apart" or "side-by-side" (always).
 DIRECTIONS_APART_ROWS = 64
+DIRECTIONS_ENV = "FASTLSTM_DIRECTIONS"
+DIRECTIONS = ("auto", "apart", "side-by-side")
+
+
+def directions_side_by_side(N, training):
+    """Whether the two directions of a bidirectional layer's pass of N rows run side by
+    side (see above)."""
+    mode = env_choice(DIRECTIONS_ENV, DIRECTIONS, "auto")
+    if mode != "auto":
+        return mode == "side-by-side"
+    return training or N >= DIRECTIONS_APART_ROWS
 
 
 #: How the threads of the C time loops split a step: "units" (each takes a
@@ -348,7 +360,8 @@ def macbeth_url():
 #: Every variable fastlstm reads at run time (the build reads FASTLSTM_PUREPYTHON,
 #: FASTLSTM_REQUIRE_C and FASTLSTM_SANITIZE too; the tests FASTLSTM_REQUIRE_*).
 VARIABLES = (BACKEND_ENV, KERNEL_ENV, BF16_KERNEL_ENV, THREADS_ENV, MIN_PARALLEL_WORK_ENV, BLAS_LOCAL_THREADS_ENV,
-             FUSE_INPUT_ENV, FUSE_INPUT_BYTES_ENV, PROJECT_X_BYTES_ENV, THREAD_SPLIT_ENV, CUDA_LOOP_ENV,
+             FUSE_INPUT_ENV, FUSE_INPUT_BYTES_ENV, PROJECT_X_BYTES_ENV, THREAD_SPLIT_ENV, DIRECTIONS_ENV,
+             CUDA_LOOP_ENV,
              CUDA_SMEM_BYTES_ENV, PUREPYTHON_ENV, TRAIN_BLAS_ENV, DATA_ENV, MACBETH_URL_ENV)
 _BUILD_AND_TEST = ("FASTLSTM_REQUIRE_C", "FASTLSTM_REQUIRE_CUDA", "FASTLSTM_SANITIZE")
 
@@ -368,6 +381,7 @@ def settings():
               FUSE_INPUT_BYTES_ENV: lambda: env_int(FUSE_INPUT_BYTES_ENV, 0),
               PROJECT_X_BYTES_ENV: lambda: env_int(PROJECT_X_BYTES_ENV, 0),
               THREAD_SPLIT_ENV: lambda: env_choice(THREAD_SPLIT_ENV, ("auto", "rows", "units"), "auto"),
+              DIRECTIONS_ENV: lambda: directions_side_by_side(1, False),
               CUDA_LOOP_ENV: cuda_loop, CUDA_SMEM_BYTES_ENV: cuda_smem_bytes,
               PUREPYTHON_ENV: pure_python, TRAIN_BLAS_ENV: train_blas}
     for name, check in checks.items():

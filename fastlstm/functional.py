@@ -166,7 +166,7 @@ def run_directions(be, tasks, xp=HostArrays, side_by_side=True):
     (``be.SIDE_BY_SIDE``) with two or more threads to spare run at the same time, each
     on half of the threads: each direction's weights stay in its own cores' caches
     and neither waits for the other inside its time loop. ``side_by_side`` False: one
-    after the other, each on all of the threads (see _config.DIRECTIONS_APART_ROWS)."""
+    after the other, each on all of the threads (_config.directions_side_by_side)."""
     if len(tasks) != 2 or not side_by_side:
         return [task() for task in tasks]
     threads = be.max_threads() if getattr(be, "SIDE_BY_SIDE", False) and not xp.on_device else 1

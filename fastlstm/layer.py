@@ -483,7 +483,7 @@ class LSTM(ParameterSet):
                     W_hr=W_hr, gates=gates, y=y_buf,
                     packed=None if panels is None else panels.panels(be, idx)))
             outs = []
-            side_by_side = training or N >= _config.DIRECTIONS_APART_ROWS
+            side_by_side = D == 2 and _config.directions_side_by_side(N, training)
             for y, _, _, cache in run_directions(be, tasks, xp, side_by_side):
                 caches.append(cache)
                 outs.append(y)

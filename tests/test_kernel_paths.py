@@ -196,3 +196,22 @@ def test_path_step_is_the_same_in_either_weight_order(monkeypatch, threads, path
 def test_show_config_names_the_kernel_path():
     info = fastlstm.show_config(mode="dicts")
     assert info["c_kernel"] in PATHS
+
+
+@pytest.mark.parametrize("path", [p for p in PATHS if p != "blas"])
+def test_more_threads_than_cores(monkeypatch, path):
+    # a team larger than the machine (5 threads here on 2 cores): the kernels' own barrier
+    # spins, then yields the core, so the team still moves on and gets the same numbers
+    monkeypatch.setenv("FASTLSTM_KERNEL", path)
+    monkeypatch.setenv("FASTLSTM_NUM_THREADS", "5")
+    monkeypatch.setenv("FASTLSTM_MIN_PARALLEL_WORK", "0")
+    T, N, I, H, L = 12, 7, 64, 80, 2
+    x, state, dy, dstate = make_inputs(17, T, N, I, H, L, np.float32)
+    ref = fastlstm.LSTM(I, H, L, backend=REFERENCE, seed=6)
+    layer = fastlstm.LSTM(I, H, L, backend="c", seed=6)
+    assert_all_close(run_layer(layer, x, state, dy, dstate), run_layer(ref, x, state, dy, dstate),
+                     np.float32, f"{path}-5threads")
+    one = fastlstm.LSTM(I, H, bidirectional=True, backend="c", seed=6)
+    y, _ = one.forward(x[:, :1])  # N=1: the one-row loop, directions one after the other
+    ref_one = fastlstm.LSTM(I, H, bidirectional=True, backend=REFERENCE, seed=6)
+    np.testing.assert_allclose(y, ref_one.forward(x[:, :1])[0], rtol=1e-5, atol=1e-6)

@@ -298,3 +298,11 @@ def test_bidirectional_inference_runs_directions_apart_below_the_row_limit(monke
     np.testing.assert_array_equal(y, y_train)
     np.testing.assert_array_equal(h, h_train)
     np.testing.assert_array_equal(c, c_train)
+    for mode, side in (("apart", False), ("side-by-side", True)):  # FASTLSTM_DIRECTIONS forces either
+        monkeypatch.setenv("FASTLSTM_DIRECTIONS", mode)
+        del seen[:]
+        np.testing.assert_array_equal(layer.forward(x, training=True)[0], y)
+        assert seen == [side, side]
+    monkeypatch.setenv("FASTLSTM_DIRECTIONS", "sideways")
+    with pytest.raises(fastlstm._config.ConfigError, match="FASTLSTM_DIRECTIONS='sideways'"):
+        layer.forward(x)
