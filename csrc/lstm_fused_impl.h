@@ -317,15 +317,12 @@ static void FN(pack_forward)(ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t R, const float
  * rows at a time, the panel's 4 gates x VL units in registers, as the forward
  * blocks run. BLAS would pack x and W_ih again at every call and, at the few
  * rows of a small batch, runs below the FMA rate this reaches. */
-INLINE void FN(project_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t nvalid,
-                              const float *Wp, const float *x, const float *bias, float *gates)
+/* gates[r] = acc[r] + bias for R rows of a panel (nvalid units): the end of a
+ * projection block, hoisted or run ahead inside the steps. */
+INLINE void FN(store_projected)(const int R, ptrdiff_t H, ptrdiff_t nvalid, VF acc[][4],
+                                const float *bias, float *gates)
 {
     const ptrdiff_t G = 4 * H;
-    VF acc[RF][4];
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r)
-        acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = FN(splat)(0.0f);
-    FN(panel_products)(R, I, Wp, x, I, acc, NULL);
     VF add[4];
 #pragma GCC unroll 4
     for (int g = 0; g < 4; ++g) add[g] = FN(loadn)(bias + g * H, nvalid);
@@ -333,6 +330,17 @@ INLINE void FN(project_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t n
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
         for (int g = 0; g < 4; ++g) FN(storen)(gates + r * G + g * H, acc[r][g] + add[g], nvalid);
+}
+
+INLINE void FN(project_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t nvalid,
+                              const float *Wp, const float *x, const float *bias, float *gates)
+{
+    VF acc[RF][4];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+        acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = FN(splat)(0.0f);
+    FN(panel_products)(R, I, Wp, x, I, acc, NULL);
+    FN(store_projected)(R, H, nvalid, acc, bias, gates);
 }
 
 #define PROJ_CASE(R_)                                                     \
@@ -382,7 +390,7 @@ INLINE void FN(step_project_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdif
                                    const float *h_prev, const float *c_prev, float *gates,
                                    int keep, float *c, float *h, const char *pf)
 {
-    const ptrdiff_t G = 4 * H, kc = I < KR ? I : KR;
+    const ptrdiff_t kc = I < KR ? I : KR;
     VF acc[1][4], pacc[PB][4];
     acc[0][0] = acc[0][1] = acc[0][2] = acc[0][3] = FN(splat)(0.0f);
 #pragma GCC unroll 8
@@ -412,13 +420,8 @@ INLINE void FN(step_project_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdif
     }
     FN(panel_products)(1, KR - kc, Wp + kc * 4 * VL, h_prev + kc, 0, acc, pf);
     FN(panel_products)(R, I - kc, Wx + kc * 4 * VL, xr + kc, I, pacc, NULL);
+    FN(store_projected)(R, H, nvalid, pacc, bias, grows);
     VF add[4];
-#pragma GCC unroll 4
-    for (int g = 0; g < 4; ++g) add[g] = FN(loadn)(bias + g * H, nvalid);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-        for (int g = 0; g < 4; ++g) FN(storen)(grows + r * G + g * H, pacc[r][g] + add[g], nvalid);
 #pragma GCC unroll 4
     for (int g = 0; g < 4; ++g) add[g] = FN(loadn)(gates + g * H, nvalid);
     FN(cell)(acc[0], add, c_prev, gates, keep, H, nvalid, c, h);

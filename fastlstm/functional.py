@@ -118,10 +118,8 @@ _FALLBACK_WARNED: set = set()
 def _backend_with(be, options, xp):
     """``be``, or the NumPy reference when ``be`` does not run these options yet (lengths,
     reverse, projection): a warning once per backend and option, never a wrong result."""
-    used = [k for k, v in options.items() if v is not None and v is not False]
-    if not used:
-        return be
-    missing = [k for k in used if k not in getattr(be, "OPTIONS", ())]
+    missing = [k for k, v in options.items() if v is not None and v is not False
+               and k not in getattr(be, "OPTIONS", ())]
     if not missing:
         return be
     what = ", ".join(missing)
@@ -222,7 +220,7 @@ def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, worksp
     K = W_hh.shape[1]  # H, or P with a projection
     dt = x.dtype
     projected = gates is not None
-    if lengths is not None or reverse or W_hr is not None or projected:
+    if lengths is not None or reverse or W_hr is not None or projected:  # else nothing to check
         be = _backend_with(be, {"lengths": lengths, "reverse": reverse, "projection": W_hr,
                                 "projected": projected}, xp)
     def take(shape):
