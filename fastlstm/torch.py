@@ -5,7 +5,9 @@ A subclass of ``torch.nn.LSTM``: the same constructor, parameters (torch
 works unchanged, and the other way round), call signature and results, padded
 or ``PackedSequence`` input. On CPU float32 and float64 tensors the forward and
 backward run in fastlstm (a ``torch.autograd.Function``; the tensors' memory is
-handed to the kernels as NumPy views, no copies of parameters or inputs); a
+handed to the kernels as NumPy views, no copies of parameters or inputs). A
+unidirectional module runs a ``PackedSequence`` on its rows as they are (the C
+loops' own layout, _packed_rows.py); a bidirectional one through a padded batch. A
 PyTorch CPU user swaps one line::
 
     lstm = fastlstm.torch.LSTM(64, 300, num_layers=2, batch_first=True)   # was torch.nn.LSTM
@@ -29,6 +31,7 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence
 
+from . import _packed_rows
 from .layer import LSTM as _Layer
 
 __all__ = ["LSTM"]
@@ -77,6 +80,36 @@ class _Run(torch.autograd.Function):
         grads = [torch.from_numpy(layer.grads[name].copy()) for name in layer.param_order]
         return (None, torch.from_numpy(np.ascontiguousarray(dx)), torch.from_numpy(dh0), torch.from_numpy(dc0),
                 None, *grads)
+
+
+class _RunRows(torch.autograd.Function):
+    """As _Run, on a PackedSequence's rows as they are (unidirectional layers: _packed_rows)."""
+
+    @staticmethod
+    def forward(ctx, module, data, batch, perm, h0, c0, *params):
+        layer = module._layer_for(data.dtype, params)
+        ctx.layer, ctx.params, ctx.rng_state = layer, params, layer._rng.bit_generator.state
+        ctx.inputs = (_view(data), batch, perm, _view(h0), _view(c0))
+        ctx.tensors = (data, h0, c0)
+        y, h, c, ctx.saved = _packed_rows.forward(layer, *ctx.inputs, training=any(ctx.needs_input_grad))
+        return torch.from_numpy(y), torch.from_numpy(h), torch.from_numpy(c)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh, dc):
+        layer = ctx.layer
+        layer.point_at(ctx.params)
+        saved, ctx.saved = ctx.saved, None
+        if saved is None:  # another backward of a retained graph: forward again, same masks
+            now = layer._rng.bit_generator.state
+            layer._rng.bit_generator.state = ctx.rng_state
+            saved = _packed_rows.forward(layer, *ctx.inputs, training=True)[3]
+            layer._rng.bit_generator.state = now
+        layer.zero_grad()
+        dx, dh0, dc0 = _packed_rows.backward(layer, saved, _view(dy), _view(dh), _view(dc))
+        grads = [torch.from_numpy(layer.grads[name].copy()) for name in layer.param_order]
+        return (None, torch.from_numpy(dx), None, None, torch.from_numpy(dh0), torch.from_numpy(dc0),
+                *grads)
 
 
 class _BoundLayer(_Layer):
@@ -161,6 +194,8 @@ class LSTM(torch.nn.LSTM):
                               "torch.nn.LSTM", RuntimeWarning, stacklevel=2)
             return super().forward(input, hx)
         lengths = None
+        if packed and not self.bidirectional and _packed_rows.available():
+            return self._forward_rows(input, hx)
         if packed:
             x, lengths = _padded(input)
         else:
@@ -190,7 +225,24 @@ class LSTM(torch.nn.LSTM):
         return out, (h, c)
 
 
-def _packed_rows(like: PackedSequence, N: int) -> torch.Tensor:
+    def _forward_rows(self, packed: PackedSequence, hx: Any) -> Any:
+        """forward on a PackedSequence's rows as they are: no padded batch in between."""
+        N = int(packed.batch_sizes[0])
+        H_out = self.proj_size or self.hidden_size
+        if hx is None:
+            h0 = packed.data.new_zeros(self.num_layers, N, H_out)
+            c0 = packed.data.new_zeros(self.num_layers, N, self.hidden_size)
+        else:
+            h0, c0 = hx
+            self.check_forward_args(packed.data, (h0, c0), packed.batch_sizes)  # torch's own errors
+        perm = None if packed.sorted_indices is None else packed.sorted_indices.numpy()
+        y, h, c = _RunRows.apply(self, packed.data, packed.batch_sizes.numpy(), perm, h0, c0,
+                                 *self._flat_weights)
+        return PackedSequence(y, packed.batch_sizes, packed.sorted_indices,
+                              packed.unsorted_indices), (h, c)
+
+
+def _padded_places(like: PackedSequence, N: int) -> torch.Tensor:
     """For each row of ``like.data``, its place t * N + n in a padded (T, N) batch in the
     caller's batch order."""
     sizes = like.batch_sizes
@@ -205,7 +257,7 @@ def _padded(packed: PackedSequence) -> tuple[torch.Tensor, torch.Tensor]:
     backward one gather), where pad_packed_sequence's backward slices step by step."""
     sizes = packed.batch_sizes
     T, N, F = len(sizes), int(sizes[0]), packed.data.shape[1]
-    x = packed.data.new_zeros(T * N, F).index_copy(0, _packed_rows(packed, N), packed.data).view(T, N, F)
+    x = packed.data.new_zeros(T * N, F).index_copy(0, _padded_places(packed, N), packed.data).view(T, N, F)
     ranked = (sizes.unsqueeze(1) > torch.arange(N)).sum(0)      # lengths in sorted order
     lengths = torch.empty_like(ranked)
     order = packed.sorted_indices if packed.sorted_indices is not None else torch.arange(N)
@@ -217,5 +269,5 @@ def _packed_like(y: torch.Tensor, like: PackedSequence) -> PackedSequence:
     """y (T, N, F), batch order, as a PackedSequence with ``like``'s batch sizes and order:
     one gather of its rows (one autograd node, whose backward is one scatter)."""
     T, N, F = y.shape
-    data = y.reshape(T * N, F)[_packed_rows(like, N)]
+    data = y.reshape(T * N, F)[_padded_places(like, N)]
     return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)

@@ -91,6 +91,49 @@ def test_packed_sequence_in_and_out():
         assert rel(a, b) < REL
 
 
+@pytest.mark.parametrize("kw", [dict(input_size=4, hidden_size=5, num_layers=2),
+                                dict(input_size=4, hidden_size=6, proj_size=2, num_layers=3, bias=False)],
+                         ids=["L2", "proj-L3-nobias"])
+@pytest.mark.parametrize("sort", [False, True], ids=["unsorted", "enforce_sorted"])
+def test_packed_sequence_one_direction_runs_on_its_rows(kw, sort):
+    ours, ref = pair(**kw)
+    T, N, L = 7, 5, kw["num_layers"]
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(T, N, 4, generator=g)
+    lengths = torch.tensor([7, 6, 6, 3, 1] if sort else [3, 7, 1, 6, 6])
+    hx0 = (torch.randn(L, N, kw.get("proj_size") or kw["hidden_size"], generator=g),
+           torch.randn(L, N, kw["hidden_size"], generator=g))
+    got, want = [], []
+    for m, out in ((ours, got), (ref, want)):
+        x = x0.clone().requires_grad_(True)
+        hx = tuple(t.clone().requires_grad_(True) for t in hx0)
+        y, (h, c) = m(pack_padded_sequence(x, lengths, enforce_sorted=sort), hx)
+        (y.data.square().sum() + h.sum() + 0.5 * c.square().sum()).backward()
+        out += [y.data, h, c, x.grad, hx[0].grad, hx[1].grad] + [p.grad for p in m.parameters()]
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and rel(a, b) < REL
+
+
+def test_packed_sequence_one_direction_gradcheck_and_retained_graph():
+    torch.manual_seed(5)
+    m = ft.LSTM(3, 4, num_layers=2).double()
+    lengths = torch.tensor([2, 4, 1])
+    x = torch.randn(4, 3, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+
+    def f(x, h0):
+        y, (h, c) = m(pack_padded_sequence(x, lengths, enforce_sorted=False), (h0, torch.zeros_like(h0)))
+        return y.data, h, c
+
+    assert torch.autograd.gradcheck(f, (x, h0), eps=1e-6, atol=1e-7)
+    y, h, c = f(x, h0)
+    loss = y.square().sum() + h.sum()
+    first = torch.autograd.grad(loss, [x, *m.parameters()], retain_graph=True)
+    again = torch.autograd.grad(loss, [x, *m.parameters()])
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
+
+
 def test_unbatched_input():
     ours, ref = pair(input_size=3, hidden_size=4)
     x = torch.randn(5, 3)
@@ -183,3 +226,16 @@ def test_eval_mode_has_no_dropout_and_copies_work():
     assert rel(y1, ref(x)[0]) < REL
     clone = copy.deepcopy(m)
     assert torch.equal(clone(x)[0], y1)
+
+
+def test_packed_sequence_on_the_numpy_backend_and_bad_states(monkeypatch):
+    ours, ref = pair(input_size=3, hidden_size=4, num_layers=2)
+    x = torch.randn(5, 3, 3)
+    packed = pack_padded_sequence(x, torch.tensor([2, 5, 4]), enforce_sorted=False)
+    want = ref(packed)
+    with pytest.raises(RuntimeError, match="hidden"):
+        ours(packed, (torch.zeros(2, 2, 4), torch.zeros(2, 2, 4)))
+    monkeypatch.setenv("FASTLSTM_BACKEND", "numpy")  # no row loops: the padded route
+    got = ours(packed)
+    for a, b in zip((got[0].data, *got[1]), (want[0].data, *want[1])):
+        assert rel(a, b) < REL

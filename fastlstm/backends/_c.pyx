@@ -913,6 +913,42 @@ def _backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, d
     order.unsort(dc, dc0)
 
 
+def forward_rows(x, h0, c0, W_ih, W_hh, b, batch, y, gates, cs, keep=True, *, W_hr=None,
+                 ms=None):
+    """The forward loop on rows the caller has packed already (torch's PackedSequence.data):
+    x [rows, I], step t's batch[t] rows after step t-1's, sorted longest first (batch
+    [T] intp, non-increasing, each >= 1); h0 [N, K] and c0 [N, H] in that sorted order
+    (N = batch[0]); y [rows, K], gates [rows, 4H], cs [rows, H] (and ms [rows, H] with
+    W_hr [P, H]) OUT in the same layout. The final state is each sequence's row at its
+    last step of y and cs (the caller reads it). No StepOrder: nothing is copied."""
+    H = c0.shape[1]
+    dt = x.dtype
+    P = 0 if W_hr is None else W_hr.shape[0]
+    args = (x, h0, c0, W_ih, W_hh, W_hr if P else np.empty((0, H), dt), b, batch, y, gates, cs,
+            ms if P else np.empty((0, H), dt), keep, batch.shape[0])
+    if _config.thread_share_now() is not None:
+        return _with_blas_share(_forward_packed, *args)
+    _forward_packed(*args)
+
+
+def backward_rows(x, h0, c0, W_ih, W_hh, y, h_prev, gates, cs, dy, dh, dc, dx, dW_ih, dW_hh, db,
+                  batch, *, W_hr=None, ms=None, dW_hr=None):
+    """The backward loop after forward_rows, in its layout: h_prev [rows, K] the h each
+    row read (h0 at step 0, else y at the previous step); dh [N, K] and dc [N, H]
+    (sorted) carry the gradient at each sequence's last step in and dh_0, dc_0 out;
+    dx [rows, I] OUT; dW_ih, dW_hh, db (and dW_hr with W_hr) accumulate. gates is
+    overwritten."""
+    H = c0.shape[1]
+    dt = x.dtype
+    P = 0 if W_hr is None else W_hr.shape[0]
+    none = np.empty((0, H), dt)
+    args = (x, h0, c0, W_ih, W_hh, W_hr if P else none, y, h_prev, cs, ms if P else none, gates,
+            dy, dh, dc, dx, dW_ih, dW_hh, dW_hr if P else none, db, batch, batch.shape[0])
+    if _config.thread_share_now() is not None:
+        return _with_blas_share(_backward_packed, *args)
+    _backward_packed(*args)
+
+
 def step(const floating[:, ::1] x_t, const floating[:, ::1] h, const floating[:, ::1] c,
          const floating[:, ::1] W_ih, const floating[:, ::1] W_hh, const floating[::1] b,
          floating[:, ::1] h_out, floating[:, ::1] c_out, floating[:, ::1] gates):
