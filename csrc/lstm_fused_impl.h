@@ -156,6 +156,93 @@ INLINE const char *FN(panel_products)(const int R, ptrdiff_t K, const float *Wp,
     return pf;
 }
 
+/* ---- the projection's products on panels packed once per call ------------
+ * A projected layer multiplies by W_hr [P, H] at every step: h_t = m_t .
+ * W_hr^T in the forward, dm_t = dh_t . W_hr in the backward. A BLAS call per
+ * step packs its share of W_hr again at every step (a copy of 1 MB per step
+ * at H=1024, P=256); these pack it once per call, in panels of 4*VL columns.
+ *
+ * pack_columns: panels p0..p1-1 of B [K, cols], element (k, c) at W[k * wk +
+ * c * wc] (W_hr^T: wk = 1, wc = H; W_hr: wk = H, wc = 1): panel q holds rows
+ * 0..K-1 of columns q*4*VL.., zero past cols. */
+static void FN(pack_columns)(ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t K, ptrdiff_t cols,
+                             const float *W, ptrdiff_t wk, ptrdiff_t wc, float *out)
+{
+    const ptrdiff_t PW = 4 * VL;
+    for (ptrdiff_t q = p0; q < p1; ++q) {
+        float *panel = out + q * K * PW;
+        for (int u = 0; u < PW; ++u) {
+            const ptrdiff_t c = q * PW + u;
+            if (c >= cols) {
+                for (ptrdiff_t k = 0; k < K; ++k) panel[k * PW + u] = 0.0f;
+                continue;
+            }
+            const float *w = W + c * wc;
+            for (ptrdiff_t k = 0; k < K; ++k) panel[k * PW + u] = w[k * wk];
+        }
+    }
+}
+
+/* out [R rows, the panel's nvalid columns] (leading dimension ldo) = src [R,
+ * K] (leading dimension lds) . one panel of pack_columns. */
+INLINE void FN(panel_block)(const int R, ptrdiff_t K, ptrdiff_t nvalid, const float *Wp,
+                            const float *src, ptrdiff_t lds, float *out, ptrdiff_t ldo,
+                            const char *pf)
+{
+    VF acc[RF][4];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+        acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = FN(splat)(0.0f);
+    FN(panel_products)(R, K, Wp, src, lds, acc, pf);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) {
+            const ptrdiff_t n = nvalid - v * VL;
+            if (n > 0) FN(storen)(out + r * ldo + v * VL, acc[r][v], n < VL ? n : VL);
+        }
+}
+
+#define PANEL_CASE(R_)                                                          \
+    case R_:                                                                    \
+        FN(panel_block)(R_, K, nvalid, Wp, src, lds, out, ldo, pf);            \
+        break;
+
+static void FN(panel_rows)(int R, ptrdiff_t K, ptrdiff_t nvalid, const float *Wp,
+                           const float *src, ptrdiff_t lds, float *out, ptrdiff_t ldo,
+                           const char *pf)
+{
+    switch (R) {
+    PANEL_CASE(1) PANEL_CASE(2)
+#if RF >= 3
+    PANEL_CASE(3) PANEL_CASE(4)
+#endif
+#if RF >= 5
+    PANEL_CASE(5) PANEL_CASE(6)
+#endif
+    default: break;
+    }
+}
+
+/* out [n rows, cols] (leading dimension ldo) = src [n, K] (lds) . B [K, cols]
+ * packed by pack_columns in Wp, this thread's share of (panel, row block)
+ * items; the caller puts a barrier after it. */
+static void FN(panel_product)(lstm_team me, ptrdiff_t n, ptrdiff_t K, ptrdiff_t cols,
+                              const float *Wp, const float *src, ptrdiff_t lds, float *out,
+                              ptrdiff_t ldo)
+{
+    const ptrdiff_t PW = 4 * VL, np = (cols + PW - 1) / PW;
+    const FN(items) s = FN(step_items)(me, n, RF, np);
+    for (ptrdiff_t w = s.w0; w < s.w1; ++w) {
+        const FN(work) it = FN(work_item)(w, 0, n, s.nblocks, np, s.pfirst, s.plast, Wp, K * PW,
+                                           K, 0);
+        const ptrdiff_t c0 = it.p * PW;
+        FN(panel_rows)((int)(it.n1 - it.n0), K, cols - c0 < PW ? cols - c0 : PW,
+                       Wp + it.p * K * PW, src + it.n0 * lds, lds, out + it.n0 * ldo + c0, ldo,
+                       it.pf);
+    }
+}
+
 /* ---- forward ------------------------------------------------------------
  * One block: R rows x one panel of VL units (all four gates). The product
  * h_prev[rows] . W_hh^T[:, panel] goes to registers, and with x_rows also
@@ -476,6 +563,10 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
     const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H, KR = P ? P : H, K = Ip + KR;
     const ptrdiff_t rows = lstm_total_rows(batch, T, N);
     float *m = P ? ms : y;
+    /* W_hr^T [H, P] in panels of 4*VL of its P columns (NULL: no memory, a BLAS
+     * call per step instead) */
+    const ptrdiff_t npp = (P + 4 * VL - 1) / (4 * VL);
+    float *W_r = P ? malloc((size_t)(npp * H * 4 * VL) * sizeof(float)) : NULL;
     LSTM_PARALLEL(nthreads)
     {
         const lstm_team me = lstm_team_join(blas);
@@ -483,6 +574,10 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
         /* Each thread packs, and projects for, the units it runs the most of. */
         const lstm_range p = lstm_share(npanels, me);
         if (W_hh) FN(pack_panels)(p.lo, p.hi, Ip, H, KR, W_ih, W_hh, W_f);
+        if (W_r) {
+            const lstm_range q = lstm_share(npp, me);
+            FN(pack_columns)(q.lo, q.hi, H, P, W_hr, 1, H, W_r);
+        }
         /* one row at every step (rows == T: a reverse pass or a length packs them so
          * too), projected PB rows ahead (see step_project_block) */
         const int one_row = !Ip && x && W_x && !P && N == 1 && rows == T && T > PB
@@ -497,7 +592,7 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
                 lstm_project_f32(blas, rows, I, G, g * H + u0, g * H + u1, x, W_ih, b, gates);
         }
         /* the steps read other threads' panels (and gates, by rows) */
-        if (W_hh || !Ip) {
+        if (W_hh || !Ip || W_r) {
             LSTM_BARRIER();
         }
         /* Step t's Nt rows start at row `off` of the packed arrays; they are
@@ -538,9 +633,12 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
             }
             LSTM_BARRIER();
             if (P) {
-                /* y[rows, p0:p1] = m[rows] . W_hr[p0:p1]^T */
-                lstm_gemm_f32(blas, 'T', 'N', pp.hi - pp.lo, Nt, H, W_hr + pp.lo * H, H,
-                              ms + off * H, H, 0.0f, y + off * P + pp.lo, P);
+                /* y[rows] = m[rows] . W_hr^T */
+                if (W_r)
+                    FN(panel_product)(me, Nt, H, P, W_r, ms + off * H, H, y + off * P, P);
+                else
+                    lstm_gemm_f32(blas, 'T', 'N', pp.hi - pp.lo, Nt, H, W_hr + pp.lo * H, H,
+                                  ms + off * H, H, 0.0f, y + off * P + pp.lo, P);
                 LSTM_BARRIER();
             }
             off_prev = off;
@@ -548,6 +646,7 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
         }
         lstm_team_leave(blas, me);
     }
+    free(W_r);
 }
 
 /* ---- backward ----------------------------------------------------------- */
@@ -793,15 +892,19 @@ static void FN(backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, 
                               float *dh, float *dc, float *dx, float *dW_ih, float *dW_hh,
                               float *dW_hr, float *db, float *work)
 {
-    const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H;
+    const ptrdiff_t PW = 4 * VL, npanels = (H + PW - 1) / PW, G = 4 * H;
     const ptrdiff_t rows = lstm_total_rows(batch, T, N);
     float *dhs = work, *dm = work + rows * P; /* dh_t [rows, P]; dm [N, H] */
+    /* W_hr [P, H] in panels of PW of its H columns, each thread packing and reading
+     * those of its units (NULL: no memory, a BLAS call per step instead) */
+    float *W_r = malloc((size_t)(npanels * P * PW) * sizeof(float));
     LSTM_PARALLEL(nthreads)
     {
         const lstm_team me = lstm_team_join(blas);
         const lstm_range pu = lstm_share(npanels, me), pp = lstm_share(P, me);
-        const ptrdiff_t u0 = pu.lo * VL, u1 = pu.hi * VL < H ? pu.hi * VL : H;
+        const ptrdiff_t u0 = pu.lo * PW, u1 = pu.hi * PW < H ? pu.hi * PW : H;
         const ptrdiff_t p0 = pp.lo, p1 = pp.hi;
+        if (W_r) FN(pack_columns)(pu.lo, pu.hi, P, H, W_hr, H, 1, W_r);
         ptrdiff_t off = rows;
         for (ptrdiff_t t = T - 1; t >= 0; --t) {
             const lstm_back_step st = lstm_step_back(batch, t, T, N, off);
@@ -818,7 +921,15 @@ static void FN(backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, 
             }
             LSTM_BARRIER();
             /* dm[:, u0:u1] = dh_t . W_hr[:, u0:u1], then the gate math of these units */
-            lstm_gemm_f32(blas, 'N', 'N', u1 - u0, Nt, P, W_hr + u0, H, dht, P, 0.0f, dm + u0, H);
+            if (W_r)
+                for (ptrdiff_t q = pu.lo; q < pu.hi; ++q)
+                    for (ptrdiff_t n0 = 0; n0 < Nt; n0 += RF)
+                        FN(panel_rows)((int)(Nt - n0 < RF ? Nt - n0 : RF), P,
+                                       H - q * PW < PW ? H - q * PW : PW, W_r + q * P * PW,
+                                       dht + n0 * P, P, dm + n0 * H + q * PW, H, NULL);
+            else if (u1 > u0)
+                lstm_gemm_f32(blas, 'N', 'N', u1 - u0, Nt, P, W_hr + u0, H, dht, P, 0.0f, dm + u0,
+                              H);
             const float *c_prev = t ? cs + off_prev * H : c0;
             VF unused[4] = {FN(splat)(0.0f), FN(splat)(0.0f), FN(splat)(0.0f), FN(splat)(0.0f)};
             for (ptrdiff_t n = 0; n < Nt; ++n)
@@ -842,6 +953,7 @@ static void FN(backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, 
                           ms + a0 * H, H, dhs + a0 * P + p0, P, 1.0f, dW_hr + p0 * H, H);
         lstm_team_leave(blas, me);
     }
+    free(W_r);
 }
 
 /* ---- one row on weights packed once (the generation loop's own team) -----
