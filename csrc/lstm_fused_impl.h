@@ -898,6 +898,9 @@ static void FN(backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, 
     /* W_hr [P, H] in panels of PW of its H columns, each thread packing and reading
      * those of its units (NULL: no memory, a BLAS call per step instead) */
     float *W_r = malloc((size_t)(npanels * P * PW) * sizeof(float));
+    /* db summed by the gate math, each thread at its own units (NULL: no memory,
+     * lstm_backward_products sums the gate gradients' rows instead) */
+    float *db_units = calloc((size_t)G, sizeof(float));
     LSTM_PARALLEL(nthreads)
     {
         const lstm_team me = lstm_team_join(blas);
@@ -931,21 +934,26 @@ static void FN(backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, 
                 lstm_gemm_f32(blas, 'N', 'N', u1 - u0, Nt, P, W_hr + u0, H, dht, P, 0.0f, dm + u0,
                               H);
             const float *c_prev = t ? cs + off_prev * H : c0;
-            VF unused[4] = {FN(splat)(0.0f), FN(splat)(0.0f), FN(splat)(0.0f), FN(splat)(0.0f)};
-            for (ptrdiff_t n = 0; n < Nt; ++n)
-                for (ptrdiff_t j = u0; j < u1; j += VL) {
-                    const ptrdiff_t nv = u1 - j < VL ? u1 - j : VL;
+            for (ptrdiff_t j = u0; j < u1; j += VL) {
+                const ptrdiff_t nv = u1 - j < VL ? u1 - j : VL;
+                VF sum[4] = {FN(splat)(0.0f), FN(splat)(0.0f), FN(splat)(0.0f), FN(splat)(0.0f)};
+                for (ptrdiff_t n = 0; n < Nt; ++n)
                     FN(backward_gates)(H, nv, FN(splat)(0.0f), gates + (off + n) * G + j,
                                        c_prev + n * H + j, cs + (off + n) * H + j, dm + n * H + j,
-                                       dc + n * H + j, unused);
-                }
+                                       dc + n * H + j, sum);
+                if (db_units)
+                    for (int q = 0; q < 4; ++q) {
+                        float *d = db_units + q * H + j;
+                        FN(storen)(d, FN(loadn)(d, nv) + sum[q], nv);
+                    }
+            }
             LSTM_BARRIER();
         }
         /* dh_0 = dP[0] . W_hh for the rows that ran (the others keep dh_T) */
         FN(proj_dh)(me, lstm_rows_at(batch, 0, N), H, P, W_b, gates, dh);
         const lstm_range g = lstm_share(G, me), r = lstm_share(rows, me);
         lstm_backward_products_f32(blas, T, N, rows, I, H, P, g.lo, g.hi, r.lo, r.hi, x, W_ih, h0,
-                                   y, h_prev, gates, dx, dW_ih, dW_hh, db, NULL, 0);
+                                   y, h_prev, gates, dx, dW_ih, dW_hh, db, db_units, 1);
         /* dW_hr[p0:p1] += dh^T . m over every row */
         const ptrdiff_t step = lstm_rows_per_call(H > P ? H : P);
         for (ptrdiff_t a0 = 0; a0 < rows; a0 += step)
@@ -954,6 +962,7 @@ static void FN(backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, 
         lstm_team_leave(blas, me);
     }
     free(W_r);
+    free(db_units);
 }
 
 /* ---- one row on weights packed once (the generation loop's own team) -----
