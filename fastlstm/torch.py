@@ -194,6 +194,8 @@ class LSTM(torch.nn.LSTM):
                               "torch.nn.LSTM", RuntimeWarning, stacklevel=2)
             return super().forward(input, hx)
         lengths = None
+        if packed and hx is not None:
+            self.check_forward_args(data, hx, input.batch_sizes)  # torch's own errors, either route
         if packed and not self.bidirectional and _packed_rows.available():
             return self._forward_rows(input, hx)
         if packed:
@@ -234,7 +236,6 @@ class LSTM(torch.nn.LSTM):
             c0 = packed.data.new_zeros(self.num_layers, N, self.hidden_size)
         else:
             h0, c0 = hx
-            self.check_forward_args(packed.data, (h0, c0), packed.batch_sizes)  # torch's own errors
         perm = None if packed.sorted_indices is None else packed.sorted_indices.numpy()
         y, h, c = _RunRows.apply(self, packed.data, packed.batch_sizes.numpy(), perm, h0, c0,
                                  *self._flat_weights)
