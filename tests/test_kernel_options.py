@@ -203,3 +203,22 @@ def test_bidirectional_layer_works_in_a_forked_child(monkeypatch):
     finally:
         _FORKED.clear()
     np.testing.assert_array_equal(got, expected)
+
+
+def test_scratch_buffers_are_kept_per_slot_and_thread(monkeypatch):
+    import threading
+
+    from fastlstm.backends import _steps
+    a = _steps.scratch("a", (3, 4), np.float32)
+    b = _steps.scratch("b", (3, 4), np.float32)
+    assert a.flags.c_contiguous and a.shape == (3, 4) and a.dtype == np.float32
+    assert not np.shares_memory(a, b)
+    assert np.shares_memory(_steps.scratch("a", (2, 3), np.float64), a)  # the slot's memory again
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(_steps.scratch("a", (3, 4), np.float32)))
+    thread.start()
+    thread.join()
+    assert not np.shares_memory(seen[0], a)  # another thread's own
+    monkeypatch.setattr(_steps, "SCRATCH_KEEP_BYTES", 1000)
+    big = _steps.scratch("a", (100, 100), np.float32)  # above the limit: a fresh array
+    assert big.shape == (100, 100) and not np.shares_memory(big, _steps.scratch("a", (100, 100), np.float32))

@@ -151,7 +151,7 @@ import threading
 import numpy as np
 from .. import _config
 from ._blas_threads import set_threads_local_address
-from ._steps import StepOrder
+from ._steps import StepOrder, scratch
 
 #: The keyword options of the backend contract this backend runs.
 OPTIONS = ("lengths", "reverse", "projection", "projected")
@@ -851,9 +851,10 @@ def _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reve
         cT[...] = c0
         return
     rows = order.rows
-    yp = _rows_view(y, rows, K) if order.identity else np.empty((rows, K), dt)
+    # the packed copies live in this thread's scratch buffers (fresh ones cost page faults)
+    yp = _rows_view(y, rows, K) if order.identity else scratch("y", (rows, K), dt)
     cp = _rows_view(cs, rows, H)
-    _forward_packed(order.packed(x), order.sorted(h0), order.sorted(c0), W_ih, W_hh,
+    _forward_packed(order.packed(x, "x"), order.sorted(h0), order.sorted(c0), W_ih, W_hh,
                     W_hr if P else np.empty((0, H), dt), b,
                     order.batch if not order.identity else _NO_BATCH, yp,
                     _rows_view(gates, rows, 4 * H), cp,
@@ -899,13 +900,13 @@ def _backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, d
     rows = order.rows
     dh = order.sorted(dhT)
     dc = order.sorted(dcT)
-    dxp = _rows_view(dx, rows, I) if order.identity else np.empty((rows, I), dt)
-    _backward_packed(order.packed(x), order.sorted(h0), order.sorted(c0), W_ih, W_hh,
+    dxp = _rows_view(dx, rows, I) if order.identity else scratch("dx", (rows, I), dt)
+    _backward_packed(order.packed(x, "x"), order.sorted(h0), order.sorted(c0), W_ih, W_hh,
                      W_hr if P else np.empty((0, H), dt), _rows_view(y, rows, K) if order.identity
                      else np.empty((rows, K), dt),
-                     np.empty((0, K), dt) if order.identity else order.h_prev(h0, y),
+                     np.empty((0, K), dt) if order.identity else order.h_prev(h0, y, "h_prev"),
                      _rows_view(cs, rows, H), _rows_view(ms, rows, H) if P else np.empty((0, H), dt),
-                     _rows_view(gates, rows, 4 * H), order.packed(dy), dh, dc, dxp, dW_ih, dW_hh,
+                     _rows_view(gates, rows, 4 * H), order.packed(dy, "dy"), dh, dc, dxp, dW_ih, dW_hh,
                      dW_hr if P else np.empty((0, H), dt), db,
                      order.batch if not order.identity else _NO_BATCH, order.steps)
     order.unpack(dxp, dx)
