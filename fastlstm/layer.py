@@ -36,6 +36,19 @@ from .backends import check_name, get_backend
 from .functional import Workspace, run_backward, run_directions, run_forward
 
 
+def _placed(task, out):
+    """task() (run_forward's (y, hT, cT, cache)), with y also copied into ``out`` (its
+    direction's half of the layer's output) on the task's thread."""
+    result = task()
+    out[...] = result[0]
+    return result
+
+
+def _on_half(task, half, *args, **kwargs):
+    """task(a contiguous copy of ``half``, *args, **kwargs), the copy made on the task's thread."""
+    return task(np.ascontiguousarray(half), *args, **kwargs)
+
+
 class LSTM(ParameterSet):
     """Multi-layer LSTM, drop-in for ``torch.nn.LSTM`` on NumPy arrays.
 
@@ -471,17 +484,22 @@ class LSTM(ParameterSet):
             y_buf = ws.take((T, N, self.proj_size or self.hidden_size), self.dtype) \
                 if ws is not None and not last else None
             tasks = []
+            # two directions on the host: each task copies its output into its half of the
+            # layer's output itself (side by side, both copies run at once)
+            K = self.proj_size or self.hidden_size
+            both = np.empty((T, N, 2 * K), self.dtype) if D == 2 and not xp.on_device else None
             for d in range(D):
                 idx = layer * D + d
                 W_ih, W_hh, b, W_hr = self._layer_weights(idx, snap)
                 gates = None
                 if projected and layer == 0:
                     W_ih, gates = np.empty((4 * self.hidden_size, 0), self.dtype), input_projection
-                tasks.append(functools.partial(
+                task = functools.partial(
                     run_forward, be, inp, h0[idx], c0[idx], W_ih, W_hh, b, training, hT=h_n[idx],
                     cT=c_n[idx], workspace=self._workspace, xp=xp, lengths=lens, reverse=d == 1,
                     W_hr=W_hr, gates=gates, y=y_buf,
-                    packed=None if panels is None else panels.panels(be, idx)))
+                    packed=None if panels is None else panels.panels(be, idx))
+                tasks.append(task if both is None else functools.partial(_placed, task, both[..., d * K:(d + 1) * K]))
             outs = []
             side_by_side = D == 2 and _config.directions_side_by_side(N, training)
             for y, _, _, cache in run_directions(be, tasks, xp, side_by_side):
@@ -489,7 +507,7 @@ class LSTM(ParameterSet):
                 outs.append(y)
             if ws is not None and not training and layer > 0:
                 ws.give(*inner[-1])  # the last boundary's buffers: read by this layer, done
-            y = outs[0] if D == 1 else xp.concat_features(outs)
+            y = outs[0] if D == 1 else both if both is not None else xp.concat_features(outs)
             held = [] if y_buf is None else [y_buf]
             if training and self.dropout > 0 and not last:
                 if ws is not None:
@@ -569,15 +587,22 @@ class LSTM(ParameterSet):
             for d in range(D):
                 idx = layer * D + d
                 ih, hh, _, _, hr = self._layer_keys[idx]
-                part = grad if D == 1 else xp.take_features(grad, d * K, (d + 1) * K)
                 dbs.append(np.zeros(4 * H, self.dtype))
                 # a projected layer 0 has no W_ih of its own: its gradient is the caller's
                 dW_ih = np.zeros((4 * H, 0), self.dtype) if caches[idx].projected else g[ih]
                 dx_buf = ws.take(caches[idx].x.shape, self.dtype) if ws is not None and layer > 0 else None
-                tasks.append(functools.partial(
-                    run_backward, caches[idx], part, dh_n[idx], dc_n[idx], dW_ih, g[hh], dbs[d],
-                    dh0=dh0[idx], dc0=dc0[idx], workspace=self._workspace,
-                    dW_hr=None if hr is None else g[hr], dx=dx_buf))
+                task = functools.partial(run_backward, caches[idx])
+                rest = (dh_n[idx], dc_n[idx], dW_ih, g[hh], dbs[d])
+                options = dict(dh0=dh0[idx], dc0=dc0[idx], workspace=self._workspace,
+                               dW_hr=None if hr is None else g[hr], dx=dx_buf)
+                if D == 1:
+                    tasks.append(functools.partial(task, grad, *rest, **options))
+                elif xp.on_device:
+                    tasks.append(functools.partial(task, xp.take_features(grad, d * K, (d + 1) * K),
+                                                   *rest, **options))
+                else:  # the direction's half of dy copied on its own thread
+                    tasks.append(functools.partial(_on_half, task, grad[..., d * K:(d + 1) * K], *rest,
+                                                   **options))
             dx = None
             for d, (dx_d, _, _) in enumerate(run_directions(caches[layer * D].backend, tasks, xp)):
                 _, _, b_ih, b_hh, _ = self._layer_keys[layer * D + d]
