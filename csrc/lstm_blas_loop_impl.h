@@ -82,7 +82,7 @@ void FN(lstm_backward_products)(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N,
                                 ptrdiff_t r0, ptrdiff_t r1, const REAL *x, const REAL *W_ih,
                                 const REAL *h0, const REAL *y, const REAL *h_prev,
                                 const REAL *dP, REAL *dx, REAL *dW_ih, REAL *dW_hh, REAL *db,
-                                const REAL *db_parts, int nparts)
+                                const REAL *db_parts, int nparts, int rev)
 {
     const ptrdiff_t G = 4 * H, ng = g1 - g0;
     const ptrdiff_t step = lstm_rows_per_call(G > I ? (G > H ? G : H) : (I > H ? I : H));
@@ -103,12 +103,21 @@ void FN(lstm_backward_products)(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N,
             FN(gemm)(blas, 'N', 'T', K, ng, nr, h_prev + a * K, K, dP + a * G + g0, G, 1,
                      dW_hh + g0 * K, K);
         }
-    } else {
+    } else if (!rev) {
         /* h_{t-1} is h0 for the first N rows of dP, then y shifted by one step */
         FN(gemm)(blas, 'N', 'T', K, ng, N, h0, K, dP + g0, G, 1, dW_hh + g0 * K, K);
         for (ptrdiff_t a = N; a < rows; a += step) {
             const ptrdiff_t nr = rows - a < step ? rows - a : step;
             FN(gemm)(blas, 'N', 'T', K, ng, nr, y + (a - N) * K, K, dP + a * G + g0, G, 1,
+                     dW_hh + g0 * K, K);
+        }
+    } else {
+        /* time ran backwards: the last N rows read h0, the others y one step later */
+        FN(gemm)(blas, 'N', 'T', K, ng, N, h0, K, dP + (rows - N) * G + g0, G, 1,
+                 dW_hh + g0 * K, K);
+        for (ptrdiff_t a = 0; a < rows - N; a += step) {
+            const ptrdiff_t nr = rows - N - a < step ? rows - N - a : step;
+            FN(gemm)(blas, 'N', 'T', K, ng, nr, y + (a + N) * K, K, dP + a * G + g0, G, 1,
                      dW_hh + g0 * K, K);
         }
     }
@@ -244,7 +253,7 @@ void FN(lstm_blas_backward)(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, con
             FN(gemm)(blas, 'N', 'N', K, Nt, G, W_hh, K, dP, G, 0, dh, K);
     }
     FN(lstm_backward_products)(blas, T, N, rows, I, H, K, 0, G, 0, rows, x, W_ih, h0, y, h_prev,
-                               gates, dx, dW_ih, dW_hh, db, NULL, 0);
+                               gates, dx, dW_ih, dW_hh, db, NULL, 0, 0);
     if (P) {
         /* dW_hr [P, H] += dh_t^T . m_t over every row */
         const ptrdiff_t step = lstm_rows_per_call(H > P ? H : P);

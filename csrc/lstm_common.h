@@ -225,7 +225,9 @@ typedef enum {
  *   (rows = T*N, or fewer when packed): dx [rows, I] OUT = dP . W_ih [G, I]
  *   at rows r0..r1, and at gate rows g0..g1 (of G): dW_ih [G, I] +=
  *   dP^T . x [rows, I], dW_hh [G, K] += dP^T . (the h each row read): h_prev
- *   [rows, K] when it is not NULL, else [h0 [N, K]; y [T-1 steps of N, K]];
+ *   [rows, K] when it is not NULL, else [h0 [N, K]; y [T-1 steps of N, K]]
+ *   (rev: a pass that ran time backwards over [T, N] rows, so that the last
+ *   step's rows read h0 and the others y one step later);
  *   db [G] += the sum of the nparts rows of db_parts [nparts, G] when it is
  *   not NULL, else of dP's rows. K is H, or P with a projection.
  */
@@ -244,6 +246,6 @@ void lstm_backward_products_f32(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N,
                                 ptrdiff_t r0, ptrdiff_t r1, const float *x, const float *W_ih,
                                 const float *h0, const float *y, const float *h_prev,
                                 const float *dP, float *dx, float *dW_ih, float *dW_hh, float *db,
-                                const float *db_parts, int nparts);
+                                const float *db_parts, int nparts, int rev);
 
 #endif

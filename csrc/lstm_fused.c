@@ -30,13 +30,13 @@ typedef struct {
                     const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t P,
                     const float *x, const float *W_ih, const float *b, const float *W_hh,
                     float *W_f, float *W_x, const float *W_hr, const float *h0, const float *c0,
-                    float *gates, int keep, float *y, float *cs, float *ms);
+                    float *gates, int keep, float *y, float *cs, float *ms, int rev);
     void (*backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T, ptrdiff_t N,
                      const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H, const float *x,
                      const float *W_ih, const float *h0, const float *c0, const float *y,
                      const float *h_prev, const float *cs, const float *W_b, float *gates,
                      const float *dy, float *dh, float *dc, float *dx, float *dW_ih,
-                     float *dW_hh, float *db);
+                     float *dW_hh, float *db, int rev);
     void (*backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdiff_t N,
                           const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H, ptrdiff_t P,
                           const float *x, const float *W_ih, const float *W_b,
@@ -172,12 +172,12 @@ void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_ro
                         ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t P, const float *x, const float *W_ih,
                         const float *b, const float *W_hh, float *W_f, float *W_x,
                         const float *W_hr, const float *h0, const float *c0, float *gates,
-                        int keep, float *y, float *cs, float *ms)
+                        int keep, float *y, float *cs, float *ms, int rev)
 {
     const path_kernels *k = usable(path);
     if (k && T > 0 && N > 0 && H > 0)
         k->forward(blas, nthreads, by_rows, T, N, batch, I, Ip, H, P, x, W_ih, b, W_hh, W_f, W_x,
-                   W_hr, h0, c0, gates, keep, y, cs, ms);
+                   W_hr, h0, c0, gates, keep, y, cs, ms, rev && !batch);
 }
 
 void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows,
@@ -186,7 +186,7 @@ void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_r
                          const float *W_b, const float *W_hr, const float *h0, const float *c0,
                          const float *y, const float *h_prev, const float *cs, const float *ms,
                          float *gates, const float *dy, float *dh, float *dc, float *dx,
-                         float *dW_ih, float *dW_hh, float *dW_hr, float *db, float *work)
+                         float *dW_ih, float *dW_hh, float *dW_hr, float *db, float *work, int rev)
 {
     const path_kernels *k = usable(path);
     if (!k || T <= 0 || N <= 0 || H <= 0) return;
@@ -195,7 +195,7 @@ void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_r
                          h_prev, cs, ms, gates, dy, dh, dc, dx, dW_ih, dW_hh, dW_hr, db, work);
     else
         k->backward(blas, nthreads, by_rows, T, N, batch, I, H, x, W_ih, h0, c0, y, h_prev, cs,
-                    W_b, gates, dy, dh, dc, dx, dW_ih, dW_hh, db);
+                    W_b, gates, dy, dh, dc, dx, dW_ih, dW_hh, db, rev && !batch && !h_prev);
 }
 
 /* Every other step call reads the weights in the opposite order: the rows it

@@ -104,13 +104,16 @@ void lstm_fused_pack_backward(int path, ptrdiff_t H, ptrdiff_t R, const float *W
  * which is cut into chunks. nthreads <= 1 runs single-threaded. by_rows: the threads split each step
  * by batch rows (each reads all of W_f, and only the h rows it wrote itself)
  * instead of by hidden units (each reads its share of W_f, and all of h).
+ * rev (with batch NULL): a reverse pass over full lengths, in place: step t
+ * runs time T-1-t, so every [T, N, ...] array keeps its time order (no
+ * copies in step order); its final state is then at time 0.
  */
 void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows,
                         ptrdiff_t T, ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I,
                         ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t P, const float *x, const float *W_ih,
                         const float *b, const float *W_hh, float *W_f, float *W_x,
                         const float *W_hr, const float *h0, const float *c0, float *gates,
-                        int keep, float *y, float *cs, float *ms);
+                        int keep, float *y, float *cs, float *ms, int rev);
 
 /* Backward pass of one layer.
  *   batch, P, x, W_ih, W_hr, h0, c0, y, cs, ms   IN  as in the forward pass
@@ -127,6 +130,7 @@ void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_ro
  * nthreads and by_rows as in lstm_fused_forward (W_b for W_f, dP for h); with
  * a projection the threads take their share of the P features of dh_t, then
  * of the hidden units (dm = dh_t . W_hr and the gate math), by_rows unused.
+ * rev: after a forward with rev (batch and h_prev NULL, no projection).
  */
 void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows,
                          ptrdiff_t T, ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I,
@@ -134,7 +138,7 @@ void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_r
                          const float *W_b, const float *W_hr, const float *h0, const float *c0,
                          const float *y, const float *h_prev, const float *cs, const float *ms,
                          float *gates, const float *dy, float *dh, float *dc, float *dx,
-                         float *dW_ih, float *dW_hh, float *dW_hr, float *db, float *work);
+                         float *dW_ih, float *dW_hh, float *dW_hr, float *db, float *work, int rev);
 
 /* One time step of an L-layer stack, for generation with a carried state.
  *   x:       [N, I0] IN

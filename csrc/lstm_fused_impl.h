@@ -556,7 +556,7 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
                         ptrdiff_t H, ptrdiff_t P, const float *x, const float *W_ih,
                         const float *b, const float *W_hh, float *W_f, float *W_x,
                         const float *W_hr, const float *h0, const float *c0, float *gates,
-                        int keep, float *y, float *cs, float *ms)
+                        int keep, float *y, float *cs, float *ms, int rev)
 {
     /* KR: the width of h (P with a projection, whose cell output m goes to ms
      * and h = m . W_hr^T is one more product, after a barrier) */
@@ -584,7 +584,10 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
                             && I >= LSTM_ONE_ROW_MIN_INPUT
                             && G * (KR + I) * (ptrdiff_t)sizeof(float) <= LSTM_ONE_ROW_MAX_BYTES;
         if (!Ip && x && W_x) {
-            FN(project_panels)(p.lo, p.hi, one_row ? PB : rows, I, H, x, W_ih, b, W_x, gates);
+            /* (a reverse pass's first PB steps are the last PB rows) */
+            const ptrdiff_t r0 = one_row && rev ? rows - PB : 0;
+            FN(project_panels)(p.lo, p.hi, one_row ? PB : rows, I, H, x + r0 * I, W_ih, b, W_x,
+                               gates + r0 * G);
         } else if (!Ip) {
             /* Hoisted projection for every step at once, split by units. */
             const ptrdiff_t u0 = p.lo * VL, u1 = p.hi * VL < H ? p.hi * VL : H;
@@ -600,6 +603,10 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
         ptrdiff_t off = 0, off_prev = 0;
         for (ptrdiff_t t = 0; t < T; ++t) {
             const ptrdiff_t Nt = lstm_rows_at(batch, t, N);
+            if (rev) { /* time runs backwards over the [T, N] rows (batch is NULL) */
+                off = (T - 1 - t) * N;
+                off_prev = (T - t) * N;
+            }
             const FN(items) s = FN(step_items)(me, Nt, RF, npanels);
             const float *h_prev = t ? y + off_prev * KR : h0;
             const float *c_prev = t ? cs + off_prev * H : c0;
@@ -612,6 +619,7 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
             /* one_row: the rows this step projects, and its share of the panels */
             const ptrdiff_t ahead = one_row ? (t / PB + 1) * PB : T;
             const ptrdiff_t nahead = ahead < T ? (T - ahead < PB ? T - ahead : PB) : 0;
+            const ptrdiff_t arow = rev ? T - ahead - nahead : ahead; /* their first row */
             for (ptrdiff_t i = s.w0; i < s.w1; ++i) {
                 const ptrdiff_t w = down ? s.w0 + s.w1 - 1 - i : i;
                 const FN(work) it = FN(work_item)(w, by_rows, Nt, s.nblocks, npanels, s.pfirst,
@@ -620,8 +628,8 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
                 const ptrdiff_t nvalid = H - j0 < VL ? H - j0 : VL;
                 if (nahead && (it.p - p.lo) * PB / (p.hi - p.lo) == t % PB) {
                     FN(step_project_rows)((int)nahead, H, I, KR, nvalid, W_f + it.p * K * 4 * VL,
-                                          W_x + it.p * I * 4 * VL, x + ahead * I, b + j0,
-                                          gates + ahead * G + j0, h_prev, c_prev + j0,
+                                          W_x + it.p * I * 4 * VL, x + arow * I, b + j0,
+                                          gates + arow * G + j0, h_prev, c_prev + j0,
                                           gates + r0 * G + j0, keep, cs + r0 * H + j0,
                                           m + r0 * H + j0, it.pf);
                     continue;
@@ -803,7 +811,7 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
                          const float *x, const float *W_ih, const float *h0, const float *c0,
                          const float *y, const float *h_prev, const float *cs, const float *W_b,
                          float *gates, const float *dy, float *dh, float *dc, float *dx,
-                         float *dW_ih, float *dW_hh, float *db)
+                         float *dW_ih, float *dW_hh, float *db, int rev)
 {
     const ptrdiff_t npanels = (H + BV * VL - 1) / (BV * VL), G = 4 * H, PW = BV * VL;
     const ptrdiff_t rows = lstm_total_rows(batch, T, N);
@@ -817,11 +825,15 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
          * Nnext of them run on to step t + 1, whose dP starts at off + Nt. */
         ptrdiff_t off = rows;
         for (ptrdiff_t t = T - 1; t >= 0; --t) {
-            const lstm_back_step st = lstm_step_back(batch, t, T, N, off);
+            lstm_back_step st = lstm_step_back(batch, t, T, N, off);
+            if (rev) { /* time ran backwards over the [T, N] rows (batch is NULL) */
+                st.off = (T - 1 - t) * N;
+                st.off_prev = (T - t) * N;
+            }
             const ptrdiff_t Nt = st.Nt, Nnext = st.Nnext, off_prev = st.off_prev;
             off = st.off;
             const lstm_bwd_mode mode = t == T - 1 ? LSTM_BWD_LAST : LSTM_BWD_STEP;
-            const float *dP_next = gates + (off + Nt) * G;
+            const float *dP_next = gates + (rev ? off - N : off + Nt) * G;
             const FN(items) s = FN(step_items)(me, Nt, RB, npanels);
             for (ptrdiff_t w = s.w0; w < s.w1; ++w) {
                 const FN(work) it = FN(work_item)(w, by_rows, Nt, s.nblocks, npanels, s.pfirst,
@@ -839,6 +851,7 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
         }
         /* dh0 = dP[0] . W_hh: the product of a step that does not exist. */
         const ptrdiff_t N0 = lstm_rows_at(batch, 0, N);
+        const float *dP0 = gates + (rev ? (T - 1) * N : 0) * G; /* step 0's rows */
         const FN(items) s = FN(step_items)(me, N0, RB, npanels);
         for (ptrdiff_t w = s.w0; w < s.w1; ++w) {
             const FN(work) it = FN(work_item)(w, by_rows, N0, s.nblocks, npanels, s.pfirst,
@@ -846,7 +859,7 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
             const ptrdiff_t j0 = it.p * PW, n0 = it.n0;
             const ptrdiff_t nvalid = H - j0 < PW ? H - j0 : PW;
             FN(backward_rows)((int)(it.n1 - n0), LSTM_BWD_DH0, H, nvalid, W_b + it.p * G * PW,
-                              gates + n0 * G, NULL, NULL, NULL, NULL, dh + n0 * H + j0, H, NULL,
+                              dP0 + n0 * G, NULL, NULL, NULL, NULL, dh + n0 * H + j0, H, NULL,
                               NULL, it.pf);
         }
         /* The all-steps products need every column of dP: wait for all. */
@@ -854,7 +867,7 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
         const lstm_range g = lstm_share(G, me), r = lstm_share(rows, me);
         lstm_backward_products_f32(blas, T, N, rows, I, H, H, g.lo, g.hi, r.lo, r.hi, x, W_ih, h0,
                                    y, h_prev, gates, dx, dW_ih, dW_hh, db, db_parts,
-                                   nthreads > 1 ? nthreads : 1);
+                                   nthreads > 1 ? nthreads : 1, rev);
         lstm_team_leave(blas, me);
     }
     free(db_parts);
@@ -953,7 +966,7 @@ static void FN(backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, 
         FN(proj_dh)(me, lstm_rows_at(batch, 0, N), H, P, W_b, gates, dh);
         const lstm_range g = lstm_share(G, me), r = lstm_share(rows, me);
         lstm_backward_products_f32(blas, T, N, rows, I, H, P, g.lo, g.hi, r.lo, r.hi, x, W_ih, h0,
-                                   y, h_prev, gates, dx, dW_ih, dW_hh, db, db_units, 1);
+                                   y, h_prev, gates, dx, dW_ih, dW_hh, db, db_units, 1, 0);
         /* dW_hr[p0:p1] += dh^T . m over every row */
         const ptrdiff_t step = lstm_rows_per_call(H > P ? H : P);
         for (ptrdiff_t a0 = 0; a0 < rows; a0 += step)

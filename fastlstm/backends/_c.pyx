@@ -110,14 +110,14 @@ cdef extern from "lstm_fused.h" nogil:
                             Py_ssize_t H, Py_ssize_t P, const float *x, const float *W_ih,
                             const float *b, const float *W_hh, float *W_f, float *W_x,
                             const float *W_hr, const float *h0, const float *c0, float *gates,
-                            int keep, float *y, float *cs, float *ms)
+                            int keep, float *y, float *cs, float *ms, int rev)
     void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows, Py_ssize_t T,
                              Py_ssize_t N, const Py_ssize_t *batch, Py_ssize_t I, Py_ssize_t H,
                              Py_ssize_t P, const float *x, const float *W_ih, const float *W_b,
                              const float *W_hr, const float *h0, const float *c0, const float *y,
                              const float *h_prev, const float *cs, const float *ms, float *gates,
                              const float *dy, float *dh, float *dc, float *dx, float *dW_ih,
-                             float *dW_hh, float *dW_hr, float *db, float *work)
+                             float *dW_hh, float *dW_hr, float *db, float *work, int rev)
     void lstm_fused_step(const lstm_blas *blas, int path, int nthreads, Py_ssize_t L, Py_ssize_t N,
                          Py_ssize_t I0, Py_ssize_t H, const float *x, const float *const *W_ih,
                          const float *const *W_hh, const float *const *b, const float *h,
@@ -534,7 +534,8 @@ def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const
                    const floating[:, ::1] W_ih, const floating[:, ::1] W_hh, const floating[::1] b,
                    floating[:, :, ::1] y, floating[:, ::1] hT, floating[:, ::1] cT,
                    floating[:, :, ::1] gates, floating[:, :, ::1] cs, bint keep=True,
-                   bint projected=False, prepacked=None):
+                   bint projected=False, prepacked=None, bint rev=False):
+    # rev: a reverse pass over full lengths in place (the fused float32 loops only)
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef Py_ssize_t G = 4 * H
     if projected and I != 0:
@@ -556,6 +557,9 @@ def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const
         cT[:, :] = c0
         return
     cdef int path = _fused_path(<floating>0), nthreads, by_rows
+    if rev and (floating is double or path == LSTM_PATH_BLAS):
+        raise ValueError("a reverse pass in place runs on the fused float32 loops only")
+    cdef Py_ssize_t last = 0 if rev else T - 1
     cdef Py_ssize_t Ip
     cdef float[::1] packed
     cdef float[::1] packed_x
@@ -592,9 +596,10 @@ def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const
             # Without keep (inference) the fused kernels store no activated gates.
             lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, NULL, I, Ip, H, 0,
                                xp, wih, &b[0], whh, &packed[0], pxp, NULL, &h0[0, 0],
-                               &c0[0, 0], &gates[0, 0, 0], keep, &y[0, 0, 0], &cs[0, 0, 0], NULL)
-        memcpy(&hT[0, 0], &y[T - 1, 0, 0], N * H * sizeof(floating))
-        memcpy(&cT[0, 0], &cs[T - 1, 0, 0], N * H * sizeof(floating))
+                               &c0[0, 0], &gates[0, 0, 0], keep, &y[0, 0, 0], &cs[0, 0, 0], NULL,
+                               rev)
+        memcpy(&hT[0, 0], &y[last, 0, 0], N * H * sizeof(floating))
+        memcpy(&cT[0, 0], &cs[last, 0, 0], N * H * sizeof(floating))
 
 
 def _backward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const floating[:, ::1] c0,
@@ -602,7 +607,8 @@ def _backward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, cons
                     const floating[:, :, ::1] y, floating[:, :, ::1] gates, const floating[:, :, ::1] cs,
                     const floating[:, :, ::1] dy, const floating[:, ::1] dhT, const floating[:, ::1] dcT,
                     floating[:, :, ::1] dx, floating[:, ::1] dh0, floating[:, ::1] dc0,
-                    floating[:, ::1] dW_ih, floating[:, ::1] dW_hh, floating[::1] db):
+                    floating[:, ::1] dW_ih, floating[:, ::1] dW_hh, floating[::1] db,
+                    bint rev=False):
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef Py_ssize_t G = 4 * H
     _need("h0", h0.shape, 2, N, H)
@@ -631,6 +637,8 @@ def _backward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, cons
     if T == 0:
         return
     cdef int path = _fused_path(<floating>0), nthreads, by_rows
+    if rev and (floating is double or path == LSTM_PATH_BLAS):
+        raise ValueError("a reverse pass in place runs on the fused float32 loops only")
     cdef float[::1] packed
     weights, nthreads, by_rows = _backward_setup(path, W_hh, N, H)
     if weights is not None:
@@ -653,7 +661,7 @@ def _backward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, cons
                                 &W_ih[0, 0], &packed[0], NULL, &h0[0, 0], &c0[0, 0], &y[0, 0, 0],
                                 NULL, &cs[0, 0, 0], NULL, &gates[0, 0, 0], &dy[0, 0, 0],
                                 &dh0[0, 0], &dc0[0, 0], &dx[0, 0, 0], &dW_ih[0, 0], &dW_hh[0, 0],
-                                NULL, &db[0], NULL)
+                                NULL, &db[0], NULL, rev)
 
 
 cdef _check_batch(const Py_ssize_t[::1] batch, Py_ssize_t T, Py_ssize_t N, Py_ssize_t rows):
@@ -732,7 +740,7 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
         else:
             lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, bp, I, Ip, H, P, &x[0, 0],
                                wih, &b[0], whh, &packed[0], pxp, whr, &h0[0, 0],
-                               &c0[0, 0], &gates[0, 0], keep, &y[0, 0], &cs[0, 0], msp)
+                               &c0[0, 0], &gates[0, 0], keep, &y[0, 0], &cs[0, 0], msp, 0)
 
 
 def _backward_packed(const floating[:, ::1] x, const floating[:, ::1] h0,
@@ -797,7 +805,7 @@ def _backward_packed(const floating[:, ::1] x, const floating[:, ::1] h0,
             lstm_fused_backward(&_BLAS, path, nthreads, by_rows, T, N, bp, I, H, P, &x[0, 0],
                                 &W_ih[0, 0], &packed[0], whr, &h0[0, 0], &c0[0, 0], &y[0, 0], hp,
                                 &cs[0, 0], msp, &gates[0, 0], &dy[0, 0], &dh[0, 0], &dc[0, 0],
-                                &dx[0, 0], &dW_ih[0, 0], &dW_hh[0, 0], dwhr, &db[0], &work[0])
+                                &dx[0, 0], &dW_ih[0, 0], &dW_hh[0, 0], dwhr, &db[0], &work[0], 0)
 
 
 def _rows_view(a, rows, width):
@@ -828,10 +836,21 @@ def forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=True, *, length
                     projected, packed)
 
 
+def _reverse_in_place(x, lengths, reverse, W_hr):
+    """Whether a reverse pass runs on the [T, N] arrays as they are (the fused float32
+    loops run time backwards): full lengths, no projection; else a StepOrder copies."""
+    if not reverse or W_hr is not None or x.dtype != np.float32 or _fused_path(<float>0) == LSTM_PATH_BLAS:
+        return False
+    return lengths is None or bool(np.all(np.asarray(lengths) == x.shape[0]))
+
+
 def _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reverse, W_hr, ms,
              projected=False, packed=None):
     if lengths is None and not reverse and W_hr is None:
         _forward_plain(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, projected, packed)
+        return
+    if not projected and _reverse_in_place(x, lengths, reverse, W_hr):
+        _forward_plain(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, False, packed, True)
         return
     if projected:
         raise NotImplementedError("projected gates run without lengths, reverse or a projection")
@@ -880,6 +899,10 @@ def _backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, d
     if lengths is None and not reverse and W_hr is None:
         _backward_plain(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih,
                         dW_hh, db)
+        return
+    if _reverse_in_place(x, lengths, reverse, W_hr):
+        _backward_plain(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih,
+                        dW_hh, db, True)
         return
     T, N, I = x.shape
     H, K = cs.shape[2], W_hh.shape[1]
