@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from .backends import get_backend
+
 
 def available(backend: str = "auto") -> bool:
     """Whether ``backend`` (the one a layer made with it uses) has the row loops here;
     the layer must also be unidirectional."""
-    from .backends import get_backend
     return hasattr(get_backend(backend), "forward_rows")
 
 
@@ -59,7 +60,7 @@ class RowLayout:
 def forward(layer: Any, data: np.ndarray, batch: np.ndarray, perm: np.ndarray | None,
             h0: np.ndarray, c0: np.ndarray, training: bool) -> tuple[np.ndarray, np.ndarray,
                                                                      np.ndarray, Any]:
-    """Run ``layer`` (see ``runs_packed_rows``) on packed rows.
+    """Run ``layer`` (unidirectional, on a backend that ``available`` accepts) on packed rows.
 
     Parameters
     ----------
@@ -77,7 +78,6 @@ def forward(layer: Any, data: np.ndarray, batch: np.ndarray, perm: np.ndarray | 
     h_n, c_n : (L, N, H_out) and (L, N, H), batch order
     saved : what ``backward`` takes (None unless training)
     """
-    from .backends import get_backend
     be = get_backend(layer.backend)
     lay = RowLayout(batch)
     L, H, dt = layer.num_layers, layer.hidden_size, layer.dtype
@@ -103,7 +103,7 @@ def forward(layer: Any, data: np.ndarray, batch: np.ndarray, perm: np.ndarray | 
             mask = layer._dropout_mask(y.shape)
             out = y * mask
         if training:
-            layers.append((inp, hs, cs0, y, gates, cs, ms, mask))
+            layers.append((inp, hs, cs0, W_ih, W_hh, W_hr, y, gates, cs, ms, mask))
         inp = out
     saved = (be, lay, order, layers) if training else None
     return inp, h_n, c_n, saved
@@ -119,10 +119,9 @@ def backward(layer: Any, saved: Any, dy: np.ndarray, dh_n: np.ndarray,
     dh0, dc0 = np.empty_like(dh_n), np.empty_like(dc_n)
     grad = np.ascontiguousarray(dy)
     for k in range(layer.num_layers - 1, -1, -1):
-        x, hs, cs0, y, gates, cs, ms, mask = layers[k]
+        x, hs, cs0, W_ih, W_hh, W_hr, y, gates, cs, ms, mask = layers[k]
         if mask is not None:
             grad = grad * mask
-        W_ih, W_hh, _, W_hr = layer._layer_weights(k)
         ih, hh, b_ih, b_hh, hr = layer._layer_keys[k]
         dh, dc = dh_n[k][order], dc_n[k][order]
         dx = np.empty(x.shape, x.dtype)

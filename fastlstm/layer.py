@@ -479,14 +479,13 @@ class LSTM(ParameterSet):
         ws = self._workspace if self._reuse_buffers and D == 1 and not xp.on_device and lens is None else None
         inner: list[list[Any]] = []  # per boundary: the workspace buffers it holds
         inp = x
+        K = self.proj_size or self.hidden_size
         for layer in range(self.num_layers):
             last = layer == self.num_layers - 1
-            y_buf = ws.take((T, N, self.proj_size or self.hidden_size), self.dtype) \
-                if ws is not None and not last else None
+            y_buf = ws.take((T, N, K), self.dtype) if ws is not None and not last else None
             tasks = []
             # two directions on the host: each task copies its output into its half of the
             # layer's output itself (side by side, both copies run at once)
-            K = self.proj_size or self.hidden_size
             both = np.empty((T, N, 2 * K), self.dtype) if D == 2 and not xp.on_device else None
             for d in range(D):
                 idx = layer * D + d

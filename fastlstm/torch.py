@@ -45,6 +45,23 @@ def _view(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
+def _replay(layer, rng_state, run):
+    """run() with the layer's generator as it was at the forward (the same dropout masks),
+    the generator's state put back after: another backward of a retained graph runs the
+    forward again, since the first backward used up the saved gates."""
+    now = layer._rng.bit_generator.state
+    layer._rng.bit_generator.state = rng_state
+    try:
+        return run()
+    finally:
+        layer._rng.bit_generator.state = now
+
+
+def _param_grads(layer):
+    """The layer's parameter gradients as tensors, in the module's parameter order."""
+    return [torch.from_numpy(layer.grads[name].copy()) for name in layer.param_order]
+
+
 class _Run(torch.autograd.Function):
     """fastlstm's forward and backward of one call, as one autograd node."""
 
@@ -65,21 +82,15 @@ class _Run(torch.autograd.Function):
     def backward(ctx, dy, dh, dc):
         layer = ctx.layer
         layer.point_at(ctx.params)
-        if ctx.saved is None:
-            # Another backward of a retained graph: the first one used up the saved gates, so the
-            # forward runs again (with the same dropout masks: the generator as it was then).
-            now = layer._rng.bit_generator.state
-            layer._rng.bit_generator.state = ctx.rng_state
+        if ctx.saved is None:  # another backward of a retained graph
             x, state, lens = ctx.inputs
-            layer.forward(x, state, lengths=lens, training=True)
-            layer._rng.bit_generator.state = now
+            _replay(layer, ctx.rng_state, lambda: layer.forward(x, state, lengths=lens, training=True))
         else:
             layer._saved, ctx.saved = ctx.saved, None
         layer.zero_grad()
         dx, (dh0, dc0) = layer.backward(_view(dy), (_view(dh), _view(dc)))
-        grads = [torch.from_numpy(layer.grads[name].copy()) for name in layer.param_order]
         return (None, torch.from_numpy(np.ascontiguousarray(dx)), torch.from_numpy(dh0), torch.from_numpy(dc0),
-                None, *grads)
+                None, *_param_grads(layer))
 
 
 class _RunRows(torch.autograd.Function):
@@ -100,16 +111,13 @@ class _RunRows(torch.autograd.Function):
         layer = ctx.layer
         layer.point_at(ctx.params)
         saved, ctx.saved = ctx.saved, None
-        if saved is None:  # another backward of a retained graph: forward again, same masks
-            now = layer._rng.bit_generator.state
-            layer._rng.bit_generator.state = ctx.rng_state
-            saved = _packed_rows.forward(layer, *ctx.inputs, training=True)[3]
-            layer._rng.bit_generator.state = now
+        if saved is None:  # another backward of a retained graph
+            saved = _replay(layer, ctx.rng_state,
+                            lambda: _packed_rows.forward(layer, *ctx.inputs, training=True)[3])
         layer.zero_grad()
         dx, dh0, dc0 = _packed_rows.backward(layer, saved, _view(dy), _view(dh), _view(dc))
-        grads = [torch.from_numpy(layer.grads[name].copy()) for name in layer.param_order]
         return (None, torch.from_numpy(dx), None, None, torch.from_numpy(dh0), torch.from_numpy(dc0),
-                *grads)
+                *_param_grads(layer))
 
 
 class _BoundLayer(_Layer):
