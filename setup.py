@@ -126,7 +126,9 @@ def _extensions():
     if os.environ.get("FASTLSTM_SANITIZE", "") not in ("", "0"):
         # AddressSanitizer + UndefinedBehaviorSanitizer build (README, development section)
         san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
-        cflags = [f for f in cflags if not f.startswith("-O")] + ["-O1", "-g"] + san
+        # and the weight gradients' blocks of rows made tiny, so that every test runs many
+        chunks = ["-DLSTM_GRADS_CHUNK_FLOATS=1", "-DLSTM_GRADS_CHUNK_MIN_ROWS=5"]
+        cflags = [f for f in cflags if not f.startswith("-O")] + ["-O1", "-g"] + san + chunks
         link = san
     ext = Extension(
         "fastlstm.backends._c",

@@ -75,6 +75,19 @@ static void FN(add_step_product)(const lstm_blas *blas, ptrdiff_t N, ptrdiff_t K
         FN(lstm_add_product)(blas, N, K, G, 0, G, in, W, P);
 }
 
+/* db [g0..g1) += the sum of the nparts rows of db_parts [nparts, G] when it
+ * is not NULL, else of dP's rows [rows, G]. */
+static void FN(sum_db)(ptrdiff_t G, ptrdiff_t g0, ptrdiff_t g1, REAL *db, const REAL *db_parts,
+                       int nparts, const REAL *dP, ptrdiff_t rows)
+{
+    const REAL *from = db_parts ? db_parts : dP;
+    const ptrdiff_t nsum = db_parts ? nparts : rows;
+    for (ptrdiff_t r = 0; r < nsum; ++r) {
+        const REAL *d = from + r * G;
+        for (ptrdiff_t j = g0; j < g1; ++j) db[j] += d[j];
+    }
+}
+
 /* Contiguous ranges of rows and gate rows: one large product per thread
  * rather than many thin ones. */
 void FN(lstm_backward_products)(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N, ptrdiff_t rows,
@@ -121,12 +134,61 @@ void FN(lstm_backward_products)(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N,
                      dW_hh + g0 * K, K);
         }
     }
-    const REAL *from = db_parts ? db_parts : dP;
-    const ptrdiff_t nsum = db_parts ? nparts : rows;
-    for (ptrdiff_t r = 0; r < nsum; ++r) {
-        const REAL *d = from + r * G + g0;
-        for (ptrdiff_t j = 0; j < ng; ++j) db[g0 + j] += d[j];
+    FN(sum_db)(G, g0, g1, db, db_parts, nparts, dP, rows);
+}
+
+/* The h that dP's row r read: h_prev [rows, K] when given, else h0 for the
+ * first step's N rows and y one step behind (rev: the last N rows read h0,
+ * the others y one step ahead), as in lstm_backward_products. */
+static const REAL *FN(h_read)(ptrdiff_t r, ptrdiff_t rows, ptrdiff_t N, ptrdiff_t K,
+                              const REAL *h0, const REAL *y, const REAL *h_prev, int rev)
+{
+    if (h_prev) return h_prev + r * K;
+    if (!rev) return r < N ? h0 + r * K : y + (r - N) * K;
+    return r >= rows - N ? h0 + (r - (rows - N)) * K : y + (r + N) * K;
+}
+
+void FN(lstm_backward_row_grads)(const lstm_blas *blas, ptrdiff_t N, ptrdiff_t rows,
+                                 ptrdiff_t I, ptrdiff_t K, ptrdiff_t G, ptrdiff_t r0,
+                                 ptrdiff_t r1, const REAL *x, const REAL *W_ih, const REAL *h0,
+                                 const REAL *y, const REAL *h_prev, const REAL *dP, REAL *dx,
+                                 REAL *part, REAL *xh, ptrdiff_t chunk, int rev)
+{
+    const ptrdiff_t W = I + K;
+    const ptrdiff_t step = lstm_rows_per_call(G > I ? G : I);
+    for (ptrdiff_t a = r0; a < r1; a += step) {
+        const ptrdiff_t nr = r1 - a < step ? r1 - a : step;
+        FN(gemm)(blas, 'N', 'N', I, nr, G, W_ih, I, dP + a * G, G, 0, dx + a * I, I);
     }
+    REAL beta = 0;
+    for (ptrdiff_t a = r0; a < r1; a += chunk) {
+        const ptrdiff_t nr = r1 - a < chunk ? r1 - a : chunk;
+        for (ptrdiff_t r = 0; r < nr; ++r) {
+            memcpy(xh + r * W, x + (a + r) * I, (size_t)I * sizeof(REAL));
+            memcpy(xh + r * W + I, FN(h_read)(a + r, rows, N, K, h0, y, h_prev, rev),
+                   (size_t)K * sizeof(REAL));
+        }
+        FN(gemm)(blas, 'N', 'T', W, G, nr, xh, W, dP + a * G, G, beta, part, W);
+        beta = 1;
+    }
+    if (beta == 0) memset(part, 0, (size_t)(G * W) * sizeof(REAL));
+}
+
+void FN(lstm_backward_sum_grads)(ptrdiff_t I, ptrdiff_t K, ptrdiff_t G, ptrdiff_t g0,
+                                 ptrdiff_t g1, const REAL *parts, int nparts, REAL *dW_ih,
+                                 REAL *dW_hh, REAL *db, const REAL *db_parts, int ndb,
+                                 const REAL *dP, ptrdiff_t rows)
+{
+    const ptrdiff_t W = I + K;
+    for (ptrdiff_t g = g0; g < g1; ++g) {
+        REAL *wi = dW_ih + g * I, *wh = dW_hh + g * K;
+        for (int p = 0; p < nparts; ++p) {
+            const REAL *s = parts + (p * G + g) * W;
+            for (ptrdiff_t j = 0; j < I; ++j) wi[j] += s[j];
+            for (ptrdiff_t j = 0; j < K; ++j) wh[j] += s[I + j];
+        }
+    }
+    FN(sum_db)(G, g0, g1, db, db_parts, ndb, dP, rows);
 }
 
 void FN(lstm_parallel_matmul)(const lstm_blas *blas, int nthreads, char ta, char tb,

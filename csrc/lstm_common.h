@@ -248,4 +248,55 @@ void lstm_backward_products_f32(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N,
                                 const float *dP, float *dx, float *dW_ih, float *dW_hh, float *db,
                                 const float *db_parts, int nparts, int rev);
 
+/* The same weight products in one product per thread over [x | h read]: the
+ * separate ones pack dP once each (BLAS copies its operands into blocks), a
+ * third of their time at I = 64; one product packs it once. Two phases, a
+ * barrier between them:
+ * lstm_backward_row_grads: for rows r0..r1 of dP [rows, G] (one thread's
+ *   share): dx [rows, I] OUT at those rows = dP . W_ih [G, I], and part [G,
+ *   I + K] OUT = dP[r0:r1]^T . [x | h read] over those rows, copied into xh
+ *   [chunk, I + K] (workspace) chunk rows at a time; h read as in
+ *   lstm_backward_products (h_prev, or h0 and y with rev).
+ * lstm_backward_sum_grads: at gate rows g0..g1, dW_ih [G, I] += the sum of the
+ *   nparts parts' first I columns (parts [nparts, G, I + K] IN), dW_hh [G, K]
+ *   += of their last K columns; db as in lstm_backward_products. */
+void lstm_backward_row_grads_f32(const lstm_blas *blas, ptrdiff_t N, ptrdiff_t rows, ptrdiff_t I,
+                                 ptrdiff_t K, ptrdiff_t G, ptrdiff_t r0, ptrdiff_t r1,
+                                 const float *x, const float *W_ih, const float *h0,
+                                 const float *y, const float *h_prev, const float *dP, float *dx,
+                                 float *part, float *xh, ptrdiff_t chunk, int rev);
+void lstm_backward_sum_grads_f32(ptrdiff_t I, ptrdiff_t K, ptrdiff_t G, ptrdiff_t g0,
+                                 ptrdiff_t g1, const float *parts, int nparts, float *dW_ih,
+                                 float *dW_hh, float *db, const float *db_parts, int ndb,
+                                 const float *dP, ptrdiff_t rows);
+
+/* Rows of xh per product in lstm_backward_row_grads: a thread's share of the
+ * rows, at most LSTM_GRADS_CHUNK_FLOATS elements (8 MB of float32) and at
+ * least LSTM_GRADS_CHUNK_MIN_ROWS rows, within BLAS's int offsets. (The
+ * sanitizer build makes both tiny, so that its tests run many chunks.) */
+#ifndef LSTM_GRADS_CHUNK_FLOATS
+#define LSTM_GRADS_CHUNK_FLOATS ((ptrdiff_t)1 << 21)
+#endif
+#ifndef LSTM_GRADS_CHUNK_MIN_ROWS
+#define LSTM_GRADS_CHUNK_MIN_ROWS 256
+#endif
+static inline ptrdiff_t lstm_grads_chunk(ptrdiff_t rows, int nthreads, ptrdiff_t G,
+                                         ptrdiff_t width)
+{
+    const ptrdiff_t nt = nthreads > 1 ? nthreads : 1, share = (rows + nt - 1) / nt;
+    ptrdiff_t chunk = (ptrdiff_t)LSTM_GRADS_CHUNK_FLOATS / (width > 0 ? width : 1);
+    if (chunk < LSTM_GRADS_CHUNK_MIN_ROWS) chunk = LSTM_GRADS_CHUNK_MIN_ROWS;
+    if (chunk > share) chunk = share;
+    const ptrdiff_t most = lstm_rows_per_call(G > width ? G : width);
+    return chunk > most ? most : chunk > 0 ? chunk : 1;
+}
+
+/* Floats of workspace for lstm_backward_row_grads on nthreads threads: a part
+ * and an xh chunk each. */
+static inline ptrdiff_t lstm_grads_work(ptrdiff_t rows, int nthreads, ptrdiff_t G, ptrdiff_t width)
+{
+    const ptrdiff_t nt = nthreads > 1 ? nthreads : 1;
+    return nt * (G + lstm_grads_chunk(rows, nthreads, G, width)) * width;
+}
+
 #endif

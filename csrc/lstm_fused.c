@@ -36,7 +36,7 @@ typedef struct {
                      const float *W_ih, const float *h0, const float *c0, const float *y,
                      const float *h_prev, const float *cs, const float *W_b, float *gates,
                      const float *dy, float *dh, float *dc, float *dx, float *dW_ih,
-                     float *dW_hh, float *db, int rev);
+                     float *dW_hh, float *db, float *work, int rev);
     void (*backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdiff_t N,
                           const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H, ptrdiff_t P,
                           const float *x, const float *W_ih, const float *W_b,
@@ -180,6 +180,13 @@ void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_ro
                    W_hr, h0, c0, gates, keep, y, cs, ms, rev && !batch);
 }
 
+ptrdiff_t lstm_fused_backward_work_size(int nthreads, ptrdiff_t N, ptrdiff_t rows, ptrdiff_t I,
+                                        ptrdiff_t H, ptrdiff_t P)
+{
+    const ptrdiff_t K = P > 0 ? P : H;
+    return (P > 0 ? rows * P + N * H : 0) + lstm_grads_work(rows, nthreads, 4 * H, I + K);
+}
+
 void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows,
                          ptrdiff_t T, ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I,
                          ptrdiff_t H, ptrdiff_t P, const float *x, const float *W_ih,
@@ -195,7 +202,7 @@ void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_r
                          h_prev, cs, ms, gates, dy, dh, dc, dx, dW_ih, dW_hh, dW_hr, db, work);
     else
         k->backward(blas, nthreads, by_rows, T, N, batch, I, H, x, W_ih, h0, c0, y, h_prev, cs,
-                    W_b, gates, dy, dh, dc, dx, dW_ih, dW_hh, db, rev && !batch && !h_prev);
+                    W_b, gates, dy, dh, dc, dx, dW_ih, dW_hh, db, work, rev && !batch && !h_prev);
 }
 
 /* Every other step call reads the weights in the opposite order: the rows it

@@ -126,12 +126,20 @@ void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_ro
  *   dc:    [N, H] INOUT   dc_T in; dc_0 out
  *   dx:    [rows, I] OUT
  *   dW_ih: [G, I], dW_hh: [G, K], dW_hr: [P, H], db: [G]  INOUT accumulated (+=)
- *   work:  [rows * P + N * H] workspace with a projection (else unused)
+ *   work:  [lstm_fused_backward_work_size(nthreads, N, rows, I, H, P)] workspace;
+ *          NULL without a projection is allowed (the weight gradients then
+ *          take two products that each copy all of dP into BLAS's blocks)
  * nthreads and by_rows as in lstm_fused_forward (W_b for W_f, dP for h); with
  * a projection the threads take their share of the P features of dh_t, then
  * of the hidden units (dm = dh_t . W_hr and the gate math), by_rows unused.
  * rev: after a forward with rev (batch and h_prev NULL, no projection).
  */
+/* Floats of lstm_fused_backward's workspace (K = P, or H): with a projection
+ * dh_t [rows, P] and dm [N, H]; then for each thread a [G, I + K] part of the
+ * weight gradients and a block of rows of [x | h] (lstm_common.h). */
+ptrdiff_t lstm_fused_backward_work_size(int nthreads, ptrdiff_t N, ptrdiff_t rows, ptrdiff_t I,
+                                        ptrdiff_t H, ptrdiff_t P);
+
 void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows,
                          ptrdiff_t T, ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I,
                          ptrdiff_t H, ptrdiff_t P, const float *x, const float *W_ih,

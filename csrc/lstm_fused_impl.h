@@ -806,12 +806,49 @@ static void FN(backward_split)(lstm_bwd_mode mode, ptrdiff_t n0, ptrdiff_t n1, p
     }
 }
 
+/* After a backward loop (every thread, after a barrier): dx, dW_ih, dW_hh and
+ * db from dP = gates [rows, G]. With workspace (lstm_grads_work floats for
+ * nthreads) in one product per thread over [x | h read], whose parts
+ * weight_grads_sum adds up after a barrier (returns 1: call it); without, in
+ * separate products (lstm_common.h; returns 0). K = H, or P with a projection. */
+static int FN(weight_grads)(const lstm_blas *blas, lstm_team me, int nthreads, ptrdiff_t T,
+                            ptrdiff_t N, ptrdiff_t rows, ptrdiff_t I, ptrdiff_t H, ptrdiff_t K,
+                            const float *x, const float *W_ih, const float *h0, const float *y,
+                            const float *h_prev, const float *gates, float *dx, float *dW_ih,
+                            float *dW_hh, float *db, const float *db_parts, int ndb, float *work,
+                            int rev)
+{
+    const ptrdiff_t G = 4 * H, W = I + K;
+    const lstm_range r = lstm_share(rows, me);
+    if (!work) {
+        const lstm_range g = lstm_share(G, me);
+        lstm_backward_products_f32(blas, T, N, rows, I, H, K, g.lo, g.hi, r.lo, r.hi, x, W_ih, h0,
+                                   y, h_prev, gates, dx, dW_ih, dW_hh, db, db_parts, ndb, rev);
+        return 0;
+    }
+    const ptrdiff_t chunk = lstm_grads_chunk(rows, nthreads, G, W);
+    const ptrdiff_t nparts = nthreads > 1 ? nthreads : 1;
+    lstm_backward_row_grads_f32(blas, N, rows, I, K, G, r.lo, r.hi, x, W_ih, h0, y, h_prev, gates,
+                                dx, work + me.tid * G * W, work + (nparts * G + me.tid * chunk) * W,
+                                chunk, rev);
+    return 1;
+}
+
+static void FN(weight_grads_sum)(lstm_team me, ptrdiff_t rows, ptrdiff_t I, ptrdiff_t H,
+                                 ptrdiff_t K, const float *gates, float *dW_ih, float *dW_hh,
+                                 float *db, const float *db_parts, int ndb, const float *work)
+{
+    const lstm_range g = lstm_share(4 * H, me);
+    lstm_backward_sum_grads_f32(I, K, 4 * H, g.lo, g.hi, work, me.nt, dW_ih, dW_hh, db, db_parts,
+                                ndb, gates, rows);
+}
+
 static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T,
                          ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H,
                          const float *x, const float *W_ih, const float *h0, const float *c0,
                          const float *y, const float *h_prev, const float *cs, const float *W_b,
                          float *gates, const float *dy, float *dh, float *dc, float *dx,
-                         float *dW_ih, float *dW_hh, float *db, int rev)
+                         float *dW_ih, float *dW_hh, float *db, float *work, int rev)
 {
     const ptrdiff_t npanels = (H + BV * VL - 1) / (BV * VL), G = 4 * H, PW = BV * VL;
     const ptrdiff_t rows = lstm_total_rows(batch, T, N);
@@ -864,10 +901,12 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
         }
         /* The all-steps products need every column of dP: wait for all. */
         LSTM_BARRIER();
-        const lstm_range g = lstm_share(G, me), r = lstm_share(rows, me);
-        lstm_backward_products_f32(blas, T, N, rows, I, H, H, g.lo, g.hi, r.lo, r.hi, x, W_ih, h0,
-                                   y, h_prev, gates, dx, dW_ih, dW_hh, db, db_parts,
-                                   nthreads > 1 ? nthreads : 1, rev);
+        const int ndb = nthreads > 1 ? nthreads : 1;
+        if (FN(weight_grads)(blas, me, nthreads, T, N, rows, I, H, H, x, W_ih, h0, y, h_prev,
+                             gates, dx, dW_ih, dW_hh, db, db_parts, ndb, work, rev)) {
+            LSTM_BARRIER();
+            FN(weight_grads_sum)(me, rows, I, H, H, gates, dW_ih, dW_hh, db, db_parts, ndb, work);
+        }
         lstm_team_leave(blas, me);
     }
     free(db_parts);
@@ -908,6 +947,7 @@ static void FN(backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, 
     const ptrdiff_t PW = 4 * VL, npanels = (H + PW - 1) / PW, G = 4 * H;
     const ptrdiff_t rows = lstm_total_rows(batch, T, N);
     float *dhs = work, *dm = work + rows * P; /* dh_t [rows, P]; dm [N, H] */
+    float *grads_work = work + rows * P + N * H; /* lstm_fused_backward_work_size */
     /* W_hr [P, H] in panels of PW of its H columns, each thread packing and reading
      * those of its units (NULL: no memory, a BLAS call per step instead) */
     float *W_r = malloc((size_t)(npanels * P * PW) * sizeof(float));
@@ -964,9 +1004,12 @@ static void FN(backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, 
         }
         /* dh_0 = dP[0] . W_hh for the rows that ran (the others keep dh_T) */
         FN(proj_dh)(me, lstm_rows_at(batch, 0, N), H, P, W_b, gates, dh);
-        const lstm_range g = lstm_share(G, me), r = lstm_share(rows, me);
-        lstm_backward_products_f32(blas, T, N, rows, I, H, P, g.lo, g.hi, r.lo, r.hi, x, W_ih, h0,
-                                   y, h_prev, gates, dx, dW_ih, dW_hh, db, db_units, 1, 0);
+        if (FN(weight_grads)(blas, me, nthreads, T, N, rows, I, H, P, x, W_ih, h0, y, h_prev,
+                             gates, dx, dW_ih, dW_hh, db, db_units, 1, grads_work, 0)) {
+            LSTM_BARRIER();
+            FN(weight_grads_sum)(me, rows, I, H, P, gates, dW_ih, dW_hh, db, db_units, 1,
+                                 grads_work);
+        }
         /* dW_hr[p0:p1] += dh^T . m over every row */
         const ptrdiff_t step = lstm_rows_per_call(H > P ? H : P);
         for (ptrdiff_t a0 = 0; a0 < rows; a0 += step)

@@ -101,6 +101,8 @@ cdef extern from "lstm_fused.h" nogil:
     Py_ssize_t lstm_fused_panel_row_bytes()
     Py_ssize_t lstm_fused_forward_pack_size(int path, Py_ssize_t Ip, Py_ssize_t H, Py_ssize_t R)
     Py_ssize_t lstm_fused_backward_pack_size(int path, Py_ssize_t H, Py_ssize_t R)
+    Py_ssize_t lstm_fused_backward_work_size(int nthreads, Py_ssize_t N, Py_ssize_t rows,
+                                             Py_ssize_t I, Py_ssize_t H, Py_ssize_t P)
     void lstm_fused_pack_forward(int path, Py_ssize_t Ip, Py_ssize_t H, Py_ssize_t R,
                                  const float *W_ih, const float *W_hh, float *W_f)
     void lstm_fused_pack_backward(int path, Py_ssize_t H, Py_ssize_t R, const float *W_hh,
@@ -515,19 +517,24 @@ cdef tuple _forward_setup(int path, const floating[:, ::1] W_ih, const floating[
     return packed, packed_x, Ip, nthreads, by_rows
 
 
-cdef tuple _backward_setup(int path, const floating[:, ::1] W_hh, Py_ssize_t N, Py_ssize_t H):
-    """(packed W_hh, threads, by_rows) of a fused backward; (None, 1, 0) on the BLAS path."""
+cdef tuple _backward_setup(int path, const floating[:, ::1] W_hh, Py_ssize_t N, Py_ssize_t H,
+                           Py_ssize_t rows, Py_ssize_t I, Py_ssize_t P):
+    """(packed W_hh, threads, by_rows, workspace) of a fused backward (the float32
+    workspace in this thread's scratch buffer); (None, 1, 0, None) on the BLAS path."""
     cdef Py_ssize_t K = W_hh.shape[1]
     cdef float[::1] packed
     if path == LSTM_PATH_BLAS:
-        return None, 1, 0
+        return None, 1, 0, None
     nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
     packed = _aligned_floats(lstm_fused_backward_pack_size(path, H, K))
     by_rows = _config.split_by_rows(4 * packed.shape[0], nthreads)
+    work = None
     if floating is float:
         with nogil:
             lstm_fused_pack_backward(path, H, K, &W_hh[0, 0], &packed[0])
-    return packed, nthreads, by_rows
+        work = scratch("backward", (lstm_fused_backward_work_size(nthreads, N, rows, I, H, P),),
+                       np.float32)
+    return packed, nthreads, by_rows, work
 
 
 def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const floating[:, ::1] c0,
@@ -639,10 +646,11 @@ def _backward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, cons
     cdef int path = _fused_path(<floating>0), nthreads, by_rows
     if rev and (floating is double or path == LSTM_PATH_BLAS):
         raise ValueError("a reverse pass in place runs on the fused float32 loops only")
-    cdef float[::1] packed
-    weights, nthreads, by_rows = _backward_setup(path, W_hh, N, H)
+    cdef float[::1] packed, work
+    weights, nthreads, by_rows, workspace = _backward_setup(path, W_hh, N, H, T * N, I, 0)
     if weights is not None:
         packed = weights
+        work = workspace
     with nogil:
         if floating is double:
             lstm_blas_backward_f64(&_BLAS, T, N, NULL, I, H, 0, &x[0, 0, 0], &W_ih[0, 0],
@@ -661,7 +669,7 @@ def _backward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, cons
                                 &W_ih[0, 0], &packed[0], NULL, &h0[0, 0], &c0[0, 0], &y[0, 0, 0],
                                 NULL, &cs[0, 0, 0], NULL, &gates[0, 0, 0], &dy[0, 0, 0],
                                 &dh0[0, 0], &dc0[0, 0], &dx[0, 0, 0], &dW_ih[0, 0], &dW_hh[0, 0],
-                                NULL, &db[0], NULL, rev)
+                                NULL, &db[0], &work[0], rev)
 
 
 cdef _check_batch(const Py_ssize_t[::1] batch, Py_ssize_t T, Py_ssize_t N, Py_ssize_t rows):
@@ -784,12 +792,14 @@ def _backward_packed(const floating[:, ::1] x, const floating[:, ::1] h0,
     cdef const floating *msp = &ms[0, 0] if P else NULL
     cdef floating *dwhr = &dW_hr[0, 0] if P else NULL
     cdef int path = _fused_path(<floating>0), nthreads, by_rows
-    cdef float[::1] packed
-    work_array = np.empty(rows * P + N * H if P else 1, np.float32 if floating is float else np.float64)
-    cdef floating[::1] work = work_array
-    weights, nthreads, by_rows = _backward_setup(path, W_hh, N, H)
+    cdef float[::1] packed, fused_work
+    weights, nthreads, by_rows, workspace = _backward_setup(path, W_hh, N, H, rows, I, P)
     if weights is not None:
         packed = weights
+        fused_work = workspace
+    # the BLAS loops' workspace (with a projection)
+    cdef floating[::1] work = np.empty(rows * P + N * H if P and weights is None else 1,
+                                       np.float32 if floating is float else np.float64)
     with nogil:
         if floating is double:
             lstm_blas_backward_f64(&_BLAS, T, N, bp, I, H, P, &x[0, 0], &W_ih[0, 0], &W_hh[0, 0],
@@ -805,7 +815,8 @@ def _backward_packed(const floating[:, ::1] x, const floating[:, ::1] h0,
             lstm_fused_backward(&_BLAS, path, nthreads, by_rows, T, N, bp, I, H, P, &x[0, 0],
                                 &W_ih[0, 0], &packed[0], whr, &h0[0, 0], &c0[0, 0], &y[0, 0], hp,
                                 &cs[0, 0], msp, &gates[0, 0], &dy[0, 0], &dh[0, 0], &dc[0, 0],
-                                &dx[0, 0], &dW_ih[0, 0], &dW_hh[0, 0], dwhr, &db[0], &work[0], 0)
+                                &dx[0, 0], &dW_ih[0, 0], &dW_hh[0, 0], dwhr, &db[0],
+                                &fused_work[0], 0)
 
 
 def _rows_view(a, rows, width):
