@@ -148,38 +148,23 @@ static const REAL *FN(h_read)(ptrdiff_t r, ptrdiff_t rows, ptrdiff_t N, ptrdiff_
     return r >= rows - N ? h0 + (r - (rows - N)) * K : y + (r + N) * K;
 }
 
-void FN(lstm_backward_row_grads)(const lstm_blas *blas, ptrdiff_t N, ptrdiff_t rows,
-                                 ptrdiff_t I, ptrdiff_t K, ptrdiff_t G, ptrdiff_t r0,
-                                 ptrdiff_t r1, const REAL *x, const REAL *W_ih, const REAL *h0,
-                                 const REAL *y, const REAL *h_prev, const REAL *dP, REAL *dx,
-                                 REAL *part, REAL *xh, ptrdiff_t chunk, int rev)
+void FN(lstm_gather_xh)(ptrdiff_t a, ptrdiff_t nr, ptrdiff_t N, ptrdiff_t rows, ptrdiff_t I,
+                        ptrdiff_t K, ptrdiff_t ld, const REAL *x, const REAL *h0, const REAL *y,
+                        const REAL *h_prev, int rev, REAL *xh)
 {
-    const ptrdiff_t W = I + K;
-    const ptrdiff_t step = lstm_rows_per_call(G > I ? G : I);
-    for (ptrdiff_t a = r0; a < r1; a += step) {
-        const ptrdiff_t nr = r1 - a < step ? r1 - a : step;
-        FN(gemm)(blas, 'N', 'N', I, nr, G, W_ih, I, dP + a * G, G, 0, dx + a * I, I);
+    for (ptrdiff_t r = 0; r < nr; ++r) {
+        REAL *d = xh + r * ld;
+        memcpy(d, x + (a + r) * I, (size_t)I * sizeof(REAL));
+        memcpy(d + I, FN(h_read)(a + r, rows, N, K, h0, y, h_prev, rev), (size_t)K * sizeof(REAL));
+        for (ptrdiff_t j = I + K; j < ld; ++j) d[j] = 0;
     }
-    REAL beta = 0;
-    for (ptrdiff_t a = r0; a < r1; a += chunk) {
-        const ptrdiff_t nr = r1 - a < chunk ? r1 - a : chunk;
-        for (ptrdiff_t r = 0; r < nr; ++r) {
-            memcpy(xh + r * W, x + (a + r) * I, (size_t)I * sizeof(REAL));
-            memcpy(xh + r * W + I, FN(h_read)(a + r, rows, N, K, h0, y, h_prev, rev),
-                   (size_t)K * sizeof(REAL));
-        }
-        FN(gemm)(blas, 'N', 'T', W, G, nr, xh, W, dP + a * G, G, beta, part, W);
-        beta = 1;
-    }
-    if (beta == 0) memset(part, 0, (size_t)(G * W) * sizeof(REAL));
 }
 
-void FN(lstm_backward_sum_grads)(ptrdiff_t I, ptrdiff_t K, ptrdiff_t G, ptrdiff_t g0,
-                                 ptrdiff_t g1, const REAL *parts, int nparts, REAL *dW_ih,
-                                 REAL *dW_hh, REAL *db, const REAL *db_parts, int ndb,
-                                 const REAL *dP, ptrdiff_t rows)
+void FN(lstm_backward_sum_grads)(ptrdiff_t I, ptrdiff_t K, ptrdiff_t G, ptrdiff_t W,
+                                 ptrdiff_t g0, ptrdiff_t g1, const REAL *parts, int nparts,
+                                 REAL *dW_ih, REAL *dW_hh, REAL *db, const REAL *db_parts,
+                                 int ndb, const REAL *dP, ptrdiff_t rows)
 {
-    const ptrdiff_t W = I + K;
     for (ptrdiff_t g = g0; g < g1; ++g) {
         REAL *wi = dW_ih + g * I, *wh = dW_hh + g * K;
         for (int p = 0; p < nparts; ++p) {

@@ -248,29 +248,27 @@ void lstm_backward_products_f32(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N,
                                 const float *dP, float *dx, float *dW_ih, float *dW_hh, float *db,
                                 const float *db_parts, int nparts, int rev);
 
-/* The same weight products in one product per thread over [x | h read]: the
- * separate ones pack dP once each (BLAS copies its operands into blocks), a
- * third of their time at I = 64; one product packs it once. Two phases, a
- * barrier between them:
- * lstm_backward_row_grads: for rows r0..r1 of dP [rows, G] (one thread's
- *   share): dx [rows, I] OUT at those rows = dP . W_ih [G, I], and part [G,
- *   I + K] OUT = dP[r0:r1]^T . [x | h read] over those rows, copied into xh
- *   [chunk, I + K] (workspace) chunk rows at a time; h read as in
- *   lstm_backward_products (h_prev, or h0 and y with rev).
+/* The pieces of the fused paths' weight gradients (lstm_fused_impl.h,
+ * weight_grads): each thread sums dP^T . [x | h read] over its own rows into a
+ * part of its own, and after a barrier the parts are added up.
+ * lstm_gather_xh: xh [nr, ld] OUT = rows a..a+nr of [x | h read] (x [rows, I],
+ *   h read as in lstm_backward_products, K wide), zero padded to ld >= I + K.
  * lstm_backward_sum_grads: at gate rows g0..g1, dW_ih [G, I] += the sum of the
- *   nparts parts' first I columns (parts [nparts, G, I + K] IN), dW_hh [G, K]
- *   += of their last K columns; db as in lstm_backward_products. */
-void lstm_backward_row_grads_f32(const lstm_blas *blas, ptrdiff_t N, ptrdiff_t rows, ptrdiff_t I,
-                                 ptrdiff_t K, ptrdiff_t G, ptrdiff_t r0, ptrdiff_t r1,
-                                 const float *x, const float *W_ih, const float *h0,
-                                 const float *y, const float *h_prev, const float *dP, float *dx,
-                                 float *part, float *xh, ptrdiff_t chunk, int rev);
-void lstm_backward_sum_grads_f32(ptrdiff_t I, ptrdiff_t K, ptrdiff_t G, ptrdiff_t g0,
-                                 ptrdiff_t g1, const float *parts, int nparts, float *dW_ih,
-                                 float *dW_hh, float *db, const float *db_parts, int ndb,
-                                 const float *dP, ptrdiff_t rows);
+ *   nparts parts' first I columns (parts [nparts, G, W] IN, W >= I + K), dW_hh
+ *   [G, K] += of their next K; db as in lstm_backward_products. */
+void lstm_gather_xh_f32(ptrdiff_t a, ptrdiff_t nr, ptrdiff_t N, ptrdiff_t rows, ptrdiff_t I,
+                        ptrdiff_t K, ptrdiff_t ld, const float *x, const float *h0, const float *y,
+                        const float *h_prev, int rev, float *xh);
+void lstm_backward_sum_grads_f32(ptrdiff_t I, ptrdiff_t K, ptrdiff_t G, ptrdiff_t W,
+                                 ptrdiff_t g0, ptrdiff_t g1, const float *parts, int nparts,
+                                 float *dW_ih, float *dW_hh, float *db, const float *db_parts,
+                                 int ndb, const float *dP, ptrdiff_t rows);
 
-/* Rows of xh per product in lstm_backward_row_grads: a thread's share of the
+/* Columns of xh and of the parts: I + K rounded up to 16 floats (a whole
+ * number of vectors on every path). */
+static inline ptrdiff_t lstm_grads_width(ptrdiff_t width) { return (width + 15) / 16 * 16; }
+
+/* Rows of xh per gather in weight_grads: a thread's share of the
  * rows, at most LSTM_GRADS_CHUNK_FLOATS elements (8 MB of float32) and at
  * least LSTM_GRADS_CHUNK_MIN_ROWS rows, within BLAS's int offsets. (The
  * sanitizer build makes both tiny, so that its tests run many chunks.) */
@@ -293,9 +291,22 @@ static inline ptrdiff_t lstm_grads_chunk(ptrdiff_t rows, int nthreads, ptrdiff_t
 
 /* Floats of workspace for lstm_backward_row_grads on nthreads threads: a part
  * and an xh chunk each. */
+/* Whether the weight gradients go in parts: while the parts stay small (at
+ * most 64 MB of float32 in all; each is as large as the weights) and each
+ * thread has rows enough that adding its part up costs little beside its
+ * product. Else they are separate BLAS products (lstm_backward_products). */
+static inline int lstm_grads_in_parts(ptrdiff_t rows, int nthreads, ptrdiff_t G, ptrdiff_t width)
+{
+    const ptrdiff_t nt = nthreads > 1 ? nthreads : 1;
+    return nt * G * width <= ((ptrdiff_t)1 << 24) && rows >= 16 * nt;
+}
+
+/* Floats of workspace for the parts on nthreads threads: a part and an xh
+ * block each (0 where they do not go in parts). */
 static inline ptrdiff_t lstm_grads_work(ptrdiff_t rows, int nthreads, ptrdiff_t G, ptrdiff_t width)
 {
     const ptrdiff_t nt = nthreads > 1 ? nthreads : 1;
+    if (!lstm_grads_in_parts(rows, nthreads, G, width)) return 0;
     return nt * (G + lstm_grads_chunk(rows, nthreads, G, width)) * width;
 }
 

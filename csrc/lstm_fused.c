@@ -183,8 +183,10 @@ void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_ro
 ptrdiff_t lstm_fused_backward_work_size(int nthreads, ptrdiff_t N, ptrdiff_t rows, ptrdiff_t I,
                                         ptrdiff_t H, ptrdiff_t P)
 {
-    const ptrdiff_t K = P > 0 ? P : H;
-    return (P > 0 ? rows * P + N * H : 0) + lstm_grads_work(rows, nthreads, 4 * H, I + K);
+    const ptrdiff_t K = P > 0 ? P : H, G = 4 * H, Wp = lstm_grads_width(I + K);
+    const ptrdiff_t parts = lstm_grads_work(rows, nthreads, G, Wp);
+    /* and W_ih in backward panels (at most 64 wide) */
+    return (P > 0 ? rows * P + N * H : 0) + (parts ? parts + (I + 63) / 64 * 64 * G : 0);
 }
 
 void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows,

@@ -127,8 +127,8 @@ void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_ro
  *   dx:    [rows, I] OUT
  *   dW_ih: [G, I], dW_hh: [G, K], dW_hr: [P, H], db: [G]  INOUT accumulated (+=)
  *   work:  [lstm_fused_backward_work_size(nthreads, N, rows, I, H, P)] workspace;
- *          NULL without a projection is allowed (the weight gradients then
- *          take two products that each copy all of dP into BLAS's blocks)
+ *          NULL without a projection is allowed (dx and the weight gradients
+ *          are then BLAS products, each of which copies all of dP first)
  * nthreads and by_rows as in lstm_fused_forward (W_b for W_f, dP for h); with
  * a projection the threads take their share of the P features of dh_t, then
  * of the hidden units (dm = dh_t . W_hr and the gate math), by_rows unused.
@@ -136,7 +136,8 @@ void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_ro
  */
 /* Floats of lstm_fused_backward's workspace (K = P, or H): with a projection
  * dh_t [rows, P] and dm [N, H]; then for each thread a [G, I + K] part of the
- * weight gradients and a block of rows of [x | h] (lstm_common.h). */
+ * weight gradients and a block of rows of [x | h] (lstm_common.h), and W_ih
+ * packed for dx. */
 ptrdiff_t lstm_fused_backward_work_size(int nthreads, ptrdiff_t N, ptrdiff_t rows, ptrdiff_t I,
                                         ptrdiff_t H, ptrdiff_t P);
 

@@ -771,15 +771,21 @@ static void FN(backward_rows)(int R, lstm_bwd_mode mode, ptrdiff_t H, ptrdiff_t 
 
 /* W_hh [G, R] (R = H, or P with a projection) in panels of BV * VL of its R
  * columns, each panel all G rows. */
-static void FN(pack_backward)(ptrdiff_t H, ptrdiff_t R, const float *W_hh, float *W_b)
+static void FN(pack_backward_panels)(ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t H, ptrdiff_t R,
+                                     const float *W_hh, float *W_b)
 {
-    const ptrdiff_t npanels = (R + BV * VL - 1) / (BV * VL), G = 4 * H;
-    for (ptrdiff_t p = 0; p < npanels; ++p)
+    const ptrdiff_t G = 4 * H;
+    for (ptrdiff_t p = p0; p < p1; ++p)
         for (ptrdiff_t k = 0; k < G; ++k)
             for (int u = 0; u < BV * VL; ++u) {
                 ptrdiff_t j = p * BV * VL + u;
                 W_b[(p * G + k) * BV * VL + u] = j < R ? W_hh[k * R + j] : 0.0f;
             }
+}
+
+static void FN(pack_backward)(ptrdiff_t H, ptrdiff_t R, const float *W_hh, float *W_b)
+{
+    FN(pack_backward_panels)(0, (R + BV * VL - 1) / (BV * VL), H, R, W_hh, W_b);
 }
 
 /* Rows [n0, n1) of a backward step whose first Nnext rows go on to a next
@@ -806,11 +812,126 @@ static void FN(backward_split)(lstm_bwd_mode mode, ptrdiff_t n0, ptrdiff_t n1, p
     }
 }
 
+/* ---- the weight gradients over all rows (after a backward loop) ------------
+ * C [G, Wp] (+)= dP [n, G]^T . xh [n, Wp] on one thread's rows, Wp a multiple
+ * of VL and xh's rows zero padded to it: tiles of R gate rows x V vectors of
+ * columns, summed in registers over GKC rows at a time. dP's entries are
+ * broadcast from its own layout and xh's rows read as vectors, so that nothing
+ * is packed (a BLAS product first copies all of dP into its blocks, a fifth of
+ * its time here). For each block of rows the gate rows are the outer loop: a
+ * tile's lines of dP stay in L1 across the columns, the block of xh in L2. */
+#define GKC 128
+INLINE void FN(grads_tile)(const int R, const int V, ptrdiff_t nk, ptrdiff_t G, ptrdiff_t Wp,
+                           const float *dP, const float *xh, float *C, int first)
+{
+    VF acc[RB][BV];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v)
+            acc[r][v] = first ? FN(splat)(0.0f) : FN(load)(C + r * Wp + v * VL);
+    for (ptrdiff_t k = 0; k < nk; ++k) {
+        const float *xr = xh + k * Wp, *dr = dP + k * G;
+        VF w[BV];
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) w[v] = FN(load)(xr + v * VL);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+            const VF b = FN(splat)(dr[r]);
+#pragma GCC unroll 4
+            for (int v = 0; v < V; ++v) acc[r][v] += b * w[v];
+        }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) FN(store)(C + r * Wp + v * VL, acc[r][v]);
+}
+
+#if BV >= 4
+#define GRADS_V34(R_) GRADS_V(R_, 3) GRADS_V(R_, 4)
+#else
+#define GRADS_V34(R_)
+#endif
+#define GRADS_V(R_, V_)                                                 \
+    case V_:                                                            \
+        FN(grads_tile)(R_, V_, nk, G, Wp, dP, xh, C, first);            \
+        break;
+#define GRADS_R(R_)                                                     \
+    case R_:                                                            \
+        switch (V) {                                                    \
+        GRADS_V(R_, 1) GRADS_V(R_, 2) GRADS_V34(R_)                     \
+        default: break;                                                 \
+        }                                                               \
+        break;
+
+_Static_assert(BV == 2 || BV == 4, "grads_tiles has cases for 1..BV vectors");
+
+static void FN(grads_tiles)(int R, int V, ptrdiff_t nk, ptrdiff_t G, ptrdiff_t Wp,
+                            const float *dP, const float *xh, float *C, int first)
+{
+    switch (R) {
+    GRADS_R(1) GRADS_R(2) GRADS_R(3) GRADS_R(4) GRADS_R(5) GRADS_R(6)
+    default: break;
+    }
+}
+#undef GRADS_V34
+#undef GRADS_V
+#undef GRADS_R
+
+static void FN(grads_product)(ptrdiff_t n, ptrdiff_t G, ptrdiff_t Wp, const float *dP,
+                              const float *xh, float *C, int first)
+{
+    const ptrdiff_t nvec = Wp / VL;
+    for (ptrdiff_t k0 = 0; k0 < n; k0 += GKC) {
+        const ptrdiff_t nk = n - k0 < GKC ? n - k0 : GKC;
+        const int fst = first && k0 == 0;
+        for (ptrdiff_t g0 = 0; g0 < G; g0 += RB) {
+            const int R = G - g0 < RB ? (int)(G - g0) : RB;
+            for (ptrdiff_t v0 = 0; v0 < nvec; v0 += BV) {
+                const int V = nvec - v0 < BV ? (int)(nvec - v0) : BV;
+                FN(grads_tiles)(R, V, nk, G, Wp, dP + k0 * G + g0, xh + k0 * Wp + v0 * VL,
+                                C + g0 * Wp + v0 * VL, fst);
+            }
+        }
+    }
+}
+
+/* The workspace of the weight gradients' parts (lstm_fused_backward_work_size),
+ * or NULL where they do not go in parts (lstm_grads_in_parts) or there is none. */
+static float *FN(grads_parts)(float *work, int nthreads, ptrdiff_t rows, ptrdiff_t I,
+                              ptrdiff_t H, ptrdiff_t K)
+{
+    return work && lstm_grads_in_parts(rows, nthreads, 4 * H, lstm_grads_width(I + K)) ? work
+                                                                                       : NULL;
+}
+
+/* Where weight_grads keeps W_ih packed as backward panels: after the parts and
+ * the xh blocks. */
+static float *FN(dx_panels)(float *parts, int nthreads, ptrdiff_t rows, ptrdiff_t I, ptrdiff_t H,
+                            ptrdiff_t K)
+{
+    return parts + lstm_grads_work(rows, nthreads, 4 * H, lstm_grads_width(I + K));
+}
+
+/* Each thread packs its share of those panels, before the time loop (whose
+ * barriers publish them); nothing without parts. */
+static void FN(pack_dx)(lstm_team me, int nthreads, ptrdiff_t rows, ptrdiff_t I, ptrdiff_t H,
+                        ptrdiff_t K, const float *W_ih, float *work)
+{
+    float *parts = FN(grads_parts)(work, nthreads, rows, I, H, K);
+    const lstm_range mine = lstm_share((I + BV * VL - 1) / (BV * VL), me);
+    if (parts)
+        FN(pack_backward_panels)(mine.lo, mine.hi, H, I, W_ih,
+                                 FN(dx_panels)(parts, nthreads, rows, I, H, K));
+}
+
 /* After a backward loop (every thread, after a barrier): dx, dW_ih, dW_hh and
- * db from dP = gates [rows, G]. With workspace (lstm_grads_work floats for
- * nthreads) in one product per thread over [x | h read], whose parts
- * weight_grads_sum adds up after a barrier (returns 1: call it); without, in
- * separate products (lstm_common.h; returns 0). K = H, or P with a projection. */
+ * db from dP = gates [rows, G]. In parts (grads_parts) each thread sums the
+ * weight gradients of its own rows into its part (grads_product over [x | h
+ * read]) and computes its rows of dx; weight_grads_sum adds the parts up
+ * after a barrier (returns 1: call it). Else in separate BLAS products
+ * (lstm_common.h; returns 0). K = H, or P with a projection. */
 static int FN(weight_grads)(const lstm_blas *blas, lstm_team me, int nthreads, ptrdiff_t T,
                             ptrdiff_t N, ptrdiff_t rows, ptrdiff_t I, ptrdiff_t H, ptrdiff_t K,
                             const float *x, const float *W_ih, const float *h0, const float *y,
@@ -818,19 +939,36 @@ static int FN(weight_grads)(const lstm_blas *blas, lstm_team me, int nthreads, p
                             float *dW_hh, float *db, const float *db_parts, int ndb, float *work,
                             int rev)
 {
-    const ptrdiff_t G = 4 * H, W = I + K;
+    const ptrdiff_t G = 4 * H, Wp = lstm_grads_width(I + K);
     const lstm_range r = lstm_share(rows, me);
+    work = FN(grads_parts)(work, nthreads, rows, I, H, K);
     if (!work) {
         const lstm_range g = lstm_share(G, me);
         lstm_backward_products_f32(blas, T, N, rows, I, H, K, g.lo, g.hi, r.lo, r.hi, x, W_ih, h0,
                                    y, h_prev, gates, dx, dW_ih, dW_hh, db, db_parts, ndb, rev);
         return 0;
     }
-    const ptrdiff_t chunk = lstm_grads_chunk(rows, nthreads, G, W);
+    const ptrdiff_t chunk = lstm_grads_chunk(rows, nthreads, G, Wp);
     const ptrdiff_t nparts = nthreads > 1 ? nthreads : 1;
-    lstm_backward_row_grads_f32(blas, N, rows, I, K, G, r.lo, r.hi, x, W_ih, h0, y, h_prev, gates,
-                                dx, work + me.tid * G * W, work + (nparts * G + me.tid * chunk) * W,
-                                chunk, rev);
+    float *part = work + me.tid * G * Wp, *xh = work + (nparts * G + me.tid * chunk) * Wp;
+    /* dx = dP . W_ih on this thread's rows, by the backward loop's own blocks
+     * on W_ih packed as its panels (pack_dx) */
+    const ptrdiff_t PW = BV * VL, npanels = (I + PW - 1) / PW;
+    const float *W_ix = FN(dx_panels)(work, nthreads, rows, I, H, K);
+    for (ptrdiff_t p = 0; p < npanels; ++p) {
+        const float *Wp_ = W_ix + p * G * PW;
+        const ptrdiff_t j0 = p * PW, nvalid = I - j0 < PW ? I - j0 : PW;
+        for (ptrdiff_t a = r.lo; a < r.hi; a += RB)
+            FN(backward_rows)((int)(r.hi - a < RB ? r.hi - a : RB), LSTM_BWD_DH0, H, nvalid, Wp_,
+                              gates + a * G, NULL, NULL, NULL, NULL, dx + a * I + j0, I, NULL,
+                              NULL, (const char *)Wp_);
+    }
+    for (ptrdiff_t a = r.lo; a < r.hi; a += chunk) {
+        const ptrdiff_t nr = r.hi - a < chunk ? r.hi - a : chunk;
+        lstm_gather_xh_f32(a, nr, N, rows, I, K, Wp, x, h0, y, h_prev, rev, xh);
+        FN(grads_product)(nr, G, Wp, gates + a * G, xh, part, a == r.lo);
+    }
+    if (r.hi <= r.lo) memset(part, 0, (size_t)(G * Wp) * sizeof(float));
     return 1;
 }
 
@@ -839,8 +977,8 @@ static void FN(weight_grads_sum)(lstm_team me, ptrdiff_t rows, ptrdiff_t I, ptrd
                                  float *db, const float *db_parts, int ndb, const float *work)
 {
     const lstm_range g = lstm_share(4 * H, me);
-    lstm_backward_sum_grads_f32(I, K, 4 * H, g.lo, g.hi, work, me.nt, dW_ih, dW_hh, db, db_parts,
-                                ndb, gates, rows);
+    lstm_backward_sum_grads_f32(I, K, 4 * H, lstm_grads_width(I + K), g.lo, g.hi, work, me.nt,
+                                dW_ih, dW_hh, db, db_parts, ndb, gates, rows);
 }
 
 static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T,
@@ -858,6 +996,7 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
     LSTM_PARALLEL(nthreads)
     {
         const lstm_team me = lstm_team_join(blas);
+        if (work) FN(pack_dx)(me, nthreads, rows, I, H, H, W_ih, work);
         /* Step t's Nt rows start at row off of the packed arrays; the first
          * Nnext of them run on to step t + 1, whose dP starts at off + Nt. */
         ptrdiff_t off = rows;
@@ -961,6 +1100,7 @@ static void FN(backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, 
         const ptrdiff_t u0 = pu.lo * PW, u1 = pu.hi * PW < H ? pu.hi * PW : H;
         const ptrdiff_t p0 = pp.lo, p1 = pp.hi;
         if (W_r) FN(pack_columns)(pu.lo, pu.hi, P, H, W_hr, H, 1, W_r);
+        FN(pack_dx)(me, nthreads, rows, I, H, P, W_ih, grads_work);
         ptrdiff_t off = rows;
         for (ptrdiff_t t = T - 1; t >= 0; --t) {
             const lstm_back_step st = lstm_step_back(batch, t, T, N, off);
@@ -1125,6 +1265,7 @@ static const path_kernels FN(kernels) = {VL, BV * VL, FN(cpu_has), FN(pack_forwa
 #undef STEP_PROJ_CASE
 #undef PB
 #undef BWD_CASE
+#undef GKC
 #undef INLINE
 #undef VF
 #undef VI

@@ -669,7 +669,7 @@ def _backward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, cons
                                 &W_ih[0, 0], &packed[0], NULL, &h0[0, 0], &c0[0, 0], &y[0, 0, 0],
                                 NULL, &cs[0, 0, 0], NULL, &gates[0, 0, 0], &dy[0, 0, 0],
                                 &dh0[0, 0], &dc0[0, 0], &dx[0, 0, 0], &dW_ih[0, 0], &dW_hh[0, 0],
-                                NULL, &db[0], &work[0], rev)
+                                NULL, &db[0], &work[0] if work.shape[0] else NULL, rev)
 
 
 cdef _check_batch(const Py_ssize_t[::1] batch, Py_ssize_t T, Py_ssize_t N, Py_ssize_t rows):
@@ -816,7 +816,7 @@ def _backward_packed(const floating[:, ::1] x, const floating[:, ::1] h0,
                                 &W_ih[0, 0], &packed[0], whr, &h0[0, 0], &c0[0, 0], &y[0, 0], hp,
                                 &cs[0, 0], msp, &gates[0, 0], &dy[0, 0], &dh[0, 0], &dc[0, 0],
                                 &dx[0, 0], &dW_ih[0, 0], &dW_hh[0, 0], dwhr, &db[0],
-                                &fused_work[0], 0)
+                                &fused_work[0] if fused_work.shape[0] else NULL, 0)
 
 
 def _rows_view(a, rows, width):
