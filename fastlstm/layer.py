@@ -44,9 +44,13 @@ def _placed(task, out):
     return result
 
 
-def _on_half(task, half, *args, **kwargs):
-    """task(a contiguous copy of ``half``, *args, **kwargs), the copy made on the task's thread."""
-    return task(np.ascontiguousarray(half), *args, **kwargs)
+def _on_half(task, half, buf, *args, **kwargs):
+    """task(a contiguous copy of ``half``, *args, **kwargs), the copy made on the task's
+    thread into ``buf`` (a workspace buffer of half's shape) or a fresh array (None)."""
+    if buf is None:
+        return task(np.ascontiguousarray(half), *args, **kwargs)
+    np.copyto(buf, half)
+    return task(buf, *args, **kwargs)
 
 
 class LSTM(ParameterSet):
@@ -473,20 +477,25 @@ class LSTM(ParameterSet):
         # packed float32: the C backend's loops read the snapshot's panels
         panels = snap if isinstance(snap, PackedWeights) and getattr(be, "PACKED_WEIGHTS", False) \
             else None
-        # Buffers between layers (outputs, masks, masked outputs) come from the workspace and
-        # go back to it once consumed: fresh multi-megabyte arrays cost page faults on every
-        # call. Host arrays, one direction, full lengths: the shapes the trainer runs.
-        ws = self._workspace if self._reuse_buffers and D == 1 and not xp.on_device and lens is None else None
-        inner: list[list[Any]] = []  # per boundary: the workspace buffers it holds
+        # Buffers between layers (outputs, masks, masked outputs, and with two directions each
+        # direction's own output) come from the workspace and go back to it once consumed:
+        # fresh multi-megabyte arrays cost page faults on every call. Host arrays, full lengths.
+        ws = self._workspace if self._reuse_buffers and not xp.on_device and lens is None else None
+        inner: list[list[Any]] = []  # per layer: the workspace buffers it holds until backward
         inp = x
         K = self.proj_size or self.hidden_size
         for layer in range(self.num_layers):
             last = layer == self.num_layers - 1
-            y_buf = ws.take((T, N, K), self.dtype) if ws is not None and not last else None
+            # one direction writes the layer's output (the caller's, for the last layer); two
+            # write their own, and each task copies it into its half of the layer's output
+            # (side by side, both copies run at once)
+            y_bufs = [ws.take((T, N, K), self.dtype) if ws is not None and (D == 2 or not last) else None
+                      for _ in range(D)]
+            both = None
+            if D == 2 and not xp.on_device:
+                both = ws.take((T, N, 2 * K), self.dtype) if ws is not None and not last else \
+                    np.empty((T, N, 2 * K), self.dtype)
             tasks = []
-            # two directions on the host: each task copies its output into its half of the
-            # layer's output itself (side by side, both copies run at once)
-            both = np.empty((T, N, 2 * K), self.dtype) if D == 2 and not xp.on_device else None
             for d in range(D):
                 idx = layer * D + d
                 W_ih, W_hh, b, W_hr = self._layer_weights(idx, snap)
@@ -496,7 +505,7 @@ class LSTM(ParameterSet):
                 task = functools.partial(
                     run_forward, be, inp, h0[idx], c0[idx], W_ih, W_hh, b, training, hT=h_n[idx],
                     cT=c_n[idx], workspace=self._workspace, xp=xp, lengths=lens, reverse=d == 1,
-                    W_hr=W_hr, gates=gates, y=y_buf,
+                    W_hr=W_hr, gates=gates, y=y_bufs[d],
                     packed=None if panels is None else panels.panels(be, idx))
                 tasks.append(task if both is None else functools.partial(_placed, task, both[..., d * K:(d + 1) * K]))
             outs = []
@@ -507,7 +516,13 @@ class LSTM(ParameterSet):
             if ws is not None and not training and layer > 0:
                 ws.give(*inner[-1])  # the last boundary's buffers: read by this layer, done
             y = outs[0] if D == 1 else both if both is not None else xp.concat_features(outs)
-            held = [] if y_buf is None else [y_buf]
+            held = [b for b in y_bufs if b is not None]
+            if D == 2 and ws is not None:
+                if not training:  # copied into both, kept by no cache
+                    ws.give(*held)
+                    held = []
+                if not last:
+                    held.append(both)
             if training and self.dropout > 0 and not last:
                 if ws is not None:
                     mask = self._dropout_mask(y.shape, ws.take(y.shape, self.dtype))
@@ -574,6 +589,7 @@ class LSTM(ParameterSet):
         g = self.grads
         grad = dy
         own = False  # whether grad is a workspace buffer of this call's (then updated in place)
+        halves: list[Any] = []  # workspace copies of the directions' halves of grad
         for layer in range(self.num_layers - 1, -1, -1):
             if masks[layer] is not None:
                 if own:
@@ -600,19 +616,31 @@ class LSTM(ParameterSet):
                     tasks.append(functools.partial(task, xp.take_features(grad, d * K, (d + 1) * K),
                                                    *rest, **options))
                 else:  # the direction's half of dy copied on its own thread
-                    tasks.append(functools.partial(_on_half, task, grad[..., d * K:(d + 1) * K], *rest,
-                                                   **options))
+                    half_buf = ws.take((T, N, K), self.dtype) if ws is not None else None
+                    if half_buf is not None:
+                        halves.append(half_buf)
+                    tasks.append(functools.partial(_on_half, task, grad[..., d * K:(d + 1) * K], half_buf,
+                                                   *rest, **options))
             dx = None
             for d, (dx_d, _, _) in enumerate(run_directions(caches[layer * D].backend, tasks, xp)):
                 _, _, b_ih, b_hh, _ = self._layer_keys[layer * D + d]
                 if self.bias:
                     g[b_ih] += dbs[d]
                     g[b_hh] += dbs[d]
-                dx = dx_d if dx is None else xp.add(dx, dx_d)
+                if dx is None:
+                    dx = dx_d
+                elif ws is not None:  # the first direction's buffer takes the sum
+                    dx = np.add(dx, dx_d, out=dx)
+                    if layer > 0:
+                        ws.give(dx_d)
+                else:
+                    dx = xp.add(dx, dx_d)
             if ws is not None:
-                # done with: this layer's dy and the boundary above it (its output, the
-                # mask, the masked output that the layer above read)
-                ws.give(*([grad] if own else []), *(inner[layer] if layer < self.num_layers - 1 else []))
+                # done with: this layer's dy (and its halves), the buffers this layer held
+                # (its output, the mask and the masked output that the layer above read, and
+                # with two directions their own outputs)
+                ws.give(*([grad] if own else []), *halves, *inner[layer])
+                halves = []
                 own = layer > 0
             grad = dx
             if self._after_layer_backward is not None:
