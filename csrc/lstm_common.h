@@ -268,29 +268,25 @@ void lstm_backward_sum_grads_f32(ptrdiff_t I, ptrdiff_t K, ptrdiff_t G, ptrdiff_
  * number of vectors on every path). */
 static inline ptrdiff_t lstm_grads_width(ptrdiff_t width) { return (width + 15) / 16 * 16; }
 
-/* Rows of xh per gather in weight_grads: a thread's share of the
- * rows, at most LSTM_GRADS_CHUNK_FLOATS elements (8 MB of float32) and at
- * least LSTM_GRADS_CHUNK_MIN_ROWS rows, within BLAS's int offsets. (The
- * sanitizer build makes both tiny, so that its tests run many chunks.) */
+/* Rows of xh per gather in weight_grads: a thread's share of the rows, at
+ * most LSTM_GRADS_CHUNK_FLOATS elements (8 MB of float32) and at least
+ * LSTM_GRADS_CHUNK_MIN_ROWS rows. (The sanitizer build makes both tiny, so
+ * that its tests run many chunks.) */
 #ifndef LSTM_GRADS_CHUNK_FLOATS
 #define LSTM_GRADS_CHUNK_FLOATS ((ptrdiff_t)1 << 21)
 #endif
 #ifndef LSTM_GRADS_CHUNK_MIN_ROWS
 #define LSTM_GRADS_CHUNK_MIN_ROWS 256
 #endif
-static inline ptrdiff_t lstm_grads_chunk(ptrdiff_t rows, int nthreads, ptrdiff_t G,
-                                         ptrdiff_t width)
+static inline ptrdiff_t lstm_grads_chunk(ptrdiff_t rows, int nthreads, ptrdiff_t width)
 {
     const ptrdiff_t nt = nthreads > 1 ? nthreads : 1, share = (rows + nt - 1) / nt;
     ptrdiff_t chunk = (ptrdiff_t)LSTM_GRADS_CHUNK_FLOATS / (width > 0 ? width : 1);
     if (chunk < LSTM_GRADS_CHUNK_MIN_ROWS) chunk = LSTM_GRADS_CHUNK_MIN_ROWS;
     if (chunk > share) chunk = share;
-    const ptrdiff_t most = lstm_rows_per_call(G > width ? G : width);
-    return chunk > most ? most : chunk > 0 ? chunk : 1;
+    return chunk > 0 ? chunk : 1;
 }
 
-/* Floats of workspace for lstm_backward_row_grads on nthreads threads: a part
- * and an xh chunk each. */
 /* Whether the weight gradients go in parts: while the parts stay small (at
  * most 64 MB of float32 in all; each is as large as the weights) and each
  * thread has rows enough that adding its part up costs little beside its
@@ -307,7 +303,7 @@ static inline ptrdiff_t lstm_grads_work(ptrdiff_t rows, int nthreads, ptrdiff_t 
 {
     const ptrdiff_t nt = nthreads > 1 ? nthreads : 1;
     if (!lstm_grads_in_parts(rows, nthreads, G, width)) return 0;
-    return nt * (G + lstm_grads_chunk(rows, nthreads, G, width)) * width;
+    return nt * (G + lstm_grads_chunk(rows, nthreads, width)) * width;
 }
 
 #endif

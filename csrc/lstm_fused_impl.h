@@ -948,7 +948,7 @@ static int FN(weight_grads)(const lstm_blas *blas, lstm_team me, int nthreads, p
                                    y, h_prev, gates, dx, dW_ih, dW_hh, db, db_parts, ndb, rev);
         return 0;
     }
-    const ptrdiff_t chunk = lstm_grads_chunk(rows, nthreads, G, Wp);
+    const ptrdiff_t chunk = lstm_grads_chunk(rows, nthreads, Wp);
     const ptrdiff_t nparts = nthreads > 1 ? nthreads : 1;
     float *part = work + me.tid * G * Wp, *xh = work + (nparts * G + me.tid * chunk) * Wp;
     /* dx = dP . W_ih on this thread's rows, by the backward loop's own blocks
@@ -996,7 +996,7 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
     LSTM_PARALLEL(nthreads)
     {
         const lstm_team me = lstm_team_join(blas);
-        if (work) FN(pack_dx)(me, nthreads, rows, I, H, H, W_ih, work);
+        FN(pack_dx)(me, nthreads, rows, I, H, H, W_ih, work);
         /* Step t's Nt rows start at row off of the packed arrays; the first
          * Nnext of them run on to step t + 1, whose dP starts at off + Nt. */
         ptrdiff_t off = rows;
