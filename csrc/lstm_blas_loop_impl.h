@@ -148,15 +148,31 @@ static const REAL *FN(h_read)(ptrdiff_t r, ptrdiff_t rows, ptrdiff_t N, ptrdiff_
     return r >= rows - N ? h0 + (r - (rows - N)) * K : y + (r + N) * K;
 }
 
+/* d [j0..j1) = columns j0..j1 of the row [xr (I) | hr (K) | zeros]. */
+static void FN(xh_columns)(REAL *d, ptrdiff_t j0, ptrdiff_t j1, const REAL *xr, ptrdiff_t I,
+                           const REAL *hr, ptrdiff_t K)
+{
+    for (ptrdiff_t j = j0; j < j1;) {
+        const REAL *src = j < I ? xr + j : j < I + K ? hr + (j - I) : NULL;
+        const ptrdiff_t end = j < I ? I : j < I + K ? I + K : j1, n = (end < j1 ? end : j1) - j;
+        if (src)
+            memcpy(d + (j - j0), src, (size_t)n * sizeof(REAL));
+        else
+            memset(d + (j - j0), 0, (size_t)n * sizeof(REAL));
+        j += n;
+    }
+}
+
 void FN(lstm_gather_xh)(ptrdiff_t a, ptrdiff_t nr, ptrdiff_t N, ptrdiff_t rows, ptrdiff_t I,
-                        ptrdiff_t K, ptrdiff_t ld, const REAL *x, const REAL *h0, const REAL *y,
-                        const REAL *h_prev, int rev, REAL *xh)
+                        ptrdiff_t K, ptrdiff_t ld, ptrdiff_t pw, const REAL *x, const REAL *h0,
+                        const REAL *y, const REAL *h_prev, int rev, REAL *xh)
 {
     for (ptrdiff_t r = 0; r < nr; ++r) {
-        REAL *d = xh + r * ld;
-        memcpy(d, x + (a + r) * I, (size_t)I * sizeof(REAL));
-        memcpy(d + I, FN(h_read)(a + r, rows, N, K, h0, y, h_prev, rev), (size_t)K * sizeof(REAL));
-        for (ptrdiff_t j = I + K; j < ld; ++j) d[j] = 0;
+        const REAL *xr = x + (a + r) * I, *hr = FN(h_read)(a + r, rows, N, K, h0, y, h_prev, rev);
+        for (ptrdiff_t j0 = 0; j0 < ld; j0 += pw) {
+            const ptrdiff_t w = ld - j0 < pw ? ld - j0 : pw;
+            FN(xh_columns)(xh + j0 * nr + r * w, j0, j0 + w, xr, I, hr, K);
+        }
     }
 }
 

@@ -251,13 +251,16 @@ void lstm_backward_products_f32(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N,
 /* The pieces of the fused paths' weight gradients (lstm_fused_impl.h,
  * weight_grads): each thread sums dP^T . [x | h read] over its own rows into a
  * part of its own, and after a barrier the parts are added up.
- * lstm_gather_xh: xh [nr, ld] OUT = rows a..a+nr of [x | h read] (x [rows, I],
- *   h read as in lstm_backward_products, K wide), zero padded to ld >= I + K.
+ * lstm_gather_xh: rows a..a+nr of [x | h read] (x [rows, I], h read as in
+ *   lstm_backward_products, K wide), zero padded to ld >= I + K columns, OUT
+ *   in xh in panels of pw columns (the last one narrower where pw does not
+ *   divide ld): panel j0 / pw holds columns j0..j0+w-1 of every row, row r at
+ *   xh [j0 * nr + r * w], so that a product reading a panel streams it.
  * lstm_backward_sum_grads: at gate rows g0..g1, dW_ih [G, I] += the sum of the
  *   nparts parts' first I columns (parts [nparts, G, W] IN, W >= I + K), dW_hh
  *   [G, K] += of their next K; db as in lstm_backward_products. */
 void lstm_gather_xh_f32(ptrdiff_t a, ptrdiff_t nr, ptrdiff_t N, ptrdiff_t rows, ptrdiff_t I,
-                        ptrdiff_t K, ptrdiff_t ld, const float *x, const float *h0, const float *y,
+                        ptrdiff_t K, ptrdiff_t ld, ptrdiff_t pw, const float *x, const float *h0, const float *y,
                         const float *h_prev, int rev, float *xh);
 void lstm_backward_sum_grads_f32(ptrdiff_t I, ptrdiff_t K, ptrdiff_t G, ptrdiff_t W,
                                  ptrdiff_t g0, ptrdiff_t g1, const float *parts, int nparts,

@@ -819,10 +819,15 @@ static void FN(backward_split)(lstm_bwd_mode mode, ptrdiff_t n0, ptrdiff_t n1, p
  * broadcast from its own layout and xh's rows read as vectors, so that nothing
  * is packed (a BLAS product first copies all of dP into its blocks, a fifth of
  * its time here). For each block of rows the gate rows are the outer loop: a
- * tile's lines of dP stay in L1 across the columns, the block of xh in L2. */
+ * tile's lines of dP stay in L1 across the columns, the block of xh in L2,
+ * gathered in panels of a tile's width (lstm_gather_xh) so that a tile reads
+ * its rows of xh as one stream, fetched 8 rows ahead. Against rows Wp apart
+ * (2.4 KB at the peer model's second layer, past the stride an Intel core's
+ * prefetcher follows) the peer model's forward+backward took 0.93x the time,
+ * 0.92x at H = I = 512 (Intel Xeon with AMX, 2 threads; bench/AB_RESULTS.md). */
 #define GKC 128
 INLINE void FN(grads_tile)(const int R, const int V, ptrdiff_t nk, ptrdiff_t G, ptrdiff_t Wp,
-                           const float *dP, const float *xh, float *C, int first)
+                           ptrdiff_t xs, const float *dP, const float *xh, float *C, int first)
 {
     VF acc[RB][BV];
 #pragma GCC unroll 16
@@ -831,7 +836,9 @@ INLINE void FN(grads_tile)(const int R, const int V, ptrdiff_t nk, ptrdiff_t G, 
         for (int v = 0; v < V; ++v)
             acc[r][v] = first ? FN(splat)(0.0f) : FN(load)(C + r * Wp + v * VL);
     for (ptrdiff_t k = 0; k < nk; ++k) {
-        const float *xr = xh + k * Wp, *dr = dP + k * G;
+        const float *xr = xh + k * xs, *dr = dP + k * G;
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) __builtin_prefetch(xr + 8 * xs + v * VL, 0, 3);
         VF w[BV];
 #pragma GCC unroll 4
         for (int v = 0; v < V; ++v) w[v] = FN(load)(xr + v * VL);
@@ -855,7 +862,7 @@ INLINE void FN(grads_tile)(const int R, const int V, ptrdiff_t nk, ptrdiff_t G, 
 #endif
 #define GRADS_V(R_, V_)                                                 \
     case V_:                                                            \
-        FN(grads_tile)(R_, V_, nk, G, Wp, dP, xh, C, first);            \
+        FN(grads_tile)(R_, V_, nk, G, Wp, xs, dP, xh, C, first);            \
         break;
 #define GRADS_R(R_)                                                     \
     case R_:                                                            \
@@ -867,7 +874,7 @@ INLINE void FN(grads_tile)(const int R, const int V, ptrdiff_t nk, ptrdiff_t G, 
 
 _Static_assert(BV == 2 || BV == 4, "grads_tiles has cases for 1..BV vectors");
 
-static void FN(grads_tiles)(int R, int V, ptrdiff_t nk, ptrdiff_t G, ptrdiff_t Wp,
+static void FN(grads_tiles)(int R, int V, ptrdiff_t nk, ptrdiff_t G, ptrdiff_t Wp, ptrdiff_t xs,
                             const float *dP, const float *xh, float *C, int first)
 {
     switch (R) {
@@ -879,6 +886,9 @@ static void FN(grads_tiles)(int R, int V, ptrdiff_t nk, ptrdiff_t G, ptrdiff_t W
 #undef GRADS_V
 #undef GRADS_R
 
+/* C [G, Wp] (+)= dP [n, G]^T . xh, xh n rows of Wp columns in panels of
+ * BV * VL columns (lstm_gather_xh: panel v0 / BV at xh + v0 * VL * n, its rows
+ * w = min(BV * VL, Wp - v0 * VL) apart), so that each tile streams its panel. */
 static void FN(grads_product)(ptrdiff_t n, ptrdiff_t G, ptrdiff_t Wp, const float *dP,
                               const float *xh, float *C, int first)
 {
@@ -890,7 +900,8 @@ static void FN(grads_product)(ptrdiff_t n, ptrdiff_t G, ptrdiff_t Wp, const floa
             const int R = G - g0 < RB ? (int)(G - g0) : RB;
             for (ptrdiff_t v0 = 0; v0 < nvec; v0 += BV) {
                 const int V = nvec - v0 < BV ? (int)(nvec - v0) : BV;
-                FN(grads_tiles)(R, V, nk, G, Wp, dP + k0 * G + g0, xh + k0 * Wp + v0 * VL,
+                const ptrdiff_t w = V * VL;
+                FN(grads_tiles)(R, V, nk, G, Wp, w, dP + k0 * G + g0, xh + v0 * VL * n + k0 * w,
                                 C + g0 * Wp + v0 * VL, fst);
             }
         }
@@ -965,7 +976,7 @@ static int FN(weight_grads)(const lstm_blas *blas, lstm_team me, int nthreads, p
     }
     for (ptrdiff_t a = r.lo; a < r.hi; a += chunk) {
         const ptrdiff_t nr = r.hi - a < chunk ? r.hi - a : chunk;
-        lstm_gather_xh_f32(a, nr, N, rows, I, K, Wp, x, h0, y, h_prev, rev, xh);
+        lstm_gather_xh_f32(a, nr, N, rows, I, K, Wp, BV * VL, x, h0, y, h_prev, rev, xh);
         FN(grads_product)(nr, G, Wp, gates + a * G, xh, part, a == r.lo);
     }
     if (r.hi <= r.lo) memset(part, 0, (size_t)(G * Wp) * sizeof(float));
