@@ -149,6 +149,15 @@ void lstm_scatter_add_rows_f32(ptrdiff_t rows, ptrdiff_t G, const int64_t *ids, 
 void lstm_scatter_add_rows_f64(ptrdiff_t rows, ptrdiff_t G, const int64_t *ids, const double *src,
                                double *dst);
 
+/* dst [rows, F] OUT: row r is src's row from[r] (src [*, F] IN), or zeros where
+ * from[r] < 0 (from unchecked against src's rows), on nthreads threads: the
+ * gathers and scatters between a padded batch and its rows in step order
+ * (fastlstm/backends/_steps.py). */
+void lstm_move_rows_f32(int nthreads, ptrdiff_t rows, ptrdiff_t F, const int64_t *from,
+                        const float *src, float *dst);
+void lstm_move_rows_f64(int nthreads, ptrdiff_t rows, ptrdiff_t F, const int64_t *from,
+                        const double *src, double *dst);
+
 #ifdef __cplusplus
 }
 #endif

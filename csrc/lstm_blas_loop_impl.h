@@ -224,6 +224,21 @@ void FN(lstm_scatter_add_rows)(ptrdiff_t rows, ptrdiff_t G, const int64_t *ids, 
     }
 }
 
+void FN(lstm_move_rows)(int nthreads, ptrdiff_t rows, ptrdiff_t F, const int64_t *from,
+                        const REAL *src, REAL *dst)
+{
+    (void)nthreads;
+#ifdef _OPENMP
+    LSTM_PRAGMA(omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static))
+#endif
+    for (ptrdiff_t r = 0; r < rows; ++r) {
+        if (from[r] >= 0)
+            memcpy(dst + r * F, src + from[r] * F, (size_t)F * sizeof(REAL));
+        else
+            memset(dst + r * F, 0, (size_t)F * sizeof(REAL));
+    }
+}
+
 void FN(lstm_adam_step)(ptrdiff_t n, REAL *p, const REAL *g, REAL *m, REAL *v, REAL c1, REAL c2,
                         REAL a, REAL e, REAL wd)
 {

@@ -55,6 +55,10 @@ cdef extern from "lstm_blas_loop.h" nogil:
                                    const float *src, float *dst)
     void lstm_scatter_add_rows_f64(Py_ssize_t rows, Py_ssize_t G, const int64_t *ids,
                                    const double *src, double *dst)
+    void lstm_move_rows_f32(int nthreads, Py_ssize_t rows, Py_ssize_t F, const int64_t *src_rows,
+                            const float *src, float *dst)
+    void lstm_move_rows_f64(int nthreads, Py_ssize_t rows, Py_ssize_t F, const int64_t *src_rows,
+                            const double *src, double *dst)
     void lstm_blas_forward_f32(const lstm_blas *blas, Py_ssize_t T, Py_ssize_t N,
                                const Py_ssize_t *batch, Py_ssize_t I, Py_ssize_t H, Py_ssize_t P,
                                const float *x, const float *W_ih, const float *W_hh,
@@ -874,7 +878,7 @@ def _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reve
     if P:
         want.append(("ms", ms, (T, N, H)))
     _check_all(tuple(want))
-    order = StepOrder(lengths, T, N, reverse)
+    order = StepOrder(lengths, T, N, reverse, move_rows)
     if order.rows == 0 or H == 0:
         y[...] = 0
         hT[...] = h0
@@ -925,7 +929,7 @@ def _backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, d
     if P:
         want += [("ms", ms, (T, N, H)), ("dW_hr", dW_hr, (P, H))]
     _check_all(tuple(want))
-    order = StepOrder(lengths, T, N, reverse)
+    order = StepOrder(lengths, T, N, reverse, move_rows)
     if order.rows == 0 or H == 0:
         dx[...] = 0
         dh0[...] = dhT
@@ -1472,6 +1476,33 @@ def scatter_add_rows(const int64_t[::1] ids, const floating[:, ::1] src, floatin
             lstm_scatter_add_rows_f32(rows, G, &ids[0], &src[0, 0], &dst[0, 0])
         else:
             lstm_scatter_add_rows_f64(rows, G, &ids[0], &src[0, 0], &dst[0, 0])
+
+
+MOVE_ROWS_PARALLEL_BYTES = 256 * 1024
+
+
+def move_rows(const int64_t[::1] src_rows, const floating[:, ::1] src, floating[:, ::1] dst):
+    """dst[r] = src[src_rows[r]], or zeros where src_rows[r] is -1 (StepOrder's gathers and
+    scatters, fastlstm/backends/_steps.py): src_rows [rows] int64 in [-1, len(src)), src [S, F],
+    dst [rows, F] OUT, not overlapping src."""
+    cdef Py_ssize_t rows = dst.shape[0], F = dst.shape[1], S = src.shape[0], r
+    if src_rows.shape[0] != rows or src.shape[1] != F:
+        raise ValueError(f"move_rows: src_rows {src_rows.shape[0]}, src {_shape(src)}, dst {_shape(dst)}")
+    for r in range(rows):
+        if src_rows[r] < -1 or src_rows[r] >= S:
+            raise IndexError(f"source row {src_rows[r]} at row {r} is outside [-1, {S})")
+    if rows == 0 or F == 0:
+        return
+    # threads for a copy of at least MOVE_ROWS_PARALLEL_BYTES (below, starting them costs
+    # more than they save)
+    cdef int nthreads = max_threads() if dst.nbytes >= MOVE_ROWS_PARALLEL_BYTES else 1
+    with nogil:
+        if floating is float:
+            lstm_move_rows_f32(nthreads, rows, F, &src_rows[0], &src[0, 0] if S else NULL,
+                               &dst[0, 0])
+        else:
+            lstm_move_rows_f64(nthreads, rows, F, &src_rows[0], &src[0, 0] if S else NULL,
+                               &dst[0, 0])
 
 
 def adam_step(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v,

@@ -42,6 +42,17 @@ def scratch(slot: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     return buf[:nbytes].view(dtype).reshape(shape)
 
 
+def move_rows(src_rows, src, dst):
+    """dst[r] = src[src_rows[r]], zeros where src_rows[r] is -1 (NumPy; the C backend
+    passes its own, ``_c.move_rows``, which writes each row once)."""
+    valid = src_rows >= 0
+    if bool(valid.all()):
+        np.take(src, src_rows, axis=0, out=dst)
+        return
+    dst[...] = 0
+    dst[valid] = src[src_rows[valid]]
+
+
 class StepOrder:
     """Where each packed row of a call lives in the padded batch.
 
@@ -59,7 +70,11 @@ class StepOrder:
         ones, reshaped, and nothing needs moving.
     """
 
-    def __init__(self, lengths, T: int, N: int, reverse: bool):
+    def __init__(self, lengths, T: int, N: int, reverse: bool, move=move_rows):
+        """``move(src_rows, src, dst)``: the row mover of ``packed`` and ``unpack``
+        (``move_rows``'s contract)."""
+        self._move = move
+        self._T, self._N = T, N
         lens = np.full(N, T, np.intp) if lengths is None else np.asarray(lengths, np.intp)
         full = bool(np.all(lens == T))
         self.identity = not reverse and full
@@ -82,6 +97,10 @@ class StepOrder:
         ran = self.sorted_lengths > 0
         self._last = self._offsets[self.sorted_lengths[ran] - 1] + np.flatnonzero(ran)
         self._ran = ran
+        # each packed row's row of the padded batch viewed as [T * N, F]; its inverse
+        # (-1 at padded positions) on first use
+        self._padded_row = (self.t_idx * N + self.n_idx).astype(np.int64)
+        self._packed_row = None
 
     def packed(self, a, slot=None):
         """[T, N, F] -> [rows, F]: the rows in step order (a view when identity); into
@@ -93,8 +112,7 @@ class StepOrder:
         if self.reversed:
             np.copyto(out.reshape(a.shape), a[::-1])
         else:
-            flat = np.ascontiguousarray(a).reshape(-1, F)
-            np.take(flat, self.t_idx * a.shape[1] + self.n_idx, axis=0, out=out)
+            self._move(self._padded_row, np.ascontiguousarray(a).reshape(-1, F), out)
         return out
 
     def unpack(self, packed, out):
@@ -106,8 +124,15 @@ class StepOrder:
         if self.reversed:
             np.copyto(out, packed.reshape(out.shape)[::-1])
             return
-        out[...] = 0
-        out[self.t_idx, self.n_idx] = packed
+        if not (out.flags.c_contiguous and packed.flags.c_contiguous and packed.ndim == 2):
+            out[...] = 0
+            out[self.t_idx, self.n_idx] = packed
+            return
+        if self._packed_row is None:
+            inverse = np.full(self._T * self._N, -1, np.int64)
+            inverse[self._padded_row] = np.arange(self.rows, dtype=np.int64)
+            self._packed_row = inverse
+        self._move(self._packed_row, packed, out.reshape(-1, out.shape[2]))
 
     def sorted(self, a):
         """[N, F] batch rows -> [N, F] in sorted order (a copy)."""
@@ -134,9 +159,14 @@ class StepOrder:
             hp[:N] = h0
             hp[N:] = y[:0:-1].reshape(-1, h0.shape[1])  # step s >= 1 reads time T - s
             return hp
-        first = self._step == 0
-        hp[first] = h0[self.n_idx[first]]
-        later = ~first
+        # step 0's rows (the first batch[0]) read h0, every later row y where its sequence
+        # ran at the step before
+        n0 = int(self.batch[0]) if self.steps else 0
+        hp[:n0] = h0[self.n_idx[:n0]]
+        later = np.arange(n0, self.rows)
         prev = self._offsets[self._step[later] - 1] + self._sorted_row[later]
-        hp[later] = y[self.t_idx[prev], self.n_idx[prev]]
+        if y.flags.c_contiguous:
+            self._move(self._padded_row[prev], y.reshape(-1, y.shape[2]), hp[n0:])
+        else:
+            hp[n0:] = y[self.t_idx[prev], self.n_idx[prev]]
         return hp
