@@ -484,6 +484,10 @@ class LSTM(ParameterSet):
         inner: list[list[Any]] = []  # per layer: the workspace buffers it holds until backward
         inp = x
         K = self.proj_size or self.hidden_size
+        # one direction's recurrent weights (W_hh, W_hr): where they fit in a core's L2,
+        # the directions of a small batch run side by side (_config.directions_side_by_side)
+        recurrent = (4 * self.hidden_size * K + self.proj_size * self.hidden_size) * \
+            np.dtype(self.dtype).itemsize
         for layer in range(self.num_layers):
             last = layer == self.num_layers - 1
             # one direction writes the layer's output (the caller's, for the last layer); two
@@ -509,7 +513,7 @@ class LSTM(ParameterSet):
                     packed=None if panels is None else panels.panels(be, idx))
                 tasks.append(task if both is None else functools.partial(_placed, task, both[..., d * K:(d + 1) * K]))
             outs = []
-            side_by_side = D == 2 and _config.directions_side_by_side(N, training)
+            side_by_side = D == 2 and _config.directions_side_by_side(N, training, recurrent)
             for y, _, _, cache in run_directions(be, tasks, xp, side_by_side):
                 caches.append(cache)
                 outs.append(y)

@@ -273,12 +273,18 @@ def test_buffers_reused_between_calls_change_nothing(backend, monkeypatch):
         assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("N", [1, 3, 70])
-def test_bidirectional_inference_runs_directions_apart_below_the_row_limit(monkeypatch, N):
+@pytest.mark.parametrize("l2", [None, 1 << 20, 1000], ids=["no-L2", "L2-holds-W_hh", "L2-too-small"])
+@pytest.mark.parametrize("N", [1, 3, 8, 70])
+def test_bidirectional_inference_runs_directions_apart_below_the_row_limit(monkeypatch, N, l2):
     # a small inference batch runs the two directions one after the other on all the
-    # threads, training (and a large batch) side by side on half of them each: the same
-    # numbers either way (each unit's sums in the same order on any thread split)
+    # threads, training (and a large batch) side by side on half of them each, and so does
+    # an inference batch of a few rows where a core's L2 holds a direction's W_hh (6.4 KB
+    # here): the same numbers either way (each unit's sums in the same order on any split)
     pytest.importorskip("fastlstm.backends._c", reason="C backend not built")
+    monkeypatch.setattr(fastlstm._config, "_L2_BYTES", [l2])
+    cfg = fastlstm._config
+    side = N >= cfg.DIRECTIONS_APART_ROWS or (N >= cfg.DIRECTIONS_SIDE_MIN_ROWS and l2 is not None
+                                              and 4 * 20 * 20 * 4 <= l2)
     monkeypatch.setenv("FASTLSTM_NUM_THREADS", "2")
     monkeypatch.setenv("FASTLSTM_MIN_PARALLEL_WORK", "0")
     seen = []
@@ -292,17 +298,28 @@ def test_bidirectional_inference_runs_directions_apart_below_the_row_limit(monke
     layer = fastlstm.LSTM(70, 20, 2, bidirectional=True, backend="c", seed=4)
     x = np.random.default_rng(2).standard_normal((9, N, 70)).astype(np.float32)
     y, (h, c) = layer.forward(x)
-    assert seen == [N >= fastlstm._config.DIRECTIONS_APART_ROWS] * 2
+    assert seen == [side] * 2
     y_train, (h_train, c_train) = layer.forward(x, training=True)
     assert seen[2:] == [True, True]
     np.testing.assert_array_equal(y, y_train)
     np.testing.assert_array_equal(h, h_train)
     np.testing.assert_array_equal(c, c_train)
-    for mode, side in (("apart", False), ("side-by-side", True)):  # FASTLSTM_DIRECTIONS forces either
+    for mode, forced in (("apart", False), ("side-by-side", True)):  # FASTLSTM_DIRECTIONS forces either
         monkeypatch.setenv("FASTLSTM_DIRECTIONS", mode)
         del seen[:]
         np.testing.assert_array_equal(layer.forward(x, training=True)[0], y)
-        assert seen == [side, side]
+        assert seen == [forced, forced]
     monkeypatch.setenv("FASTLSTM_DIRECTIONS", "sideways")
     with pytest.raises(fastlstm._config.ConfigError, match="FASTLSTM_DIRECTIONS='sideways'"):
         layer.forward(x)
+
+
+def test_l2_size_is_read_from_sysfs_or_none(monkeypatch, tmp_path):
+    cfg = fastlstm._config
+    got = cfg._read_l2_bytes()
+    assert got is None or (isinstance(got, int) and got > 0)
+    calls = []
+    monkeypatch.setattr(cfg, "_L2_BYTES", [])
+    monkeypatch.setattr(cfg, "_read_l2_bytes", lambda: calls.append(1) or 3 << 20)
+    assert cfg.l2_cache_bytes() == 3 << 20 and cfg.l2_cache_bytes() == 3 << 20
+    assert calls == [1]  # read once
