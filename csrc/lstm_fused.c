@@ -14,6 +14,14 @@
 #include "lstm_fused.h"
 
 
+/* Whether the one-row loop may project rows ahead (lstm_fused_impl.h,
+ * step_project_block; lstm_fused_set_one_row_ahead). */
+static volatile int lstm_one_row_ahead = 1;
+
+void lstm_fused_set_one_row_ahead(int on) { lstm_one_row_ahead = on != 0; }
+
+static int lstm_one_row_ahead_on(void) { return lstm_one_row_ahead; }
+
 /* Lanes of the widest path's vectors (its forward panels are that many units). */
 #define AVX512_LANES 16
 

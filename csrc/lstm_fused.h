@@ -49,6 +49,12 @@ const char *lstm_fused_path_name(int path);
 /* Number of OpenMP threads available (1 without OpenMP). */
 int lstm_fused_max_threads(void);
 
+/* Whether a forward of one row (N = 1) projects its next rows inside the steps
+ * (on: the default) or hoists the projection as larger batches do (off): a
+ * process-wide switch, set by the caller's cache rule (fastlstm/_config.py,
+ * one_row_ahead). Either way the results are the same, bit for bit. */
+void lstm_fused_set_one_row_ahead(int on);
+
 /* Bytes per k-row of a packed forward panel at its widest (AVX-512: 4 gates
  * x 16 units x 4 bytes): what fastlstm/_config.py's fuse_input rule assumes
  * a streamed panel costs, for every path. */

@@ -580,7 +580,7 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
         }
         /* one row at every step (rows == T: a reverse pass or a length packs them so
          * too), projected PB rows ahead (see step_project_block) */
-        const int one_row = !Ip && x && W_x && !P && N == 1 && rows == T && T > PB
+        const int one_row = lstm_one_row_ahead_on() && !Ip && x && W_x && !P && N == 1 && rows == T && T > PB
                             && I >= LSTM_ONE_ROW_MIN_INPUT
                             && G * (KR + I) * (ptrdiff_t)sizeof(float) <= LSTM_ONE_ROW_MAX_BYTES;
         if (!Ip && x && W_x) {

@@ -56,13 +56,16 @@ def test_path_inference_matches_training_forward(monkeypatch, threads, path, pro
     assert_all_close(run_layer(layer, x, state), run_layer(ref, x, state), np.float32, path)
 
 
+@pytest.mark.parametrize("ahead", ["on", "off"])
 @pytest.mark.parametrize("path", [p for p in PATHS if p != "blas"])
 @pytest.mark.parametrize("T,I,H", [(5, 64, 17), (9, 70, 40), (14, 64, 80), (23, 66, 66)])
-def test_one_row_projecting_ahead_changes_no_bit(monkeypatch, threads, path, T, I, H):
-    # one sequence (N = 1) projects its rows ahead inside the steps; a batch of two
-    # copies of it runs the separate loops: the same sums in the same order
+def test_one_row_projecting_ahead_changes_no_bit(monkeypatch, threads, path, T, I, H, ahead):
+    # one sequence (N = 1) projects its rows ahead inside the steps (where
+    # FASTLSTM_ONE_ROW_AHEAD lets it); a batch of two copies of it runs the separate
+    # loops: the same sums in the same order
     monkeypatch.setenv("FASTLSTM_KERNEL", path)
     monkeypatch.setenv("FASTLSTM_FUSE_INPUT", "never")
+    monkeypatch.setenv("FASTLSTM_ONE_ROW_AHEAD", ahead)
     x, state, _, _ = make_inputs(13, T, 1, I, H, 1, np.float32)
     layer = fastlstm.LSTM(I, H, backend="c", seed=2)
     twice = np.concatenate([x, x], axis=1)

@@ -323,3 +323,18 @@ def test_l2_size_is_read_from_sysfs_or_none(monkeypatch, tmp_path):
     monkeypatch.setattr(cfg, "_read_l2_bytes", lambda: calls.append(1) or 3 << 20)
     assert cfg.l2_cache_bytes() == 3 << 20 and cfg.l2_cache_bytes() == 3 << 20
     assert calls == [1]  # read once
+
+
+@pytest.mark.parametrize("l2,want", [(None, True), (1 << 20, True), (2 << 20, False), (32 << 20, False)])
+def test_one_row_ahead_runs_below_two_megabytes_of_l2(monkeypatch, l2, want):
+    cfg = fastlstm._config
+    monkeypatch.setattr(cfg, "_L2_BYTES", [l2])
+    monkeypatch.delenv("FASTLSTM_ONE_ROW_AHEAD", raising=False)
+    assert cfg.one_row_ahead() is want
+    for mode, forced in (("on", True), ("off", False)):
+        monkeypatch.setenv("FASTLSTM_ONE_ROW_AHEAD", mode)
+        assert cfg.one_row_ahead() is forced
+    monkeypatch.setenv("FASTLSTM_ONE_ROW_AHEAD", "sometimes")
+    with pytest.raises(cfg.ConfigError, match="FASTLSTM_ONE_ROW_AHEAD='sometimes'"):
+        cfg.one_row_ahead()
+    assert "FASTLSTM_ONE_ROW_AHEAD" in cfg.settings()[1]
