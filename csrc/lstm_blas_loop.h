@@ -149,6 +149,14 @@ void lstm_scatter_add_rows_f32(ptrdiff_t rows, ptrdiff_t G, const int64_t *ids, 
 void lstm_scatter_add_rows_f64(ptrdiff_t rows, ptrdiff_t G, const int64_t *ids, const double *src,
                                double *dst);
 
+/* Inverted dropout from 16 random bits an element: m = (bits[i] >= threshold) *
+ * scale (0 or scale), y[i] = x[i] * m (bit for bit (x * keep) * scale), and
+ * mask[i] = m unless mask is NULL; n elements, on nthreads threads. y may be x. */
+void lstm_dropout_f32(int nthreads, ptrdiff_t n, const uint16_t *bits, unsigned threshold,
+                      float scale, const float *x, float *y, float *mask);
+void lstm_dropout_f64(int nthreads, ptrdiff_t n, const uint16_t *bits, unsigned threshold,
+                      double scale, const double *x, double *y, double *mask);
+
 /* dst [rows, F] OUT: row r is src's row from[r] (src [*, F] IN), or zeros where
  * from[r] < 0 (from unchecked against src's rows), on nthreads threads: the
  * gathers and scatters between a padded batch and its rows in step order

@@ -224,6 +224,20 @@ void FN(lstm_scatter_add_rows)(ptrdiff_t rows, ptrdiff_t G, const int64_t *ids, 
     }
 }
 
+void FN(lstm_dropout)(int nthreads, ptrdiff_t n, const uint16_t *bits, unsigned threshold,
+                      REAL scale, const REAL *x, REAL *y, REAL *mask)
+{
+    (void)nthreads;
+#ifdef _OPENMP
+    LSTM_PRAGMA(omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static))
+#endif
+    for (ptrdiff_t i = 0; i < n; ++i) {
+        const REAL m = (REAL)(bits[i] >= threshold) * scale;
+        if (mask) mask[i] = m;
+        y[i] = x[i] * m;
+    }
+}
+
 void FN(lstm_move_rows)(int nthreads, ptrdiff_t rows, ptrdiff_t F, const int64_t *from,
                         const REAL *src, REAL *dst)
 {

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["batch_rows", "keep_mask"]
+__all__ = ["apply_keep", "batch_rows", "keep_bits", "keep_mask"]
 
 #: (start, stop, total) while a ``batch_rows`` block runs, else None.
 _ROWS: contextvars.ContextVar[tuple[int, int, int] | None] = contextvars.ContextVar("fastlstm_batch_rows",
@@ -48,7 +48,8 @@ def batch_rows(start: int, stop: int, total: int) -> Iterator[None]:
 
 
 def keep_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float) -> NDArray[np.bool_]:
-    """Dropout's keep mask: True with probability 1 - p (to within 2**-16) per element.
+    """Dropout's keep mask: True with probability 1 - p (to within 2**-16) per element
+    (``bits >= threshold`` of ``keep_bits``, which takes the same draws).
 
     16 random bits per element, four to a raw 64-bit draw: a quarter of the cost
     of uniform floats.
@@ -67,6 +68,15 @@ def keep_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float) -> NDA
     ndarray of bool
         The mask, ``shape``.
     """
+    bits, threshold = keep_bits(rng, shape, p)
+    return bits >= threshold
+
+
+def keep_bits(rng: np.random.Generator, shape: tuple[int, ...],
+              p: float) -> tuple[NDArray[np.uint16], np.uint16]:
+    """(bits, threshold): the 16 random bits of each element of ``keep_mask``'s draws, whose
+    mask is ``bits >= threshold`` (the same draws; for ``apply_keep``, which saves the pass
+    that makes the mask)."""
     rows = _ROWS.get()
     full = tuple(shape)
     if rows is not None and len(shape) >= 2:
@@ -80,4 +90,38 @@ def keep_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float) -> NDA
     bits = raw.view(np.uint16)[:size].reshape(full)
     if full != tuple(shape):
         bits = bits[..., start:stop, :]
-    return bits >= np.uint16(min(round(p * 65536), 65535))
+    return bits, np.uint16(min(round(p * 65536), 65535))
+
+
+def apply_keep(bits: NDArray[np.uint16], threshold: np.uint16, scale: float, x: NDArray[np.floating],
+               out: NDArray[np.floating] | None = None,
+               mask: NDArray[np.floating] | None = None) -> NDArray[np.floating]:
+    """Inverted dropout by ``keep_bits``' draws: ``(x * keep) * scale``, keep = bits >=
+    threshold, into ``out`` (a new array when None; may be ``x``); with ``mask``, also
+    ``keep * scale`` there (what the backward multiplies by). One pass on the C backend's
+    threads for contiguous host float arrays of one shape, else NumPy; the same numbers
+    either way, bit for bit."""
+    out = np.empty_like(x) if out is None else out
+    c = _c_dropout()
+    if (c is not None and x.dtype in (np.float32, np.float64) and out.dtype == x.dtype
+            and (mask is None or mask.dtype == x.dtype) and bits.shape == x.shape == out.shape
+            and (mask is None or mask.shape == x.shape) and x.flags.c_contiguous
+            and out.flags.c_contiguous and (mask is None or mask.flags.c_contiguous)):
+        c(np.ascontiguousarray(bits).reshape(-1), int(threshold), float(scale), x.reshape(-1),
+          out.reshape(-1), None if mask is None else mask.reshape(-1))
+        return out
+    keep = bits >= threshold
+    if mask is not None:
+        np.multiply(keep, x.dtype.type(scale), out=mask)
+    np.multiply(x, keep, out=out)
+    out *= x.dtype.type(scale)
+    return out
+
+
+def _c_dropout():
+    """The C backend's dropout pass, or None where it is not built."""
+    try:
+        from .backends import _c
+    except ImportError:
+        return None
+    return getattr(_c, "dropout", None)

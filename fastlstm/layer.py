@@ -29,7 +29,7 @@ from . import _config
 from . import _validate as v
 from ._arrays import backend_and_arrays, on_callers_stream
 from ._bf16 import Bf16Weights, check_precision
-from ._dropout import keep_mask
+from ._dropout import apply_keep, keep_bits, keep_mask
 from ._packed import PackedWeights, WeightSnapshot
 from ._params import ParameterSet
 from .backends import check_name, get_backend
@@ -155,7 +155,7 @@ class LSTM(ParameterSet):
         self.proj_size: int = int(proj_size)
         self.dtype: np.dtype = v.check_dtype(dtype)
         self.backend: str = check_name(backend)
-        self._rng = np.random.default_rng(seed)
+        self._rng: np.random.Generator = np.random.default_rng(seed)
         H, G, D = self.hidden_size, 4 * self.hidden_size, 2 if self.bidirectional else 1
         K = self.proj_size or H
         k = 1.0 / np.sqrt(H)
@@ -528,9 +528,11 @@ class LSTM(ParameterSet):
                 if not last:
                     held.append(both)
             if training and self.dropout > 0 and not last:
-                if ws is not None:
-                    mask = self._dropout_mask(y.shape, ws.take(y.shape, self.dtype))
-                    y = np.multiply(y, mask, out=ws.take(y.shape, self.dtype))
+                if ws is not None:  # the mask and the masked output in one pass
+                    bits, threshold = keep_bits(self._rng, y.shape, self.dropout)
+                    mask = ws.take(y.shape, self.dtype)
+                    y = apply_keep(bits, threshold, 1.0 / (1.0 - self.dropout), y,
+                                   out=ws.take(y.shape, self.dtype), mask=mask)
                     held += [mask, y]
                 else:
                     mask = xp.as_array("mask", self._dropout_mask(y.shape), self.dtype)

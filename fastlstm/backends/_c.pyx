@@ -14,7 +14,7 @@ a StepOrder (_steps.py): the C loops see sorted rows, packed step by step.
 from cython cimport floating
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t, uint32_t
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
 NAME = "c"
@@ -55,6 +55,10 @@ cdef extern from "lstm_blas_loop.h" nogil:
                                    const float *src, float *dst)
     void lstm_scatter_add_rows_f64(Py_ssize_t rows, Py_ssize_t G, const int64_t *ids,
                                    const double *src, double *dst)
+    void lstm_dropout_f32(int nthreads, Py_ssize_t n, const uint16_t *bits, unsigned threshold,
+                          float scale, const float *x, float *y, float *mask)
+    void lstm_dropout_f64(int nthreads, Py_ssize_t n, const uint16_t *bits, unsigned threshold,
+                          double scale, const double *x, double *y, double *mask)
     void lstm_move_rows_f32(int nthreads, Py_ssize_t rows, Py_ssize_t F, const int64_t *src_rows,
                             const float *src, float *dst)
     void lstm_move_rows_f64(int nthreads, Py_ssize_t rows, Py_ssize_t F, const int64_t *src_rows,
@@ -131,7 +135,6 @@ cdef extern from "lstm_fused.h" nogil:
                          const float *c, float *gates, float *h_out, float *c_out)
     void lstm_fused_activations(int path, Py_ssize_t n, const float *x, float *sig, float *th)
 
-from libc.stdint cimport uint16_t, uint32_t
 
 cdef extern from "lstm_bf16.h" nogil:
     enum:
@@ -1482,6 +1485,26 @@ def scatter_add_rows(const int64_t[::1] ids, const floating[:, ::1] src, floatin
 
 
 MOVE_ROWS_PARALLEL_BYTES = 256 * 1024
+
+
+def dropout(const uint16_t[::1] bits, unsigned threshold, double scale, const floating[::1] x,
+            floating[::1] y, floating[::1] mask=None):
+    """Inverted dropout (fastlstm/_dropout.py): y = x * m, m = (bits >= threshold) * scale
+    (0 or scale; bit for bit (x * keep) * scale), and mask = m when given. 1-D arrays of one
+    length; y may be x; threads above MOVE_ROWS_PARALLEL_BYTES."""
+    cdef Py_ssize_t n = x.shape[0]
+    if bits.shape[0] != n or y.shape[0] != n or (mask is not None and mask.shape[0] != n):
+        raise ValueError(f"dropout: bits {bits.shape[0]}, x {n}, y {y.shape[0]}"
+                         + ("" if mask is None else f", mask {mask.shape[0]}") + ": lengths differ")
+    if n == 0:
+        return
+    cdef int nthreads = max_threads() if n * sizeof(floating) >= MOVE_ROWS_PARALLEL_BYTES else 1
+    cdef floating *mp = NULL if mask is None else &mask[0]
+    with nogil:
+        if floating is float:
+            lstm_dropout_f32(nthreads, n, &bits[0], threshold, <float>scale, &x[0], &y[0], mp)
+        else:
+            lstm_dropout_f64(nthreads, n, &bits[0], threshold, scale, &x[0], &y[0], mp)
 
 
 def move_rows(const int64_t[::1] src_rows, const floating[:, ::1] src, floating[:, ::1] dst):

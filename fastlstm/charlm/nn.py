@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from .._dropout import keep_mask
+from .._dropout import apply_keep, keep_bits
 from .._validate import check_dtype
 
 #: A seed for ``numpy.random.default_rng`` or a Generator to use as it is.
@@ -362,7 +362,8 @@ class Dropout:
         self.rng = _rng(seed)
         self.params: dict[str, NDArray[np.floating]] = {}
         self.grads: dict[str, NDArray[np.floating]] = {}
-        self._mask: NDArray[np.bool_] | None = None
+        # the last training mask's draws: (bits, threshold) of _dropout.keep_bits
+        self._mask: tuple[NDArray[np.uint16], np.uint16] | None = None
         self._scale: Any = 1.0
 
     def forward(self, x: ArrayLike, *, training: bool = False,
@@ -387,11 +388,9 @@ class Dropout:
         if not training or self.p == 0.0:
             self._mask = None
             return x
-        self._mask = keep_mask(self.rng, x.shape, self.p)
+        self._mask = keep_bits(self.rng, x.shape, self.p)
         self._scale = x.dtype.type(1.0 / (1.0 - self.p))
-        y = np.multiply(x, self._mask, out=out)
-        y *= self._scale
-        return y
+        return apply_keep(*self._mask, self._scale, x, out=out)
 
     def backward(self, dy: NDArray[np.floating], *,
                  out: NDArray[np.floating] | None = None) -> NDArray[np.floating]:
@@ -411,9 +410,7 @@ class Dropout:
         """
         if self._mask is None:
             return dy
-        dx = np.multiply(dy, self._mask, out=out)
-        dx *= self._scale
-        return dx
+        return apply_keep(*self._mask, self._scale, dy, out=out)
 
 
 def _shifted_exp(logits: NDArray[np.floating], axis: int) -> tuple[NDArray[np.floating], ...]:
