@@ -260,8 +260,8 @@ void lstm_backward_products_f32(const lstm_blas *blas, ptrdiff_t T, ptrdiff_t N,
  *   nparts parts' first I columns (parts [nparts, G, W] IN, W >= I + K), dW_hh
  *   [G, K] += of their next K; db as in lstm_backward_products. */
 void lstm_gather_xh_f32(ptrdiff_t a, ptrdiff_t nr, ptrdiff_t N, ptrdiff_t rows, ptrdiff_t I,
-                        ptrdiff_t K, ptrdiff_t ld, ptrdiff_t pw, const float *x, const float *h0, const float *y,
-                        const float *h_prev, int rev, float *xh);
+                        ptrdiff_t K, ptrdiff_t ld, ptrdiff_t pw, const float *x, const float *h0,
+                        const float *y, const float *h_prev, int rev, float *xh);
 void lstm_backward_sum_grads_f32(ptrdiff_t I, ptrdiff_t K, ptrdiff_t G, ptrdiff_t W,
                                  ptrdiff_t g0, ptrdiff_t g1, const float *parts, int nparts,
                                  float *dW_ih, float *dW_hh, float *db, const float *db_parts,

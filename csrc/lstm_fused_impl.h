@@ -862,7 +862,7 @@ INLINE void FN(grads_tile)(const int R, const int V, ptrdiff_t nk, ptrdiff_t G, 
 #endif
 #define GRADS_V(R_, V_)                                                 \
     case V_:                                                            \
-        FN(grads_tile)(R_, V_, nk, G, Wp, xs, dP, xh, C, first);            \
+        FN(grads_tile)(R_, V_, nk, G, Wp, xs, dP, xh, C, first);        \
         break;
 #define GRADS_R(R_)                                                     \
     case R_:                                                            \

@@ -59,6 +59,13 @@ def test_c_move_rows_refuses_bad_rows_and_shapes():
         move(np.zeros(2, np.int64), src, np.empty((2, 5), np.float32))
 
 
+def _step_rows(lengths):
+    """(s, n) of every packed row, by definition: step s runs the rows longer than s,
+    longest first (ties in batch order)."""
+    perm = np.argsort(-lengths, kind="stable")
+    return [(s, n) for s in range(lengths.max()) for n in perm if lengths[n] > s]
+
+
 @pytest.mark.parametrize("move", MOVERS)
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_step_order_packs_and_unpacks_as_defined(move, reverse):
@@ -68,10 +75,8 @@ def test_step_order_packs_and_unpacks_as_defined(move, reverse):
     a = rng.standard_normal((T, N, F)).astype(np.float32)
     order = _steps.StepOrder(lengths, T, N, reverse, move)
     packed = order.packed(a)
-    # by definition: step s runs the sorted rows longer than s, each at its own time index
-    perm = np.argsort(-lengths, kind="stable")
-    want = [a[(lengths[n] - 1 - s) if reverse else s, n]
-            for s in range(lengths.max()) for n in perm if lengths[n] > s]
+    # each row at its own time index
+    want = [a[(lengths[n] - 1 - s) if reverse else s, n] for s, n in _step_rows(lengths)]
     np.testing.assert_array_equal(packed, np.array(want))
     back = np.full((T, N, F), np.nan, np.float32)
     order.unpack(packed, back)
@@ -92,11 +97,8 @@ def test_step_order_h_prev_is_each_rows_state_one_step_before(move, reverse):
     y = rng.standard_normal((T, N, K)).astype(np.float32)
     h0 = rng.standard_normal((N, K)).astype(np.float32)
     order = _steps.StepOrder(lengths, T, N, reverse, move)
-    perm = np.argsort(-lengths, kind="stable")
-    want = []
-    for s in range(lengths.max()):
-        for n in perm[lengths[perm] > s]:
-            t_before = (lengths[n] - s) if reverse else s - 1  # the time index of step s - 1
-            want.append(h0[n] if s == 0 else y[t_before, n])
+    # step 0 reads h0, step s the time index of step s - 1
+    want = [h0[n] if s == 0 else y[(lengths[n] - s) if reverse else s - 1, n]
+            for s, n in _step_rows(lengths)]
     np.testing.assert_array_equal(order.h_prev(h0, y), np.array(want))
     np.testing.assert_array_equal(order.h_prev(h0, np.asfortranarray(y)), np.array(want))

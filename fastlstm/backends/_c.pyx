@@ -1484,21 +1484,27 @@ def scatter_add_rows(const int64_t[::1] ids, const floating[:, ::1] src, floatin
             lstm_scatter_add_rows_f64(rows, G, &ids[0], &src[0, 0], &dst[0, 0])
 
 
-MOVE_ROWS_PARALLEL_BYTES = 256 * 1024
+#: Bytes from which the elementwise passes (dropout, move_rows) run on the threads; below,
+#: starting them costs more than they save.
+THREADED_PASS_BYTES = 256 * 1024
+
+
+cdef int _pass_threads(Py_ssize_t nbytes):
+    return max_threads() if nbytes >= THREADED_PASS_BYTES else 1
 
 
 def dropout(const uint16_t[::1] bits, unsigned threshold, double scale, const floating[::1] x,
             floating[::1] y, floating[::1] mask=None):
     """Inverted dropout (fastlstm/_dropout.py): y = x * m, m = (bits >= threshold) * scale
     (0 or scale; bit for bit (x * keep) * scale), and mask = m when given. 1-D arrays of one
-    length; y may be x; threads above MOVE_ROWS_PARALLEL_BYTES."""
+    length; y may be x; on the threads from THREADED_PASS_BYTES."""
     cdef Py_ssize_t n = x.shape[0]
     if bits.shape[0] != n or y.shape[0] != n or (mask is not None and mask.shape[0] != n):
         raise ValueError(f"dropout: bits {bits.shape[0]}, x {n}, y {y.shape[0]}"
                          + ("" if mask is None else f", mask {mask.shape[0]}") + ": lengths differ")
     if n == 0:
         return
-    cdef int nthreads = max_threads() if n * sizeof(floating) >= MOVE_ROWS_PARALLEL_BYTES else 1
+    cdef int nthreads = _pass_threads(n * sizeof(floating))
     cdef floating *mp = NULL if mask is None else &mask[0]
     with nogil:
         if floating is float:
@@ -1519,9 +1525,7 @@ def move_rows(const int64_t[::1] src_rows, const floating[:, ::1] src, floating[
             raise IndexError(f"source row {src_rows[r]} at row {r} is outside [-1, {S})")
     if rows == 0 or F == 0:
         return
-    # threads for a copy of at least MOVE_ROWS_PARALLEL_BYTES (below, starting them costs
-    # more than they save)
-    cdef int nthreads = max_threads() if dst.nbytes >= MOVE_ROWS_PARALLEL_BYTES else 1
+    cdef int nthreads = _pass_threads(dst.nbytes)
     with nogil:
         if floating is float:
             lstm_move_rows_f32(nthreads, rows, F, &src_rows[0], &src[0, 0] if S else NULL,

@@ -163,8 +163,7 @@ class StepOrder:
         # ran at the step before
         n0 = int(self.batch[0]) if self.steps else 0
         hp[:n0] = h0[self.n_idx[:n0]]
-        later = np.arange(n0, self.rows)
-        prev = self._offsets[self._step[later] - 1] + self._sorted_row[later]
+        prev = self._offsets[self._step[n0:] - 1] + self._sorted_row[n0:]
         if y.flags.c_contiguous:
             self._move(self._padded_row[prev], y.reshape(-1, y.shape[2]), hp[n0:])
         else:
