@@ -38,7 +38,8 @@ typedef struct {
                     const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t P,
                     const float *x, const float *W_ih, const float *b, const float *W_hh,
                     float *W_f, float *W_x, const float *W_hr, const float *h0, const float *c0,
-                    float *gates, int keep, float *y, float *cs, float *ms, int rev);
+                    float *gates, int keep, float *y, float *cs, float *ms, int rev,
+                    const lstm_rows_place *place);
     void (*backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T, ptrdiff_t N,
                      const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H, const float *x,
                      const float *W_ih, const float *h0, const float *c0, const float *y,
@@ -180,12 +181,14 @@ void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_ro
                         ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t P, const float *x, const float *W_ih,
                         const float *b, const float *W_hh, float *W_f, float *W_x,
                         const float *W_hr, const float *h0, const float *c0, float *gates,
-                        int keep, float *y, float *cs, float *ms, int rev)
+                        int keep, float *y, float *cs, float *ms, int rev,
+                        const lstm_rows_place *place)
 {
     const path_kernels *k = usable(path);
-    if (k && T > 0 && N > 0 && H > 0)
+    /* (placed rows need the batch of each step and no projection) */
+    if (k && T > 0 && N > 0 && H > 0 && (!place || (batch && P == 0)))
         k->forward(blas, nthreads, by_rows, T, N, batch, I, Ip, H, P, x, W_ih, b, W_hh, W_f, W_x,
-                   W_hr, h0, c0, gates, keep, y, cs, ms, rev && !batch);
+                   W_hr, h0, c0, gates, keep, y, cs, ms, rev && !batch, place);
 }
 
 ptrdiff_t lstm_fused_backward_work_size(int nthreads, ptrdiff_t N, ptrdiff_t rows, ptrdiff_t I,

@@ -78,6 +78,22 @@ void lstm_fused_pack_forward(int path, ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t R, c
  * on AVX-512 and 2U on the other paths, zero padded. */
 void lstm_fused_pack_backward(int path, ptrdiff_t H, ptrdiff_t R, const float *W_hh, float *W_b);
 
+/* Where the rows of a forward with a batch (variable lengths) live when they stay
+ * in the caller's padded [T_pad, N, ...] arrays instead of packed ones: the loop
+ * then reads x and writes y in place, and no copy goes in or out.
+ *   x:    [rows] or NULL: packed row r's x is row x[r] of the padded x (viewed as
+ *         [T_pad * N, I]); NULL: x is packed. Not with the BLAS projection (Ip =
+ *         0 and W_x NULL), which reads x packed.
+ *   y:    [rows]: packed row r's h is written to row y[r] of the padded y
+ *         ([T_pad * N, K]), where the next step reads it back; and at each step t,
+ *         row t * N + perm[n] of y is set to 0 for every sorted row n that has
+ *         ended (n >= batch[t]). Rows of times T..T_pad-1 are the caller's.
+ *   perm: [N] the batch row of each sorted row.
+ * Only without a projection (P = 0); gates and cs stay packed. */
+typedef struct {
+    const ptrdiff_t *x, *y, *perm;
+} lstm_rows_place;
+
 /* Forward pass of one layer, input projection included.
  *   batch: [T] or NULL  rows per step with variable lengths (lstm_common.h:
  *                       x, gates, y, cs and ms are then packed, `rows` rows in
@@ -113,13 +129,15 @@ void lstm_fused_pack_backward(int path, ptrdiff_t H, ptrdiff_t R, const float *W
  * rev (with batch NULL): a reverse pass over full lengths, in place: step t
  * runs time T-1-t, so every [T, N, ...] array keeps its time order (no
  * copies in step order); its final state is then at time 0.
+ * place: NULL, or (with batch and P = 0) where the rows are (lstm_rows_place).
  */
 void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows,
                         ptrdiff_t T, ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I,
                         ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t P, const float *x, const float *W_ih,
                         const float *b, const float *W_hh, float *W_f, float *W_x,
                         const float *W_hr, const float *h0, const float *c0, float *gates,
-                        int keep, float *y, float *cs, float *ms, int rev);
+                        int keep, float *y, float *cs, float *ms, int rev,
+                        const lstm_rows_place *place);
 
 /* Backward pass of one layer.
  *   batch, P, x, W_ih, W_hr, h0, c0, y, cs, ms   IN  as in the forward pass

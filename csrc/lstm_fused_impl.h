@@ -129,12 +129,19 @@ INLINE FN(items) FN(step_items)(lstm_team me, ptrdiff_t n, ptrdiff_t rb, ptrdiff
     return s;
 }
 
-/* acc[r][g] += the K-row product of R rows src[r * lds + k] with a panel's
- * rows Wp[k] (4 gates x VL units each): the inner loop of the forward and
+/* rows[r] = src + r * lds for r < R: the row pointers of R rows of a strided array. */
+INLINE void FN(strided_rows)(const int R, const float *src, ptrdiff_t lds, const float **rows)
+{
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) rows[r] = src + r * lds;
+}
+
+/* acc[r][g] += the K-row product of R rows (rows[r][k], each row anywhere) with a
+ * panel's rows Wp[k] (4 gates x VL units each): the inner loop of the forward and
  * projection blocks. pf: a line to prefetch per k (advanced by 64 bytes), or
  * NULL; returns it advanced. */
-INLINE const char *FN(panel_products)(const int R, ptrdiff_t K, const float *Wp, const float *src,
-                                      ptrdiff_t lds, VF acc[][4], const char *pf)
+INLINE const char *FN(panel_products)(const int R, ptrdiff_t K, const float *Wp,
+                                      const float *const *rows, VF acc[][4], const char *pf)
 {
     for (ptrdiff_t k = 0; k < K; ++k) {
         const float *w = Wp + k * 4 * VL;
@@ -146,7 +153,7 @@ INLINE const char *FN(panel_products)(const int R, ptrdiff_t K, const float *Wp,
         VF w2 = FN(load)(w + 2 * VL), w3 = FN(load)(w + 3 * VL);
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r) {
-            VF b = FN(splat)(src[r * lds + k]);
+            VF b = FN(splat)(rows[r][k]);
             acc[r][0] += b * w0;
             acc[r][1] += b * w1;
             acc[r][2] += b * w2;
@@ -193,7 +200,9 @@ INLINE void FN(panel_block)(const int R, ptrdiff_t K, ptrdiff_t nvalid, const fl
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
         acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = FN(splat)(0.0f);
-    FN(panel_products)(R, K, Wp, src, lds, acc, pf);
+    const float *rows[RF];
+    FN(strided_rows)(R, src, lds, rows);
+    FN(panel_products)(R, K, Wp, rows, acc, pf);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
@@ -251,25 +260,24 @@ static void FN(panel_product)(lstm_team me, ptrdiff_t n, ptrdiff_t K, ptrdiff_t 
  * hoisted projection is read from gates. The gates are finished in
  * registers and written out, unless keep is 0 (an inference pass keeps
  * nothing for backward, and saves the stores and the cache lines they would
- * take from the weights). */
+ * take from the weights). Rows may lie anywhere: x_rows (NULL: no fused
+ * projection), h_prev and h are a pointer per row (h's at the panel's first
+ * unit); c_prev, gates and c are R consecutive rows. */
 INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t KR, ptrdiff_t nvalid,
-                              const float *Wp, const float *x_rows, const float *bias,
-                              const float *h_prev, const float *c_prev, float *gates,
-                              int keep, float *c, float *h, const char *pf)
+                              const float *Wp, const float *const *x_rows, const float *bias,
+                              const float *const *h_prev, const float *c_prev, float *gates,
+                              int keep, float *c, float *const *h, const char *pf)
 {
     const ptrdiff_t G = 4 * H;
     VF acc[RF][4];
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
         acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = FN(splat)(0.0f);
-    const float *src = x_rows ? x_rows : h_prev;
-    ptrdiff_t K = x_rows ? I : KR;
-    for (int part = 0; part < (x_rows ? 2 : 1); ++part) {
-        pf = FN(panel_products)(R, K, Wp, src, K, acc, pf);
-        Wp += K * 4 * VL;
-        src = h_prev;
-        K = KR;
+    if (x_rows) {
+        pf = FN(panel_products)(R, I, Wp, x_rows, acc, pf);
+        Wp += I * 4 * VL;
     }
+    FN(panel_products)(R, KR, Wp, h_prev, acc, pf);
     VF add[4];
     if (x_rows) {
         add[0] = FN(loadn)(bias, nvalid);
@@ -286,7 +294,7 @@ INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t K
             add[2] = FN(loadn)(pre + 2 * H, nvalid);
             add[3] = FN(loadn)(pre + 3 * H, nvalid);
         }
-        FN(cell)(acc[r], add, c_prev + r * H, pre, keep, H, nvalid, c + r * H, h + r * H);
+        FN(cell)(acc[r], add, c_prev + r * H, pre, keep, H, nvalid, c + r * H, h[r]);
     }
 }
 
@@ -296,10 +304,10 @@ INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t K
                           pf);                                                              \
         break;
 
-static void FN(forward_rows)(int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t KR, ptrdiff_t nvalid, const float *Wp,
-                             const float *x_rows, const float *bias, const float *h_prev,
-                             const float *c_prev, float *gates, int keep, float *c, float *h,
-                             const char *pf)
+static void FN(forward_rows)(int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t KR, ptrdiff_t nvalid,
+                             const float *Wp, const float *const *x_rows, const float *bias,
+                             const float *const *h_prev, const float *c_prev, float *gates,
+                             int keep, float *c, float *const *h, const char *pf)
 {
     switch (R) {
     FWD_CASE(1) FWD_CASE(2)
@@ -420,13 +428,14 @@ INLINE void FN(store_projected)(const int R, ptrdiff_t H, ptrdiff_t nvalid, VF a
 }
 
 INLINE void FN(project_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t nvalid,
-                              const float *Wp, const float *x, const float *bias, float *gates)
+                              const float *Wp, const float *const *x, const float *bias,
+                              float *gates)
 {
     VF acc[RF][4];
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
         acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = FN(splat)(0.0f);
-    FN(panel_products)(R, I, Wp, x, I, acc, NULL);
+    FN(panel_products)(R, I, Wp, x, acc, NULL);
     FN(store_projected)(R, H, nvalid, acc, bias, gates);
 }
 
@@ -436,7 +445,7 @@ INLINE void FN(project_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t n
         break;
 
 static void FN(project_rows)(int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t nvalid, const float *Wp,
-                             const float *x, const float *bias, float *gates)
+                             const float *const *x, const float *bias, float *gates)
 {
     switch (R) {
     PROJ_CASE(1) PROJ_CASE(2)
@@ -505,8 +514,10 @@ INLINE void FN(step_project_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdif
             pacc[r][3] += b * u3;
         }
     }
-    FN(panel_products)(1, KR - kc, Wp + kc * 4 * VL, h_prev + kc, 0, acc, pf);
-    FN(panel_products)(R, I - kc, Wx + kc * 4 * VL, xr + kc, I, pacc, NULL);
+    const float *hrow[1] = {h_prev + kc}, *xrows[PB];
+    FN(strided_rows)(R, xr + kc, I, xrows);
+    FN(panel_products)(1, KR - kc, Wp + kc * 4 * VL, hrow, acc, pf);
+    FN(panel_products)(R, I - kc, Wx + kc * 4 * VL, xrows, pacc, NULL);
     FN(store_projected)(R, H, nvalid, pacc, bias, grows);
     VF add[4];
 #pragma GCC unroll 4
@@ -534,10 +545,11 @@ static void FN(step_project_rows)(int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t KR,
 
 /* Panels p0..p1-1 of the projection of all rows: W_ih packed into W_x by
  * this thread (its panels only; W_ih NULL: W_x holds them already, packed once
- * for many calls), then each panel over every row. */
+ * for many calls), then each panel over every row. Row r of x is x + r * I, or
+ * x + xplace[r] * I when xplace is given. */
 static void FN(project_panels)(ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t rows, ptrdiff_t I,
-                               ptrdiff_t H, const float *x, const float *W_ih, const float *b,
-                               float *W_x, float *gates)
+                               ptrdiff_t H, const float *x, const ptrdiff_t *xplace,
+                               const float *W_ih, const float *b, float *W_x, float *gates)
 {
     const ptrdiff_t G = 4 * H, nblocks = (rows + RF - 1) / RF;
     if (W_ih) FN(pack_panels)(p0, p1, I, H, 0, W_ih, NULL, W_x);
@@ -545,8 +557,10 @@ static void FN(project_panels)(ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t rows, ptrdi
         const ptrdiff_t j0 = p * VL, nvalid = H - j0 < VL ? H - j0 : VL;
         for (ptrdiff_t blk = 0; blk < nblocks; ++blk) {
             const ptrdiff_t r0 = rows * blk / nblocks, r1 = rows * (blk + 1) / nblocks;
-            FN(project_rows)((int)(r1 - r0), H, I, nvalid, W_x + p * I * 4 * VL, x + r0 * I,
-                             b + j0, gates + r0 * G + j0);
+            const float *xr[RF];
+            for (ptrdiff_t r = r0; r < r1; ++r) xr[r - r0] = x + (xplace ? xplace[r] : r) * I;
+            FN(project_rows)((int)(r1 - r0), H, I, nvalid, W_x + p * I * 4 * VL, xr, b + j0,
+                             gates + r0 * G + j0);
         }
     }
 }
@@ -556,10 +570,12 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
                         ptrdiff_t H, ptrdiff_t P, const float *x, const float *W_ih,
                         const float *b, const float *W_hh, float *W_f, float *W_x,
                         const float *W_hr, const float *h0, const float *c0, float *gates,
-                        int keep, float *y, float *cs, float *ms, int rev)
+                        int keep, float *y, float *cs, float *ms, int rev,
+                        const lstm_rows_place *place)
 {
     /* KR: the width of h (P with a projection, whose cell output m goes to ms
      * and h = m . W_hr^T is one more product, after a barrier) */
+    const ptrdiff_t *xplace = place ? place->x : NULL, *yplace = place ? place->y : NULL;
     const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H, KR = P ? P : H, K = Ip + KR;
     const ptrdiff_t rows = lstm_total_rows(batch, T, N);
     float *m = P ? ms : y;
@@ -580,14 +596,15 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
         }
         /* one row at every step (rows == T: a reverse pass or a length packs them so
          * too), projected PB rows ahead (see step_project_block) */
-        const int one_row = lstm_one_row_ahead_on() && !Ip && x && W_x && !P && N == 1 && rows == T && T > PB
+        const int one_row = lstm_one_row_ahead_on() && !Ip && x && W_x && !P && !place && N == 1 && rows == T
+                            && T > PB
                             && I >= LSTM_ONE_ROW_MIN_INPUT
                             && G * (KR + I) * (ptrdiff_t)sizeof(float) <= LSTM_ONE_ROW_MAX_BYTES;
         if (!Ip && x && W_x) {
             /* (a reverse pass's first PB steps are the last PB rows) */
             const ptrdiff_t r0 = one_row && rev ? rows - PB : 0;
-            FN(project_panels)(p.lo, p.hi, one_row ? PB : rows, I, H, x + r0 * I, W_ih, b, W_x,
-                               gates + r0 * G);
+            FN(project_panels)(p.lo, p.hi, one_row ? PB : rows, I, H, x + r0 * I, xplace, W_ih,
+                               b, W_x, gates + r0 * G);
         } else if (!Ip) {
             /* Hoisted projection for every step at once, split by units. */
             const ptrdiff_t u0 = p.lo * VL, u1 = p.hi * VL < H ? p.hi * VL : H;
@@ -610,6 +627,12 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
             const FN(items) s = FN(step_items)(me, Nt, RF, npanels);
             const float *h_prev = t ? y + off_prev * KR : h0;
             const float *c_prev = t ? cs + off_prev * H : c0;
+            if (yplace && Nt < N) {
+                /* the padded zeros of time t: the rows that ran out before it */
+                const lstm_range z = lstm_share(N - Nt, me);
+                for (ptrdiff_t n = Nt + z.lo; n < Nt + z.hi; ++n)
+                    memset(y + (t * N + place->perm[n]) * KR, 0, (size_t)KR * sizeof(float));
+            }
             /* Every other step runs the items backwards: it starts on the
              * panels the step before read last, still in L2 when this thread's
              * share of the weights is larger than L2 (read in the same order
@@ -634,10 +657,18 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
                                           m + r0 * H + j0, it.pf);
                     continue;
                 }
+                /* the block's rows: packed at r0.., or placed in the padded x and y */
+                const float *xr[RF], *hr[RF];
+                float *hout[RF];
+                for (ptrdiff_t r = 0; r < it.n1 - n0; ++r) {
+                    const ptrdiff_t row = r0 + r, prev = off_prev + n0 + r;
+                    if (Ip) xr[r] = x + (xplace ? xplace[row] : row) * Ip;
+                    hr[r] = !t ? h0 + (n0 + r) * KR : y + (yplace ? yplace[prev] : prev) * KR;
+                    hout[r] = m + (yplace ? yplace[row] : row) * H + j0;
+                }
                 FN(forward_rows)((int)(it.n1 - n0), H, Ip, KR, nvalid, W_f + it.p * K * 4 * VL,
-                                 Ip ? x + r0 * Ip : NULL, b + j0, h_prev + n0 * KR,
-                                 c_prev + n0 * H + j0, gates + r0 * G + j0, keep,
-                                 cs + r0 * H + j0, m + r0 * H + j0, it.pf);
+                                 Ip ? xr : NULL, b + j0, hr, c_prev + n0 * H + j0,
+                                 gates + r0 * G + j0, keep, cs + r0 * H + j0, hout, it.pf);
             }
             LSTM_BARRIER();
             if (P) {
@@ -1189,8 +1220,10 @@ static void FN(row_panels)(ptrdiff_t p0, ptrdiff_t p1, int down, ptrdiff_t Ip, p
         const ptrdiff_t pn = down ? (p > p0 ? p - 1 : p1 - 1) : (p + 1 < p1 ? p + 1 : p0);
         const ptrdiff_t j0 = p * VL, nvalid = H - j0 < VL ? H - j0 : VL;
         /* keep = 0: add is only read, as the hoisted projection would be */
-        FN(forward_rows)(1, H, Ip, H, nvalid, W_f + p * panel, Ip ? x : NULL, add + j0, h_prev,
-                         c + j0, (float *)(uintptr_t)(add + j0), 0, c + j0, h + j0,
+        const float *xr[1] = {x}, *hr[1] = {h_prev};
+        float *hout[1] = {h + j0};
+        FN(forward_rows)(1, H, Ip, H, nvalid, W_f + p * panel, Ip ? xr : NULL, add + j0, hr,
+                         c + j0, (float *)(uintptr_t)(add + j0), 0, c + j0, hout,
                          (const char *)(W_f + pn * panel));
     }
 }

@@ -56,13 +56,17 @@ def _assert_matches(actual, expected, dtype, case):
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-@pytest.mark.parametrize("fuse", ["always", "never"])
+@pytest.mark.parametrize("fuse", ["always", "never", "never-blas"])
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"T{c[0]}-N{c[1]}-H{c[3]}-P{c[4]}"
                          + ("-lengths" if c[5] else ""))
 def test_options_match_reference_on_every_path(monkeypatch, threads, path, fuse, case, reverse):
     monkeypatch.setenv("FASTLSTM_KERNEL", path)
-    monkeypatch.setenv("FASTLSTM_FUSE_INPUT", fuse)
+    # the input projection fused into the steps, hoisted on the kernels (reading x where
+    # it lies in the padded batch, with lengths) or hoisted to BLAS (reading x packed)
+    monkeypatch.setenv("FASTLSTM_FUSE_INPUT", fuse.split("-")[0])
+    if fuse == "never-blas":
+        monkeypatch.setenv("FASTLSTM_PROJECT_X_BYTES", "0")
     T, N, I, H, P, lengths = case
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a fallback to NumPy would warn
@@ -222,3 +226,53 @@ def test_scratch_buffers_are_kept_per_slot_and_thread(monkeypatch):
     monkeypatch.setattr(_steps, "SCRATCH_KEEP_BYTES", 1000)
     big = _steps.scratch("a", (100, 100), np.float32)  # above the limit: a fresh array
     assert big.shape == (100, 100) and not np.shares_memory(big, _steps.scratch("a", (100, 100), np.float32))
+
+
+def test_placed_rows_are_checked():
+    # with lengths the float32 loop reads x and writes y in the padded batch, where the
+    # private entry point's place and perm say: each must lie inside the arrays
+    f = np.float32
+    T, N, I, H = 3, 2, 2, 3
+    batch = np.array([2, 1, 1], np.intp)
+    place, perm = np.array([0, 1, 2, 4], np.intp), np.array([1, 0], np.intp)
+
+    def call(place=place, perm=perm, padded=T * N):
+        c_backend._forward_packed(
+            np.zeros((padded, I), f), np.zeros((N, H), f), np.zeros((N, H), f), np.zeros((4 * H, I), f),
+            np.zeros((4 * H, H), f), np.zeros((0, H), f), np.zeros(4 * H, f), batch, np.zeros((padded, H), f),
+            np.zeros((4, 4 * H), f), np.zeros((4, H), f), np.zeros((0, H), f), True, T, None,
+            place, perm)
+
+    call()  # consistent
+    for bad in ({"place": np.array([0, 1, 2, 6], np.intp)}, {"place": np.array([0, -1, 2, 4], np.intp)},
+                {"perm": np.array([1, 2], np.intp)}, {"perm": np.array([0], np.intp)},
+                {"padded": T * N - 1}):
+        with pytest.raises(ValueError):
+            call(**bad)
+
+
+@pytest.mark.parametrize("fuse", ["always", "never"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_lengths_write_zeros_over_whatever_y_held(monkeypatch, threads, fuse, reverse):
+    # the loop writes y in place with lengths: every padded position must come out 0,
+    # whatever the buffer held before (here NaN), and the rest as the reference's
+    monkeypatch.setenv("FASTLSTM_FUSE_INPUT", fuse)
+    T, N, I, H = 6, 9, 4, 20
+    lengths = np.array([6, 0, 2, 5, 1, 6, 3, 2, 4])
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((T, N, I)).astype(np.float32)
+    W_ih, W_hh = (0.3 * rng.standard_normal((2, 4 * H, max(I, H)))).astype(np.float32)
+    W_ih, W_hh = np.ascontiguousarray(W_ih[:, :I]), np.ascontiguousarray(W_hh[:, :H])
+    b = (0.1 * rng.standard_normal(4 * H)).astype(np.float32)
+    h0, c0 = rng.standard_normal((2, N, H)).astype(np.float32)
+    y, hT, cT = np.full((T, N, H), np.nan, np.float32), np.empty((N, H), np.float32), np.empty((N, H), np.float32)
+    gates, cs = np.empty((T, N, 4 * H), np.float32), np.empty((T, N, H), np.float32)
+    c_backend.forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, False, lengths=lengths,
+                      reverse=reverse)
+    y_ref, (h_ref, c_ref), _ = fastlstm.lstm_forward(x, W_ih, W_hh, b, np.zeros_like(b), (h0, c0),
+                                                     lengths=lengths, reverse=reverse, backend=REFERENCE)
+    padded = np.arange(T)[:, None] >= lengths[None, :]
+    assert not y[padded].any() and not np.isnan(y).any()
+    assert_close(y, y_ref, np.float32, "y")
+    assert_close(hT, h_ref, np.float32, "h_n")
+    assert_close(cT, c_ref, np.float32, "c_n")

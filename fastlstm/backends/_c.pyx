@@ -8,7 +8,9 @@ csrc/lstm_fused.h has the fused float32 paths, csrc/lstm_blas_loop.h the
 BLAS path (float64, and float32 with FASTLSTM_KERNEL=blas). Products go to
 BLAS through scipy.linalg.cython_blas (no link step). The GIL is released
 for the whole sequence. Variable lengths and the reverse direction go through
-a StepOrder (_steps.py): the C loops see sorted rows, packed step by step.
+a StepOrder (_steps.py): the C loops see sorted rows, packed step by step. The
+float32 forward's loop reads x and writes y where they lie in the padded batch
+(the StepOrder says where; no copies in or out); the rest is packed.
 """
 
 from cython cimport floating
@@ -116,12 +118,17 @@ cdef extern from "lstm_fused.h" nogil:
                                  const float *W_ih, const float *W_hh, float *W_f)
     void lstm_fused_pack_backward(int path, Py_ssize_t H, Py_ssize_t R, const float *W_hh,
                                   float *W_b)
+    ctypedef struct lstm_rows_place:
+        const Py_ssize_t *x
+        const Py_ssize_t *y
+        const Py_ssize_t *perm
     void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows, Py_ssize_t T,
                             Py_ssize_t N, const Py_ssize_t *batch, Py_ssize_t I, Py_ssize_t Ip,
                             Py_ssize_t H, Py_ssize_t P, const float *x, const float *W_ih,
                             const float *b, const float *W_hh, float *W_f, float *W_x,
                             const float *W_hr, const float *h0, const float *c0, float *gates,
-                            int keep, float *y, float *cs, float *ms, int rev)
+                            int keep, float *y, float *cs, float *ms, int rev,
+                            const lstm_rows_place *place)
     void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows, Py_ssize_t T,
                              Py_ssize_t N, const Py_ssize_t *batch, Py_ssize_t I, Py_ssize_t H,
                              Py_ssize_t P, const float *x, const float *W_ih, const float *W_b,
@@ -614,7 +621,7 @@ def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const
             lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, NULL, I, Ip, H, 0,
                                xp, wih, &b[0], whh, &packed[0], pxp, NULL, &h0[0, 0],
                                &c0[0, 0], &gates[0, 0, 0], keep, &y[0, 0, 0], &cs[0, 0, 0], NULL,
-                               rev)
+                               rev, NULL)
         memcpy(&hT[0, 0], &y[last, 0, 0], N * H * sizeof(floating))
         memcpy(&cT[0, 0], &cs[last, 0, 0], N * H * sizeof(floating))
 
@@ -699,26 +706,63 @@ cdef _check_batch(const Py_ssize_t[::1] batch, Py_ssize_t T, Py_ssize_t N, Py_ss
         raise ValueError(f"batch sums to {total}, expected {rows} packed rows")
 
 
+cdef _check_place(place, perm, const Py_ssize_t[::1] batch, Py_ssize_t T, Py_ssize_t N,
+                  Py_ssize_t x_rows, Py_ssize_t y_rows, Py_ssize_t P):
+    # Memory safety for placed rows: every place a row of x and y, every perm a batch row,
+    # and room in y for the zeros of every step.
+    cdef const Py_ssize_t[::1] pl = place
+    cdef const Py_ssize_t[::1] pm = perm
+    cdef Py_ssize_t r, lo = 0, hi = -1
+    if P:
+        raise ValueError("placed rows run without a projection")
+    if batch.shape[0] == 0:
+        raise ValueError("placed rows need the batch of each step")
+    if pm.shape[0] != N:
+        raise ValueError(f"perm has {pm.shape[0]} rows, expected N = {N}")
+    if x_rows != y_rows or y_rows < T * N:
+        raise ValueError(f"placed x and y must have the same T_pad * N >= {T * N} rows, "
+                         f"got {x_rows} and {y_rows}")
+    for r in range(pl.shape[0]):
+        lo = min(lo, pl[r])
+        hi = max(hi, pl[r])
+    if lo < 0 or hi >= y_rows:
+        raise ValueError(f"place must lie in [0, {y_rows}), got [{lo}, {hi}]")
+    lo, hi = 0, -1
+    for r in range(N):
+        lo = min(lo, pm[r])
+        hi = max(hi, pm[r])
+    if N and (lo < 0 or hi >= N):
+        raise ValueError(f"perm must lie in [0, {N}), got [{lo}, {hi}]")
+
+
 def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const floating[:, ::1] c0,
                     const floating[:, ::1] W_ih, const floating[:, ::1] W_hh,
                     const floating[:, ::1] W_hr, const floating[::1] b,
                     const Py_ssize_t[::1] batch, floating[:, ::1] y, floating[:, ::1] gates,
                     floating[:, ::1] cs, floating[:, ::1] ms, bint keep, Py_ssize_t T,
-                    prepacked=None):
+                    prepacked=None, place=None, perm=None):
     """The forward loop on packed rows (StepOrder): x [rows, I], y [rows, K],
     gates [rows, G], cs and ms [rows, H]; h0 [N, K], c0 [N, H] sorted; batch
     [T] rows per step, or empty for T*N rows in order. W_hr [P, H] (P = 0:
     none). float32 takes its fused path (with a projection the recurrent product runs
     on P features and the projection is one more product per step), float64 the BLAS
-    loop."""
-    cdef Py_ssize_t rows = x.shape[0], I = x.shape[1], N = c0.shape[0], H = c0.shape[1]
+    loop. place [rows] and perm [N] (intp; float32 fused path, a batch, no projection):
+    x and y are the padded arrays [T_pad * N, I] and [T_pad * N, K] instead, packed row
+    r at their row place[r], and y's rows of ended sequences at times < T are zeroed
+    (lstm_rows_place); gates and cs stay packed."""
+    cdef Py_ssize_t I = x.shape[1], N = c0.shape[0], H = c0.shape[1]
+    cdef Py_ssize_t rows = x.shape[0] if place is None else len(place)
     cdef Py_ssize_t P = W_hr.shape[0], K = P if P else H, G = 4 * H
     _need("h0", h0.shape, 2, N, K)
     _need("W_ih", W_ih.shape, 2, G, I)
     _need("W_hh", W_hh.shape, 2, G, K)
     _need("W_hr", W_hr.shape, 2, P, H)
     _need("b", b.shape, 1, G)
-    _need("y", y.shape, 2, rows, K)
+    if place is None:
+        _need("y", y.shape, 2, rows, K)
+    else:
+        _check_place(place, perm, batch, T, N, x.shape[0], y.shape[0], P)
+        _need("y", y.shape, 2, x.shape[0], K)
     _need("gates", gates.shape, 2, rows, G)
     _need("cs", cs.shape, 2, rows, H)
     _need("ms", ms.shape, 2, rows if P else 0, H)
@@ -729,12 +773,31 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
     cdef const floating *whr = &W_hr[0, 0] if P else NULL
     cdef floating *msp = &ms[0, 0] if P else NULL
     cdef int path = _fused_path(<floating>0), nthreads, by_rows
+    if place is not None and (floating is double or path == LSTM_PATH_BLAS):
+        raise ValueError("placed rows run on the fused float32 loops only")
     cdef Py_ssize_t Ip
     cdef float[::1] packed
     cdef float[::1] packed_x
     cdef float *pxp = NULL
     weights, weights_x, Ip, nthreads, by_rows = _forward_setup(path, W_ih, W_hh, N, H, rows,
                                                                prepacked)
+    cdef lstm_rows_place where
+    cdef lstm_rows_place *wp = NULL
+    cdef const Py_ssize_t[::1] place_rows
+    cdef const Py_ssize_t[::1] perm_rows
+    if place is not None:
+        place_rows = place
+        perm_rows = perm
+        where.x = &place_rows[0]
+        where.y = &place_rows[0]
+        where.perm = &perm_rows[0]
+        wp = &where
+        if Ip == 0 and weights_x is None:
+            # the BLAS projection reads x packed
+            xp = scratch("x", (rows, I), np.float32)
+            move_rows(np.asarray(place, np.int64), x, xp)
+            x = xp
+            where.x = NULL
     cdef const floating *wih = &W_ih[0, 0]
     cdef const floating *whh = &W_hh[0, 0]
     if weights is not None:
@@ -758,7 +821,7 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
         else:
             lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, bp, I, Ip, H, P, &x[0, 0],
                                wih, &b[0], whh, &packed[0], pxp, whr, &h0[0, 0],
-                               &c0[0, 0], &gates[0, 0], keep, &y[0, 0], &cs[0, 0], msp, 0)
+                               &c0[0, 0], &gates[0, 0], keep, &y[0, 0], &cs[0, 0], msp, 0, wp)
 
 
 def _backward_packed(const floating[:, ::1] x, const floating[:, ::1] h0,
@@ -891,6 +954,21 @@ def _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reve
         cT[...] = c0
         return
     rows = order.rows
+    if (not P and not order.identity and dt == np.float32 and y.flags.c_contiguous
+            and _fused_path(<float>0) != LSTM_PATH_BLAS):
+        # the loop reads x and writes y where they are (no copies in or out)
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        y2 = y.reshape(T * N, K)
+        cp = _rows_view(cs, rows, H)
+        _forward_packed(x.reshape(T * N, x.shape[2]), order.sorted(h0), order.sorted(c0), W_ih,
+                        W_hh, np.empty((0, H), dt), b, order.batch, y2,
+                        _rows_view(gates, rows, 4 * H), cp, np.empty((0, H), dt), keep,
+                        order.steps, packed, order.padded_rows, order.perm)
+        y[order.steps:] = 0
+        order.final(y2, h0, hT, placed=True)
+        order.final(cp, c0, cT)
+        return
     # the packed copies live in this thread's scratch buffers (fresh ones cost page faults)
     yp = _rows_view(y, rows, K) if order.identity else scratch("y", (rows, K), dt)
     cp = _rows_view(cs, rows, H)

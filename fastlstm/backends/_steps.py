@@ -99,7 +99,7 @@ class StepOrder:
         self._ran = ran
         # each packed row's row of the padded batch viewed as [T * N, F]; its inverse
         # (-1 at padded positions) on first use
-        self._padded_row = (self.t_idx * N + self.n_idx).astype(np.int64)
+        self._padded_row = (self.t_idx * N + self.n_idx).astype(np.intp)
         self._packed_row = None
 
     def packed(self, a, slot=None):
@@ -142,11 +142,18 @@ class StepOrder:
         """out [N, F] (batch order) = a [N, F] (sorted order)."""
         out[self.perm] = a
 
-    def final(self, packed, initial, out):
-        """out [N, F] = each row's value at its last step (packed [rows, F]), or
-        ``initial`` [N, F] (batch order) for a length of 0."""
+    @property
+    def padded_rows(self):
+        """[rows] intp: each packed row's row in the padded batch viewed as [T * N, F]."""
+        return self._padded_row
+
+    def final(self, packed, initial, out, placed=False):
+        """out [N, F] = each row's value at its last step (packed [rows, F]; with
+        ``placed`` the padded [T * N, F] instead), or ``initial`` [N, F] (batch order) for
+        a length of 0."""
         out[...] = initial
-        out[self.perm[self._ran]] = packed[self._last]
+        last = self._padded_row[self._last] if placed else self._last
+        out[self.perm[self._ran]] = packed[last]
 
     def h_prev(self, h0, y, slot=None):
         """[rows, K]: the h each packed row read, h0 (batch order) at its first
