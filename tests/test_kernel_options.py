@@ -243,7 +243,8 @@ def test_placed_rows_are_checked():
             np.zeros((4, 4 * H), f), np.zeros((4, H), f), np.zeros((0, H), f), True, T, None,
             place, perm)
 
-    call()  # consistent
+    if PATHS != ["blas"]:  # (a build without the fused paths refuses placed rows)
+        call()  # consistent
     for bad in ({"place": np.array([0, 1, 2, 6], np.intp)}, {"place": np.array([0, -1, 2, 4], np.intp)},
                 {"perm": np.array([1, 2], np.intp)}, {"perm": np.array([0], np.intp)},
                 {"padded": T * N - 1}):
