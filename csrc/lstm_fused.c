@@ -39,7 +39,7 @@ typedef struct {
                     const float *x, const float *W_ih, const float *b, const float *W_hh,
                     float *W_f, float *W_x, const float *W_hr, const float *h0, const float *c0,
                     float *gates, int keep, float *y, float *cs, float *ms, int rev,
-                    const lstm_rows_place *place);
+                    const lstm_rows_place *place, ptrdiff_t ldy);
     void (*backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdiff_t T, ptrdiff_t N,
                      const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H, const float *x,
                      const float *W_ih, const float *h0, const float *c0, const float *y,
@@ -182,13 +182,15 @@ void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_ro
                         const float *b, const float *W_hh, float *W_f, float *W_x,
                         const float *W_hr, const float *h0, const float *c0, float *gates,
                         int keep, float *y, float *cs, float *ms, int rev,
-                        const lstm_rows_place *place)
+                        const lstm_rows_place *place, ptrdiff_t ldy)
 {
     const path_kernels *k = usable(path);
-    /* (placed rows need the batch of each step and no projection) */
-    if (k && T > 0 && N > 0 && H > 0 && (!place || (batch && P == 0)))
+    /* (placed rows need the batch of each step and no projection; a row stride of y
+     * other than its width, no projection) */
+    if (k && T > 0 && N > 0 && H > 0 && (!place || (batch && P == 0))
+        && (ldy <= 0 || ldy == (P > 0 ? P : H) || (P == 0 && ldy >= H)))
         k->forward(blas, nthreads, by_rows, T, N, batch, I, Ip, H, P, x, W_ih, b, W_hh, W_f, W_x,
-                   W_hr, h0, c0, gates, keep, y, cs, ms, rev && !batch, place);
+                   W_hr, h0, c0, gates, keep, y, cs, ms, rev && !batch, place, ldy);
 }
 
 ptrdiff_t lstm_fused_backward_work_size(int nthreads, ptrdiff_t N, ptrdiff_t rows, ptrdiff_t I,

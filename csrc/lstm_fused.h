@@ -130,6 +130,9 @@ typedef struct {
  * runs time T-1-t, so every [T, N, ...] array keeps its time order (no
  * copies in step order); its final state is then at time 0.
  * place: NULL, or (with batch and P = 0) where the rows are (lstm_rows_place).
+ * ldy: 0, or without a projection the row stride of y in floats (>= H): its rows
+ *      [T * N or rows, H] ldy apart instead of H (one direction's half of a
+ *      bidirectional layer's output, written in place).
  */
 void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows,
                         ptrdiff_t T, ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I,
@@ -137,7 +140,7 @@ void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_ro
                         const float *b, const float *W_hh, float *W_f, float *W_x,
                         const float *W_hr, const float *h0, const float *c0, float *gates,
                         int keep, float *y, float *cs, float *ms, int rev,
-                        const lstm_rows_place *place);
+                        const lstm_rows_place *place, ptrdiff_t ldy);
 
 /* Backward pass of one layer.
  *   batch, P, x, W_ih, W_hr, h0, c0, y, cs, ms   IN  as in the forward pass

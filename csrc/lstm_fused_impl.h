@@ -571,12 +571,14 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
                         const float *b, const float *W_hh, float *W_f, float *W_x,
                         const float *W_hr, const float *h0, const float *c0, float *gates,
                         int keep, float *y, float *cs, float *ms, int rev,
-                        const lstm_rows_place *place)
+                        const lstm_rows_place *place, ptrdiff_t ldy)
 {
     /* KR: the width of h (P with a projection, whose cell output m goes to ms
      * and h = m . W_hr^T is one more product, after a barrier) */
     const ptrdiff_t *xplace = place ? place->x : NULL, *yplace = place ? place->y : NULL;
     const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H, KR = P ? P : H, K = Ip + KR;
+    /* the row strides of y and of m (the cell's output: ms, or y itself) */
+    const ptrdiff_t ly = ldy > 0 ? ldy : KR, lm = P ? H : ly;
     const ptrdiff_t rows = lstm_total_rows(batch, T, N);
     float *m = P ? ms : y;
     /* W_hr^T [H, P] in panels of 4*VL of its P columns (NULL: no memory, a BLAS
@@ -596,8 +598,8 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
         }
         /* one row at every step (rows == T: a reverse pass or a length packs them so
          * too), projected PB rows ahead (see step_project_block) */
-        const int one_row = lstm_one_row_ahead_on() && !Ip && x && W_x && !P && !place && N == 1 && rows == T
-                            && T > PB
+        const int one_row = lstm_one_row_ahead_on() && !Ip && x && W_x && !P && !place && ly == KR
+                            && N == 1 && rows == T && T > PB
                             && I >= LSTM_ONE_ROW_MIN_INPUT
                             && G * (KR + I) * (ptrdiff_t)sizeof(float) <= LSTM_ONE_ROW_MAX_BYTES;
         if (!Ip && x && W_x) {
@@ -625,13 +627,13 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
                 off_prev = (T - t) * N;
             }
             const FN(items) s = FN(step_items)(me, Nt, RF, npanels);
-            const float *h_prev = t ? y + off_prev * KR : h0;
+            const float *h_prev = t ? y + off_prev * ly : h0;
             const float *c_prev = t ? cs + off_prev * H : c0;
             if (yplace && Nt < N) {
                 /* the padded zeros of time t: the rows that ran out before it */
                 const lstm_range z = lstm_share(N - Nt, me);
                 for (ptrdiff_t n = Nt + z.lo; n < Nt + z.hi; ++n)
-                    memset(y + (t * N + place->perm[n]) * KR, 0, (size_t)KR * sizeof(float));
+                    memset(y + (t * N + place->perm[n]) * ly, 0, (size_t)KR * sizeof(float));
             }
             /* Every other step runs the items backwards: it starts on the
              * panels the step before read last, still in L2 when this thread's
@@ -654,7 +656,7 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
                                           W_x + it.p * I * 4 * VL, x + arow * I, b + j0,
                                           gates + arow * G + j0, h_prev, c_prev + j0,
                                           gates + r0 * G + j0, keep, cs + r0 * H + j0,
-                                          m + r0 * H + j0, it.pf);
+                                          m + r0 * lm + j0, it.pf);
                     continue;
                 }
                 /* the block's rows: packed at r0.., or placed in the padded x and y */
@@ -663,8 +665,8 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
                 for (ptrdiff_t r = 0; r < it.n1 - n0; ++r) {
                     const ptrdiff_t row = r0 + r, prev = off_prev + n0 + r;
                     if (Ip) xr[r] = x + (xplace ? xplace[row] : row) * Ip;
-                    hr[r] = !t ? h0 + (n0 + r) * KR : y + (yplace ? yplace[prev] : prev) * KR;
-                    hout[r] = m + (yplace ? yplace[row] : row) * H + j0;
+                    hr[r] = !t ? h0 + (n0 + r) * KR : y + (yplace ? yplace[prev] : prev) * ly;
+                    hout[r] = m + (yplace ? yplace[row] : row) * lm + j0;
                 }
                 FN(forward_rows)((int)(it.n1 - n0), H, Ip, KR, nvalid, W_f + it.p * K * 4 * VL,
                                  Ip ? xr : NULL, b + j0, hr, c_prev + n0 * H + j0,

@@ -138,7 +138,7 @@ void lstm_generate(const lstm_blas *blas, int path, int nthreads, const lstm_gen
                 lstm_fused_forward(blas, path, m->batch_threads, m->by_rows, 1, N, NULL, I, I, H, 0,
                                    l ? h2 + off - N * H : x, m->W_ih[l], m->b[l], NULL,
                                    (float *)m->W_f[l], NULL, NULL, h + off, c + off, gates, 0,
-                                   h2 + off, c2 + off, NULL, 0, NULL); /* W_f only read: no W_hh */
+                                   h2 + off, c2 + off, NULL, 0, NULL, 0); /* W_f only read: no W_hh */
             }
         } else if (path == LSTM_PATH_BLAS)
             lstm_blas_step_f32(blas, L, N, I0, H, x, m->W_ih, m->W_hh, m->b, h, c, gates, h2, c2);

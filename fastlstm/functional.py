@@ -212,7 +212,8 @@ def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, worksp
     ([T, N, G] or None): the caller's input projection x . W_ih^T + b (the
     contract's ``projected``; x is then [T, N, 0] and W_ih [G, 0]); the buffer
     stays the caller's, and after backward it holds the gradient of the projection.
-    ``y``: where the outputs go (a buffer the caller reuses), else a fresh array.
+    ``y``: where the outputs go (a buffer the caller reuses, or, for a backend with
+    ``ROW_STRIDED_Y``, a view whose rows lie one stride apart), else a fresh array.
     ``packed``: W_ih and W_hh packed once (the C backend's PackedForward of these
     arrays), for a backend that reads them (``PACKED_WEIGHTS``); others pack nothing."""
     T, N, _ = x.shape

@@ -492,13 +492,21 @@ class LSTM(ParameterSet):
             last = layer == self.num_layers - 1
             # one direction writes the layer's output (the caller's, for the last layer); two
             # write their own, and each task copies it into its half of the layer's output
-            # (side by side, both copies run at once)
-            y_bufs = [ws.take((T, N, K), self.dtype) if ws is not None and (D == 2 or not last) else None
-                      for _ in range(D)]
+            # (side by side, both copies run at once), or write their halves in place
             both = None
             if D == 2 and not xp.on_device:
                 both = ws.take((T, N, 2 * K), self.dtype) if ws is not None and not last else \
                     np.empty((T, N, 2 * K), self.dtype)
+            side_by_side = D == 2 and _config.directions_side_by_side(N, training, recurrent)
+            # an inference pass on a backend that writes strided rows puts each direction's
+            # output straight into its half of the layer's (no copy); side by side only where
+            # the halves start on a cache line (else the line they share ping-pongs between
+            # the two cores at every row of every step)
+            in_both = both is not None and not training and getattr(be, "ROW_STRIDED_Y", False) \
+                and (not side_by_side or K * np.dtype(self.dtype).itemsize % 64 == 0)
+            y_bufs = [both[..., d * K:(d + 1) * K] if in_both and both is not None else
+                      ws.take((T, N, K), self.dtype) if ws is not None and (D == 2 or not last) else None
+                      for d in range(D)]
             tasks = []
             for d in range(D):
                 idx = layer * D + d
@@ -511,16 +519,16 @@ class LSTM(ParameterSet):
                     cT=c_n[idx], workspace=self._workspace, xp=xp, lengths=lens, reverse=d == 1,
                     W_hr=W_hr, gates=gates, y=y_bufs[d],
                     packed=None if panels is None else panels.panels(be, idx))
-                tasks.append(task if both is None else functools.partial(_placed, task, both[..., d * K:(d + 1) * K]))
+                tasks.append(task if both is None or in_both else
+                             functools.partial(_placed, task, both[..., d * K:(d + 1) * K]))
             outs = []
-            side_by_side = D == 2 and _config.directions_side_by_side(N, training, recurrent)
             for y, _, _, cache in run_directions(be, tasks, xp, side_by_side):
                 caches.append(cache)
                 outs.append(y)
             if ws is not None and not training and layer > 0:
                 ws.give(*inner[-1])  # the last boundary's buffers: read by this layer, done
             y = outs[0] if D == 1 else both if both is not None else xp.concat_features(outs)
-            held = [b for b in y_bufs if b is not None]
+            held = [b for b in y_bufs if b is not None and not in_both]
             if D == 2 and ws is not None:
                 if not training:  # copied into both, kept by no cache
                     ws.give(*held)

@@ -277,3 +277,82 @@ def test_lengths_write_zeros_over_whatever_y_held(monkeypatch, threads, fuse, re
     assert_close(y, y_ref, np.float32, "y")
     assert_close(hT, h_ref, np.float32, "h_n")
     assert_close(cT, c_ref, np.float32, "c_n")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["plain", "reverse", "lengths", "reverse-lengths", "full-lengths",
+                                  "projection", "blas"])
+def test_forward_writes_a_strided_y_in_place(monkeypatch, threads, dtype, kind):
+    # y may be one direction's half of a bidirectional output (rows 2K apart): the fused
+    # float32 loops write it in place, every other path through a copy; either way the
+    # same numbers as into a C-contiguous y, and the other half untouched
+    if kind == "blas":
+        monkeypatch.setenv("FASTLSTM_KERNEL", "blas")
+    T, N, I, H = 5, 7, 3, 16
+    P = 5 if kind == "projection" else 0
+    K = P or H
+    lengths = {"lengths": [5, 1, 3, 0, 5, 2, 4], "reverse-lengths": [5, 1, 3, 0, 5, 2, 4],
+               "full-lengths": [5] * N}.get(kind)
+    reverse = kind.startswith("reverse")
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((T, N, I)).astype(dtype)
+    W_ih = (0.3 * rng.standard_normal((4 * H, I))).astype(dtype)
+    W_hh = (0.3 * rng.standard_normal((4 * H, K))).astype(dtype)
+    W_hr = (0.3 * rng.standard_normal((P, H))).astype(dtype) if P else None
+    b = (0.1 * rng.standard_normal(4 * H)).astype(dtype)
+    h0 = rng.standard_normal((N, K)).astype(dtype)
+    c0 = rng.standard_normal((N, H)).astype(dtype)
+    options = {"lengths": lengths, "reverse": reverse, "W_hr": W_hr}
+    if P:
+        options["ms"] = np.empty((T, N, H), dtype)
+
+    def run(y):
+        hT, cT = np.empty((N, K), dtype), np.empty((N, H), dtype)
+        gates, cs = np.empty((T, N, 4 * H), dtype), np.empty((T, N, H), dtype)
+        c_backend.forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, False, **options)
+        return hT, cT
+
+    want = np.full((T, N, K), np.nan, dtype)
+    h_want, c_want = run(want)
+    both = np.full((T, N, 2 * K), 7.0, dtype)
+    h, c = run(both[..., K:])
+    np.testing.assert_array_equal(both[..., K:], want)
+    np.testing.assert_array_equal(h, h_want)
+    np.testing.assert_array_equal(c, c_want)
+    assert (both[..., :K] == 7.0).all()
+
+
+def test_forward_refuses_a_y_of_uneven_rows():
+    f = np.float32
+    T, N, I, H = 3, 4, 2, 8
+    args = (np.zeros((T, N, I), f), np.zeros((N, H), f), np.zeros((N, H), f), np.zeros((4 * H, I), f),
+            np.zeros((4 * H, H), f), np.zeros(4 * H, f))
+    big = np.zeros((T, N + 1, 2 * H), f)
+    with pytest.raises(ValueError, match="evenly spaced"):
+        c_backend.forward(*args, big[:, :N, :H], np.empty((N, H), f), np.empty((N, H), f),
+                          np.empty((T, N, 4 * H), f), np.empty((T, N, H), f), False)
+
+
+def test_backward_after_a_strided_y(threads):
+    # a training forward into a strided y: its backward reads y (a contiguous copy)
+    T, N, I, H = 4, 5, 3, 16
+    lengths = [4, 2, 3, 1, 4]
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((T, N, I)).astype(np.float32)
+    W_ih = (0.3 * rng.standard_normal((4 * H, I))).astype(np.float32)
+    W_hh = (0.3 * rng.standard_normal((4 * H, H))).astype(np.float32)
+    b = np.zeros(4 * H, np.float32)
+    h0, c0 = np.zeros((N, H), np.float32), np.zeros((N, H), np.float32)
+    dy = rng.standard_normal((T, N, H)).astype(np.float32)
+    out = []
+    for y in (np.empty((T, N, H), np.float32), np.empty((T, N, 2 * H), np.float32)[..., :H]):
+        hT, cT = np.empty((N, H), np.float32), np.empty((N, H), np.float32)
+        gates, cs = np.empty((T, N, 4 * H), np.float32), np.empty((T, N, H), np.float32)
+        c_backend.forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, True, lengths=lengths)
+        grads = [np.zeros_like(W_ih), np.zeros_like(W_hh), np.zeros_like(b)]
+        dx, dh0, dc0 = np.empty_like(x), np.empty_like(h0), np.empty_like(c0)
+        c_backend.backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, np.zeros_like(h0), np.zeros_like(c0),
+                           dx, dh0, dc0, *grads, lengths=lengths)
+        out.append([dx, dh0, dc0, *grads])
+    for a, b_ in zip(*out):
+        np.testing.assert_array_equal(a, b_)

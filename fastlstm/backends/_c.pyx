@@ -128,7 +128,7 @@ cdef extern from "lstm_fused.h" nogil:
                             const float *b, const float *W_hh, float *W_f, float *W_x,
                             const float *W_hr, const float *h0, const float *c0, float *gates,
                             int keep, float *y, float *cs, float *ms, int rev,
-                            const lstm_rows_place *place)
+                            const lstm_rows_place *place, Py_ssize_t ldy)
     void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_rows, Py_ssize_t T,
                              Py_ssize_t N, const Py_ssize_t *batch, Py_ssize_t I, Py_ssize_t H,
                              Py_ssize_t P, const float *x, const float *W_ih, const float *W_b,
@@ -554,14 +554,45 @@ cdef tuple _backward_setup(int path, const floating[:, ::1] W_hh, Py_ssize_t N, 
     return packed, nthreads, by_rows, work
 
 
+cdef Py_ssize_t _row_stride(const Py_ssize_t *shape, const Py_ssize_t *strides, int ndim,
+                            Py_ssize_t item, Py_ssize_t width) except -1:
+    # The stride in elements between the rows of `width` contiguous values of an array
+    # [T, N, width] (ndim 3) or [rows, width]: width when C-contiguous, more when its rows
+    # lie evenly spaced (one direction's half of a bidirectional output: 2 * width);
+    # ValueError for any other layout.
+    cdef Py_ssize_t row, size = 1, i
+    for i in range(ndim):
+        size *= shape[i]
+    if size == 0:
+        return width
+    row = strides[ndim - 2] if ndim == 2 or shape[1] > 1 else strides[0]
+    if strides[ndim - 1] != item or row % item or row < width * item \
+            or (ndim == 3 and shape[1] > 1 and shape[0] > 1 and strides[0] != shape[1] * strides[1]):
+        raise ValueError(f"y's rows must be {width} contiguous values, evenly spaced; got strides "
+                         f"{tuple([strides[i] for i in range(ndim)])}")
+    return row // item
+
+
+def _strided_rows(y, width):
+    """_row_stride of the NumPy array y [T, N, width] or [rows, width]."""
+    cdef Py_ssize_t shape[3]
+    cdef Py_ssize_t strides[3]
+    cdef int i
+    for i in range(y.ndim):
+        shape[i], strides[i] = y.shape[i], y.strides[i]
+    return _row_stride(shape, strides, y.ndim, y.itemsize, width)
+
+
 def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const floating[:, ::1] c0,
                    const floating[:, ::1] W_ih, const floating[:, ::1] W_hh, const floating[::1] b,
-                   floating[:, :, ::1] y, floating[:, ::1] hT, floating[:, ::1] cT,
+                   floating[:, :, :] y, floating[:, ::1] hT, floating[:, ::1] cT,
                    floating[:, :, ::1] gates, floating[:, :, ::1] cs, bint keep=True,
                    bint projected=False, prepacked=None, bint rev=False):
-    # rev: a reverse pass over full lengths in place (the fused float32 loops only)
+    # rev: a reverse pass over full lengths in place (the fused float32 loops only). y: C
+    # contiguous, or (the fused float32 loops) rows of H contiguous values one stride apart
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t ldy = _row_stride(y.shape, y.strides, 3, sizeof(floating), H)
     if projected and I != 0:
         raise ValueError(f"with projected gates x must be (T, N, 0), got I = {I}")
     _need("h0", h0.shape, 2, N, H)
@@ -583,7 +614,9 @@ def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const
     cdef int path = _fused_path(<floating>0), nthreads, by_rows
     if rev and (floating is double or path == LSTM_PATH_BLAS):
         raise ValueError("a reverse pass in place runs on the fused float32 loops only")
-    cdef Py_ssize_t last = 0 if rev else T - 1
+    if ldy != H and (floating is double or path == LSTM_PATH_BLAS):
+        raise ValueError("a y of strided rows runs on the fused float32 loops only")
+    cdef Py_ssize_t last = 0 if rev else T - 1, n
     cdef Py_ssize_t Ip
     cdef float[::1] packed
     cdef float[::1] packed_x
@@ -621,8 +654,9 @@ def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const
             lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, NULL, I, Ip, H, 0,
                                xp, wih, &b[0], whh, &packed[0], pxp, NULL, &h0[0, 0],
                                &c0[0, 0], &gates[0, 0, 0], keep, &y[0, 0, 0], &cs[0, 0, 0], NULL,
-                               rev, NULL)
-        memcpy(&hT[0, 0], &y[last, 0, 0], N * H * sizeof(floating))
+                               rev, NULL, ldy)
+        for n in range(N):
+            memcpy(&hT[n, 0], &y[last, n, 0], H * sizeof(floating))
         memcpy(&cT[0, 0], &cs[last, 0, 0], N * H * sizeof(floating))
 
 
@@ -738,7 +772,7 @@ cdef _check_place(place, perm, const Py_ssize_t[::1] batch, Py_ssize_t T, Py_ssi
 def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const floating[:, ::1] c0,
                     const floating[:, ::1] W_ih, const floating[:, ::1] W_hh,
                     const floating[:, ::1] W_hr, const floating[::1] b,
-                    const Py_ssize_t[::1] batch, floating[:, ::1] y, floating[:, ::1] gates,
+                    const Py_ssize_t[::1] batch, floating[:, :] y, floating[:, ::1] gates,
                     floating[:, ::1] cs, floating[:, ::1] ms, bint keep, Py_ssize_t T,
                     prepacked=None, place=None, perm=None):
     """The forward loop on packed rows (StepOrder): x [rows, I], y [rows, K],
@@ -749,7 +783,8 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
     loop. place [rows] and perm [N] (intp; float32 fused path, a batch, no projection):
     x and y are the padded arrays [T_pad * N, I] and [T_pad * N, K] instead, packed row
     r at their row place[r], and y's rows of ended sequences at times < T are zeroed
-    (lstm_rows_place); gates and cs stay packed."""
+    (lstm_rows_place); gates and cs stay packed. With place, y's rows may also lie one
+    stride apart rather than K (one direction's half of a bidirectional output)."""
     cdef Py_ssize_t I = x.shape[1], N = c0.shape[0], H = c0.shape[1]
     cdef Py_ssize_t rows = x.shape[0] if place is None else len(place)
     cdef Py_ssize_t P = W_hr.shape[0], K = P if P else H, G = 4 * H
@@ -758,8 +793,11 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
     _need("W_hh", W_hh.shape, 2, G, K)
     _need("W_hr", W_hr.shape, 2, P, H)
     _need("b", b.shape, 1, G)
+    cdef Py_ssize_t ldy = _row_stride(y.shape, y.strides, 2, sizeof(floating), K)
     if place is None:
         _need("y", y.shape, 2, rows, K)
+        if ldy != K:
+            raise ValueError("y must be C-contiguous without place")
     else:
         _check_place(place, perm, batch, T, N, x.shape[0], y.shape[0], P)
         _need("y", y.shape, 2, x.shape[0], K)
@@ -821,7 +859,8 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
         else:
             lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, bp, I, Ip, H, P, &x[0, 0],
                                wih, &b[0], whh, &packed[0], pxp, whr, &h0[0, 0],
-                               &c0[0, 0], &gates[0, 0], keep, &y[0, 0], &cs[0, 0], msp, 0, wp)
+                               &c0[0, 0], &gates[0, 0], keep, &y[0, 0], &cs[0, 0], msp, 0, wp,
+                               ldy)
 
 
 def _backward_packed(const floating[:, ::1] x, const floating[:, ::1] h0,
@@ -902,6 +941,10 @@ def _rows_view(a, rows, width):
 #: loops then read panels packed once instead of packing them at every call.
 PACKED_WEIGHTS = True
 
+#: forward's y may be a view whose rows lie one stride apart (a direction's half of a
+#: bidirectional layer's output): the fused float32 loops write it in place.
+ROW_STRIDED_Y = True
+
 
 def forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=True, *, lengths=None,
             reverse=False, W_hr=None, ms=None, projected=False, packed=None):
@@ -910,7 +953,9 @@ def forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=True, *, length
     loops, and y and the final state back in place; gates, cs and ms then hold the
     packed layout (what backward reads back). projected: the plain loop only.
     packed: None, or a PackedForward holding these very W_ih and W_hh arrays (ignored
-    by float64 and the BLAS path, which pack nothing of their own)."""
+    by float64 and the BLAS path, which pack nothing of their own). y may be a view
+    whose rows of K values lie one stride apart (``ROW_STRIDED_Y``): the fused float32
+    loops without a projection write it in place, the others through a copy."""
     if packed is not None and (packed.W_ih is not W_ih or packed.W_hh is not W_hh):
         raise ValueError("packed must be a PackedForward of this call's W_ih and W_hh arrays")
     if _config.thread_share_now() is not None:
@@ -930,6 +975,19 @@ def _reverse_in_place(x, lengths, reverse, W_hr):
 
 def _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reverse, W_hr, ms,
              projected=False, packed=None):
+    if not y.flags.c_contiguous:
+        in_place = (y.dtype == np.float32 and W_hr is None and not projected
+                    and _fused_path(<float>0) != LSTM_PATH_BLAS)
+        if in_place:
+            _strided_rows(y, y.shape[2])  # (raises for an uneven layout)
+            if lengths is not None and not reverse and bool(np.all(np.asarray(lengths) == x.shape[0])):
+                lengths = None  # every row runs all T steps: the plain loop
+        else:
+            tmp = np.empty(y.shape, y.dtype)
+            _forward(x, h0, c0, W_ih, W_hh, b, tmp, hT, cT, gates, cs, keep, lengths, reverse, W_hr,
+                     ms, projected, packed)
+            y[...] = tmp
+            return
     if lengths is None and not reverse and W_hr is None:
         _forward_plain(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, projected, packed)
         return
@@ -954,12 +1012,13 @@ def _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reve
         cT[...] = c0
         return
     rows = order.rows
-    if (not P and not order.identity and dt == np.float32 and y.flags.c_contiguous
-            and _fused_path(<float>0) != LSTM_PATH_BLAS):
+    if not P and not order.identity and dt == np.float32 and _fused_path(<float>0) != LSTM_PATH_BLAS:
         # the loop reads x and writes y where they are (no copies in or out)
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
-        y2 = y.reshape(T * N, K)
+        # y as [T * N, K] rows (a view: C-contiguous, or rows evenly spaced)
+        y2 = y.reshape(T * N, K) if y.flags.c_contiguous else np.lib.stride_tricks.as_strided(
+            y, (T * N, K), (y.strides[2] * _strided_rows(y, K), y.strides[2]))
         cp = _rows_view(cs, rows, H)
         _forward_packed(x.reshape(T * N, x.shape[2]), order.sorted(h0), order.sorted(c0), W_ih,
                         W_hh, np.empty((0, H), dt), b, order.batch, y2,
@@ -995,6 +1054,8 @@ def backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW
 
 def _backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih, dW_hh, db,
               lengths, reverse, W_hr, ms, dW_hr):
+    if not y.flags.c_contiguous:  # (a forward's strided y: the loops read it packed)
+        y = np.ascontiguousarray(y)
     if lengths is None and not reverse and W_hr is None:
         _backward_plain(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih,
                         dW_hh, db)
