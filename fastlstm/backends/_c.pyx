@@ -740,13 +740,21 @@ cdef _check_batch(const Py_ssize_t[::1] batch, Py_ssize_t T, Py_ssize_t N, Py_ss
         raise ValueError(f"batch sums to {total}, expected {rows} packed rows")
 
 
+cdef _check_indices(str name, const Py_ssize_t[::1] a, Py_ssize_t n):
+    # ValueError unless every a[r] lies in [0, n)
+    cdef Py_ssize_t r, lo = 0, hi = -1
+    for r in range(a.shape[0]):
+        lo = min(lo, a[r])
+        hi = max(hi, a[r])
+    if a.shape[0] and (lo < 0 or hi >= n):
+        raise ValueError(f"{name} must lie in [0, {n}), got [{lo}, {hi}]")
+
+
 cdef _check_place(place, perm, const Py_ssize_t[::1] batch, Py_ssize_t T, Py_ssize_t N,
                   Py_ssize_t x_rows, Py_ssize_t y_rows, Py_ssize_t P):
     # Memory safety for placed rows: every place a row of x and y, every perm a batch row,
     # and room in y for the zeros of every step.
-    cdef const Py_ssize_t[::1] pl = place
     cdef const Py_ssize_t[::1] pm = perm
-    cdef Py_ssize_t r, lo = 0, hi = -1
     if P:
         raise ValueError("placed rows run without a projection")
     if batch.shape[0] == 0:
@@ -756,17 +764,8 @@ cdef _check_place(place, perm, const Py_ssize_t[::1] batch, Py_ssize_t T, Py_ssi
     if x_rows != y_rows or y_rows < T * N:
         raise ValueError(f"placed x and y must have the same T_pad * N >= {T * N} rows, "
                          f"got {x_rows} and {y_rows}")
-    for r in range(pl.shape[0]):
-        lo = min(lo, pl[r])
-        hi = max(hi, pl[r])
-    if lo < 0 or hi >= y_rows:
-        raise ValueError(f"place must lie in [0, {y_rows}), got [{lo}, {hi}]")
-    lo, hi = 0, -1
-    for r in range(N):
-        lo = min(lo, pm[r])
-        hi = max(hi, pm[r])
-    if N and (lo < 0 or hi >= N):
-        raise ValueError(f"perm must lie in [0, {N}), got [{lo}, {hi}]")
+    _check_indices("place", place, y_rows)
+    _check_indices("perm", pm, N)
 
 
 def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const floating[:, ::1] c0,
@@ -975,11 +974,12 @@ def _reverse_in_place(x, lengths, reverse, W_hr):
 
 def _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reverse, W_hr, ms,
              projected=False, packed=None):
+    ldy = None  # y's row stride where it is not C-contiguous
     if not y.flags.c_contiguous:
         in_place = (y.dtype == np.float32 and W_hr is None and not projected
                     and _fused_path(<float>0) != LSTM_PATH_BLAS)
         if in_place:
-            _strided_rows(y, y.shape[2])  # (raises for an uneven layout)
+            ldy = _strided_rows(y, y.shape[2])  # (raises for an uneven layout)
             if lengths is not None and not reverse and bool(np.all(np.asarray(lengths) == x.shape[0])):
                 lengths = None  # every row runs all T steps: the plain loop
         else:
@@ -1017,8 +1017,8 @@ def _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reve
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
         # y as [T * N, K] rows (a view: C-contiguous, or rows evenly spaced)
-        y2 = y.reshape(T * N, K) if y.flags.c_contiguous else np.lib.stride_tricks.as_strided(
-            y, (T * N, K), (y.strides[2] * _strided_rows(y, K), y.strides[2]))
+        y2 = y.reshape(T * N, K) if ldy is None else np.lib.stride_tricks.as_strided(
+            y, (T * N, K), (y.strides[2] * ldy, y.strides[2]))
         cp = _rows_view(cs, rows, H)
         _forward_packed(x.reshape(T * N, x.shape[2]), order.sorted(h0), order.sorted(c0), W_ih,
                         W_hh, np.empty((0, H), dt), b, order.batch, y2,
