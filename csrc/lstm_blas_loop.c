@@ -1,6 +1,6 @@
 /* lstm_blas_loop.c - the BLAS path's time loops (lstm_blas_loop.h) and the
  * BLAS products every path shares (lstm_common.h), instantiated for float and
- * double from one source, lstm_blas_loop_impl.h.
+ * double from one source, lstm_blas_loop_impl.h; and dropout's random words.
  */
 #include <math.h>
 #include <string.h>
@@ -30,3 +30,17 @@
 #undef GEMM
 #undef GEMV
 #undef SQRT
+
+void lstm_splitmix_words(int nthreads, uint64_t key, ptrdiff_t n, uint64_t *out)
+{
+    (void)nthreads;
+#ifdef _OPENMP
+    LSTM_PRAGMA(omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static))
+#endif
+    for (ptrdiff_t i = 0; i < n; ++i) {
+        uint64_t z = key + (uint64_t)(i + 1) * UINT64_C(0x9E3779B97F4A7C15);
+        z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+        out[i] = z ^ (z >> 31);
+    }
+}

@@ -123,11 +123,12 @@ void lstm_blas_step_f64(const lstm_blas *blas, ptrdiff_t L, ptrdiff_t N, ptrdiff
 /* One Adam step (PyTorch's rule, bias corrections folded into a and e) over n
  * elements: with g' = g + wd p, m = m + (g' - m) c1, v = v + (g'^2 - v) c2,
  * p -= m / (sqrt(v) + e) a. p, m, v [n] INOUT, g [n] IN; c1 = 1 - beta1,
- * c2 = 1 - beta2 (the trainer's optimizer, fastlstm/charlm/nn.py). */
-void lstm_adam_step_f32(ptrdiff_t n, float *p, const float *g, float *m, float *v, float c1,
-                        float c2, float a, float e, float wd);
-void lstm_adam_step_f64(ptrdiff_t n, double *p, const double *g, double *m, double *v, double c1,
-                        double c2, double a, double e, double wd);
+ * c2 = 1 - beta2 (the trainer's optimizer, fastlstm/charlm/nn.py). On nthreads threads
+ * (elementwise: the same numbers on any number). */
+void lstm_adam_step_f32(int nthreads, ptrdiff_t n, float *p, const float *g, float *m, float *v,
+                        float c1, float c2, float a, float e, float wd);
+void lstm_adam_step_f64(int nthreads, ptrdiff_t n, double *p, const double *g, double *m,
+                        double *v, double c1, double c2, double a, double e, double wd);
 
 /* Row-major c [M, N] OUT = op(a) [M, K] . op(b) [K, N], the rows of c split over
  * nthreads threads (OpenMP, each one single-threaded BLAS call): op(a) is a
@@ -143,11 +144,18 @@ void lstm_parallel_matmul_f64(const lstm_blas *blas, int nthreads, char ta, char
 
 /* dst [V, G] INOUT: dst[ids[r]] += src[r] for r = 0 .. rows-1, src [rows, G] IN,
  * ids [rows] IN in [0, V) (unchecked): the gradient of a row gather (an
- * embedding, or a table of input projections by id). */
-void lstm_scatter_add_rows_f32(ptrdiff_t rows, ptrdiff_t G, const int64_t *ids, const float *src,
-                               float *dst);
-void lstm_scatter_add_rows_f64(ptrdiff_t rows, ptrdiff_t G, const int64_t *ids, const double *src,
-                               double *dst);
+ * embedding, or a table of input projections by id). On nthreads threads, which
+ * split the columns: the same numbers on any number. */
+void lstm_scatter_add_rows_f32(int nthreads, ptrdiff_t rows, ptrdiff_t G, const int64_t *ids,
+                               const float *src, float *dst);
+void lstm_scatter_add_rows_f64(int nthreads, ptrdiff_t rows, ptrdiff_t G, const int64_t *ids,
+                               const double *src, double *dst);
+
+/* out [n] OUT: words 1..n of the SplitMix64 sequence from state key (word i is
+ * the output function of key + i * 0x9E3779B97F4A7C15): the random bits of
+ * dropout's masks (fastlstm/_dropout.py, whose NumPy fallback computes the same
+ * words), on nthreads threads, the same words on any number. */
+void lstm_splitmix_words(int nthreads, uint64_t key, ptrdiff_t n, uint64_t *out);
 
 /* Inverted dropout from 16 random bits an element: m = (bits[i] >= threshold) *
  * scale (0 or scale), y[i] = x[i] * m (bit for bit (x * keep) * scale), and

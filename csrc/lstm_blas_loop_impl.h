@@ -214,13 +214,31 @@ void FN(lstm_parallel_matmul)(const lstm_blas *blas, int nthreads, char ta, char
     }
 }
 
-void FN(lstm_scatter_add_rows)(ptrdiff_t rows, ptrdiff_t G, const int64_t *ids, const REAL *src,
-                               REAL *dst)
+void FN(lstm_scatter_add_rows)(int nthreads, ptrdiff_t rows, ptrdiff_t G, const int64_t *ids,
+                               const REAL *src, REAL *dst)
 {
-    for (ptrdiff_t r = 0; r < rows; ++r) {
-        REAL *d = dst + ids[r] * G;
-        const REAL *s = src + r * G;
-        for (ptrdiff_t j = 0; j < G; ++j) d[j] += s[j];
+    /* the threads split the columns (in whole cache lines), so that no two write one
+     * element and each element sums its rows in row order: the same numbers on any
+     * number of threads */
+    const ptrdiff_t line = 64 / (ptrdiff_t)sizeof(REAL), lines = (G + line - 1) / line;
+    (void)nthreads;
+#ifdef _OPENMP
+    LSTM_PRAGMA(omp parallel num_threads(nthreads) if (nthreads > 1))
+#endif
+    {
+        int me = 0, team = 1;
+#ifdef _OPENMP
+        me = omp_get_thread_num();
+        team = omp_get_num_threads();
+#endif
+        const ptrdiff_t lo = lines * me / team * line;
+        ptrdiff_t hi = lines * (me + 1) / team * line;
+        if (hi > G) hi = G;
+        for (ptrdiff_t r = 0; r < rows && hi > lo; ++r) {
+            REAL *d = dst + ids[r] * G;
+            const REAL *s = src + r * G;
+            for (ptrdiff_t j = lo; j < hi; ++j) d[j] += s[j];
+        }
     }
 }
 
@@ -228,13 +246,23 @@ void FN(lstm_dropout)(int nthreads, ptrdiff_t n, const uint16_t *bits, unsigned 
                       REAL scale, const REAL *x, REAL *y, REAL *mask)
 {
     (void)nthreads;
+    /* two loops without a branch inside, so that each vectorizes (one loop with
+     * "if (mask)" in it ran scalar: 2 ns an element, four times a copy) */
+    if (mask) {
 #ifdef _OPENMP
-    LSTM_PRAGMA(omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static))
+        LSTM_PRAGMA(omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static))
 #endif
-    for (ptrdiff_t i = 0; i < n; ++i) {
-        const REAL m = (REAL)(bits[i] >= threshold) * scale;
-        if (mask) mask[i] = m;
-        y[i] = x[i] * m;
+        for (ptrdiff_t i = 0; i < n; ++i) {
+            const REAL m = bits[i] >= threshold ? scale : (REAL)0;
+            mask[i] = m;
+            y[i] = x[i] * m;
+        }
+    } else {
+#ifdef _OPENMP
+        LSTM_PRAGMA(omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static))
+#endif
+        for (ptrdiff_t i = 0; i < n; ++i)
+            y[i] = x[i] * (bits[i] >= threshold ? scale : (REAL)0);
     }
 }
 
@@ -253,11 +281,15 @@ void FN(lstm_move_rows)(int nthreads, ptrdiff_t rows, ptrdiff_t F, const int64_t
     }
 }
 
-void FN(lstm_adam_step)(ptrdiff_t n, REAL *p, const REAL *g, REAL *m, REAL *v, REAL c1, REAL c2,
-                        REAL a, REAL e, REAL wd)
+void FN(lstm_adam_step)(int nthreads, ptrdiff_t n, REAL *p, const REAL *g, REAL *m, REAL *v,
+                        REAL c1, REAL c2, REAL a, REAL e, REAL wd)
 {
+    (void)nthreads;
     /* the operations, and their order, of fastlstm/charlm/nn.py's Adam.step: the same
      * numbers, in one pass instead of a dozen */
+#ifdef _OPENMP
+    LSTM_PRAGMA(omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static))
+#endif
     for (ptrdiff_t i = 0; i < n; ++i) {
         const REAL gi = wd != 0 ? g[i] + wd * p[i] : g[i];
         const REAL mi = m[i] + (gi - m[i]) * c1;

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["apply_keep", "batch_rows", "keep_bits", "keep_mask"]
+__all__ = ["apply_keep", "batch_rows", "keep_bits", "keep_mask", "random_words"]
 
 #: (start, stop, total) while a ``batch_rows`` block runs, else None.
 _ROWS: contextvars.ContextVar[tuple[int, int, int] | None] = contextvars.ContextVar("fastlstm_batch_rows",
@@ -51,8 +51,8 @@ def keep_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float) -> NDA
     """Dropout's keep mask: True with probability 1 - p (to within 2**-16) per element
     (``bits >= threshold`` of ``keep_bits``, which takes the same draws).
 
-    16 random bits per element, four to a raw 64-bit draw: a quarter of the cost
-    of uniform floats.
+    16 random bits per element, four to a 64-bit word of ``random_words``, whose key is
+    one raw 64-bit draw of ``rng`` (so the generator advances by one draw per mask).
 
     Parameters
     ----------
@@ -86,11 +86,32 @@ def keep_bits(rng: np.random.Generator, shape: tuple[int, ...],
                              f"{total}) should have {stop - start} rows on its second-to-last axis")
         full = (*shape[:-2], total, shape[-1])
     size = int(np.prod(full))
-    raw = rng.bit_generator.random_raw((size + 3) // 4)
+    raw = random_words(int(rng.bit_generator.random_raw()), (size + 3) // 4)
     bits = raw.view(np.uint16)[:size].reshape(full)
     if full != tuple(shape):
         bits = bits[..., start:stop, :]
     return bits, np.uint16(min(round(p * 65536), 65535))
+
+
+def random_words(key: int, n: int) -> NDArray[np.uint64]:
+    """Words 1..n of the SplitMix64 sequence from state ``key``: word i is SplitMix64's output
+    function of ``key + i * 0x9E3779B97F4A7C15`` (mod 2**64). Counter-based, so that the C
+    backend computes them on its threads (a quarter of the time of the generator's own raw
+    draws here); this NumPy form gives the same words where it is not built."""
+    out = np.empty(n, np.uint64)
+    c = _c_pass("splitmix_words")
+    if c is not None:
+        c(key, out)
+        return out
+    z = np.arange(1, n + 1, dtype=np.uint64)
+    z *= np.uint64(0x9E3779B97F4A7C15)
+    z += np.uint64(key)
+    z ^= z >> np.uint64(30)
+    z *= np.uint64(0xBF58476D1CE4E5B9)
+    z ^= z >> np.uint64(27)
+    z *= np.uint64(0x94D049BB133111EB)
+    np.bitwise_xor(z, z >> np.uint64(31), out=out)
+    return out
 
 
 def apply_keep(bits: NDArray[np.uint16], threshold: np.uint16, scale: float, x: NDArray[np.floating],
@@ -102,7 +123,7 @@ def apply_keep(bits: NDArray[np.uint16], threshold: np.uint16, scale: float, x: 
     threads for contiguous host float arrays of one shape, else NumPy; the same numbers
     either way, bit for bit."""
     out = np.empty_like(x) if out is None else out
-    c = _c_dropout()
+    c = _c_pass("dropout")
     if (c is not None and x.dtype in (np.float32, np.float64) and out.dtype == x.dtype
             and (mask is None or mask.dtype == x.dtype) and bits.shape == x.shape == out.shape
             and (mask is None or mask.shape == x.shape) and x.flags.c_contiguous
@@ -118,10 +139,10 @@ def apply_keep(bits: NDArray[np.uint16], threshold: np.uint16, scale: float, x: 
     return out
 
 
-def _c_dropout():
-    """The C backend's dropout pass, or None where it is not built."""
+def _c_pass(name: str):
+    """The C backend's pass ``name`` (dropout, splitmix_words), or None where it is not built."""
     try:
         from .backends import _c
     except ImportError:
         return None
-    return getattr(_c, "dropout", None)
+    return getattr(_c, name, None)

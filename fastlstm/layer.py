@@ -465,7 +465,8 @@ class LSTM(ParameterSet):
         h_n = xp.empty(h0.shape, self.dtype)
         c_n = xp.empty(c0.shape, self.dtype)
         D = self.num_directions
-        caches, masks = [], []
+        caches: list[Any] = []
+        masks: list[Any] = []  # per layer: None, a mask array, or keep_bits' (bits, threshold, scale)
         self._saved = None
         if training:
             self._parameters_loaded()  # an update follows: round again at the next bf16 call
@@ -536,12 +537,11 @@ class LSTM(ParameterSet):
                 if not last:
                     held.append(both)
             if training and self.dropout > 0 and not last:
-                if ws is not None:  # the mask and the masked output in one pass
+                if ws is not None:  # the masked output in one pass; the draws kept for backward
                     bits, threshold = keep_bits(self._rng, y.shape, self.dropout)
-                    mask = ws.take(y.shape, self.dtype)
-                    y = apply_keep(bits, threshold, 1.0 / (1.0 - self.dropout), y,
-                                   out=ws.take(y.shape, self.dtype), mask=mask)
-                    held += [mask, y]
+                    mask = (bits, threshold, 1.0 / (1.0 - self.dropout))
+                    y = apply_keep(*mask, y, out=ws.take(y.shape, self.dtype))
+                    held.append(y)
                 else:
                     mask = xp.as_array("mask", self._dropout_mask(y.shape), self.dtype)
                     y = xp.multiply(y, mask)
@@ -605,13 +605,13 @@ class LSTM(ParameterSet):
         own = False  # whether grad is a workspace buffer of this call's (then updated in place)
         halves: list[Any] = []  # workspace copies of the directions' halves of grad
         for layer in range(self.num_layers - 1, -1, -1):
-            if masks[layer] is not None:
-                if own:
-                    np.multiply(grad, masks[layer], out=grad)
-                elif ws is not None:
-                    grad, own = np.multiply(grad, masks[layer], out=ws.take(grad.shape, self.dtype)), True
-                else:
-                    grad = xp.multiply(grad, masks[layer])
+            mask = masks[layer]
+            if isinstance(mask, tuple):  # keep_bits' draws: the dropout pass again, on dy
+                bits, threshold, scale = mask
+                grad = apply_keep(bits, threshold, scale, grad, out=grad if own else ws.take(grad.shape, self.dtype))
+                own = True
+            elif mask is not None:
+                grad = xp.multiply(grad, mask)
             tasks, dbs = [], []
             for d in range(D):
                 idx = layer * D + d

@@ -2,7 +2,8 @@
 bit for bit, what multiplying by ``keep_mask`` and the scale gives (signed zeros, NaN and
 infinities included), on the C backend's pass and on NumPy's, float32 and float64, with
 the mask written or not, in place, and on a batch_rows slice of the draws; the layer and
-the char model's Dropout keep their numbers."""
+the char model's Dropout keep their numbers; the random words under the masks are
+SplitMix64's, the same on both passes."""
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ def pass_kind(request, monkeypatch):
     if request.param == "c" and not HAVE_C:
         pytest.skip("the C backend is not built")
     if request.param == "numpy":
-        monkeypatch.setattr(_dropout, "_c_dropout", lambda: None)
+        monkeypatch.setattr(_dropout, "_c_pass", lambda name: None)
     return request.param
 
 
@@ -84,3 +85,43 @@ def test_char_model_dropout_forward_and_backward_keep_their_numbers(pass_kind):
     np.testing.assert_array_equal(dx, (dy * keep) * scale)
     assert layer.forward(x) is x  # inference: unchanged
     assert layer.backward(dy) is dy
+
+
+def _splitmix64(state, n):
+    """SplitMix64 written plainly on Python integers: (state, the next n outputs)."""
+    out = []
+    for _ in range(n):
+        state = (state + 0x9E3779B97F4A7C15) % 2**64
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+        out.append(z ^ (z >> 31))
+    return out
+
+
+@pytest.mark.parametrize("key", [0, 1, 2**63 + 12345, 2**64 - 1])
+def test_random_words_are_splitmix64_on_both_passes(pass_kind, key):
+    want = np.array(_splitmix64(key, 37), np.uint64)
+    np.testing.assert_array_equal(_dropout.random_words(key, 37), want)
+    assert _dropout.random_words(key, 0).shape == (0,)
+
+
+def test_random_words_agree_between_the_passes_at_a_threaded_size(monkeypatch):
+    n = 300_001
+    first = _dropout.random_words(2**40 + 7, n)
+    monkeypatch.setattr(_dropout, "_c_pass", lambda name: None)
+    np.testing.assert_array_equal(_dropout.random_words(2**40 + 7, n), first)
+
+
+def test_keep_bits_draws_one_word_per_mask_and_keeps_one_minus_p(pass_kind):
+    rng, twin = np.random.default_rng(5), np.random.default_rng(5)
+    bits, threshold = _dropout.keep_bits(rng, (50, 40, 30), 0.3)
+    twin.bit_generator.random_raw()
+    assert rng.bit_generator.state == twin.bit_generator.state
+    keep = bits >= threshold
+    # 60,000 draws: the kept fraction within 5 standard deviations of 0.7
+    assert abs(keep.mean() - 0.7) < 5 * np.sqrt(0.7 * 0.3 / keep.size)
+    # and each of the 16 bits of a draw is a fair coin
+    for b in range(16):
+        ones = ((bits >> np.uint16(b)) & np.uint16(1)).mean()
+        assert abs(ones - 0.5) < 5 * np.sqrt(0.25 / bits.size)

@@ -16,7 +16,7 @@ float32 forward's loop reads x and writes y where they lie in the padded batch
 from cython cimport floating
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
-from libc.stdint cimport int64_t, uint16_t, uint32_t
+from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
 NAME = "c"
@@ -41,10 +41,10 @@ cdef extern from "lstm_blas_loop.h" nogil:
         lstm_sgemv_fn sgemv
         lstm_dgemv_fn dgemv
         lstm_set_threads_fn set_threads_local
-    void lstm_adam_step_f32(Py_ssize_t n, float *p, const float *g, float *m, float *v, float c1,
-                            float c2, float a, float e, float wd)
-    void lstm_adam_step_f64(Py_ssize_t n, double *p, const double *g, double *m, double *v,
-                            double c1, double c2, double a, double e, double wd)
+    void lstm_adam_step_f32(int nthreads, Py_ssize_t n, float *p, const float *g, float *m,
+                            float *v, float c1, float c2, float a, float e, float wd)
+    void lstm_adam_step_f64(int nthreads, Py_ssize_t n, double *p, const double *g, double *m,
+                            double *v, double c1, double c2, double a, double e, double wd)
     void lstm_parallel_matmul_f32(const lstm_blas *blas, int nthreads, char ta, char tb,
                                   Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float *a,
                                   Py_ssize_t lda, const float *b, Py_ssize_t ldb, float *c,
@@ -53,10 +53,11 @@ cdef extern from "lstm_blas_loop.h" nogil:
                                   Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double *a,
                                   Py_ssize_t lda, const double *b, Py_ssize_t ldb, double *c,
                                   Py_ssize_t ldc)
-    void lstm_scatter_add_rows_f32(Py_ssize_t rows, Py_ssize_t G, const int64_t *ids,
+    void lstm_scatter_add_rows_f32(int nthreads, Py_ssize_t rows, Py_ssize_t G, const int64_t *ids,
                                    const float *src, float *dst)
-    void lstm_scatter_add_rows_f64(Py_ssize_t rows, Py_ssize_t G, const int64_t *ids,
+    void lstm_scatter_add_rows_f64(int nthreads, Py_ssize_t rows, Py_ssize_t G, const int64_t *ids,
                                    const double *src, double *dst)
+    void lstm_splitmix_words(int nthreads, uint64_t key, Py_ssize_t n, uint64_t *out)
     void lstm_dropout_f32(int nthreads, Py_ssize_t n, const uint16_t *bits, unsigned threshold,
                           float scale, const float *x, float *y, float *mask)
     void lstm_dropout_f64(int nthreads, Py_ssize_t n, const uint16_t *bits, unsigned threshold,
@@ -1616,20 +1617,33 @@ def scatter_add_rows(const int64_t[::1] ids, const floating[:, ::1] src, floatin
             raise IndexError(f"id {ids[r]} at row {r} is outside [0, {V})")
     if rows == 0 or G == 0:
         return
+    cdef int nthreads = _pass_threads(rows * G * sizeof(floating))
     with nogil:
         if floating is float:
-            lstm_scatter_add_rows_f32(rows, G, &ids[0], &src[0, 0], &dst[0, 0])
+            lstm_scatter_add_rows_f32(nthreads, rows, G, &ids[0], &src[0, 0], &dst[0, 0])
         else:
-            lstm_scatter_add_rows_f64(rows, G, &ids[0], &src[0, 0], &dst[0, 0])
+            lstm_scatter_add_rows_f64(nthreads, rows, G, &ids[0], &src[0, 0], &dst[0, 0])
 
 
-#: Bytes from which the elementwise passes (dropout, move_rows) run on the threads; below,
-#: starting them costs more than they save.
+#: Bytes from which the elementwise passes (dropout, move_rows, scatter_add_rows, adam_step)
+#: run on the threads; below, starting them costs more than they save.
 THREADED_PASS_BYTES = 256 * 1024
 
 
 cdef int _pass_threads(Py_ssize_t nbytes):
     return max_threads() if nbytes >= THREADED_PASS_BYTES else 1
+
+
+def splitmix_words(uint64_t key, uint64_t[::1] out):
+    """out[i] = word i + 1 of the SplitMix64 sequence from state key (fastlstm/_dropout.py's
+    random bits; its NumPy fallback computes the same words); on the threads from
+    THREADED_PASS_BYTES."""
+    cdef Py_ssize_t n = out.shape[0]
+    if n == 0:
+        return
+    cdef int nthreads = _pass_threads(n * 8)
+    with nogil:
+        lstm_splitmix_words(nthreads, key, n, &out[0])
 
 
 def dropout(const uint16_t[::1] bits, unsigned threshold, double scale, const floating[::1] x,
@@ -1683,9 +1697,10 @@ def adam_step(floating[::1] p, const floating[::1] g, floating[::1] m, floating[
         raise ValueError(f"adam_step: sizes {n}, {g.shape[0]}, {m.shape[0]}, {v.shape[0]} differ")
     if n == 0:
         return
+    cdef int nthreads = _pass_threads(n * sizeof(floating))
     with nogil:
         if floating is float:
-            lstm_adam_step_f32(n, &p[0], &g[0], &m[0], &v[0], <float>c1, <float>c2, <float>a,
-                               <float>e, <float>wd)
+            lstm_adam_step_f32(nthreads, n, &p[0], &g[0], &m[0], &v[0], <float>c1, <float>c2,
+                               <float>a, <float>e, <float>wd)
         else:
-            lstm_adam_step_f64(n, &p[0], &g[0], &m[0], &v[0], c1, c2, a, e, wd)
+            lstm_adam_step_f64(nthreads, n, &p[0], &g[0], &m[0], &v[0], c1, c2, a, e, wd)

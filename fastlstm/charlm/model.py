@@ -49,6 +49,14 @@ def check_input_mode(mode: str, name: str = "input_mode") -> str:
     return mode
 
 
+def _row_gather(backend: str) -> Callable[..., None] | None:
+    """The backend's threaded row gather ``move_rows(ids, src, dst)`` (dst[r] = src[ids[r]]),
+    or None where it has none (then ``np.take``: the same numbers)."""
+    from ..backends import get_backend
+
+    return getattr(get_backend(backend), "move_rows", None)
+
+
 class CharModel:
     """Embedding (or scaled ids) -> LSTM(H) x L (dropout between) -> Dropout -> Dense(V).
 
@@ -281,8 +289,12 @@ class CharModel:
         tab += p["bias_hh_l0"]
         if self._proj is None or self._proj.shape != ids.shape + (G,):
             self._proj = np.empty(ids.shape + (G,), self.dtype)
-        np.take(tab, flat, axis=0, out=self._proj.reshape(-1, G), mode="clip")  # ids checked above
         self._fold = flat.astype(np.int64)
+        gather = _row_gather(self.lstm.backend)
+        if gather is not None and tab.flags.c_contiguous:  # the C pass, on the kernels' threads
+            gather(self._fold, tab, self._proj.reshape(-1, G))
+        else:
+            np.take(tab, flat, axis=0, out=self._proj.reshape(-1, G), mode="clip")  # ids checked above
         return self._proj
 
     def _fold_backward(self, dproj: NDArray[np.floating]) -> None:
