@@ -6,6 +6,7 @@
  * options, so the file itself builds for the baseline CPU and one binary is
  * correct everywhere and fast where the CPU allows.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stddef.h>
@@ -62,6 +63,8 @@ typedef struct {
                        float *c, float *h);
     void (*dot_rows)(ptrdiff_t m, ptrdiff_t k, const float *a, const float *x, float *y);
     void (*activations)(ptrdiff_t n, const float *x, float *sig, float *th);
+    void (*softmax_xent)(int nthreads, ptrdiff_t M, ptrdiff_t V, const float *logits,
+                         const int64_t *targets, float scale, float *dl, double *row_loss);
 } path_kernels;
 
 #ifdef FASTLSTM_VECTOR_PATHS
@@ -270,4 +273,13 @@ void lstm_fused_activations(int path, ptrdiff_t n, const float *x, float *sig, f
 {
     const path_kernels *k = usable(path);
     if (k && n > 0) k->activations(n, x, sig, th);
+}
+
+int lstm_fused_softmax_xent(int path, int nthreads, ptrdiff_t M, ptrdiff_t V, const float *logits,
+                            const int64_t *targets, float scale, float *dl, double *row_loss)
+{
+    const path_kernels *k = usable(path);
+    if (!k) return 0;
+    if (M > 0 && V > 0) k->softmax_xent(nthreads, M, V, logits, targets, scale, dl, row_loss);
+    return 1;
 }

@@ -210,6 +210,15 @@ void lstm_fused_dot_rows(int path, ptrdiff_t m, ptrdiff_t k, const float *a, con
  * tests of their accuracy); nothing is written on a path without kernels. */
 void lstm_fused_activations(int path, ptrdiff_t n, const float *x, float *sig, float *th);
 
+/* Softmax cross-entropy of M rows of V logits against integer targets, and its
+ * gradient, in one pass over each row on nthreads threads (the char model's loss,
+ * fastlstm/charlm/nn.py): logits [M, V] IN, targets [M] IN in [0, V) (unchecked),
+ * dl [M, V] OUT = (softmax - onehot) * scale (may be logits), row_loss [M] OUT =
+ * log sum exp(x - max) - (x[target] - max). exp is the kernels' (about 1 ulp).
+ * Returns 0, and writes nothing, when path has no fused kernels here. */
+int lstm_fused_softmax_xent(int path, int nthreads, ptrdiff_t M, ptrdiff_t V, const float *logits,
+                            const int64_t *targets, float scale, float *dl, double *row_loss);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1300,11 +1300,61 @@ static void FN(activations)(ptrdiff_t n, const float *x, float *sig, float *th)
     }
 }
 
+/* Softmax cross-entropy of rows (lstm_fused.h, lstm_fused_softmax_xent): per row,
+ * the maximum, e = exp(x - max) with the kernels' exp, s = sum e; row_loss =
+ * log s - (x[target] - max); dl = (e / s - onehot) * scale, in that order (the
+ * NumPy form's, fastlstm/charlm/nn.py). */
+static void FN(softmax_xent)(int nthreads, ptrdiff_t M, ptrdiff_t V, const float *logits,
+                             const int64_t *targets, float scale, float *dl, double *row_loss)
+{
+    (void)nthreads;
+#ifdef _OPENMP
+    LSTM_PRAGMA(omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static))
+#endif
+    for (ptrdiff_t r = 0; r < M; ++r) {
+        const float *x = logits + r * V;
+        float *d = dl + r * V;
+        VI lanes;
+        for (int l = 0; l < VL; ++l) lanes[l] = l;
+        VF vmax = FN(splat)(-__builtin_inff());
+        for (ptrdiff_t j = 0; j < V; j += VL) {
+            const ptrdiff_t nv = V - j < VL ? V - j : VL;
+            const VF v = FN(loadn)(x + j, nv);
+            vmax = FN(select)((v > vmax) & (lanes < (int)nv), v, vmax);
+            vmax = FN(select)((v != v) & (lanes < (int)nv), v, vmax); /* NaN wins, as in NumPy */
+        }
+        float m = vmax[0];
+        for (int l = 1; l < VL; ++l)
+            m = (vmax[l] > m || vmax[l] != vmax[l]) ? vmax[l] : m;
+        const ptrdiff_t t = (ptrdiff_t)targets[r];
+        const float picked = x[t] - m; /* before d, which may be x, is written */
+        const VF vm = FN(splat)(m);
+        VF vsum = FN(splat)(0.0f);
+        for (ptrdiff_t j = 0; j < V; j += VL) {
+            const ptrdiff_t nv = V - j < VL ? V - j : VL;
+            const VF e = FN(exp_neg)(FN(loadn)(x + j, nv) - vm);
+            vsum += FN(select)(lanes < (int)nv, e, FN(splat)(0.0f));
+            FN(storen)(d + j, e, nv);
+        }
+        float s = 0.0f;
+        for (int l = 0; l < VL; ++l) s += vsum[l];
+        row_loss[r] = (double)logf(s) - (double)picked;
+        const VF vs = FN(splat)(s), vscale = FN(splat)(scale);
+        for (ptrdiff_t j = 0; j < V; j += VL) {
+            const ptrdiff_t nv = V - j < VL ? V - j : VL;
+            VF e = FN(loadn)(d + j, nv) / vs;
+            e = e - FN(select)(lanes + (int)j == (int)t, FN(splat)(1.0f), FN(splat)(0.0f));
+            FN(storen)(d + j, e * vscale, nv);
+        }
+    }
+}
+
 /* This path's entry in lstm_fused.c's table; cpu_has_<path> is defined there. */
 static const path_kernels FN(kernels) = {VL, BV * VL, FN(cpu_has), FN(pack_forward),
                                          FN(pack_backward), FN(forward), FN(backward),
                                          FN(backward_proj), FN(step),
-                                         FN(row_panels), FN(dot_rows), FN(activations)};
+                                         FN(row_panels), FN(dot_rows), FN(activations),
+                                         FN(softmax_xent)};
 
 #undef FWD_CASE
 #undef PROJ_CASE

@@ -102,6 +102,15 @@ INLINE __m512 FN(exp_parts)(__m512 x, __m512 *q)
     return n;
 }
 
+/* exp(x) for x <= 0 (the softmax's shifted logits), x clamped to -104 from below
+ * (the result is then 0 or the smallest denormal; max keeps a NaN x). */
+INLINE VF FN(exp_neg)(VF xv)
+{
+    __m512 q;
+    const __m512 n = FN(exp_parts)(_mm512_max_ps(_mm512_set1_ps(-104.0f), (__m512)xv), &q);
+    return (VF)_mm512_scalef_ps(_mm512_add_ps(q, _mm512_set1_ps(1.0f)), n);
+}
+
 /* 1 / (1 + exp(-x)), with x clamped to [-87, 104] so that exp(-x) neither
  * overflows nor leaves the reduction's range (max/min keep a NaN x). */
 INLINE VF FN(sigmoid)(VF xv)

@@ -148,6 +148,52 @@ def test_softmax_cross_entropy_is_stable_for_huge_logits(dtype):
     assert_close(nn.softmax(logits).sum(1), np.ones(2), dtype, "softmax rows sum to 1")
 
 
+def _numpy_softmax_cross_entropy(monkeypatch, logits, targets):
+    with monkeypatch.context() as m:
+        m.setattr(nn, "_fused_softmax_xent", lambda *args: None)
+        return nn.softmax_cross_entropy(logits.copy(), targets)
+
+
+def _fused_paths():
+    try:
+        from fastlstm.backends import _c
+    except ImportError:
+        return []
+    return [p for p in _c.SUPPORTED_KERNELS if p != "blas"]
+
+
+@pytest.mark.parametrize("path", _fused_paths())
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (7, 16), (33, 17), (6400, 65), (4, 200)])
+def test_fused_softmax_cross_entropy_matches_the_numpy_form(monkeypatch, path, shape):
+    monkeypatch.setenv("FASTLSTM_KERNEL", path)
+    rng = np.random.default_rng(sum(shape))
+    logits = (4 * rng.standard_normal(shape)).astype(np.float32)
+    logits[0, 0] = 60.0  # a large logit: the shift by the row's maximum matters
+    targets = rng.integers(0, shape[1], shape[0])
+    want_loss, want = _numpy_softmax_cross_entropy(monkeypatch, logits, targets)
+    loss, d = nn.softmax_cross_entropy(logits, targets)
+    assert nn._fused_softmax_xent(logits, targets, None) is not None  # the C pass ran
+    assert abs(loss - want_loss) <= 1e-6 * abs(want_loss)
+    assert d.dtype == np.float32 and d.shape == shape
+    # (p - 1 at the target cancels: a few float32 ulps of 1, scaled by 1/M)
+    np.testing.assert_allclose(d, want, rtol=2e-6, atol=1e-6 / shape[0])
+    inplace = logits.copy()
+    loss2, d2 = nn.softmax_cross_entropy(inplace, targets, out=inplace)
+    assert loss2 == loss and d2 is inplace and np.array_equal(d2, d)
+
+
+def test_fused_softmax_cross_entropy_keeps_nan_and_leaves_other_inputs_to_numpy(monkeypatch):
+    logits = np.zeros((3, 20), np.float32)
+    logits[1, 7] = np.nan
+    loss, d = nn.softmax_cross_entropy(logits, np.array([0, 1, 2]))
+    assert np.isnan(loss) and np.isnan(d[1]).all() and np.isfinite(d[[0, 2]]).all()
+    # float64, a strided array and targets out of range take the NumPy form
+    assert nn._fused_softmax_xent(logits.astype(np.float64), np.array([0, 1, 2]), None) is None
+    assert nn._fused_softmax_xent(np.zeros((3, 40), np.float32)[:, ::2], np.array([0, 1, 2]), None) is None
+    assert nn._fused_softmax_xent(logits, np.array([0, 1, 20]), None) is None
+    assert nn._fused_softmax_xent(logits, np.array([0, -1, 2]), None) is None
+
+
 def test_log_softmax_matches_log_of_softmax():
     rng = np.random.default_rng(8)
     z = rng.standard_normal((4, 6))

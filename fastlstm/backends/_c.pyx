@@ -142,6 +142,8 @@ cdef extern from "lstm_fused.h" nogil:
                          const float *const *W_hh, const float *const *b, const float *h,
                          const float *c, float *gates, float *h_out, float *c_out)
     void lstm_fused_activations(int path, Py_ssize_t n, const float *x, float *sig, float *th)
+    int lstm_fused_softmax_xent(int path, int nthreads, Py_ssize_t M, Py_ssize_t V, const float *logits,
+                                const int64_t *targets, float scale, float *dl, double *row_loss)
 
 
 cdef extern from "lstm_bf16.h" nogil:
@@ -1632,6 +1634,35 @@ THREADED_PASS_BYTES = 256 * 1024
 
 cdef int _pass_threads(Py_ssize_t nbytes):
     return max_threads() if nbytes >= THREADED_PASS_BYTES else 1
+
+
+def softmax_xent(const float[:, ::1] logits, const int64_t[::1] targets, float[:, ::1] out,
+                 double scale):
+    """Softmax cross-entropy of float32 rows (fastlstm/charlm/nn.py's softmax_cross_entropy):
+    logits [M, V], targets [M] int64 in [0, V), out [M, V] OUT (may be logits) =
+    (softmax - onehot) * scale; returns each row's loss, float64 [M]
+    (log sum exp(x - max) - (x[target] - max)), or None where the kernel path is "blas" or
+    no fused kernels were built (the caller then computes it in NumPy)."""
+    cdef Py_ssize_t M = logits.shape[0], V = logits.shape[1], r
+    if targets.shape[0] != M or out.shape[0] != M or out.shape[1] != V:
+        raise ValueError(f"softmax_xent: logits {_shape(logits)}, targets {targets.shape[0]}, "
+                         f"out {_shape(out)}")
+    for r in range(M):
+        if targets[r] < 0 or targets[r] >= V:
+            raise IndexError(f"target {targets[r]} at row {r} is outside [0, {V})")
+    name = kernel_path()
+    if name == "blas":
+        return None
+    loss = np.empty(M, np.float64)
+    cdef double[::1] lv = loss
+    cdef int path = _PATHS[name], ok
+    cdef int nthreads = _pass_threads(M * V * 4)
+    if M == 0 or V == 0:
+        return loss
+    with nogil:
+        ok = lstm_fused_softmax_xent(path, nthreads, M, V, &logits[0, 0], &targets[0], <float>scale,
+                                     &out[0, 0], &lv[0])
+    return loss if ok else None
 
 
 def splitmix_words(uint64_t key, uint64_t[::1] out):
