@@ -44,3 +44,24 @@ void lstm_splitmix_words(int nthreads, uint64_t key, ptrdiff_t n, uint64_t *out)
         out[i] = z ^ (z >> 31);
     }
 }
+
+void lstm_zero_bytes(int nthreads, ptrdiff_t n, void *p)
+{
+    (void)nthreads;
+#ifdef _OPENMP
+    LSTM_PRAGMA(omp parallel num_threads(nthreads) if (nthreads > 1))
+#endif
+    {
+        int me = 0, team = 1;
+#ifdef _OPENMP
+        me = omp_get_thread_num();
+        team = omp_get_num_threads();
+#endif
+        /* shares in whole cache lines */
+        const ptrdiff_t lines = (n + 63) / 64;
+        const ptrdiff_t lo = lines * me / team * 64;
+        ptrdiff_t hi = lines * (me + 1) / team * 64;
+        if (hi > n) hi = n;
+        if (hi > lo) memset((char *)p + lo, 0, (size_t)(hi - lo));
+    }
+}

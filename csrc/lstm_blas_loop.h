@@ -151,6 +151,9 @@ void lstm_scatter_add_rows_f32(int nthreads, ptrdiff_t rows, ptrdiff_t G, const 
 void lstm_scatter_add_rows_f64(int nthreads, ptrdiff_t rows, ptrdiff_t G, const int64_t *ids,
                                const double *src, double *dst);
 
+/* p [n bytes] OUT: zeros, on nthreads threads (the trainer's gradients between steps). */
+void lstm_zero_bytes(int nthreads, ptrdiff_t n, void *p);
+
 /* out [n] OUT: words 1..n of the SplitMix64 sequence from state key (word i is
  * the output function of key + i * 0x9E3779B97F4A7C15): the random bits of
  * dropout's masks (fastlstm/_dropout.py, whose NumPy fallback computes the same

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["apply_keep", "batch_rows", "keep_bits", "keep_mask", "random_words"]
+__all__ = ["apply_keep", "batch_rows", "keep_bits", "keep_mask", "random_words", "words_needed"]
 
 #: (start, stop, total) while a ``batch_rows`` block runs, else None.
 _ROWS: contextvars.ContextVar[tuple[int, int, int] | None] = contextvars.ContextVar("fastlstm_batch_rows",
@@ -72,33 +72,51 @@ def keep_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float) -> NDA
     return bits >= threshold
 
 
-def keep_bits(rng: np.random.Generator, shape: tuple[int, ...],
-              p: float) -> tuple[NDArray[np.uint16], np.uint16]:
+def keep_bits(rng: np.random.Generator, shape: tuple[int, ...], p: float,
+              words: NDArray[np.uint64] | None = None) -> tuple[NDArray[np.uint16], np.uint16]:
     """(bits, threshold): the 16 random bits of each element of ``keep_mask``'s draws, whose
     mask is ``bits >= threshold`` (the same draws; for ``apply_keep``, which saves the pass
-    that makes the mask)."""
-    rows = _ROWS.get()
-    full = tuple(shape)
-    if rows is not None and len(shape) >= 2:
-        start, stop, total = rows
-        if shape[-2] != stop - start:
-            raise ValueError(f"a dropout mask of shape {tuple(shape)} inside batch_rows({start}, {stop}, "
-                             f"{total}) should have {stop - start} rows on its second-to-last axis")
-        full = (*shape[:-2], total, shape[-1])
+    that makes the mask). ``words``: a buffer of ``words_needed(shape)`` uint64 for the
+    draws (one the caller reuses from step to step: a fresh one costs page faults), which
+    the bits are then a view of; else a new one."""
+    full = _whole_batch_shape(shape)
     size = int(np.prod(full))
-    raw = random_words(int(rng.bit_generator.random_raw()), (size + 3) // 4)
-    bits = raw.view(np.uint16)[:size].reshape(full)
+    n = (size + 3) // 4
+    if words is None or words.shape != (n,) or words.dtype != np.uint64 or not words.flags.c_contiguous:
+        words = np.empty(n, np.uint64)
+    random_words(int(rng.bit_generator.random_raw()), n, out=words)
+    bits = words.view(np.uint16)[:size].reshape(full)
     if full != tuple(shape):
+        start, stop, _ = _ROWS.get()  # type: ignore[misc]
         bits = bits[..., start:stop, :]
     return bits, np.uint16(min(round(p * 65536), 65535))
 
 
-def random_words(key: int, n: int) -> NDArray[np.uint64]:
+def words_needed(shape: tuple[int, ...]) -> int:
+    """The 64-bit words under ``keep_bits``' draws for a mask of ``shape`` (inside
+    ``batch_rows``, the whole batch's)."""
+    return (int(np.prod(_whole_batch_shape(shape))) + 3) // 4
+
+
+def _whole_batch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``shape``, or inside ``batch_rows`` the whole batch's (its rows on the second-to-last axis)."""
+    rows = _ROWS.get()
+    if rows is None or len(shape) < 2:
+        return tuple(shape)
+    start, stop, total = rows
+    if shape[-2] != stop - start:
+        raise ValueError(f"a dropout mask of shape {tuple(shape)} inside batch_rows({start}, {stop}, "
+                         f"{total}) should have {stop - start} rows on its second-to-last axis")
+    return (*shape[:-2], total, shape[-1])
+
+
+def random_words(key: int, n: int, out: NDArray[np.uint64] | None = None) -> NDArray[np.uint64]:
     """Words 1..n of the SplitMix64 sequence from state ``key``: word i is SplitMix64's output
     function of ``key + i * 0x9E3779B97F4A7C15`` (mod 2**64). Counter-based, so that the C
     backend computes them on its threads (a quarter of the time of the generator's own raw
-    draws here); this NumPy form gives the same words where it is not built."""
-    out = np.empty(n, np.uint64)
+    draws here); this NumPy form gives the same words where it is not built. ``out``: an
+    (n,) uint64 C-contiguous array to fill."""
+    out = np.empty(n, np.uint64) if out is None else out
     c = _c_pass("splitmix_words")
     if c is not None:
         c(key, out)

@@ -29,7 +29,7 @@ from . import _config
 from . import _validate as v
 from ._arrays import backend_and_arrays, on_callers_stream
 from ._bf16 import Bf16Weights, check_precision
-from ._dropout import apply_keep, keep_bits, keep_mask
+from ._dropout import apply_keep, keep_bits, keep_mask, words_needed
 from ._packed import PackedWeights, WeightSnapshot
 from ._params import ParameterSet
 from .backends import check_name, get_backend
@@ -538,10 +538,11 @@ class LSTM(ParameterSet):
                     held.append(both)
             if training and self.dropout > 0 and not last:
                 if ws is not None:  # the masked output in one pass; the draws kept for backward
-                    bits, threshold = keep_bits(self._rng, y.shape, self.dropout)
+                    words = ws.take((words_needed(y.shape),), np.uint64)
+                    bits, threshold = keep_bits(self._rng, y.shape, self.dropout, words)
                     mask = (bits, threshold, 1.0 / (1.0 - self.dropout))
                     y = apply_keep(*mask, y, out=ws.take(y.shape, self.dtype))
-                    held.append(y)
+                    held += [words, y]
                 else:
                     mask = xp.as_array("mask", self._dropout_mask(y.shape), self.dtype)
                     y = xp.multiply(y, mask)

@@ -125,3 +125,23 @@ def test_keep_bits_draws_one_word_per_mask_and_keeps_one_minus_p(pass_kind):
     for b in range(16):
         ones = ((bits >> np.uint16(b)) & np.uint16(1)).mean()
         assert abs(ones - 0.5) < 5 * np.sqrt(0.25 / bits.size)
+
+
+def test_keep_bits_into_a_reused_buffer_gives_the_same_draws(pass_kind):
+    shape = (7, 6, 5)
+    want, threshold = _dropout.keep_bits(np.random.default_rng(9), shape, 0.4)
+    words = np.empty(_dropout.words_needed(shape), np.uint64)
+    bits, threshold2 = _dropout.keep_bits(np.random.default_rng(9), shape, 0.4, words)
+    assert threshold2 == threshold and np.shares_memory(bits, words)
+    np.testing.assert_array_equal(bits, want)
+    # a buffer of another size is not used
+    other = np.zeros(3, np.uint64)
+    bits, _ = _dropout.keep_bits(np.random.default_rng(9), shape, 0.4, other)
+    assert not np.shares_memory(bits, other) and not other.any()
+    np.testing.assert_array_equal(bits, want)
+    # inside batch_rows the buffer holds the whole batch's draws
+    with _dropout.batch_rows(1, 4, 6):
+        n = _dropout.words_needed(shape[:-2] + (3, shape[-1]))
+        part, _ = _dropout.keep_bits(np.random.default_rng(9), (7, 3, 5), 0.4, np.empty(n, np.uint64))
+    assert n == _dropout.words_needed(shape)
+    np.testing.assert_array_equal(part, want[:, 1:4])

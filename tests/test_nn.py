@@ -194,6 +194,17 @@ def test_fused_softmax_cross_entropy_keeps_nan_and_leaves_other_inputs_to_numpy(
     assert nn._fused_softmax_xent(logits, np.array([0, -1, 2]), None) is None
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 17, 300_001])
+def test_fill_zero_zeroes_exactly_its_array(dtype, n):
+    buf = np.full(n + 2, 7, dtype)
+    nn.fill_zero(buf[1:-1])
+    assert not buf[1:-1].any() and buf[0] == 7 and buf[-1] == 7
+    strided = np.ones(10, dtype)[::2]
+    nn.fill_zero(strided)  # NumPy's assignment
+    assert not strided.any()
+
+
 def test_log_softmax_matches_log_of_softmax():
     rng = np.random.default_rng(8)
     z = rng.standard_normal((4, 6))

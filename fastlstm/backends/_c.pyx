@@ -58,6 +58,7 @@ cdef extern from "lstm_blas_loop.h" nogil:
     void lstm_scatter_add_rows_f64(int nthreads, Py_ssize_t rows, Py_ssize_t G, const int64_t *ids,
                                    const double *src, double *dst)
     void lstm_splitmix_words(int nthreads, uint64_t key, Py_ssize_t n, uint64_t *out)
+    void lstm_zero_bytes(int nthreads, Py_ssize_t n, void *p)
     void lstm_dropout_f32(int nthreads, Py_ssize_t n, const uint16_t *bits, unsigned threshold,
                           float scale, const float *x, float *y, float *mask)
     void lstm_dropout_f64(int nthreads, Py_ssize_t n, const uint16_t *bits, unsigned threshold,
@@ -1627,7 +1628,8 @@ def scatter_add_rows(const int64_t[::1] ids, const floating[:, ::1] src, floatin
             lstm_scatter_add_rows_f64(nthreads, rows, G, &ids[0], &src[0, 0], &dst[0, 0])
 
 
-#: Bytes from which the elementwise passes (dropout, move_rows, scatter_add_rows, adam_step)
+#: Bytes from which the elementwise passes (dropout, move_rows, scatter_add_rows, adam_step,
+#: fill_zero, splitmix_words, softmax_xent)
 #: run on the threads; below, starting them costs more than they save.
 THREADED_PASS_BYTES = 256 * 1024
 
@@ -1663,6 +1665,16 @@ def softmax_xent(const float[:, ::1] logits, const int64_t[::1] targets, float[:
         ok = lstm_fused_softmax_xent(path, nthreads, M, V, &logits[0, 0], &targets[0], <float>scale,
                                      &out[0, 0], &lv[0])
     return loss if ok else None
+
+
+def fill_zero(floating[::1] a):
+    """a[:] = 0, on the threads from THREADED_PASS_BYTES."""
+    cdef Py_ssize_t n = a.shape[0] * sizeof(floating)
+    if n == 0:
+        return
+    cdef int nthreads = _pass_threads(n)
+    with nogil:
+        lstm_zero_bytes(nthreads, n, &a[0])
 
 
 def splitmix_words(uint64_t key, uint64_t[::1] out):

@@ -13,7 +13,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from .._bf16 import check_precision, round_bf16
 from ..layer import LSTM
-from .nn import Dense, Dropout, Embedding, flat_buffer, softmax_cross_entropy
+from .nn import Dense, Dropout, Embedding, fill_zero, flat_buffer, softmax_cross_entropy
 
 #: The LSTM state carried between calls: (h, c), each (L, N, H); None means zeros.
 State = tuple[NDArray[np.floating], NDArray[np.floating]] | None
@@ -186,8 +186,8 @@ class CharModel:
 
     def zero_grad(self) -> None:
         """Set every gradient to zero (gradients accumulate)."""
-        if flat_buffer(self.grads.values()) is self._flat_grads:
-            self._flat_grads[...] = 0
+        if self._flat_grads is not None and flat_buffer(self.grads.values()) is self._flat_grads:
+            fill_zero(self._flat_grads)
         else:  # a caller replaced some of them
             for g in self.grads.values():
                 g[...] = 0

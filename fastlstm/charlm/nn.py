@@ -20,7 +20,7 @@ SeedLike = int | np.random.SeedSequence | np.random.Generator | None
 Grads = Mapping[str, NDArray[np.floating]] | Iterable[NDArray[np.floating]]
 
 __all__ = ["Adam", "Dense", "Dropout", "Embedding", "SoftmaxCrossEntropy", "check_dropout", "clip_grad_norm",
-           "flat_buffer", "global_norm", "log_softmax", "softmax", "softmax_cross_entropy", "split_matmul"]
+           "fill_zero", "flat_buffer", "global_norm", "log_softmax", "softmax", "softmax_cross_entropy", "split_matmul"]
 
 
 #: Products of at least this many multiply-adds split their rows over the threads (Dense with
@@ -105,6 +105,20 @@ def _take_saved(layer: Any, attr: str, forward: str) -> Any:
         raise RuntimeError(f"{type(layer).__name__}.backward needs a preceding {forward}")
     setattr(layer, attr, None)
     return saved
+
+
+def fill_zero(a: NDArray[np.floating]) -> None:
+    """``a[...] = 0`` for a 1-D C-contiguous float array: on the C backend's threads where it
+    is built (a model's flat gradient buffer, several megabytes, between steps), else NumPy."""
+    if a.ndim == 1 and a.flags.c_contiguous and a.dtype in (np.float32, np.float64):
+        try:
+            from ..backends import _c
+        except ImportError:
+            pass
+        else:
+            _c.fill_zero(a)
+            return
+    a[...] = 0
 
 
 def flat_buffer(arrays: Iterable[NDArray[np.floating]]) -> NDArray[np.floating] | None:
@@ -364,6 +378,7 @@ class Dropout:
         self.grads: dict[str, NDArray[np.floating]] = {}
         # the last training mask's draws: (bits, threshold) of _dropout.keep_bits
         self._mask: tuple[NDArray[np.uint16], np.uint16] | None = None
+        self._words: Any = None  # the buffer under the last mask's bits
         self._scale: Any = 1.0
 
     def forward(self, x: ArrayLike, *, training: bool = False,
@@ -388,7 +403,9 @@ class Dropout:
         if not training or self.p == 0.0:
             self._mask = None
             return x
-        self._mask = keep_bits(self.rng, x.shape, self.p)
+        # the draws' buffer is kept from step to step (a fresh one costs page faults)
+        self._mask = keep_bits(self.rng, x.shape, self.p, self._words)
+        self._words = self._mask[0].base
         self._scale = x.dtype.type(1.0 / (1.0 - self.p))
         return apply_keep(*self._mask, self._scale, x, out=out)
 
