@@ -190,7 +190,8 @@ void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_ro
     const path_kernels *k = usable(path);
     /* (placed rows need the batch of each step and no projection; a row stride of y
      * other than its width, no projection) */
-    if (k && T > 0 && N > 0 && H > 0 && (!place || (batch && P == 0))
+    if (k && T > 0 && N > 0 && H > 0
+        && (!place || (P == 0 && (batch || (place->ids && !x && Ip == 0 && !place->x && !place->y))))
         && (ldy <= 0 || ldy == (P > 0 ? P : H) || (P == 0 && ldy >= H)))
         k->forward(blas, nthreads, by_rows, T, N, batch, I, Ip, H, P, x, W_ih, b, W_hh, W_f, W_x,
                    W_hr, h0, c0, gates, keep, y, cs, ms, rev && !batch, place, ldy);

@@ -89,9 +89,17 @@ void lstm_fused_pack_backward(int path, ptrdiff_t H, ptrdiff_t R, const float *W
  *         row t * N + perm[n] of y is set to 0 for every sorted row n that has
  *         ended (n >= batch[t]). Rows of times T..T_pad-1 are the caller's.
  *   perm: [N] the batch row of each sorted row.
- * Only without a projection (P = 0); gates and cs stay packed. */
+ * Only without a projection (P = 0); gates and cs stay packed.
+ * Or, for a forward on the caller's input projection (x NULL, Ip = 0, no batch
+ * needed, P = 0; x, y and perm NULL):
+ *   ids, table: row r's input projection (bias included) is row ids[r] of table
+ *         ([V, G], ids in [0, V), unchecked), read by the loop itself, instead of
+ *         gates[r] on entry (the char model's embedding folded into a table; no
+ *         gather of [rows, G] first). gates are written as ever. */
 typedef struct {
     const ptrdiff_t *x, *y, *perm;
+    const int64_t *ids;
+    const float *table;
 } lstm_rows_place;
 
 /* Forward pass of one layer, input projection included.
@@ -129,7 +137,8 @@ typedef struct {
  * rev (with batch NULL): a reverse pass over full lengths, in place: step t
  * runs time T-1-t, so every [T, N, ...] array keeps its time order (no
  * copies in step order); its final state is then at time 0.
- * place: NULL, or (with batch and P = 0) where the rows are (lstm_rows_place).
+ * place: NULL, or (with batch and P = 0) where the rows are, or (x NULL, P = 0)
+ *        where the input projection's rows are (lstm_rows_place).
  * ldy: 0, or without a projection the row stride of y in floats (>= H): its rows
  *      [T * N or rows, H] ldy apart instead of H (one direction's half of a
  *      bidirectional layer's output, written in place).

@@ -266,7 +266,8 @@ static void FN(panel_product)(lstm_team me, ptrdiff_t n, ptrdiff_t K, ptrdiff_t 
 INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t KR, ptrdiff_t nvalid,
                               const float *Wp, const float *const *x_rows, const float *bias,
                               const float *const *h_prev, const float *c_prev, float *gates,
-                              int keep, float *c, float *const *h, const char *pf)
+                              const float *const *pre_rows, int keep, float *c, float *const *h,
+                              const char *pf)
 {
     const ptrdiff_t G = 4 * H;
     VF acc[RF][4];
@@ -289,10 +290,11 @@ INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t K
     for (int r = 0; r < R; ++r) {
         float *pre = gates + r * G;
         if (!x_rows) {
-            add[0] = FN(loadn)(pre, nvalid);
-            add[1] = FN(loadn)(pre + H, nvalid);
-            add[2] = FN(loadn)(pre + 2 * H, nvalid);
-            add[3] = FN(loadn)(pre + 3 * H, nvalid);
+            const float *src = pre_rows ? pre_rows[r] : pre;
+            add[0] = FN(loadn)(src, nvalid);
+            add[1] = FN(loadn)(src + H, nvalid);
+            add[2] = FN(loadn)(src + 2 * H, nvalid);
+            add[3] = FN(loadn)(src + 3 * H, nvalid);
         }
         FN(cell)(acc[r], add, c_prev + r * H, pre, keep, H, nvalid, c + r * H, h[r]);
     }
@@ -300,14 +302,15 @@ INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t K
 
 #define FWD_CASE(R_)                                                                        \
     case R_:                                                                                \
-        FN(forward_block)(R_, H, I, KR, nvalid, Wp, x_rows, bias, h_prev, c_prev, gates, keep, c, h, \
-                          pf);                                                              \
+        FN(forward_block)(R_, H, I, KR, nvalid, Wp, x_rows, bias, h_prev, c_prev, gates,    \
+                          pre_rows, keep, c, h, pf);                                        \
         break;
 
 static void FN(forward_rows)(int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t KR, ptrdiff_t nvalid,
                              const float *Wp, const float *const *x_rows, const float *bias,
                              const float *const *h_prev, const float *c_prev, float *gates,
-                             int keep, float *c, float *const *h, const char *pf)
+                             const float *const *pre_rows, int keep, float *c, float *const *h,
+                             const char *pf)
 {
     switch (R) {
     FWD_CASE(1) FWD_CASE(2)
@@ -576,6 +579,9 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
     /* KR: the width of h (P with a projection, whose cell output m goes to ms
      * and h = m . W_hr^T is one more product, after a barrier) */
     const ptrdiff_t *xplace = place ? place->x : NULL, *yplace = place ? place->y : NULL;
+    /* the input projection by rows of a table (x NULL, Ip = 0), or gates on entry */
+    const int64_t *ids = place ? place->ids : NULL;
+    const float *table = place ? place->table : NULL;
     const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H, KR = P ? P : H, K = Ip + KR;
     /* the row strides of y and of m (the cell's output: ms, or y itself) */
     const ptrdiff_t ly = ldy > 0 ? ldy : KR, lm = P ? H : ly;
@@ -660,17 +666,19 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
                     continue;
                 }
                 /* the block's rows: packed at r0.., or placed in the padded x and y */
-                const float *xr[RF], *hr[RF];
+                const float *xr[RF], *hr[RF], *pr[RF];
                 float *hout[RF];
                 for (ptrdiff_t r = 0; r < it.n1 - n0; ++r) {
                     const ptrdiff_t row = r0 + r, prev = off_prev + n0 + r;
                     if (Ip) xr[r] = x + (xplace ? xplace[row] : row) * Ip;
+                    if (ids) pr[r] = table + ids[row] * G + j0;
                     hr[r] = !t ? h0 + (n0 + r) * KR : y + (yplace ? yplace[prev] : prev) * ly;
                     hout[r] = m + (yplace ? yplace[row] : row) * lm + j0;
                 }
                 FN(forward_rows)((int)(it.n1 - n0), H, Ip, KR, nvalid, W_f + it.p * K * 4 * VL,
                                  Ip ? xr : NULL, b + j0, hr, c_prev + n0 * H + j0,
-                                 gates + r0 * G + j0, keep, cs + r0 * H + j0, hout, it.pf);
+                                 gates + r0 * G + j0, ids ? pr : NULL, keep, cs + r0 * H + j0,
+                                 hout, it.pf);
             }
             LSTM_BARRIER();
             if (P) {
@@ -1225,7 +1233,7 @@ static void FN(row_panels)(ptrdiff_t p0, ptrdiff_t p1, int down, ptrdiff_t Ip, p
         const float *xr[1] = {x}, *hr[1] = {h_prev};
         float *hout[1] = {h + j0};
         FN(forward_rows)(1, H, Ip, H, nvalid, W_f + p * panel, Ip ? xr : NULL, add + j0, hr,
-                         c + j0, (float *)(uintptr_t)(add + j0), 0, c + j0, hout,
+                         c + j0, (float *)(uintptr_t)(add + j0), NULL, 0, c + j0, hout,
                          (const char *)(W_f + pn * panel));
     }
 }

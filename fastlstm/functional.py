@@ -204,7 +204,7 @@ def _options(lengths, reverse, W_hr, ms=None, dW_hr=None, projected=False):
 
 def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, workspace=None,
                 xp=HostArrays, lengths=None, reverse=False, W_hr=None, gates=None, y=None,
-                packed=None):
+                packed=None, gates_rows=None):
     """Validated arrays in; (y, hT, cT, cache or None) out. ``xp``: where x lives.
 
     lengths ([N] int64 or None), reverse and W_hr ([P, H] or None) as in the
@@ -215,7 +215,11 @@ def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, worksp
     ``y``: where the outputs go (a buffer the caller reuses, or, for a backend with
     ``ROW_STRIDED_Y``, a view whose rows lie one stride apart), else a fresh array.
     ``packed``: W_ih and W_hh packed once (the C backend's PackedForward of these
-    arrays), for a backend that reads them (``PACKED_WEIGHTS``); others pack nothing."""
+    arrays), for a backend that reads them (``PACKED_WEIGHTS``); others pack nothing.
+    ``gates_rows``: with ``gates``, (table [V, G], ids [T * N] int64 in [0, V)): the
+    projection's row r is table[ids[r]] and gates is only where the rows go; a backend
+    with the ``projected_rows`` option reads them from the table in its loop, for the
+    others they are gathered into gates first."""
     T, N, _ = x.shape
     H = W_hh.shape[0] // 4
     K = W_hh.shape[1]  # H, or P with a projection
@@ -237,6 +241,12 @@ def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, worksp
     extra = _options(lengths, reverse, W_hr, ms, projected=projected)
     if packed is not None and getattr(be, "PACKED_WEIGHTS", False):
         extra["packed"] = packed
+    if gates_rows is not None:
+        if "projected_rows" in getattr(be, "OPTIONS", ()):
+            extra["projected_rows"] = gates_rows
+        else:
+            table, ids = gates_rows
+            np.take(table, ids, axis=0, out=gates.reshape(-1, table.shape[1]))
     be.forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=training, **extra)
     if training:
         return y, hT, cT, LSTMCache(be, x, h0, c0, W_ih, W_hh, y, gates, cs, arrays=xp,

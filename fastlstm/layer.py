@@ -377,10 +377,10 @@ class LSTM(ParameterSet):
     # -- forward / backward ----------------------------------------------
     def __call__(self, x: Any, state: Any = None, *, lengths: Any = None,
                  training: bool = False, weights: str | None = None,
-                 input_projection: Any = None) -> tuple[Any, tuple[Any, Any]]:
+                 input_projection: Any = None, input_rows: Any = None) -> tuple[Any, tuple[Any, Any]]:
         """Same as :meth:`forward`."""
         return self.forward(x, state, lengths=lengths, training=training, weights=weights,
-                            input_projection=input_projection)
+                            input_projection=input_projection, input_rows=input_rows)
 
     def _projected_input(self, x, proj, lengths):
         """(backend, arrays, empty (T, N, 0) x) for a forward on the caller's layer-0 projection."""
@@ -397,10 +397,29 @@ class LSTM(ParameterSet):
         be, xp = backend_and_arrays(self.backend, "input_projection", proj)
         return be, xp, np.empty(proj.shape[:2] + (0,), self.dtype)
 
+    def _projection_rows(self, input_rows, TN):
+        """(table, ids as int64 [T * N]) of ``input_rows``, checked against (T, N) = TN."""
+        try:
+            table, ids = input_rows
+        except (TypeError, ValueError):
+            raise ValueError("input_rows must be a pair (table, ids)") from None
+        G = 4 * self.hidden_size
+        if type(table) is not np.ndarray or table.dtype != self.dtype or table.ndim != 2 \
+                or table.shape[1] != G:
+            raise ValueError(f"input_rows' table must be a {self.dtype} ndarray of shape (V, 4H) = "
+                             f"(V, {G}), got {type(table).__name__} of shape {getattr(table, 'shape', '?')}")
+        ids = np.asarray(ids)
+        if ids.dtype.kind not in "iu" or ids.shape != tuple(TN):
+            raise ValueError(f"input_rows' ids must be integers of shape (T, N) = {tuple(TN)}, "
+                             f"got {ids.dtype} of shape {ids.shape}")
+        if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+            raise ValueError(f"input_rows' ids must lie in [0, {table.shape[0]}), got [{ids.min()}, {ids.max()}]")
+        return np.ascontiguousarray(table), ids.reshape(-1).astype(np.int64)
+
     @on_callers_stream(lambda self, x=None, *args, **kwargs: (x,))
     def forward(self, x: Any, state: Any = None, *, lengths: Any = None,
                 training: bool = False, weights: str | None = None,
-                input_projection: Any = None) -> tuple[Any, tuple[Any, Any]]:
+                input_projection: Any = None, input_rows: Any = None) -> tuple[Any, tuple[Any, Any]]:
         """Run the whole sequence.
 
         Parameters
@@ -431,6 +450,12 @@ class LSTM(ParameterSet):
             the layer's workspace until ``backward``, which returns its gradient as
             dx, in the same buffer, and leaves ``grads["weight_ih_l0"]`` to the caller
             (the biases' gradients accumulate as usual). Runs with float32 weights.
+        input_rows : pair (table, ids), optional
+            With ``input_projection``: its row (t, n) is ``table[ids[t, n]]`` (table
+            (V, 4H) of the layer's dtype, ids (T, N) integers in [0, V)), and
+            ``input_projection`` is only where those rows go (its contents on entry are
+            not read). The C backend's loops read the rows from the table as they run,
+            without a gather first.
 
         Returns
         -------
@@ -444,6 +469,9 @@ class LSTM(ParameterSet):
         unbatched = False
         if projected:
             be, xp, x = self._projected_input(x, input_projection, lengths)
+            rows_of = None if input_rows is None else self._projection_rows(input_rows, x.shape[:2])
+        elif input_rows is not None:
+            raise ValueError("input_rows needs input_projection (where the rows go)")
         else:
             be, xp = backend_and_arrays(self.backend, "x", x)
             x = xp.as_array("x", x, self.dtype)
@@ -512,13 +540,14 @@ class LSTM(ParameterSet):
             for d in range(D):
                 idx = layer * D + d
                 W_ih, W_hh, b, W_hr = self._layer_weights(idx, snap)
-                gates = None
+                gates, gates_rows = None, None
                 if projected and layer == 0:
                     W_ih, gates = np.empty((4 * self.hidden_size, 0), self.dtype), input_projection
+                    gates_rows = rows_of
                 task = functools.partial(
                     run_forward, be, inp, h0[idx], c0[idx], W_ih, W_hh, b, training, hT=h_n[idx],
                     cT=c_n[idx], workspace=self._workspace, xp=xp, lengths=lens, reverse=d == 1,
-                    W_hr=W_hr, gates=gates, y=y_bufs[d],
+                    W_hr=W_hr, gates=gates, gates_rows=gates_rows, y=y_bufs[d],
                     packed=None if panels is None else panels.panels(be, idx))
                 tasks.append(task if both is None or in_both else
                              functools.partial(_placed, task, both[..., d * K:(d + 1) * K]))

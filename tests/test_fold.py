@@ -56,6 +56,85 @@ def test_input_projection_rules():
         fastlstm.LSTM(3, 4, 1, bidirectional=True).forward(None, input_projection=proj)
 
 
+def _kernel_paths():
+    try:
+        from fastlstm.backends import _c
+    except ImportError:
+        return ["none"]
+    return list(_c.SUPPORTED_KERNELS)
+
+
+@pytest.mark.parametrize("backend", HOST)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path", _kernel_paths())
+def test_input_rows_equal_the_gathered_projection(monkeypatch, backend, dtype, path):
+    if path != "none":
+        monkeypatch.setenv("FASTLSTM_KERNEL", path)
+    T, N, H, V = 6, 7, 9, 5
+    lstm = fastlstm.LSTM(4, H, 2, dtype=dtype, backend=backend, seed=2)
+    rng = np.random.default_rng(1)
+    table = rng.standard_normal((V, 4 * H)).astype(dtype)
+    ids = rng.integers(0, V, (T, N))
+    ids[0, 0], ids[-1, -1] = 0, V - 1
+    dy = rng.standard_normal((T, N, H)).astype(dtype)
+    y, (h, c) = lstm.forward(None, training=True, input_projection=np.ascontiguousarray(table[ids]))
+    dproj, (dh0, dc0) = lstm.backward(dy)
+    want = {k: g.copy() for k, g in lstm.grads.items()}
+    lstm.zero_grad()
+    where = np.full((T, N, 4 * H), np.nan, dtype)  # its contents on entry are not read
+    y2, (h2, c2) = lstm.forward(None, training=True, input_projection=where, input_rows=(table, ids))
+    dproj2, (dh02, dc02) = lstm.backward(dy)
+    assert np.shares_memory(dproj2, where)
+    # the same numbers: the loops read the same rows, from the table instead of the gathered copy
+    for name, got, exp in [("y", y2, y), ("h", h2, h), ("c", c2, c), ("dproj", dproj2, dproj),
+                           ("dh0", dh02, dh0), ("dc0", dc02, dc0)]:
+        np.testing.assert_array_equal(got, exp, err_msg=name)
+    for name in want:
+        np.testing.assert_array_equal(lstm.grads[name], want[name], err_msg=name)
+
+
+def test_input_rows_rules():
+    lstm = fastlstm.LSTM(3, 4, 1)
+    proj = np.zeros((2, 3, 16), np.float32)
+    table = np.zeros((5, 16), np.float32)
+    ids = np.zeros((2, 3), np.int64)
+    with pytest.raises(ValueError, match="needs input_projection"):
+        lstm.forward(np.zeros((2, 3, 3), np.float32), input_rows=(table, ids))
+    with pytest.raises(ValueError, match="a pair"):
+        lstm.forward(None, input_projection=proj, input_rows=table)
+    with pytest.raises(ValueError, match=r"table must be a float32 ndarray of shape \(V, 4H\)"):
+        lstm.forward(None, input_projection=proj, input_rows=(table[:, :12], ids))
+    with pytest.raises(ValueError, match="table must be"):
+        lstm.forward(None, input_projection=proj, input_rows=(table.astype(np.float64), ids))
+    with pytest.raises(ValueError, match=r"ids must be integers of shape \(T, N\) = \(2, 3\)"):
+        lstm.forward(None, input_projection=proj, input_rows=(table, ids.reshape(3, 2)))
+    with pytest.raises(ValueError, match="ids must be integers"):
+        lstm.forward(None, input_projection=proj, input_rows=(table, ids.astype(np.float32)))
+    for bad in (-1, 5):
+        wrong = ids.copy()
+        wrong[1, 2] = bad
+        with pytest.raises(ValueError, match=r"ids must lie in \[0, 5\)"):
+            lstm.forward(None, input_projection=proj, input_rows=(table, wrong))
+
+
+@pytest.mark.skipif("c" not in HOST, reason="the C backend is not built")
+def test_c_forward_checks_the_rows_of_projected_rows():
+    from fastlstm.backends import _c
+    T, N, H = 2, 3, 4
+    G = 4 * H
+    args = [np.zeros((T, N, 0), np.float32), np.zeros((N, H), np.float32), np.zeros((N, H), np.float32),
+            np.zeros((G, 0), np.float32), np.zeros((G, H), np.float32), np.zeros(G, np.float32),
+            np.zeros((T, N, H), np.float32), np.zeros((N, H), np.float32), np.zeros((N, H), np.float32),
+            np.zeros((T, N, G), np.float32), np.zeros((T, N, H), np.float32)]
+    table = np.zeros((5, G), np.float32)
+    with pytest.raises(ValueError, match="ids must lie in"):
+        _c.forward(*args, projected=True, projected_rows=(table, np.full(T * N, 5)))
+    with pytest.raises(ValueError, match="5 ids for 6 rows"):
+        _c.forward(*args, projected=True, projected_rows=(table, np.zeros(5, np.int64)))
+    with pytest.raises(ValueError, match="needs projected"):
+        _c.forward(*args, projected_rows=(table, np.zeros(T * N, np.int64)))
+
+
 @pytest.mark.parametrize("backend", HOST)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_scatter_add_rows_sums_rows_by_id(backend, dtype):

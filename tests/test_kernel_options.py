@@ -88,7 +88,7 @@ def test_options_match_reference_in_float64(case, reverse):
 
 
 def test_c_backend_declares_every_option():
-    assert set(c_backend.OPTIONS) == {"lengths", "reverse", "projection", "projected"}
+    assert set(c_backend.OPTIONS) == {"lengths", "reverse", "projection", "projected", "projected_rows"}
 
 
 def test_all_lengths_zero_gives_initial_state_and_zero_gradients():

@@ -240,12 +240,12 @@ def test_buffers_reused_between_calls_change_nothing(backend, monkeypatch):
     # outputs, masks and gradients between layers live in the layer's workspace across calls:
     # with an inference pass and a dropped training pass in between, the same numbers as
     # fresh arrays every time, and the caller's dy left alone. A buffer given back is
-    # filled with NaN at once, so that a use after giving it back shows.
+    # filled with NaN (or all ones) at once, so that a use after giving it back shows.
     give = fastlstm.functional.Workspace.give
 
     def poisoned(self, *arrays, **kw):
-        for a in arrays:
-            a.fill(np.nan)
+        for a in arrays:  # (dropout's random words are integers)
+            a.fill(np.nan if a.dtype.kind == "f" else np.iinfo(a.dtype).max)
         give(self, *arrays, **kw)
 
     monkeypatch.setattr(fastlstm.functional.Workspace, "give", poisoned)

@@ -124,6 +124,8 @@ cdef extern from "lstm_fused.h" nogil:
         const Py_ssize_t *x
         const Py_ssize_t *y
         const Py_ssize_t *perm
+        const int64_t *ids
+        const float *table
     void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows, Py_ssize_t T,
                             Py_ssize_t N, const Py_ssize_t *batch, Py_ssize_t I, Py_ssize_t Ip,
                             Py_ssize_t H, Py_ssize_t P, const float *x, const float *W_ih,
@@ -175,7 +177,7 @@ from ._blas_threads import set_threads_local_address
 from ._steps import StepOrder, scratch
 
 #: The keyword options of the backend contract this backend runs.
-OPTIONS = ("lengths", "reverse", "projection", "projected")
+OPTIONS = ("lengths", "reverse", "projection", "projected", "projected_rows")
 #: Every loop releases the GIL: the two directions of a bidirectional layer may run
 #: at the same time on threads of their own (functional.run_directions).
 SIDE_BY_SIDE = True
@@ -591,14 +593,35 @@ def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const
                    const floating[:, ::1] W_ih, const floating[:, ::1] W_hh, const floating[::1] b,
                    floating[:, :, :] y, floating[:, ::1] hT, floating[:, ::1] cT,
                    floating[:, :, ::1] gates, floating[:, :, ::1] cs, bint keep=True,
-                   bint projected=False, prepacked=None, bint rev=False):
+                   bint projected=False, prepacked=None, bint rev=False, projected_rows=None):
     # rev: a reverse pass over full lengths in place (the fused float32 loops only). y: C
-    # contiguous, or (the fused float32 loops) rows of H contiguous values one stride apart
+    # contiguous, or (the fused float32 loops) rows of H contiguous values one stride apart.
+    # projected_rows: (table [V, G], ids [T * N] int64 in [0, V)): with projected, row r of
+    # the input projection is table[ids[r]], which the fused float32 loops read from the
+    # table (lstm_rows_place.ids) and the other paths gather into gates first
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t ldy = _row_stride(y.shape, y.strides, 3, sizeof(floating), H)
     if projected and I != 0:
         raise ValueError(f"with projected gates x must be (T, N, 0), got I = {I}")
+    cdef lstm_rows_place where
+    cdef lstm_rows_place *wp = NULL
+    cdef const int64_t[::1] row_ids
+    cdef const float[:, ::1] row_table
+    if projected_rows is not None:
+        table, ids = projected_rows
+        table = np.ascontiguousarray(table)
+        ids = np.ascontiguousarray(ids, np.int64).reshape(-1)
+        if not projected:
+            raise ValueError("projected_rows needs projected")
+        if table.ndim != 2 or table.shape[1] != G or table.dtype != np.asarray(gates).dtype:
+            raise ValueError(f"projected_rows: the table must be (V, {G}) of the gates' dtype, "
+                             f"got {table.shape} {table.dtype}")
+        if len(ids) != T * N:
+            raise ValueError(f"projected_rows: {len(ids)} ids for {T * N} rows")
+        if len(ids) and (ids.min() < 0 or ids.max() >= table.shape[0]):
+            raise ValueError(f"projected_rows: ids must lie in [0, {table.shape[0]}), "
+                             f"got [{ids.min()}, {ids.max()}]")
     _need("h0", h0.shape, 2, N, H)
     _need("c0", c0.shape, 2, N, H)
     _need("W_ih", W_ih.shape, 2, G, I)
@@ -620,6 +643,18 @@ def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const
         raise ValueError("a reverse pass in place runs on the fused float32 loops only")
     if ldy != H and (floating is double or path == LSTM_PATH_BLAS):
         raise ValueError("a y of strided rows runs on the fused float32 loops only")
+    if projected_rows is not None:
+        if floating is float and path != LSTM_PATH_BLAS:
+            row_table = table
+            row_ids = ids
+            where.x = NULL
+            where.y = NULL
+            where.perm = NULL
+            where.ids = &row_ids[0]
+            where.table = &row_table[0, 0]
+            wp = &where
+        else:  # the BLAS loops read gates: gather them first
+            move_rows(ids, table, np.asarray(gates).reshape(T * N, G))
     cdef Py_ssize_t last = 0 if rev else T - 1, n
     cdef Py_ssize_t Ip
     cdef float[::1] packed
@@ -658,7 +693,7 @@ def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const
             lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, NULL, I, Ip, H, 0,
                                xp, wih, &b[0], whh, &packed[0], pxp, NULL, &h0[0, 0],
                                &c0[0, 0], &gates[0, 0, 0], keep, &y[0, 0, 0], &cs[0, 0, 0], NULL,
-                               rev, NULL, ldy)
+                               rev, wp, ldy)
         for n in range(N):
             memcpy(&hT[n, 0], &y[last, n, 0], H * sizeof(floating))
         memcpy(&cT[0, 0], &cs[last, 0, 0], N * H * sizeof(floating))
@@ -832,6 +867,8 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
         where.x = &place_rows[0]
         where.y = &place_rows[0]
         where.perm = &perm_rows[0]
+        where.ids = NULL
+        where.table = NULL
         wp = &where
         if Ip == 0 and weights_x is None:
             # the BLAS projection reads x packed
@@ -950,7 +987,7 @@ ROW_STRIDED_Y = True
 
 
 def forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=True, *, lengths=None,
-            reverse=False, W_hr=None, ms=None, projected=False, packed=None):
+            reverse=False, W_hr=None, ms=None, projected=False, packed=None, projected_rows=None):
     """The backend contract's forward (fastlstm/backends/reference.py). With lengths,
     reverse or W_hr the rows go through a StepOrder: packed in step order for the C
     loops, and y and the final state back in place; gates, cs and ms then hold the
@@ -963,9 +1000,9 @@ def forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=True, *, length
         raise ValueError("packed must be a PackedForward of this call's W_ih and W_hh arrays")
     if _config.thread_share_now() is not None:
         return _with_blas_share(_forward, x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep,
-                                lengths, reverse, W_hr, ms, projected, packed)
+                                lengths, reverse, W_hr, ms, projected, packed, projected_rows)
     return _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reverse, W_hr, ms,
-                    projected, packed)
+                    projected, packed, projected_rows)
 
 
 def _reverse_in_place(x, lengths, reverse, W_hr):
@@ -977,7 +1014,7 @@ def _reverse_in_place(x, lengths, reverse, W_hr):
 
 
 def _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reverse, W_hr, ms,
-             projected=False, packed=None):
+             projected=False, packed=None, projected_rows=None):
     ldy = None  # y's row stride where it is not C-contiguous
     if not y.flags.c_contiguous:
         in_place = (y.dtype == np.float32 and W_hr is None and not projected
@@ -989,12 +1026,15 @@ def _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reve
         else:
             tmp = np.empty(y.shape, y.dtype)
             _forward(x, h0, c0, W_ih, W_hh, b, tmp, hT, cT, gates, cs, keep, lengths, reverse, W_hr,
-                     ms, projected, packed)
+                     ms, projected, packed, projected_rows)
             y[...] = tmp
             return
     if lengths is None and not reverse and W_hr is None:
-        _forward_plain(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, projected, packed)
+        _forward_plain(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, projected, packed,
+                       projected_rows=projected_rows)
         return
+    if projected_rows is not None:
+        raise NotImplementedError("projected_rows runs without lengths, reverse or a projection")
     if not projected and _reverse_in_place(x, lengths, reverse, W_hr):
         _forward_plain(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, False, packed, True)
         return

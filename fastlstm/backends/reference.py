@@ -35,6 +35,10 @@ forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=True)
            [T, N, 0], W_ih [G, 0], and b is not read. Without lengths, reverse or
            W_hr only. Backward, with the same empty x and W_ih, leaves the gradient
            of that projection (dP) in gates, in this [T, N, G] layout.
+    projected_rows  (table [V, G], ids [T * N] int64 in [0, V)), with projected: row r
+           of the projection is table[ids[r]], and gates need not hold it on entry (a
+           backend with this option reads the rows from the table in its loop; for the
+           others, this one included, fastlstm.functional.run_forward gathers them).
     gates, cs and ms are the backend's own between forward and backward: with these
            options a backend may keep them in another layout (the C backend packs the
            steps that ran, fastlstm/backends/_steps.py); pass them back unchanged.

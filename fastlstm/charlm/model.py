@@ -49,14 +49,6 @@ def check_input_mode(mode: str, name: str = "input_mode") -> str:
     return mode
 
 
-def _row_gather(backend: str) -> Callable[..., None] | None:
-    """The backend's threaded row gather ``move_rows(ids, src, dst)`` (dst[r] = src[ids[r]]),
-    or None where it has none (then ``np.take``: the same numbers)."""
-    from ..backends import get_backend
-
-    return getattr(get_backend(backend), "move_rows", None)
-
-
 class CharModel:
     """Embedding (or scaled ids) -> LSTM(H) x L (dropout between) -> Dropout -> Dense(V).
 
@@ -273,11 +265,12 @@ class CharModel:
 
         return "projected" in getattr(get_backend(self.lstm.backend), "OPTIONS", ())
 
-    def _fold_forward(self, ids: NDArray[np.integer]) -> NDArray[np.floating]:
+    def _fold_forward(self, ids: NDArray[np.integer]) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
         """Layer 0's input projection by table: Tab = E . W_ih^T + b_ih + b_hh is (V, 4H),
         and row (t, n) of the projection is Tab[ids[t, n]], the same number as
         E[ids[t, n]] . W_ih^T + b (to float rounding): one (V, E) x (E, 4H) product per step
-        instead of a (T*N, E) x (E, 4H) one."""
+        instead of a (T*N, E) x (E, 4H) one. Returns (where the rows go, Tab): the LSTM
+        reads the rows from the table (``input_rows``)."""
         assert self.embedding is not None
         V, G = self.vocab_size, 4 * self.hidden_size
         flat = ids.reshape(-1)
@@ -290,12 +283,7 @@ class CharModel:
         if self._proj is None or self._proj.shape != ids.shape + (G,):
             self._proj = np.empty(ids.shape + (G,), self.dtype)
         self._fold = flat.astype(np.int64)
-        gather = _row_gather(self.lstm.backend)
-        if gather is not None and tab.flags.c_contiguous:  # the C pass, on the kernels' threads
-            gather(self._fold, tab, self._proj.reshape(-1, G))
-        else:
-            np.take(tab, flat, axis=0, out=self._proj.reshape(-1, G), mode="clip")  # ids checked above
-        return self._proj
+        return self._proj, tab
 
     def _fold_backward(self, dproj: NDArray[np.floating]) -> None:
         """Gradients of E and W_ih_l0 from dP, the gradient of the gathered projection:
@@ -345,7 +333,9 @@ class CharModel:
         if ids.ndim != 2:
             raise ValueError(f"ids must be 2-D (T, N), got shape {ids.shape}")
         if self._folds(training):
-            y, new_state = self.lstm.forward(None, state, training=True, input_projection=self._fold_forward(ids))
+            proj, tab = self._fold_forward(ids)
+            y, new_state = self.lstm.forward(None, state, training=True, input_projection=proj,
+                                             input_rows=(tab, ids))
         else:
             self._fold = None
             y, new_state = self.lstm.forward(self._inputs(ids, training), state, training=training)

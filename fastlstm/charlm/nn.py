@@ -108,8 +108,17 @@ def _take_saved(layer: Any, attr: str, forward: str) -> Any:
 
 
 def fill_zero(a: NDArray[np.floating]) -> None:
-    """``a[...] = 0`` for a 1-D C-contiguous float array: on the C backend's threads where it
-    is built (a model's flat gradient buffer, several megabytes, between steps), else NumPy."""
+    """Set every element of ``a`` to zero.
+
+    A 1-D C-contiguous float array is zeroed on the C backend's threads where it is built
+    (a model's flat gradient buffer, several megabytes, between steps); anything else by
+    NumPy's assignment.
+
+    Parameters
+    ----------
+    a : ndarray
+        The float array to zero, in place.
+    """
     if a.ndim == 1 and a.flags.c_contiguous and a.dtype in (np.float32, np.float64):
         try:
             from ..backends import _c
