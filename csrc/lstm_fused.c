@@ -46,7 +46,8 @@ typedef struct {
                      const float *W_ih, const float *h0, const float *c0, const float *y,
                      const float *h_prev, const float *cs, const float *W_b, float *gates,
                      const float *dy, float *dh, float *dc, float *dx, float *dW_ih,
-                     float *dW_hh, float *db, float *work, int rev);
+                     float *dW_hh, float *db, float *work, int rev, const int64_t *ids,
+                     ptrdiff_t V, float *dtab);
     void (*backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, ptrdiff_t N,
                           const ptrdiff_t *batch, ptrdiff_t I, ptrdiff_t H, ptrdiff_t P,
                           const float *x, const float *W_ih, const float *W_b,
@@ -212,16 +213,19 @@ void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_r
                          const float *W_b, const float *W_hr, const float *h0, const float *c0,
                          const float *y, const float *h_prev, const float *cs, const float *ms,
                          float *gates, const float *dy, float *dh, float *dc, float *dx,
-                         float *dW_ih, float *dW_hh, float *dW_hr, float *db, float *work, int rev)
+                         float *dW_ih, float *dW_hh, float *dW_hr, float *db, float *work, int rev,
+                         const int64_t *ids, ptrdiff_t V, float *dtab)
 {
     const path_kernels *k = usable(path);
     if (!k || T <= 0 || N <= 0 || H <= 0) return;
+    if (ids && (batch || P > 0 || h_prev)) return; /* (refused: the table's rows are [T, N]) */
     if (P > 0)
         k->backward_proj(blas, nthreads, T, N, batch, I, H, P, x, W_ih, W_b, W_hr, h0, c0, y,
                          h_prev, cs, ms, gates, dy, dh, dc, dx, dW_ih, dW_hh, dW_hr, db, work);
     else
         k->backward(blas, nthreads, by_rows, T, N, batch, I, H, x, W_ih, h0, c0, y, h_prev, cs,
-                    W_b, gates, dy, dh, dc, dx, dW_ih, dW_hh, db, work, rev && !batch && !h_prev);
+                    W_b, gates, dy, dh, dc, dx, dW_ih, dW_hh, db, work, rev && !batch && !h_prev,
+                    ids, V, dtab);
 }
 
 /* Every other step call reads the weights in the opposite order: the rows it

@@ -169,6 +169,10 @@ void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_ro
  * a projection the threads take their share of the P features of dh_t, then
  * of the hidden units (dm = dh_t . W_hr and the gate math), by_rows unused.
  * rev: after a forward with rev (batch and h_prev NULL, no projection).
+ * ids, V, dtab: NULL, 0, NULL; or after a forward on a table's rows (lstm_rows_place
+ *        ids; batch, h_prev NULL, P = 0): dtab [V, G] INOUT += the rows of dP added
+ *        up by id (the table's gradient), each row while the weight gradients have
+ *        it in cache, instead of a pass over all of dP after this call.
  */
 /* Floats of lstm_fused_backward's workspace (K = P, or H): with a projection
  * dh_t [rows, P] and dm [N, H]; then for each thread a [G, I + K] part of the
@@ -183,7 +187,8 @@ void lstm_fused_backward(const lstm_blas *blas, int path, int nthreads, int by_r
                          const float *W_b, const float *W_hr, const float *h0, const float *c0,
                          const float *y, const float *h_prev, const float *cs, const float *ms,
                          float *gates, const float *dy, float *dh, float *dc, float *dx,
-                         float *dW_ih, float *dW_hh, float *dW_hr, float *db, float *work, int rev);
+                         float *dW_ih, float *dW_hh, float *dW_hr, float *db, float *work, int rev,
+                         const int64_t *ids, ptrdiff_t V, float *dtab);
 
 /* One time step of an L-layer stack, for generation with a carried state.
  *   x:       [N, I0] IN

@@ -984,12 +984,26 @@ static void FN(pack_dx)(lstm_team me, int nthreads, ptrdiff_t rows, ptrdiff_t I,
  * read]) and computes its rows of dx; weight_grads_sum adds the parts up
  * after a barrier (returns 1: call it). Else in separate BLAS products
  * (lstm_common.h; returns 0). K = H, or P with a projection. */
+/* tab_part [V, G] (+)= the rows a..a+n-1 of dP added up by id (a thread's part of
+ * the table's gradient: lstm_fused_backward's ids), while they are in cache. */
+static void FN(scatter_rows)(ptrdiff_t a, ptrdiff_t n, ptrdiff_t G, const int64_t *ids,
+                             const float *dP, float *tab_part)
+{
+    for (ptrdiff_t r = a; r < a + n; ++r) {
+        float *d = tab_part + ids[r] * G;
+        const float *s = dP + r * G;
+        ptrdiff_t j = 0;
+        for (; j + VL <= G; j += VL) FN(store)(d + j, FN(load)(d + j) + FN(load)(s + j));
+        for (; j < G; ++j) d[j] += s[j];
+    }
+}
+
 static int FN(weight_grads)(const lstm_blas *blas, lstm_team me, int nthreads, ptrdiff_t T,
                             ptrdiff_t N, ptrdiff_t rows, ptrdiff_t I, ptrdiff_t H, ptrdiff_t K,
                             const float *x, const float *W_ih, const float *h0, const float *y,
                             const float *h_prev, const float *gates, float *dx, float *dW_ih,
                             float *dW_hh, float *db, const float *db_parts, int ndb, float *work,
-                            int rev)
+                            int rev, const int64_t *ids, float *tab_part)
 {
     const ptrdiff_t G = 4 * H, Wp = lstm_grads_width(I + K);
     const lstm_range r = lstm_share(rows, me);
@@ -1019,6 +1033,7 @@ static int FN(weight_grads)(const lstm_blas *blas, lstm_team me, int nthreads, p
         const ptrdiff_t nr = r.hi - a < chunk ? r.hi - a : chunk;
         lstm_gather_xh_f32(a, nr, N, rows, I, K, Wp, BV * VL, x, h0, y, h_prev, rev, xh);
         FN(grads_product)(nr, G, Wp, gates + a * G, xh, part, a == r.lo);
+        if (ids) FN(scatter_rows)(a, nr, G, ids, gates, tab_part);
     }
     if (r.hi <= r.lo) memset(part, 0, (size_t)(G * Wp) * sizeof(float));
     return 1;
@@ -1038,13 +1053,19 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
                          const float *x, const float *W_ih, const float *h0, const float *c0,
                          const float *y, const float *h_prev, const float *cs, const float *W_b,
                          float *gates, const float *dy, float *dh, float *dc, float *dx,
-                         float *dW_ih, float *dW_hh, float *db, float *work, int rev)
+                         float *dW_ih, float *dW_hh, float *db, float *work, int rev,
+                         const int64_t *ids, ptrdiff_t V, float *dtab)
 {
     const ptrdiff_t npanels = (H + BV * VL - 1) / (BV * VL), G = 4 * H, PW = BV * VL;
     const ptrdiff_t rows = lstm_total_rows(batch, T, N);
     /* db in one partial sum per thread, added up after the loop (without the
      * memory, lstm_backward_products sums dP over all rows instead) */
     float *db_parts = calloc((size_t)(nthreads > 1 ? nthreads : 1) * (size_t)G, sizeof(float));
+    /* with ids, the table's gradient in one part per thread, each filled with the
+     * rows of dP that thread sums for the weight gradients while they are in cache */
+    const ptrdiff_t ntab = ids ? (ptrdiff_t)(nthreads > 1 ? nthreads : 1) * V * G : 0;
+    float *tab_parts = ntab ? calloc((size_t)ntab, sizeof(float)) : NULL;
+
     LSTM_PARALLEL(nthreads)
     {
         const lstm_team me = lstm_team_join(blas);
@@ -1093,14 +1114,33 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
         /* The all-steps products need every column of dP: wait for all. */
         LSTM_BARRIER();
         const int ndb = nthreads > 1 ? nthreads : 1;
-        if (FN(weight_grads)(blas, me, nthreads, T, N, rows, I, H, H, x, W_ih, h0, y, h_prev,
-                             gates, dx, dW_ih, dW_hh, db, db_parts, ndb, work, rev)) {
+        float *tab_part = tab_parts ? tab_parts + me.tid * V * G : NULL;
+        const int parts = FN(weight_grads)(blas, me, nthreads, T, N, rows, I, H, H, x, W_ih, h0,
+                                           y, h_prev, gates, dx, dW_ih, dW_hh, db, db_parts, ndb,
+                                           work, rev, tab_parts ? ids : NULL, tab_part);
+        if (parts) {
             LSTM_BARRIER();
             FN(weight_grads_sum)(me, rows, I, H, H, gates, dW_ih, dW_hh, db, db_parts, ndb, work);
+        }
+        if (ids && parts && tab_parts) { /* dtab += the parts, each thread its share */
+            const lstm_range e = lstm_share(V * G, me);
+            for (ptrdiff_t i = e.lo; i < e.hi; ++i) {
+                float sum = dtab[i];
+                for (int t = 0; t < ndb; ++t) sum += tab_parts[t * V * G + i];
+                dtab[i] = sum;
+            }
+        } else if (ids) {
+            /* the weight gradients ran as BLAS products (or no memory for the parts):
+             * every row of dP by id, each thread its share of the columns (dP is
+             * complete: the barrier before the weight gradients) */
+            const lstm_range c = lstm_share(G, me);
+            for (ptrdiff_t r = 0; r < rows; ++r)
+                for (ptrdiff_t j = c.lo; j < c.hi; ++j) dtab[ids[r] * G + j] += gates[r * G + j];
         }
         lstm_team_leave(blas, me);
     }
     free(db_parts);
+    free(tab_parts);
 }
 
 /* ---- backward with a projection (proj_size) ---------------------------------
@@ -1197,7 +1237,7 @@ static void FN(backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, 
         /* dh_0 = dP[0] . W_hh for the rows that ran (the others keep dh_T) */
         FN(proj_dh)(me, lstm_rows_at(batch, 0, N), H, P, W_b, gates, dh);
         if (FN(weight_grads)(blas, me, nthreads, T, N, rows, I, H, P, x, W_ih, h0, y, h_prev,
-                             gates, dx, dW_ih, dW_hh, db, db_units, 1, grads_work, 0)) {
+                             gates, dx, dW_ih, dW_hh, db, db_units, 1, grads_work, 0, NULL, NULL)) {
             LSTM_BARRIER();
             FN(weight_grads_sum)(me, rows, I, H, P, gates, dW_ih, dW_hh, db, db_units, 1,
                                  grads_work);

@@ -259,11 +259,14 @@ def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, worksp
 
 
 def run_backward(cache, dy, dhT, dcT, dW_ih, dW_hh, db, dh0=None, dc0=None, workspace=None,
-                 dW_hr=None, dx=None):
+                 dW_hr=None, dx=None, rows_grad=None):
     """Validated arrays in; (dx, dh0, dc0) out; parameter gradients (dW_hr too, with a
     projection) accumulate. After a forward on the caller's input projection, dx is
     that projection's gradient, in the caller's buffer. ``dx``: where the input's
-    gradient goes (a buffer the caller reuses), else a fresh array."""
+    gradient goes (a buffer the caller reuses), else a fresh array. ``rows_grad``:
+    after a forward with ``gates_rows`` (table, ids), (ids, dtab): dtab [V, G] += the
+    projection's gradient added up by id (a backend with the ``projected_rows`` option
+    does it as its loops read dP; else the backend's ``scatter_add_rows`` after)."""
     if cache.consumed:
         raise RuntimeError("backward was already run on this forward pass; run a training forward again")
     x = cache.x
@@ -275,9 +278,18 @@ def run_backward(cache, dy, dhT, dcT, dW_ih, dW_hh, db, dh0=None, dc0=None, work
     dh0 = xp.empty((N, K), dt) if dh0 is None else dh0
     dc0 = xp.empty((N, H), dt) if dc0 is None else dc0
     cache.consumed = True  # the backend overwrites the saved gates
+    extra = _options(cache.lengths, cache.reverse, cache.W_hr, cache.ms, dW_hr)
+    in_loop = rows_grad is not None and "projected_rows" in getattr(cache.backend, "OPTIONS", ())
+    if in_loop:
+        extra["projected_rows_grad"] = rows_grad
     cache.backend.backward(x, cache.h0, cache.c0, cache.W_ih, cache.W_hh, cache.y,
                            cache.gates, cache.cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih, dW_hh, db,
-                           **_options(cache.lengths, cache.reverse, cache.W_hr, cache.ms, dW_hr))
+                           **extra)
+    if rows_grad is not None and not in_loop:
+        from .backends import reference
+        ids, dtab = rows_grad
+        scatter = getattr(cache.backend, "scatter_add_rows", reference.scatter_add_rows)
+        scatter(ids, cache.gates.reshape(-1, dtab.shape[1]), dtab)
     if cache.projected:
         dx = cache.gates  # dP: the gradient of the caller's projection, in its buffer
     if workspace is not None:

@@ -581,11 +581,13 @@ class LSTM(ParameterSet):
             inner.append(held)
             inp = y
         if training:
-            self._saved = (caches, masks, x.shape, xp, unbatched, ws, inner)
+            self._saved = (caches, masks, x.shape, xp, unbatched, ws, inner,
+                           rows_of if projected else None)
         return self._to_caller(inp, h_n, c_n, unbatched, xp)
 
     @on_callers_stream(lambda self, dy=None, *args, **kwargs: (dy, self._saved_stream()))
-    def backward(self, dy: Any = None, dstate: Any = None) -> tuple[Any, tuple[Any, Any]]:
+    def backward(self, dy: Any = None, dstate: Any = None, *,
+                 input_rows_grad: Any = None) -> tuple[Any, tuple[Any, Any]]:
         """Back-propagate through the last training forward pass.
 
         Parameter gradients are added to ``self.grads``.
@@ -598,6 +600,10 @@ class LSTM(ParameterSet):
         dstate : pair (dh_n, dc_n) shaped like (h_n, c_n), optional
             Gradient with respect to the final state; zeros when omitted. At
             least one of dy and dstate is needed.
+        input_rows_grad : ndarray (V, 4H), optional
+            After a forward with ``input_rows`` (table, ids): the table's gradient is
+            added to this array (the rows of dx added up by id; the C backend's loops
+            add each row while they have it in cache).
 
         Returns
         -------
@@ -611,7 +617,17 @@ class LSTM(ParameterSet):
                                "(each training forward allows one backward)")
         if dy is None and dstate is None:
             raise ValueError("backward needs dy or dstate (or both)")
-        caches, masks, (T, N, _), xp, unbatched, ws, inner = self._saved
+        caches, masks, (T, N, _), xp, unbatched, ws, inner, rows_of = self._saved
+        if input_rows_grad is not None:
+            if rows_of is None:
+                raise ValueError("input_rows_grad needs a forward with input_rows")
+            G = 4 * self.hidden_size
+            V = rows_of[0].shape[0]
+            if type(input_rows_grad) is not np.ndarray or input_rows_grad.dtype != self.dtype \
+                    or input_rows_grad.shape != (V, G) or not input_rows_grad.flags.c_contiguous:
+                raise ValueError(f"input_rows_grad must be a C-contiguous {self.dtype} ndarray of "
+                                 f"the table's shape ({V}, {G}), got {type(input_rows_grad).__name__} "
+                                 f"of shape {getattr(input_rows_grad, 'shape', '?')}")
         D, H = self.num_directions, self.hidden_size
         K = self.proj_size or H
         F = D * K
@@ -654,6 +670,8 @@ class LSTM(ParameterSet):
                 rest = (dh_n[idx], dc_n[idx], dW_ih, g[hh], dbs[d])
                 options = dict(dh0=dh0[idx], dc0=dc0[idx], workspace=self._workspace,
                                dW_hr=None if hr is None else g[hr], dx=dx_buf)
+                if idx == 0 and input_rows_grad is not None and rows_of is not None:
+                    options["rows_grad"] = (rows_of[1], input_rows_grad)
                 if D == 1:
                     tasks.append(functools.partial(task, grad, *rest, **options))
                 elif xp.on_device:

@@ -67,10 +67,13 @@ def _kernel_paths():
 @pytest.mark.parametrize("backend", HOST)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("path", _kernel_paths())
-def test_input_rows_equal_the_gathered_projection(monkeypatch, backend, dtype, path):
+@pytest.mark.parametrize("T, N", [(6, 7), (3, 5)], ids=["rows-in-parts", "few-rows"])
+def test_input_rows_equal_the_gathered_projection(monkeypatch, backend, dtype, path, T, N):
+    # (below 16 rows a thread, the C loops' weight gradients are BLAS products, and the
+    # table's gradient one pass over dP after them; above, each thread's rows as it sums)
     if path != "none":
         monkeypatch.setenv("FASTLSTM_KERNEL", path)
-    T, N, H, V = 6, 7, 9, 5
+    H, V = 9, 5
     lstm = fastlstm.LSTM(4, H, 2, dtype=dtype, backend=backend, seed=2)
     rng = np.random.default_rng(1)
     table = rng.standard_normal((V, 4 * H)).astype(dtype)
@@ -83,8 +86,12 @@ def test_input_rows_equal_the_gathered_projection(monkeypatch, backend, dtype, p
     lstm.zero_grad()
     where = np.full((T, N, 4 * H), np.nan, dtype)  # its contents on entry are not read
     y2, (h2, c2) = lstm.forward(None, training=True, input_projection=where, input_rows=(table, ids))
-    dproj2, (dh02, dc02) = lstm.backward(dy)
+    dtab = np.full((V, 4 * H), 0.5, dtype)  # the table's gradient is added to it
+    dproj2, (dh02, dc02) = lstm.backward(dy, input_rows_grad=dtab)
     assert np.shares_memory(dproj2, where)
+    want_dtab = np.full((V, 4 * H), 0.5, dtype)
+    np.add.at(want_dtab, ids.reshape(-1), dproj.reshape(-1, 4 * H))
+    assert_close(dtab, want_dtab, dtype, "the table's gradient")
     # the same numbers: the loops read the same rows, from the table instead of the gathered copy
     for name, got, exp in [("y", y2, y), ("h", h2, h), ("c", c2, c), ("dproj", dproj2, dproj),
                            ("dh0", dh02, dh0), ("dc0", dc02, dc0)]:
@@ -115,6 +122,24 @@ def test_input_rows_rules():
         wrong[1, 2] = bad
         with pytest.raises(ValueError, match=r"ids must lie in \[0, 5\)"):
             lstm.forward(None, input_projection=proj, input_rows=(table, wrong))
+
+
+def test_input_rows_grad_rules():
+    lstm = fastlstm.LSTM(3, 4, 1)
+    proj = np.zeros((2, 3, 16), np.float32)
+    table = np.zeros((5, 16), np.float32)
+    ids = np.zeros((2, 3), np.int64)
+    dy = np.ones((2, 3, 4), np.float32)
+    lstm.forward(None, training=True, input_projection=proj)
+    with pytest.raises(ValueError, match="needs a forward with input_rows"):
+        lstm.backward(dy, input_rows_grad=np.zeros((5, 16), np.float32))
+    lstm.backward(dy)  # the forward is still there to back-propagate
+    lstm.forward(None, training=True, input_projection=proj, input_rows=(table, ids))
+    for bad in (np.zeros((5, 12), np.float32), np.zeros((4, 16), np.float32), np.zeros((5, 16)),
+                np.zeros((16, 5), np.float32).T):
+        with pytest.raises(ValueError, match=r"input_rows_grad must be a C-contiguous float32 ndarray "
+                                             r"of the table's shape \(5, 16\)"):
+            lstm.backward(dy, input_rows_grad=bad)
 
 
 @pytest.mark.skipif("c" not in HOST, reason="the C backend is not built")

@@ -139,7 +139,8 @@ cdef extern from "lstm_fused.h" nogil:
                              const float *W_hr, const float *h0, const float *c0, const float *y,
                              const float *h_prev, const float *cs, const float *ms, float *gates,
                              const float *dy, float *dh, float *dc, float *dx, float *dW_ih,
-                             float *dW_hh, float *dW_hr, float *db, float *work, int rev)
+                             float *dW_hh, float *dW_hr, float *db, float *work, int rev,
+                             const int64_t *ids, Py_ssize_t V, float *dtab)
     void lstm_fused_step(const lstm_blas *blas, int path, int nthreads, Py_ssize_t L, Py_ssize_t N,
                          Py_ssize_t I0, Py_ssize_t H, const float *x, const float *const *W_ih,
                          const float *const *W_hh, const float *const *b, const float *h,
@@ -705,9 +706,29 @@ def _backward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, cons
                     const floating[:, :, ::1] dy, const floating[:, ::1] dhT, const floating[:, ::1] dcT,
                     floating[:, :, ::1] dx, floating[:, ::1] dh0, floating[:, ::1] dc0,
                     floating[:, ::1] dW_ih, floating[:, ::1] dW_hh, floating[::1] db,
-                    bint rev=False):
+                    bint rev=False, projected_rows_grad=None):
+    # projected_rows_grad: (ids [T * N] int64 in [0, V), dtab [V, G]) after a forward on
+    # projected_rows: dtab += dP's rows added up by id (the table's gradient), by the fused
+    # float32 loops as they sum the weight gradients, else by scatter_add_rows after them
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef Py_ssize_t G = 4 * H
+    cdef const int64_t[::1] tab_ids
+    cdef float[:, ::1] tab_grad
+    cdef const int64_t *idp = NULL
+    cdef float *dtp = NULL
+    cdef Py_ssize_t V = 0
+    if projected_rows_grad is not None:
+        ids, dtab = projected_rows_grad
+        ids = np.ascontiguousarray(ids, np.int64).reshape(-1)
+        if type(dtab) is not np.ndarray or dtab.ndim != 2 or dtab.shape[1] != G or \
+                dtab.dtype != np.asarray(gates).dtype or not dtab.flags.c_contiguous:
+            raise ValueError(f"projected_rows_grad: the table's gradient must be a C-contiguous "
+                             f"(V, {G}) array of the gates' dtype")
+        if len(ids) != T * N:
+            raise ValueError(f"projected_rows_grad: {len(ids)} ids for {T * N} rows")
+        if len(ids) and (ids.min() < 0 or ids.max() >= dtab.shape[0]):
+            raise ValueError(f"projected_rows_grad: ids must lie in [0, {dtab.shape[0]}), "
+                             f"got [{ids.min()}, {ids.max()}]")
     _need("h0", h0.shape, 2, N, H)
     _need("c0", c0.shape, 2, N, H)
     _need("W_ih", W_ih.shape, 2, G, I)
@@ -736,6 +757,14 @@ def _backward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, cons
     cdef int path = _fused_path(<floating>0), nthreads, by_rows
     if rev and (floating is double or path == LSTM_PATH_BLAS):
         raise ValueError("a reverse pass in place runs on the fused float32 loops only")
+    cdef bint fused_rows = projected_rows_grad is not None and floating is float and \
+        path != LSTM_PATH_BLAS and not rev
+    if fused_rows and T * N:
+        tab_ids = ids
+        tab_grad = dtab
+        idp = &tab_ids[0]
+        dtp = &tab_grad[0, 0]
+        V = dtab.shape[0]
     cdef float[::1] packed, work
     weights, nthreads, by_rows, workspace = _backward_setup(path, W_hh, N, H, T * N, I, 0)
     if weights is not None:
@@ -759,7 +788,10 @@ def _backward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, cons
                                 &W_ih[0, 0], &packed[0], NULL, &h0[0, 0], &c0[0, 0], &y[0, 0, 0],
                                 NULL, &cs[0, 0, 0], NULL, &gates[0, 0, 0], &dy[0, 0, 0],
                                 &dh0[0, 0], &dc0[0, 0], &dx[0, 0, 0], &dW_ih[0, 0], &dW_hh[0, 0],
-                                NULL, &db[0], &work[0] if work.shape[0] else NULL, rev)
+                                NULL, &db[0], &work[0] if work.shape[0] else NULL, rev, idp, V,
+                                dtp)
+    if projected_rows_grad is not None and not fused_rows:
+        scatter_add_rows(ids, np.asarray(gates).reshape(T * N, G), dtab)
 
 
 cdef _check_batch(const Py_ssize_t[::1] batch, Py_ssize_t T, Py_ssize_t N, Py_ssize_t rows):
@@ -968,7 +1000,7 @@ def _backward_packed(const floating[:, ::1] x, const floating[:, ::1] h0,
                                 &W_ih[0, 0], &packed[0], whr, &h0[0, 0], &c0[0, 0], &y[0, 0], hp,
                                 &cs[0, 0], msp, &gates[0, 0], &dy[0, 0], &dh[0, 0], &dc[0, 0],
                                 &dx[0, 0], &dW_ih[0, 0], &dW_hh[0, 0], dwhr, &db[0],
-                                &fused_work[0] if fused_work.shape[0] else NULL, 0)
+                                &fused_work[0] if fused_work.shape[0] else NULL, 0, NULL, 0, NULL)
 
 
 def _rows_view(a, rows, width):
@@ -1087,23 +1119,29 @@ def _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reve
 
 
 def backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih, dW_hh, db,
-             *, lengths=None, reverse=False, W_hr=None, ms=None, dW_hr=None):
-    """The backend contract's backward, after forward with the same options."""
+             *, lengths=None, reverse=False, W_hr=None, ms=None, dW_hr=None,
+             projected_rows_grad=None):
+    """The backend contract's backward, after forward with the same options.
+    projected_rows_grad: (ids, dtab) after a forward with projected_rows (their ids):
+    dtab [V, G] += the rows of dP added up by id, the table's gradient."""
     if _config.thread_share_now() is not None:
         return _with_blas_share(_backward, x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx,
-                                dh0, dc0, dW_ih, dW_hh, db, lengths, reverse, W_hr, ms, dW_hr)
+                                dh0, dc0, dW_ih, dW_hh, db, lengths, reverse, W_hr, ms, dW_hr,
+                                projected_rows_grad)
     return _backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih, dW_hh,
-                     db, lengths, reverse, W_hr, ms, dW_hr)
+                     db, lengths, reverse, W_hr, ms, dW_hr, projected_rows_grad)
 
 
 def _backward(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih, dW_hh, db,
-              lengths, reverse, W_hr, ms, dW_hr):
+              lengths, reverse, W_hr, ms, dW_hr, projected_rows_grad=None):
     if not y.flags.c_contiguous:  # (a forward's strided y: the loops read it packed)
         y = np.ascontiguousarray(y)
     if lengths is None and not reverse and W_hr is None:
         _backward_plain(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih,
-                        dW_hh, db)
+                        dW_hh, db, projected_rows_grad=projected_rows_grad)
         return
+    if projected_rows_grad is not None:
+        raise NotImplementedError("projected_rows_grad runs without lengths, reverse or a projection")
     if _reverse_in_place(x, lengths, reverse, W_hr):
         _backward_plain(x, h0, c0, W_ih, W_hh, y, gates, cs, dy, dhT, dcT, dx, dh0, dc0, dW_ih,
                         dW_hh, db, True)

@@ -285,19 +285,13 @@ class CharModel:
         self._fold = flat.astype(np.int64)
         return self._proj, tab
 
-    def _fold_backward(self, dproj: NDArray[np.floating]) -> None:
-        """Gradients of E and W_ih_l0 from dP, the gradient of the gathered projection:
-        dTab[v] = sum of dP over the positions of id v (a scatter-add), then, as
-        Tab = E . W_ih^T + b, dE = dTab . W_ih and dW_ih = dTab^T . E (the biases'
+    def _fold_backward(self, dtab: NDArray[np.floating]) -> None:
+        """Gradients of E and W_ih_l0 from dTab, the gradient of the table (the LSTM's
+        backward added the gradient of each gathered row to its id's row, ``input_rows_grad``):
+        as Tab = E . W_ih^T + b, dE = dTab . W_ih and dW_ih = dTab^T . E (the biases'
         gradients, sum dP, the LSTM has already added)."""
-        from ..backends import get_backend, reference
-
         assert self.embedding is not None
-        ids, self._fold = self._fold, None
-        G = 4 * self.hidden_size
-        dtab = np.zeros((self.vocab_size, G), self.dtype)
-        scatter = getattr(get_backend(self.lstm.backend), "scatter_add_rows", reference.scatter_add_rows)
-        scatter(ids, dproj.reshape(-1, G), dtab)
+        self._fold = None
         E, W = self.embedding.params["weight"], self.lstm.params["weight_ih_l0"]
         self.embedding.grads["weight"] += dtab @ W
         self.lstm.grads["weight_ih_l0"] += dtab.T @ E
@@ -401,10 +395,14 @@ class CharModel:
         else:
             dy = dtop
         self._saved = None
-        dx, _ = self.lstm.backward(dy)
         if self._fold is not None:
-            self._fold_backward(dx)
-        elif self.embedding is not None:
+            dtab = self._buffer("dtab", (self.vocab_size, 4 * self.hidden_size))
+            fill_zero(dtab.reshape(-1))
+            self.lstm.backward(dy, input_rows_grad=dtab)
+            self._fold_backward(dtab)
+            return loss
+        dx, _ = self.lstm.backward(dy)
+        if self.embedding is not None:
             self.embedding.backward(dx)
         return loss
 
