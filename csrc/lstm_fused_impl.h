@@ -927,11 +927,28 @@ static void FN(grads_tiles)(int R, int V, ptrdiff_t nk, ptrdiff_t G, ptrdiff_t W
 #undef GRADS_V
 #undef GRADS_R
 
+/* tab_part [V, G] (+)= the rows a..a+n-1 of dP added up by id (a thread's part of
+ * the table's gradient: lstm_fused_backward's ids). */
+static void FN(scatter_rows)(ptrdiff_t a, ptrdiff_t n, ptrdiff_t G, const int64_t *ids,
+                             const float *dP, float *tab_part)
+{
+    for (ptrdiff_t r = a; r < a + n; ++r) {
+        float *d = tab_part + ids[r] * G;
+        const float *s = dP + r * G;
+        ptrdiff_t j = 0;
+        for (; j + VL <= G; j += VL) FN(store)(d + j, FN(load)(d + j) + FN(load)(s + j));
+        for (; j < G; ++j) d[j] += s[j];
+    }
+}
+
 /* C [G, Wp] (+)= dP [n, G]^T . xh, xh n rows of Wp columns in panels of
  * BV * VL columns (lstm_gather_xh: panel v0 / BV at xh + v0 * VL * n, its rows
- * w = min(BV * VL, Wp - v0 * VL) apart), so that each tile streams its panel. */
+ * w = min(BV * VL, Wp - v0 * VL) apart), so that each tile streams its panel.
+ * With ids ([n], NULL: none), each block of GKC rows of dP is also added up by
+ * id into tab_part right after its tiles, while it is in L2. */
 static void FN(grads_product)(ptrdiff_t n, ptrdiff_t G, ptrdiff_t Wp, const float *dP,
-                              const float *xh, float *C, int first)
+                              const float *xh, float *C, int first, const int64_t *ids,
+                              float *tab_part)
 {
     const ptrdiff_t nvec = Wp / VL;
     for (ptrdiff_t k0 = 0; k0 < n; k0 += GKC) {
@@ -946,6 +963,7 @@ static void FN(grads_product)(ptrdiff_t n, ptrdiff_t G, ptrdiff_t Wp, const floa
                                 C + g0 * Wp + v0 * VL, fst);
             }
         }
+        if (ids) FN(scatter_rows)(k0, nk, G, ids, dP, tab_part);
     }
 }
 
@@ -984,20 +1002,6 @@ static void FN(pack_dx)(lstm_team me, int nthreads, ptrdiff_t rows, ptrdiff_t I,
  * read]) and computes its rows of dx; weight_grads_sum adds the parts up
  * after a barrier (returns 1: call it). Else in separate BLAS products
  * (lstm_common.h; returns 0). K = H, or P with a projection. */
-/* tab_part [V, G] (+)= the rows a..a+n-1 of dP added up by id (a thread's part of
- * the table's gradient: lstm_fused_backward's ids), while they are in cache. */
-static void FN(scatter_rows)(ptrdiff_t a, ptrdiff_t n, ptrdiff_t G, const int64_t *ids,
-                             const float *dP, float *tab_part)
-{
-    for (ptrdiff_t r = a; r < a + n; ++r) {
-        float *d = tab_part + ids[r] * G;
-        const float *s = dP + r * G;
-        ptrdiff_t j = 0;
-        for (; j + VL <= G; j += VL) FN(store)(d + j, FN(load)(d + j) + FN(load)(s + j));
-        for (; j < G; ++j) d[j] += s[j];
-    }
-}
-
 static int FN(weight_grads)(const lstm_blas *blas, lstm_team me, int nthreads, ptrdiff_t T,
                             ptrdiff_t N, ptrdiff_t rows, ptrdiff_t I, ptrdiff_t H, ptrdiff_t K,
                             const float *x, const float *W_ih, const float *h0, const float *y,
@@ -1032,8 +1036,8 @@ static int FN(weight_grads)(const lstm_blas *blas, lstm_team me, int nthreads, p
     for (ptrdiff_t a = r.lo; a < r.hi; a += chunk) {
         const ptrdiff_t nr = r.hi - a < chunk ? r.hi - a : chunk;
         lstm_gather_xh_f32(a, nr, N, rows, I, K, Wp, BV * VL, x, h0, y, h_prev, rev, xh);
-        FN(grads_product)(nr, G, Wp, gates + a * G, xh, part, a == r.lo);
-        if (ids) FN(scatter_rows)(a, nr, G, ids, gates, tab_part);
+        FN(grads_product)(nr, G, Wp, gates + a * G, xh, part, a == r.lo, ids ? ids + a : NULL,
+                          tab_part);
     }
     if (r.hi <= r.lo) memset(part, 0, (size_t)(G * Wp) * sizeof(float));
     return 1;
