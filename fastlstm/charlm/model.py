@@ -122,7 +122,7 @@ class CharModel:
         #: Training passes fold the embedding into layer 0's input projection (exact math,
         #: see :meth:`_fold_forward`); False computes E[ids] . W_ih^T as two steps.
         self.fold_embedding = self.embedding is not None
-        self._fold: Any = None  # the last folded forward's ids, for its backward
+        self._fold: Any = None  # the last folded forward's ids (None: that forward did not fold)
         self._proj: NDArray[np.floating] | None = None  # the (T, N, 4H) projection buffer, reused
         self._buffers: dict[str, NDArray[np.floating]] = {}  # training passes' (T, N, H) arrays
 
