@@ -52,16 +52,7 @@ void lstm_zero_bytes(int nthreads, ptrdiff_t n, void *p)
     LSTM_PRAGMA(omp parallel num_threads(nthreads) if (nthreads > 1))
 #endif
     {
-        int me = 0, team = 1;
-#ifdef _OPENMP
-        me = omp_get_thread_num();
-        team = omp_get_num_threads();
-#endif
-        /* shares in whole cache lines */
-        const ptrdiff_t lines = (n + 63) / 64;
-        const ptrdiff_t lo = lines * me / team * 64;
-        ptrdiff_t hi = lines * (me + 1) / team * 64;
-        if (hi > n) hi = n;
-        if (hi > lo) memset((char *)p + lo, 0, (size_t)(hi - lo));
+        const lstm_range r = lstm_thread_units(n, 64);
+        if (r.hi > r.lo) memset((char *)p + r.lo, 0, (size_t)(r.hi - r.lo));
     }
 }

@@ -220,24 +220,16 @@ void FN(lstm_scatter_add_rows)(int nthreads, ptrdiff_t rows, ptrdiff_t G, const 
     /* the threads split the columns (in whole cache lines), so that no two write one
      * element and each element sums its rows in row order: the same numbers on any
      * number of threads */
-    const ptrdiff_t line = 64 / (ptrdiff_t)sizeof(REAL), lines = (G + line - 1) / line;
     (void)nthreads;
 #ifdef _OPENMP
     LSTM_PRAGMA(omp parallel num_threads(nthreads) if (nthreads > 1))
 #endif
     {
-        int me = 0, team = 1;
-#ifdef _OPENMP
-        me = omp_get_thread_num();
-        team = omp_get_num_threads();
-#endif
-        const ptrdiff_t lo = lines * me / team * line;
-        ptrdiff_t hi = lines * (me + 1) / team * line;
-        if (hi > G) hi = G;
-        for (ptrdiff_t r = 0; r < rows && hi > lo; ++r) {
+        const lstm_range c = lstm_thread_units(G, 64 / (ptrdiff_t)sizeof(REAL));
+        for (ptrdiff_t r = 0; r < rows && c.hi > c.lo; ++r) {
             REAL *d = dst + ids[r] * G;
             const REAL *s = src + r * G;
-            for (ptrdiff_t j = lo; j < hi; ++j) d[j] += s[j];
+            for (ptrdiff_t j = c.lo; j < c.hi; ++j) d[j] += s[j];
         }
     }
 }

@@ -158,6 +158,24 @@ static inline lstm_range lstm_share(ptrdiff_t n, lstm_team me)
     return r;
 }
 
+/* The calling OpenMP thread's share of [0, n) in whole units of `unit` items
+ * (a cache line's worth): what a pass split over the threads by columns or bytes
+ * writes without two threads sharing a line. The whole range outside a
+ * parallel region. */
+static inline lstm_range lstm_thread_units(ptrdiff_t n, ptrdiff_t unit)
+{
+    int me = 0, team = 1;
+#ifdef _OPENMP
+    me = omp_get_thread_num();
+    team = omp_get_num_threads();
+#endif
+    const ptrdiff_t units = (n + unit - 1) / unit;
+    lstm_range r = {units * me / team * unit, units * (me + 1) / team * unit};
+    if (r.hi > n) r.hi = n;
+    if (r.lo > n) r.lo = n;
+    return r;
+}
+
 /* Rows per BLAS call so that rows * width (the largest offset BLAS may form
  * from an int leading dimension) fits an int: products over all T*N rows are
  * cut into calls of this many rows. */

@@ -612,17 +612,12 @@ def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const
     if projected_rows is not None:
         table, ids = projected_rows
         table = np.ascontiguousarray(table)
-        ids = np.ascontiguousarray(ids, np.int64).reshape(-1)
         if not projected:
             raise ValueError("projected_rows needs projected")
         if table.ndim != 2 or table.shape[1] != G or table.dtype != np.asarray(gates).dtype:
             raise ValueError(f"projected_rows: the table must be (V, {G}) of the gates' dtype, "
                              f"got {table.shape} {table.dtype}")
-        if len(ids) != T * N:
-            raise ValueError(f"projected_rows: {len(ids)} ids for {T * N} rows")
-        if len(ids) and (ids.min() < 0 or ids.max() >= table.shape[0]):
-            raise ValueError(f"projected_rows: ids must lie in [0, {table.shape[0]}), "
-                             f"got [{ids.min()}, {ids.max()}]")
+        ids = _table_ids("projected_rows", ids, table.shape[0], T * N)
     _need("h0", h0.shape, 2, N, H)
     _need("c0", c0.shape, 2, N, H)
     _need("W_ih", W_ih.shape, 2, G, I)
@@ -719,16 +714,11 @@ def _backward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, cons
     cdef Py_ssize_t V = 0
     if projected_rows_grad is not None:
         ids, dtab = projected_rows_grad
-        ids = np.ascontiguousarray(ids, np.int64).reshape(-1)
         if type(dtab) is not np.ndarray or dtab.ndim != 2 or dtab.shape[1] != G or \
                 dtab.dtype != np.asarray(gates).dtype or not dtab.flags.c_contiguous:
             raise ValueError(f"projected_rows_grad: the table's gradient must be a C-contiguous "
                              f"(V, {G}) array of the gates' dtype")
-        if len(ids) != T * N:
-            raise ValueError(f"projected_rows_grad: {len(ids)} ids for {T * N} rows")
-        if len(ids) and (ids.min() < 0 or ids.max() >= dtab.shape[0]):
-            raise ValueError(f"projected_rows_grad: ids must lie in [0, {dtab.shape[0]}), "
-                             f"got [{ids.min()}, {ids.max()}]")
+        ids = _table_ids("projected_rows_grad", ids, dtab.shape[0], T * N)
     _need("h0", h0.shape, 2, N, H)
     _need("c0", c0.shape, 2, N, H)
     _need("W_ih", W_ih.shape, 2, G, I)
@@ -809,6 +799,17 @@ cdef _check_batch(const Py_ssize_t[::1] batch, Py_ssize_t T, Py_ssize_t N, Py_ss
         total += batch[t]
     if total != rows:
         raise ValueError(f"batch sums to {total}, expected {rows} packed rows")
+
+
+cdef _table_ids(str name, ids, Py_ssize_t V, Py_ssize_t rows):
+    """ids as a C-contiguous int64 [rows] array of rows of a V-row table (projected_rows and
+    projected_rows_grad), else a ValueError that names ``name``."""
+    ids = np.ascontiguousarray(ids, np.int64).reshape(-1)
+    if len(ids) != rows:
+        raise ValueError(f"{name}: {len(ids)} ids for {rows} rows")
+    if len(ids) and (ids.min() < 0 or ids.max() >= V):
+        raise ValueError(f"{name}: ids must lie in [0, {V}), got [{ids.min()}, {ids.max()}]")
+    return ids
 
 
 cdef _check_indices(str name, const Py_ssize_t[::1] a, Py_ssize_t n):

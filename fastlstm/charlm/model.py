@@ -282,7 +282,7 @@ class CharModel:
         tab += p["bias_hh_l0"]
         if self._proj is None or self._proj.shape != ids.shape + (G,):
             self._proj = np.empty(ids.shape + (G,), self.dtype)
-        self._fold = flat.astype(np.int64)
+        self._fold = flat
         return self._proj, tab
 
     def _fold_backward(self, dtab: NDArray[np.floating]) -> None:
