@@ -7,12 +7,14 @@ build_ext --inplace`), then
 
     python bench/ab_trees.py --base /tmp/base --backward --bidirectional 2,300,50,30,64
     python bench/ab_trees.py --base /tmp/base --lengths 1,256,100,64,128
+    python bench/ab_trees.py --base /tmp/base --backward --proj 256 1,1024,100,32,256
 
 times `fastlstm.LSTM` forward (or forward+backward, as training) of each tree in a fresh
 process with that tree first on the path, in alternating rounds (base new, new base, ...),
 so that a slow stretch of a shared machine falls on both alike. Each process reports the
 median of its calls; the script prints each tree's best round and new/base. --lengths
-gives the batch lengths uniform in [1, T] (those of `python -m fastlstm.bench --options`).
+gives the batch lengths uniform in [1, T] (those of `python -m fastlstm.bench --options`);
+--proj the layer's proj_size.
 """
 
 import argparse
@@ -26,13 +28,13 @@ WORKER = r"""
 import statistics, sys, time
 import numpy as np
 import fastlstm
-tree, L, H, T, N, I, bidir, backward, with_lengths = sys.argv[1], *map(int, sys.argv[2:])
+tree, L, H, T, N, I, bidir, backward, with_lengths, P = sys.argv[1], *map(int, sys.argv[2:])
 assert fastlstm.__file__.startswith(tree), fastlstm.__file__
-layer = fastlstm.LSTM(I, H, L, bidirectional=bool(bidir), seed=0)
+layer = fastlstm.LSTM(I, H, L, bidirectional=bool(bidir), proj_size=P, seed=0)
 rng = np.random.default_rng(0)
 lengths = rng.integers(1, T + 1, N) if with_lengths else None
 x = rng.standard_normal((T, N, I)).astype(np.float32)
-dy = rng.standard_normal((T, N, (2 if bidir else 1) * H)).astype(np.float32)
+dy = rng.standard_normal((T, N, (2 if bidir else 1) * (P or H))).astype(np.float32)
 def call():
     if backward:
         layer.forward(x, lengths=lengths, training=True)
@@ -52,7 +54,7 @@ def time_tree(tree, case, args):
     env = dict(os.environ, PYTHONPATH=tree, FASTLSTM_NUM_THREADS=str(args.threads),
                OMP_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, "-c", WORKER, tree, *case.split(","), str(int(args.bidirectional)),
-           str(int(args.backward)), str(int(args.lengths))]
+           str(int(args.backward)), str(int(args.lengths)), str(args.proj)]
     out = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{tree}: {out.stderr.strip()}")
@@ -68,11 +70,13 @@ def main(argv=None):
     parser.add_argument("--backward", action="store_true", help="time forward+backward (training)")
     parser.add_argument("--bidirectional", action="store_true")
     parser.add_argument("--lengths", action="store_true", help="lengths uniform in [1, T]")
+    parser.add_argument("--proj", type=int, default=0, help="proj_size (default 0: none)")
     parser.add_argument("cases", nargs="*", default=CASES, help="L,H,T,N,I (default: %(default)s)")
     args = parser.parse_args(argv)
     trees = {"base": os.path.abspath(args.base), "new": os.path.abspath(args.new)}
     what = "forward+backward" if args.backward else "forward"
-    kind = ("bidirectional" if args.bidirectional else "unidirectional") + (", lengths" if args.lengths else "")
+    kind = ("bidirectional" if args.bidirectional else "unidirectional") + (", lengths" if args.lengths else "") \
+        + (f", proj_size {args.proj}" if args.proj else "")
     print(f"{kind} fastlstm.LSTM {what}, {args.threads} thread(s), {args.rounds} alternating rounds, "
           "a process per tree and round")
     for case in args.cases:

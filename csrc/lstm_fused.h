@@ -55,6 +55,11 @@ int lstm_fused_max_threads(void);
  * one_row_ahead). Either way the results are the same, bit for bit. */
 void lstm_fused_set_one_row_ahead(int on);
 
+/* A training forward whose gates take at least min_bytes stores them past the
+ * caches (lstm_common.h, LSTM_KEEP_STREAM); 0: never. Process-wide, set by the
+ * caller (fastlstm/_config.py, stream_gates_bytes). The results are the same. */
+void lstm_fused_set_stream_gates(ptrdiff_t min_bytes);
+
 /* Bytes per k-row of a packed forward panel at its widest (AVX-512: 4 gates
  * x 16 units x 4 bytes): what fastlstm/_config.py's fuse_input rule assumes
  * a streamed panel costs, for every path. */

@@ -591,6 +591,7 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
      * call per step instead) */
     const ptrdiff_t npp = (P + 4 * VL - 1) / (4 * VL);
     float *W_r = P ? malloc((size_t)(npp * H * 4 * VL) * sizeof(float)) : NULL;
+    if (keep && lstm_stream_gates_of(rows * G * (ptrdiff_t)sizeof(float))) keep = LSTM_KEEP_STREAM;
     LSTM_PARALLEL(nthreads)
     {
         const lstm_team me = lstm_team_join(blas);
@@ -680,6 +681,7 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
                                  gates + r0 * G + j0, ids ? pr : NULL, keep, cs + r0 * H + j0,
                                  hout, it.pf);
             }
+            if (keep == LSTM_KEEP_STREAM) lstm_stream_fence();
             LSTM_BARRIER();
             if (P) {
                 /* y[rows] = m[rows] . W_hr^T */
@@ -1157,7 +1159,7 @@ static void FN(backward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdi
  * W_b by lstm_fused_pack_backward with R = P), for every (P panel, row block)
  * item of this thread among npp * ceil(n / RB) (n1 - n0 = n rows). */
 static void FN(proj_dh)(lstm_team me, ptrdiff_t n, ptrdiff_t H, ptrdiff_t P, const float *W_b,
-                        const float *dP, float *dh)
+                        const float *dP, float *dh, const float *dy)
 {
     const ptrdiff_t G = 4 * H, PW = BV * VL, npp = (P + PW - 1) / PW;
     const FN(items) s = FN(step_items)(me, n, RB, npp);
@@ -1167,6 +1169,29 @@ static void FN(proj_dh)(lstm_team me, ptrdiff_t n, ptrdiff_t H, ptrdiff_t P, con
         FN(backward_rows)((int)(it.n1 - it.n0), LSTM_BWD_DH0, H, nvalid, W_b + it.p * G * PW,
                           dP + it.n0 * G, NULL, NULL, NULL, NULL, dh + it.n0 * P + j0, P, NULL,
                           NULL, it.pf);
+        /* dy: + dy_t on the block just written (no other thread touches it) */
+        for (ptrdiff_t r = it.n0; dy && r < it.n1; ++r)
+            for (ptrdiff_t q = j0; q < j0 + nvalid; ++q) dh[r * P + q] = dy[r * P + q] + dh[r * P + q];
+    }
+}
+
+/* dW_hr [p0:p1, H] += dh [rows, P]^T . m [rows, H]: this thread's rows of dW_hr over
+ * every row, in grads_product's tiles with m's rows read where they are (H a
+ * multiple of VL; else lstm_gemm). */
+static void FN(proj_weight_grads)(ptrdiff_t rows, ptrdiff_t P, ptrdiff_t H, ptrdiff_t p0,
+                                  ptrdiff_t p1, const float *dhs, const float *ms, float *dW_hr)
+{
+    const ptrdiff_t nvec = H / VL;
+    for (ptrdiff_t k0 = 0; k0 < rows; k0 += GKC) {
+        const ptrdiff_t nk = rows - k0 < GKC ? rows - k0 : GKC;
+        for (ptrdiff_t g0 = p0; g0 < p1; g0 += RB) {
+            const int R = p1 - g0 < RB ? (int)(p1 - g0) : RB;
+            for (ptrdiff_t v0 = 0; v0 < nvec; v0 += BV) {
+                const int V = nvec - v0 < BV ? (int)(nvec - v0) : BV;
+                FN(grads_tiles)(R, V, nk, P, H, H, dhs + k0 * P + g0, ms + k0 * H + v0 * VL,
+                                dW_hr + g0 * H + v0 * VL, 0);
+            }
+        }
     }
 }
 
@@ -1205,10 +1230,9 @@ static void FN(backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, 
             float *dht = dhs + off * P;
             /* dh_t = dP[t+1] . W_hh for the rows that go on, then + dy_t; rows that
              * end here start from dh_T */
-            FN(proj_dh)(me, Nnext, H, P, W_b, gates + (off + Nt) * G, dht);
-            LSTM_BARRIER();
-            for (ptrdiff_t n = 0; n < Nt; ++n) {
-                const float *d = dy + (off + n) * P, *rec = n < Nnext ? dht + n * P : dh + n * P;
+            FN(proj_dh)(me, Nnext, H, P, W_b, gates + (off + Nt) * G, dht, dy + off * P);
+            for (ptrdiff_t n = Nnext; n < Nt; ++n) {
+                const float *d = dy + (off + n) * P, *rec = dh + n * P;
                 for (ptrdiff_t q = p0; q < p1; ++q) dht[n * P + q] = d[q] + rec[q];
             }
             LSTM_BARRIER();
@@ -1239,7 +1263,7 @@ static void FN(backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, 
             LSTM_BARRIER();
         }
         /* dh_0 = dP[0] . W_hh for the rows that ran (the others keep dh_T) */
-        FN(proj_dh)(me, lstm_rows_at(batch, 0, N), H, P, W_b, gates, dh);
+        FN(proj_dh)(me, lstm_rows_at(batch, 0, N), H, P, W_b, gates, dh, NULL);
         if (FN(weight_grads)(blas, me, nthreads, T, N, rows, I, H, P, x, W_ih, h0, y, h_prev,
                              gates, dx, dW_ih, dW_hh, db, db_units, 1, grads_work, 0, NULL, NULL)) {
             LSTM_BARRIER();
@@ -1247,10 +1271,14 @@ static void FN(backward_proj)(const lstm_blas *blas, int nthreads, ptrdiff_t T, 
                                  grads_work);
         }
         /* dW_hr[p0:p1] += dh^T . m over every row */
-        const ptrdiff_t step = lstm_rows_per_call(H > P ? H : P);
-        for (ptrdiff_t a0 = 0; a0 < rows; a0 += step)
-            lstm_gemm_f32(blas, 'N', 'T', H, p1 - p0, rows - a0 < step ? rows - a0 : step,
-                          ms + a0 * H, H, dhs + a0 * P + p0, P, 1.0f, dW_hr + p0 * H, H);
+        if (H % VL == 0) {
+            FN(proj_weight_grads)(rows, P, H, p0, p1, dhs, ms, dW_hr);
+        } else {
+            const ptrdiff_t step = lstm_rows_per_call(H > P ? H : P);
+            for (ptrdiff_t a0 = 0; a0 < rows; a0 += step)
+                lstm_gemm_f32(blas, 'N', 'T', H, p1 - p0, rows - a0 < step ? rows - a0 : step,
+                              ms + a0 * H, H, dhs + a0 * P + p0, P, 1.0f, dW_hr + p0 * H, H);
+        }
         lstm_team_leave(blas, me);
     }
     free(W_r);

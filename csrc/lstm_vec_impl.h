@@ -193,9 +193,31 @@ INLINE VF FN(tanh)(VF x)
 #endif
 
 /* ---- gate math ------------------------------------------------------------ */
+/* Stores one gate's n values for backward: with keep = LSTM_KEEP_STREAM a whole
+ * vector that starts a cache line goes past the caches (a non-temporal store:
+ * no read of the line first, and no eviction of the weights for data that
+ * backward reads back from memory anyway); anything else is an ordinary store.
+ * The caller fences (lstm_stream_fence) before another thread reads them. */
+INLINE void FN(keep_gate)(float *p, VF v, ptrdiff_t n, int keep)
+{
+#if VL == 16 && defined(FASTLSTM_X86_PATHS)
+    if (keep == LSTM_KEEP_STREAM && n == VL && !((uintptr_t)p & 63)) {
+        _mm512_stream_ps(p, (__m512)v);
+        return;
+    }
+#elif VL == 8 && defined(FASTLSTM_X86_PATHS)
+    if (keep == LSTM_KEEP_STREAM && n == VL && !((uintptr_t)p & 31)) {
+        _mm256_stream_ps(p, (__m256)v);
+        return;
+    }
+#endif
+    FN(storen)(p, v, n);
+}
+
 /* The forward gate math of n <= VL units of one row, shared by the forward
  * and step loops. pi, pf, pg, po: the pre-activations; c_prev: [n] IN;
- * gates: 4 blocks of n at stride H, OUT (the activated gates) when keep;
+ * gates: 4 blocks of n at stride H, OUT (the activated gates) when keep
+ * (FN(keep_gate));
  * c: [n] OUT = f*c_prev + i*g; h: [n] OUT = o*tanh(c). The gates are stored
  * before tanh(c) is computed, which frees their registers for it (AVX2 has
  * 16 of them), and this order keeps the forward loops' code as it was. */
@@ -208,10 +230,10 @@ INLINE void FN(cell)(const VF pre[4], const VF add[4], const float *c_prev, floa
     const VF o = FN(sigmoid)(add ? pre[3] + add[3] : pre[3]);
     const VF cn = f * FN(loadn)(c_prev, n) + i * g;
     if (keep) {
-        FN(storen)(gates, i, n);
-        FN(storen)(gates + H, f, n);
-        FN(storen)(gates + 2 * H, g, n);
-        FN(storen)(gates + 3 * H, o, n);
+        FN(keep_gate)(gates, i, n, keep);
+        FN(keep_gate)(gates + H, f, n, keep);
+        FN(keep_gate)(gates + 2 * H, g, n, keep);
+        FN(keep_gate)(gates + 3 * H, o, n, keep);
     }
     FN(storen)(c, cn, n);
     FN(storen)(h, o * FN(tanh)(cn), n);

@@ -65,6 +65,17 @@ class LSTMCache:
     projected: bool = False  # gates were the caller's input projection (and hold dP after backward)
 
 
+def _line_aligned_empty(shape, dtype):
+    """np.empty whose data starts a 64-byte cache line (NumPy's large arrays start 16 bytes
+    past one): the C kernels' vector stores then split no line, and a training forward may
+    stream its gates past the caches (_config.stream_gates_bytes)."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
 class Workspace:
     """Reuses the large per-call buffers (gates, c_t) of one layer object.
 
@@ -99,7 +110,7 @@ class Workspace:
             for k, (w, a) in enumerate(self._free):
                 if w == where and a.shape == shape and a.dtype == dtype:
                     return self._free.pop(k)[1]
-        return xp.empty(shape, dtype)
+        return xp.empty(shape, dtype) if xp.on_device else _line_aligned_empty(shape, dtype)
 
     def give(self, *arrays, xp=HostArrays):
         if not xp.on_device:
@@ -229,7 +240,9 @@ def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, worksp
         be = _backend_with(be, {"lengths": lengths, "reverse": reverse, "projection": W_hr,
                                 "projected": projected}, xp)
     def take(shape):
-        return workspace.take(shape, dt, xp) if workspace is not None else xp.empty(shape, dt)
+        if workspace is not None:
+            return workspace.take(shape, dt, xp)
+        return xp.empty(shape, dt) if xp.on_device else _line_aligned_empty(shape, dt)
 
     y = xp.empty((T, N, K), dt) if y is None else y
     hT = xp.empty((N, K), dt) if hT is None else hT

@@ -27,6 +27,10 @@ CASES = [
     (5, 3, 4, 9, 2, None),
     # the projection's panels (4 vectors of columns each): several of them, the last part full
     (4, 9, 3, 150, 70, [4, 1, 3, 4, 2, 0, 4, 3, 1]),
+    # H a multiple of every path's vector: dW_hr in the kernels' own tiles (P in a partial
+    # tile of rows), over more than one block of 128 rows without lengths
+    (5, 7, 3, 64, 20, [5, 2, 0, 5, 1, 3, 4]),
+    (12, 16, 3, 48, 11, None),
 ]
 
 
@@ -370,3 +374,24 @@ def test_backward_after_a_strided_y(threads):
         out.append([dx, dh0, dc0, *grads])
     for a, b_ in zip(*out):
         np.testing.assert_array_equal(a, b_)
+
+
+@pytest.mark.parametrize("path", [p for p in PATHS if p != "blas"])
+@pytest.mark.parametrize("case", [(6, 9, 5, 64, 0, None), (5, 7, 3, 32, 10, [5, 2, 0, 5, 1, 3, 4])],
+                         ids=["plain", "projection-lengths"])
+def test_streamed_gates_change_no_bit(monkeypatch, threads, path, case):
+    # a training forward whose gates pass FASTLSTM_STREAM_GATES_BYTES stores them past the
+    # caches (non-temporal stores where a vector starts a cache line): the same values
+    monkeypatch.setenv("FASTLSTM_KERNEL", path)
+    runs = []
+    for size in ("0", "1"):
+        monkeypatch.setenv("FASTLSTM_STREAM_GATES_BYTES", size)
+        runs.append(_run("c", np.float32, *case, False))
+    # the kept gates start a cache line (a vector of them may be streamed only then)
+    x = np.ones((2, 3, 4), np.float32)
+    H = case[3]
+    _, _, cache = fastlstm.lstm_forward(x, np.ones((4 * H, 4), np.float32), np.ones((4 * H, H), np.float32),
+                                        None, None, backend="c")
+    assert cache.gates.ctypes.data % 64 == 0
+    for key, value in runs[0].items():
+        np.testing.assert_array_equal(runs[1][key], value, err_msg=key)

@@ -111,6 +111,7 @@ cdef extern from "lstm_fused.h" nogil:
     const char *lstm_fused_path_name(int path)
     int lstm_fused_max_threads()
     void lstm_fused_set_one_row_ahead(int on)
+    void lstm_fused_set_stream_gates(Py_ssize_t min_bytes)
     Py_ssize_t lstm_fused_panel_row_bytes()
     Py_ssize_t lstm_fused_forward_pack_size(int path, Py_ssize_t Ip, Py_ssize_t H, Py_ssize_t R)
     Py_ssize_t lstm_fused_backward_pack_size(int path, Py_ssize_t H, Py_ssize_t R)
@@ -531,6 +532,7 @@ cdef tuple _forward_setup(int path, const floating[:, ::1] W_ih, const floating[
         Ip = I
     if N == 1:
         lstm_fused_set_one_row_ahead(_config.one_row_ahead())
+    lstm_fused_set_stream_gates(_config.stream_gates_bytes())
     n = lstm_fused_forward_pack_size(path, Ip, H, K)
     packed = prepacked.panels(path, Ip) if prepacked is not None else _aligned_floats(n)
     by_rows = _config.split_by_rows(4 * n, nthreads)
