@@ -284,19 +284,28 @@ def one_row_ahead() -> bool:
     return l2 is None or l2 < ONE_ROW_AHEAD_MAX_L2
 
 #: A training forward on the C kernels whose kept gates (rows x 4H floats) take at
-#: least this many bytes writes them with non-temporal stores, past the caches
-#: (csrc/lstm_common.h, LSTM_KEEP_STREAM): they are too large to stay there until
-#: backward reads them, and ordinary stores would read each line from memory first.
-#: Measured on an Intel Xeon with AMX (2 threads; T=100, N=32, H=1024, P=256, 52 MB of
-#: gates, alternating in one process): the forward took 0.94x the time. The results
-#: are the same, bit for bit. FASTLSTM_STREAM_GATES_BYTES: the size (0: never).
+#: least STREAM_GATES_BYTES writes them with non-temporal stores, past the caches
+#: (csrc/lstm_common.h, LSTM_KEEP_STREAM), where each thread's share of the packed
+#: weights is over FUSE_INPUT_BYTES (so streams from L3 at every step): there the
+#: gates' lines would push the weights out of L2. Measured on an Intel Xeon with AMX
+#: (2 threads, alternating in one process): T=100, N=32, H=1024, P=256 (52 MB of gates,
+#: 4 MB of weights a thread) the forward took 0.91-0.94x the time; H=512, I=512, N=32
+#: (26 MB, 4 MB) 1.0x; but H=256, I=128, N=64 (26 MB, 0.75 MB a thread, in L2) 1.20x,
+#: since ordinary stores leave the gates in L3 for backward. The results are the same,
+#: bit for bit. FASTLSTM_STREAM_GATES_BYTES sets the size for every layer (0: never).
 STREAM_GATES_BYTES = 16 << 20
 STREAM_GATES_BYTES_ENV = "FASTLSTM_STREAM_GATES_BYTES"
 
 
-def stream_gates_bytes() -> int:
-    """From how many bytes of gates a training forward streams them (see above; 0: never)."""
-    return env_int(STREAM_GATES_BYTES_ENV, STREAM_GATES_BYTES)
+def stream_gates_bytes(weight_bytes_per_thread: int | None = None) -> int:
+    """From how many bytes of gates a training forward streams them (see above; 0:
+    never), for a layer with this many bytes of packed weights per thread."""
+    value = env_int(STREAM_GATES_BYTES_ENV, -1)
+    if value >= 0:
+        return value
+    if weight_bytes_per_thread is not None and weight_bytes_per_thread <= FUSE_INPUT_BYTES:
+        return 0
+    return STREAM_GATES_BYTES
 
 #: A bidirectional inference forward of fewer rows than this runs its two directions
 #: one after the other, each on all of the threads, instead of side by side on half of

@@ -395,3 +395,15 @@ def test_streamed_gates_change_no_bit(monkeypatch, threads, path, case):
     assert cache.gates.ctypes.data % 64 == 0
     for key, value in runs[0].items():
         np.testing.assert_array_equal(runs[1][key], value, err_msg=key)
+
+
+def test_gates_stream_only_where_the_weights_stream_from_l3(monkeypatch):
+    from fastlstm import _config as cfg
+    monkeypatch.delenv("FASTLSTM_STREAM_GATES_BYTES", raising=False)
+    assert cfg.stream_gates_bytes(cfg.FUSE_INPUT_BYTES) == 0  # a thread's weights stay in L2
+    assert cfg.stream_gates_bytes(cfg.FUSE_INPUT_BYTES + 1) == cfg.STREAM_GATES_BYTES
+    monkeypatch.setenv("FASTLSTM_STREAM_GATES_BYTES", "5")
+    assert cfg.stream_gates_bytes(1) == 5
+    monkeypatch.setenv("FASTLSTM_STREAM_GATES_BYTES", "-1")
+    with pytest.raises(cfg.ConfigError, match="FASTLSTM_STREAM_GATES_BYTES"):
+        cfg.stream_gates_bytes(1)
