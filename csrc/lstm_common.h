@@ -176,14 +176,13 @@ static inline lstm_range lstm_thread_units(ptrdiff_t n, ptrdiff_t unit)
     return r;
 }
 
-/* A training forward's gates (kept for backward) larger than this go to memory
- * in non-temporal stores (keep = LSTM_KEEP_STREAM; lstm_vec_impl.h,
- * keep_gate): they outgrow the caches before backward reads them, and ordinary
- * stores would first read every line from memory and evict the weights the
- * steps reuse. Measured on an Intel Xeon with AMX (2 threads, T=100, N=32,
- * H=1024, P=256: 52 MB of gates), the forward took 0.94x the time; below it,
- * gates that stay in cache are read back from there. The size is a process-wide
- * setting (lstm_fused_set_stream_gates, from fastlstm/_config.py). */
+/* keep = LSTM_KEEP_STREAM: a training forward stores its kept gates past the
+ * caches, in non-temporal stores (lstm_vec_impl.h, keep_gate), where they are
+ * too large to stay there until backward reads them and each thread's weights
+ * stream from L3 at every step (ordinary stores would read each line first and
+ * push the weights out of L2). Which calls do is a process-wide size set by the
+ * caller (lstm_fused_set_stream_gates; the rule and its measurements are
+ * fastlstm/_config.py's stream_gates_bytes). */
 #define LSTM_KEEP_STREAM 2
 
 /* Orders a thread's non-temporal stores before what follows (a barrier, or the

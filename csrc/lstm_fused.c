@@ -24,8 +24,9 @@ void lstm_fused_set_one_row_ahead(int on) { lstm_one_row_ahead = on != 0; }
 static int lstm_one_row_ahead_on(void) { return lstm_one_row_ahead; }
 
 /* From how many bytes of gates a training forward streams them to memory
- * (lstm_common.h, LSTM_KEEP_STREAM; lstm_fused_set_stream_gates); 0: never. */
-static volatile ptrdiff_t lstm_stream_gates_bytes = (ptrdiff_t)16 << 20;
+ * (lstm_common.h, LSTM_KEEP_STREAM; lstm_fused_set_stream_gates); 0: never,
+ * until a caller sets it. */
+static volatile ptrdiff_t lstm_stream_gates_bytes = 0;
 
 void lstm_fused_set_stream_gates(ptrdiff_t min_bytes) { lstm_stream_gates_bytes = min_bytes; }
 

@@ -65,10 +65,13 @@ class LSTMCache:
     projected: bool = False  # gates were the caller's input projection (and hold dP after backward)
 
 
-def _line_aligned_empty(shape, dtype):
-    """np.empty whose data starts a 64-byte cache line (NumPy's large arrays start 16 bytes
-    past one): the C kernels' vector stores then split no line, and a training forward may
-    stream its gates past the caches (_config.stream_gates_bytes)."""
+def _new_scratch(shape, dtype, xp=HostArrays):
+    """A fresh scratch array (a call's gates, c_t): on the host one whose data starts a
+    64-byte cache line (NumPy's large arrays start 16 bytes past one), so that the C
+    kernels' vector stores split no line and a training forward may stream its gates past
+    the caches (_config.stream_gates_bytes)."""
+    if xp.on_device:
+        return xp.empty(shape, dtype)
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     raw = np.empty(nbytes + 64, np.uint8)
@@ -110,7 +113,7 @@ class Workspace:
             for k, (w, a) in enumerate(self._free):
                 if w == where and a.shape == shape and a.dtype == dtype:
                     return self._free.pop(k)[1]
-        return xp.empty(shape, dtype) if xp.on_device else _line_aligned_empty(shape, dtype)
+        return _new_scratch(shape, dtype, xp)
 
     def give(self, *arrays, xp=HostArrays):
         if not xp.on_device:
@@ -240,9 +243,7 @@ def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, worksp
         be = _backend_with(be, {"lengths": lengths, "reverse": reverse, "projection": W_hr,
                                 "projected": projected}, xp)
     def take(shape):
-        if workspace is not None:
-            return workspace.take(shape, dt, xp)
-        return xp.empty(shape, dt) if xp.on_device else _line_aligned_empty(shape, dt)
+        return workspace.take(shape, dt, xp) if workspace is not None else _new_scratch(shape, dt, xp)
 
     y = xp.empty((T, N, K), dt) if y is None else y
     hT = xp.empty((N, K), dt) if hT is None else hT
