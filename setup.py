@@ -133,10 +133,10 @@ def _extensions():
     ext = Extension(
         "fastlstm.backends._c",
         sources=["fastlstm/backends/_c.pyx", "csrc/lstm_cell.c", "csrc/lstm_blas_loop.c",
-                 "csrc/lstm_fused.c", "csrc/lstm_bf16.c", "csrc/lstm_generate.c"],
+                 "csrc/lstm_fused.c", "csrc/lstm_bf16.c", "csrc/lstm_generate.c", "csrc/lstm_amx.c"],
         depends=["csrc/lstm_cell.h", "csrc/lstm_common.h", "csrc/lstm_blas_loop.h",
                  "csrc/lstm_blas_loop_impl.h", "csrc/lstm_fused.h", "csrc/lstm_fused_impl.h",
-                 "csrc/lstm_generate.h", "csrc/lstm_bf16.h", "csrc/lstm_bf16_impl.h", "csrc/lstm_vec_impl.h"],
+                 "csrc/lstm_generate.h", "csrc/lstm_bf16.h", "csrc/lstm_bf16_impl.h", "csrc/lstm_vec_impl.h", "csrc/lstm_amx.h"],
         include_dirs=["csrc", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
         extra_compile_args=cflags,

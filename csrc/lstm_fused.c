@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include "lstm_common.h"
 #include "lstm_fused.h"
+#include "lstm_amx.h"
 
 
 /* Whether the one-row loop may project rows ahead (lstm_fused_impl.h,
@@ -29,6 +30,17 @@ static int lstm_one_row_ahead_on(void) { return lstm_one_row_ahead; }
 static volatile ptrdiff_t lstm_stream_gates_bytes = 0;
 
 void lstm_fused_set_stream_gates(ptrdiff_t min_bytes) { lstm_stream_gates_bytes = min_bytes; }
+
+/* The backward's weight gradients run on AMX for blocks of at least this many
+ * rows where it can (lstm_amx.h; lstm_fused_set_amx_rows); 0: never, until a
+ * caller sets it. */
+static volatile ptrdiff_t lstm_amx_rows = 0;
+
+void lstm_fused_set_amx_rows(ptrdiff_t min_rows) { lstm_amx_rows = min_rows > 0 ? min_rows : 0; }
+
+int lstm_fused_amx_ready(void) { return lstm_amx_ready(); }
+
+static ptrdiff_t lstm_amx_rows_setting(void) { return lstm_amx_rows; }
 
 static int lstm_stream_gates_of(ptrdiff_t bytes)
 {

@@ -55,6 +55,15 @@ int lstm_fused_max_threads(void);
  * one_row_ahead). Either way the results are the same, bit for bit. */
 void lstm_fused_set_one_row_ahead(int on);
 
+/* The backward of the AVX-512 path computes its weight gradients on Intel AMX
+ * (lstm_amx.h: float32 products from bf16 parts, as exact as float32's) for
+ * every block of at least min_rows rows, where the CPU and OS allow it; 0:
+ * never (the default). Process-wide, set by the caller (fastlstm/_config.py,
+ * amx_rows). */
+void lstm_fused_set_amx_rows(ptrdiff_t min_rows);
+/* Whether this CPU, OS and build can run AMX (lstm_amx_ready). */
+int lstm_fused_amx_ready(void);
+
 /* A training forward whose gates take at least min_bytes stores them past the
  * caches (lstm_common.h, LSTM_KEEP_STREAM); 0: never. Process-wide, set by the
  * caller (fastlstm/_config.py, stream_gates_bytes). The results are the same. */

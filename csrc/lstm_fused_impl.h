@@ -1038,6 +1038,13 @@ static int FN(weight_grads)(const lstm_blas *blas, lstm_team me, int nthreads, p
     for (ptrdiff_t a = r.lo; a < r.hi; a += chunk) {
         const ptrdiff_t nr = r.hi - a < chunk ? r.hi - a : chunk;
         lstm_gather_xh_f32(a, nr, N, rows, I, K, Wp, BV * VL, x, h0, y, h_prev, rev, xh);
+#if VL == 16 && defined(FASTLSTM_X86_PATHS)
+        /* on AMX where it can (lstm_amx.h; the table's rows need this loop) */
+        const ptrdiff_t amx_rows = lstm_amx_rows_setting();
+        if (amx_rows && nr >= amx_rows && !ids &&
+            lstm_amx_grads(nr, G, Wp, gates + a * G, xh, BV * VL, part, a != r.lo))
+            continue;
+#endif
         FN(grads_product)(nr, G, Wp, gates + a * G, xh, part, a == r.lo, ids ? ids + a : NULL,
                           tab_part);
     }

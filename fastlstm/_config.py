@@ -307,6 +307,19 @@ def stream_gates_bytes(weight_bytes_per_thread: int | None = None) -> int:
         return 0
     return STREAM_GATES_BYTES
 
+#: The C backward computes its weight gradients on Intel AMX where the CPU and OS
+#: allow it (csrc/lstm_amx.h: each float32 operand split into three bf16 parts, six
+#: part products summed in float32, as close to the exact product as a float32 loop),
+#: for each thread's block of at least AMX_ROWS rows. FASTLSTM_AMX_ROWS sets the rows
+#: (0: never).
+AMX_ROWS = 64
+AMX_ROWS_ENV = "FASTLSTM_AMX_ROWS"
+
+
+def amx_rows() -> int:
+    """From how many rows a thread's weight-gradient block runs on AMX (see above; 0: never)."""
+    return env_int(AMX_ROWS_ENV, AMX_ROWS)
+
 #: A bidirectional inference forward of fewer rows than this runs its two directions
 #: one after the other, each on all of the threads, instead of side by side on half of
 #: them each: split by units, each core keeps its half of a direction's W_hh in its own

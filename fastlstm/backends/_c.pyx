@@ -112,6 +112,8 @@ cdef extern from "lstm_fused.h" nogil:
     int lstm_fused_max_threads()
     void lstm_fused_set_one_row_ahead(int on)
     void lstm_fused_set_stream_gates(Py_ssize_t min_bytes)
+    void lstm_fused_set_amx_rows(Py_ssize_t min_rows)
+    int lstm_fused_amx_ready()
     Py_ssize_t lstm_fused_panel_row_bytes()
     Py_ssize_t lstm_fused_forward_pack_size(int path, Py_ssize_t Ip, Py_ssize_t H, Py_ssize_t R)
     Py_ssize_t lstm_fused_backward_pack_size(int path, Py_ssize_t H, Py_ssize_t R)
@@ -364,6 +366,11 @@ def bf16_dense(const float[:, ::1] h, packed):
     return z
 
 
+def amx_ready():
+    """Whether the C backward can compute its weight gradients on Intel AMX here (csrc/lstm_amx.h)."""
+    return bool(lstm_fused_amx_ready())
+
+
 def max_threads():
     """Threads the fused kernels may use (OpenMP's count, or FASTLSTM_NUM_THREADS)."""
     return _config.num_threads(lstm_fused_max_threads())
@@ -552,6 +559,7 @@ cdef tuple _backward_setup(int path, const floating[:, ::1] W_hh, Py_ssize_t N, 
     if path == LSTM_PATH_BLAS:
         return None, 1, 0, None
     nthreads = _config.threads_for(N, H, lstm_fused_max_threads())
+    lstm_fused_set_amx_rows(_config.amx_rows())
     packed = _aligned_floats(lstm_fused_backward_pack_size(path, H, K))
     by_rows = _config.split_by_rows(4 * packed.shape[0], nthreads)
     work = None
