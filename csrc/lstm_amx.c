@@ -61,7 +61,7 @@ static const struct {
 
 /* bf16 values of one tile (16 rows of 32) */
 #define TILE 512
-/* rows of n per block: the C partial sums go to memory and back once a block */
+/* rows of n per block: C's tiles are loaded and stored once a block */
 #define KC 384
 
 LSTM_TARGET_BEGIN("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma",
@@ -77,87 +77,140 @@ static inline void split16(__m512 v, __m256i part[3])
     }
 }
 
-/* A tiles of one block: for column tile ct (16 columns of xh) and k-step s (32 rows),
- * part j at A + ((ct * ks + s) * 3 + j) * TILE, element [c][k]; zero past n and W. */
-static void pack_a(ptrdiff_t n, ptrdiff_t k0, ptrdiff_t kr, ptrdiff_t ks, ptrdiff_t nct, ptrdiff_t W,
-                   const float *xh, ptrdiff_t pw, uint16_t *A)
+/* Two rows of 16 floats (zero past nv values; a NULL row reads as zeros) as the
+ * three parts of one VNNI tile row: dst[j * TILE + 2c + e] = part j of row e's value c. */
+static inline void pair_row(const float *r0, const float *r1, __mmask16 nv, uint16_t *dst)
 {
-    uint16_t parts[3][16];
+    __m256i p0[3], p1[3];
+    split16(r0 ? _mm512_maskz_loadu_ps(nv, r0) : _mm512_setzero_ps(), p0);
+    split16(r1 ? _mm512_maskz_loadu_ps(nv, r1) : _mm512_setzero_ps(), p1);
+    for (int j = 0; j < 3; ++j) {
+        const __m256i lo = _mm256_unpacklo_epi16(p0[j], p1[j]), hi = _mm256_unpackhi_epi16(p0[j], p1[j]);
+        _mm256_storeu_si256((__m256i *)(dst + j * TILE), _mm256_permute2x128_si256(lo, hi, 0x20));
+        _mm256_storeu_si256((__m256i *)(dst + j * TILE + 16), _mm256_permute2x128_si256(lo, hi, 0x31));
+    }
+}
+
+/* A 16 x 16 matrix of 32-bit values transposed in place (rows r[i] become its columns). */
+static inline void transpose16(__m512i r[16])
+{
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int i = 0; i < 4; ++i) {
+        t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+    }
+    for (int i = 0; i < 4; ++i) {
+        r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+        r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+        r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
+    }
+}
+
+/* B tiles of a block of kr rows from k0: xh's pairs of rows, for column tile ct
+ * (16 columns) and k-step s, part j at B + ((ct * ks + s) * 3 + j) * TILE (VNNI:
+ * row m holds columns c of rows 2m and 2m + 1); zero past the block and W. xh as
+ * lstm_gather_xh lays it out: panel j0 / pw, row r at xh + j0 * n + r * w. */
+static void pack_xh(ptrdiff_t n, ptrdiff_t k0, ptrdiff_t kr, ptrdiff_t ks, ptrdiff_t nct, ptrdiff_t W,
+                    const float *xh, ptrdiff_t pw, uint16_t *B)
+{
     for (ptrdiff_t ct = 0; ct < nct; ++ct) {
         const ptrdiff_t c0 = ct * 16, j0 = c0 / pw * pw, w = W - j0 < pw ? W - j0 : pw;
+        const float *col = c0 < W ? xh + j0 * n + (c0 - j0) : NULL;
+        for (ptrdiff_t s = 0; s < ks; ++s)
+            for (int m = 0; m < 16; ++m) {
+                const ptrdiff_t a = s * 32 + 2 * m;
+                pair_row(col && a < kr ? col + (k0 + a) * w : NULL,
+                         col && a + 1 < kr ? col + (k0 + a + 1) * w : NULL, 0xffff,
+                         B + (ct * ks + s) * 3 * TILE + m * 32);
+            }
+    }
+}
+
+/* A tiles of gate tiles gt0 and gt0 + 1 (16 gates each) over a block: dP^T, for tile
+ * t, k-step s and part j at A + ((t * ks + s) * 3 + j) * TILE, row g = the 32 rows'
+ * values of gate g (zero past the block and G): a VNNI tile of dP's pairs of rows,
+ * transposed as 16 x 16 pairs. */
+static void pack_dpt(ptrdiff_t k0, ptrdiff_t kr, ptrdiff_t ks, ptrdiff_t gt0, ptrdiff_t G,
+                     const float *dP, uint16_t *A)
+{
+    uint16_t vnni[3 * TILE] __attribute__((aligned(64)));
+    for (int t = 0; t < 2; ++t) {
+        const ptrdiff_t g0 = (gt0 + t) * 16, ng = G - g0 < 16 ? (g0 < G ? G - g0 : 0) : 16;
+        const __mmask16 nv = (__mmask16)((1u << ng) - 1u);
         for (ptrdiff_t s = 0; s < ks; ++s) {
-            uint16_t *dst = A + (ct * ks + s) * 3 * TILE;
-            for (int k = 0; k < 32; ++k) {
-                const ptrdiff_t r = k0 + s * 32 + k;
-                if (c0 < W && s * 32 + k < kr) {
-                    __m256i p[3];
-                    split16(_mm512_loadu_ps(xh + j0 * n + r * w + (c0 - j0)), p);
-                    for (int j = 0; j < 3; ++j) _mm256_storeu_si256((__m256i *)parts[j], p[j]);
-                } else {
-                    memset(parts, 0, sizeof parts);
-                }
-                for (int j = 0; j < 3; ++j)
-                    for (int c = 0; c < 16; ++c) dst[j * TILE + c * 32 + k] = parts[j][c];
+            for (int m = 0; m < 16; ++m) {
+                const ptrdiff_t a = s * 32 + 2 * m;
+                /* dP's rows lie 4G bytes apart, past what the hardware prefetcher follows */
+                _mm_prefetch((const char *)(dP + (k0 + a + 16) * G + g0), _MM_HINT_T0);
+                _mm_prefetch((const char *)(dP + (k0 + a + 17) * G + g0), _MM_HINT_T0);
+                pair_row(ng && a < kr ? dP + (k0 + a) * G + g0 : NULL,
+                         ng && a + 1 < kr ? dP + (k0 + a + 1) * G + g0 : NULL, nv, vnni + m * 32);
+            }
+            for (int j = 0; j < 3; ++j) {
+                __m512i r[16];
+                for (int m = 0; m < 16; ++m) r[m] = _mm512_load_si512(vnni + j * TILE + m * 32);
+                transpose16(r);
+                uint16_t *dst = A + ((t * ks + s) * 3 + j) * TILE;
+                for (int g = 0; g < 16; ++g) _mm512_storeu_si512(dst + g * 32, r[g]);
             }
         }
     }
 }
 
-/* B tiles of gate tiles gt0, gt0 + 1: for tile t, k-step s and part j at
- * B + ((t * ks + s) * 3 + j) * TILE, rows of k pairs: element [m][g][e] =
- * dP[k0 + s * 32 + 2m + e][(gt0 + t) * 16 + g]; zero past the block and G. */
-static void pack_b(ptrdiff_t k0, ptrdiff_t kr, ptrdiff_t ks, ptrdiff_t gt0, ptrdiff_t G,
-                   const float *dP, uint16_t *B)
-{
-    for (ptrdiff_t s = 0; s < ks; ++s)
-        for (int m = 0; m < 16; ++m)
-            for (int t = 0; t < 2; ++t) {
-                const ptrdiff_t g0 = (gt0 + t) * 16, ng = G - g0 < 16 ? (g0 < G ? G - g0 : 0) : 16;
-                const __mmask16 m16 = (__mmask16)((1u << ng) - 1u);
-                uint16_t *dst = B + (t * ks + s) * 3 * TILE;
-                const ptrdiff_t a = s * 32 + 2 * m;
-                /* dP's rows are 4G bytes apart, past what the hardware prefetcher follows */
-                _mm_prefetch((const char *)(dP + (k0 + a + 16) * G + g0), _MM_HINT_T0);
-                _mm_prefetch((const char *)(dP + (k0 + a + 17) * G + g0), _MM_HINT_T0);
-                const __m512 v0 = a < kr ? _mm512_maskz_loadu_ps(m16, dP + (k0 + a) * G + g0) : _mm512_setzero_ps();
-                const __m512 v1 = a + 1 < kr ? _mm512_maskz_loadu_ps(m16, dP + (k0 + a + 1) * G + g0)
-                                             : _mm512_setzero_ps();
-                __m256i p0[3], p1[3];
-                split16(v0, p0);
-                split16(v1, p1);
-                for (int j = 0; j < 3; ++j) {
-                    const __m256i lo = _mm256_unpacklo_epi16(p0[j], p1[j]);
-                    const __m256i hi = _mm256_unpackhi_epi16(p0[j], p1[j]);
-                    _mm256_storeu_si256((__m256i *)(dst + j * TILE + m * 32), _mm256_permute2x128_si256(lo, hi, 0x20));
-                    _mm256_storeu_si256((__m256i *)(dst + j * TILE + m * 32 + 16),
-                                        _mm256_permute2x128_si256(lo, hi, 0x31));
-                }
-            }
-}
-
-/* Ct [Wq, Gp] (+)= the block's A [2 column tiles] . B [2 gate tiles] for every pair of
+/* C [G, W] (+)= the block's A [2 gate tiles] . B [2 column tiles] over every pair of
  * column tiles: C tiles 0-3 over the block's ks k-steps, each k-step the six part
- * products of B's part j with A's parts i, i + j <= 2 (small ones first). */
-static void block_product(ptrdiff_t ks, ptrdiff_t ncp, ptrdiff_t gp, ptrdiff_t Gp, const uint16_t *A,
-                          const uint16_t *B, float *Ct, int fresh)
+ * products of B's part j with A's parts i, i + j <= 2 (small ones first). Tiles
+ * past G or W go through a scratch tile. fresh: C starts at zero. */
+static void block_product(ptrdiff_t ks, ptrdiff_t ncp, ptrdiff_t gt0, ptrdiff_t G, ptrdiff_t W,
+                          const uint16_t *A, const uint16_t *B, float *C, int fresh)
 {
-    const ptrdiff_t ldc = Gp * (ptrdiff_t)sizeof(float);
+    float spare[4][256] __attribute__((aligned(64)));
+    const ptrdiff_t ldc = W * (ptrdiff_t)sizeof(float);
     for (ptrdiff_t cp = 0; cp < ncp; ++cp) {
-        float *c00 = Ct + (2 * cp * 16) * Gp + gp * 32, *c01 = c00 + 16;
-        float *c10 = c00 + 16 * Gp, *c11 = c10 + 16;
+        /* tile q = 2 * (gate tile) + (column tile): where it lies, its rows and columns */
+        float *at[4];
+        ptrdiff_t ld[4], rows[4], cols[4];
+        for (int q = 0; q < 4; ++q) {
+            const ptrdiff_t g0 = (gt0 + q / 2) * 16, c0 = (2 * cp + q % 2) * 16;
+            rows[q] = G - g0 < 16 ? (g0 < G ? G - g0 : 0) : 16;
+            cols[q] = c0 < W ? 16 : 0;
+            const int whole = rows[q] == 16 && cols[q] == 16;
+            at[q] = whole ? C + g0 * W + c0 : spare[q];
+            ld[q] = whole ? ldc : 64;
+            if (!whole) {
+                memset(spare[q], 0, sizeof spare[q]);
+                if (!fresh)
+                    for (ptrdiff_t r = 0; r < rows[q] && cols[q]; ++r)
+                        memcpy(spare[q] + r * 16, C + (g0 + r) * W + c0, 16 * sizeof(float));
+            }
+        }
+        __asm__ __volatile__("" ::: "memory");
         if (fresh) {
             _tile_zero(0);
             _tile_zero(1);
             _tile_zero(2);
             _tile_zero(3);
         } else {
-            _tile_loadd(0, c00, ldc);
-            _tile_loadd(1, c01, ldc);
-            _tile_loadd(2, c10, ldc);
-            _tile_loadd(3, c11, ldc);
+            _tile_loadd(0, at[0], ld[0]);
+            _tile_loadd(1, at[1], ld[1]);
+            _tile_loadd(2, at[2], ld[2]);
+            _tile_loadd(3, at[3], ld[3]);
         }
-        const uint16_t *a0 = A + (2 * cp) * ks * 3 * TILE, *a1 = A + (2 * cp + 1) * ks * 3 * TILE;
-        const uint16_t *b0 = B, *b1 = B + ks * 3 * TILE;
+        const uint16_t *a0 = A, *a1 = A + ks * 3 * TILE;
+        const uint16_t *b0 = B + (2 * cp) * ks * 3 * TILE, *b1 = B + (2 * cp + 1) * ks * 3 * TILE;
         for (ptrdiff_t s = 0; s < ks; ++s) {
             const ptrdiff_t o = s * 3 * TILE;
             for (int j = 2; j >= 0; --j) {
@@ -173,10 +226,17 @@ static void block_product(ptrdiff_t ks, ptrdiff_t ncp, ptrdiff_t gp, ptrdiff_t G
                 }
             }
         }
-        _tile_stored(0, c00, ldc);
-        _tile_stored(1, c01, ldc);
-        _tile_stored(2, c10, ldc);
-        _tile_stored(3, c11, ldc);
+        _tile_stored(0, at[0], ld[0]);
+        _tile_stored(1, at[1], ld[1]);
+        _tile_stored(2, at[2], ld[2]);
+        _tile_stored(3, at[3], ld[3]);
+        __asm__ __volatile__("" ::: "memory");
+        for (int q = 0; q < 4; ++q)
+            if (at[q] == spare[q]) {
+                const ptrdiff_t g0 = (gt0 + q / 2) * 16, c0 = (2 * cp + q % 2) * 16;
+                for (ptrdiff_t r = 0; r < rows[q] && cols[q]; ++r)
+                    memcpy(C + (g0 + r) * W + c0, spare[q] + r * 16, 16 * sizeof(float));
+            }
     }
 }
 
@@ -190,42 +250,26 @@ int lstm_amx_grads(ptrdiff_t n, ptrdiff_t G, ptrdiff_t W, const float *dP, const
                    ptrdiff_t pw, float *C, int accumulate)
 {
     if (!lstm_amx_ready() || n <= 0 || G <= 0 || W <= 0 || W % 16 || pw % 16) return 0;
-    const ptrdiff_t nct = (W + 31) / 32 * 2, ncp = nct / 2, ngp = (G + 31) / 32;
-    /* Ct's rows one line more than a multiple of 4 KB apart (not all in one cache set) */
-    const ptrdiff_t Gp = ngp * 32 + 16, Wq = ncp * 32, ksmax = (KC + 31) / 32;
-    float *Ct = alloc64((size_t)(Wq * Gp) * sizeof(float));
-    uint16_t *A = alloc64((size_t)(nct * ksmax * 3 * TILE) * sizeof(uint16_t));
-    uint16_t *B = alloc64((size_t)(2 * ksmax * 3 * TILE) * sizeof(uint16_t));
-    if (!Ct || !A || !B) {
-        free(Ct);
+    const ptrdiff_t nct = (W + 31) / 32 * 2, ncp = nct / 2, ngp = (G + 31) / 32, ksmax = (KC + 31) / 32;
+    uint16_t *B = alloc64((size_t)(nct * ksmax * 3 * TILE) * sizeof(uint16_t));
+    uint16_t *A = alloc64((size_t)(2 * ksmax * 3 * TILE) * sizeof(uint16_t));
+    if (!A || !B) {
         free(A);
         free(B);
         return 0;
     }
     _tile_loadconfig(&lstm_amx_config);
-    __asm__ __volatile__("" ::: "memory");
     for (ptrdiff_t k0 = 0; k0 < n; k0 += KC) {
         const ptrdiff_t kr = n - k0 < KC ? n - k0 : KC, ks = (kr + 31) / 32;
-        pack_a(n, k0, kr, ks, nct, W, xh, pw, A);
+        pack_xh(n, k0, kr, ks, nct, W, xh, pw, B);
         for (ptrdiff_t gp = 0; gp < ngp; ++gp) {
-            pack_b(k0, kr, ks, 2 * gp, G, dP, B);
+            pack_dpt(k0, kr, ks, 2 * gp, G, dP, A);
             __asm__ __volatile__("" ::: "memory"); /* the tile loads read the packs */
-            block_product(ks, ncp, gp, Gp, A, B, Ct, k0 == 0);
+            block_product(ks, ncp, 2 * gp, G, W, A, B, C, k0 == 0 && !accumulate);
             __asm__ __volatile__("" ::: "memory"); /* and the packs are written again */
         }
     }
     _tile_release();
-    __asm__ __volatile__("" ::: "memory");
-    /* C [g][c] (+)= Ct [c][g]: 16 columns of a row of C gathered at a time */
-    const __m512i rows16 = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                              _mm512_set1_epi32((int)Gp));
-    for (ptrdiff_t c0 = 0; c0 < W; c0 += 16)
-        for (ptrdiff_t g = 0; g < G; ++g) {
-            const __m512 v = _mm512_i32gather_ps(rows16, Ct + c0 * Gp + g, 4);
-            float *dst = C + g * W + c0;
-            _mm512_storeu_ps(dst, accumulate ? _mm512_add_ps(_mm512_loadu_ps(dst), v) : v);
-        }
-    free(Ct);
     free(A);
     free(B);
     return 1;

@@ -310,12 +310,12 @@ def stream_gates_bytes(weight_bytes_per_thread: int | None = None) -> int:
 #: The C backward computes its weight gradients on Intel AMX where the CPU and OS
 #: allow it (csrc/lstm_amx.h: each float32 operand split into three bf16 parts, six
 #: part products summed in float32, as close to the exact product as a float32 loop),
-#: for each thread's block of at least AMX_ROWS rows: the product's packing and its
-#: [W, 4H] partial sums cost about as much as it saves below that. Measured on an Intel
-#: Xeon with AMX (forward+backward, 2 threads, alternating in one process): 200-400 rows
-#: a thread 0.96-1.03x the time (H=256 gained, H=512 lost), 800 rows 0.95 (H=128) and
-#: 0.985 (H=512), 1,600 rows 0.89-0.94. FASTLSTM_AMX_ROWS sets the rows (0: never).
-AMX_ROWS = 512
+#: for each thread's block of at least AMX_ROWS rows: below that, packing the operands
+#: costs about what the product saves. Measured on an Intel Xeon with AMX
+#: (forward+backward, alternating in one process, AMX against the loop): 40 rows a
+#: thread 1.09x the time, 50-100 rows 0.98-1.02x, 200 rows 0.93-1.0x, 400 rows 0.90x,
+#: 1,600 rows 0.88-0.91x. FASTLSTM_AMX_ROWS sets the rows (0: never).
+AMX_ROWS = 128
 AMX_ROWS_ENV = "FASTLSTM_AMX_ROWS"
 
 
