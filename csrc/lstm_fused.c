@@ -38,8 +38,6 @@ static volatile ptrdiff_t lstm_amx_rows = 0;
 
 void lstm_fused_set_amx_rows(ptrdiff_t min_rows) { lstm_amx_rows = min_rows > 0 ? min_rows : 0; }
 
-int lstm_fused_amx_ready(void) { return lstm_amx_ready(); }
-
 static ptrdiff_t lstm_amx_rows_setting(void) { return lstm_amx_rows; }
 
 static int lstm_stream_gates_of(ptrdiff_t bytes)

@@ -61,8 +61,6 @@ void lstm_fused_set_one_row_ahead(int on);
  * never (the default). Process-wide, set by the caller (fastlstm/_config.py,
  * amx_rows). */
 void lstm_fused_set_amx_rows(ptrdiff_t min_rows);
-/* Whether this CPU, OS and build can run AMX (lstm_amx_ready). */
-int lstm_fused_amx_ready(void);
 
 /* A training forward whose gates take at least min_bytes stores them past the
  * caches (lstm_common.h, LSTM_KEEP_STREAM); 0: never. Process-wide, set by the

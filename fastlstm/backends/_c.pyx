@@ -102,6 +102,10 @@ cdef extern from "lstm_blas_loop.h" nogil:
                             const double *const *W_hh, const double *const *b, const double *h,
                             const double *c, double *gates, double *h_out, double *c_out)
 
+cdef extern from "lstm_amx.h" nogil:
+    int lstm_amx_ready()
+
+
 cdef extern from "lstm_fused.h" nogil:
     enum:
         LSTM_PATH_BLAS
@@ -113,7 +117,6 @@ cdef extern from "lstm_fused.h" nogil:
     void lstm_fused_set_one_row_ahead(int on)
     void lstm_fused_set_stream_gates(Py_ssize_t min_bytes)
     void lstm_fused_set_amx_rows(Py_ssize_t min_rows)
-    int lstm_fused_amx_ready()
     Py_ssize_t lstm_fused_panel_row_bytes()
     Py_ssize_t lstm_fused_forward_pack_size(int path, Py_ssize_t Ip, Py_ssize_t H, Py_ssize_t R)
     Py_ssize_t lstm_fused_backward_pack_size(int path, Py_ssize_t H, Py_ssize_t R)
@@ -368,7 +371,7 @@ def bf16_dense(const float[:, ::1] h, packed):
 
 def amx_ready():
     """Whether the C backward can compute its weight gradients on Intel AMX here (csrc/lstm_amx.h)."""
-    return bool(lstm_fused_amx_ready())
+    return bool(lstm_amx_ready())
 
 
 def max_threads():
