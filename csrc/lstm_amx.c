@@ -1,6 +1,7 @@
-/* lstm_amx.c - Intel AMX for the float32 weight gradients (lstm_amx.h): the
- * CPU and OS check, the split of float32 into three bf16 parts, the packing of
- * the operands' parts into tiles and the blocked product. Built on x86-64
+/* lstm_amx.c - Intel AMX for float32 products (lstm_amx.h): the CPU and OS
+ * check, the split of float32 into three bf16 parts, and for the weight
+ * gradients and the forward's input product the packing of the operands'
+ * parts into tiles and the blocked products. Built on x86-64
  * Linux with GCC >= 11 or Clang >= 12, with per-function target options (the
  * file builds for the baseline CPU); stubs elsewhere.
  */
@@ -246,6 +247,10 @@ static void *alloc64(size_t bytes)
     return posix_memalign(&p, 64, bytes ? bytes : 64) ? NULL : p;
 }
 
+void *lstm_amx_alloc(size_t bytes) { return alloc64(bytes); }
+
+void lstm_amx_free(void *p) { free(p); }
+
 int lstm_amx_grads(ptrdiff_t n, ptrdiff_t G, ptrdiff_t W, const float *dP, const float *xh,
                    ptrdiff_t pw, float *C, int accumulate)
 {
@@ -275,11 +280,150 @@ int lstm_amx_grads(ptrdiff_t n, ptrdiff_t G, ptrdiff_t W, const float *dP, const
     return 1;
 }
 
+void lstm_amx_begin(void) { _tile_loadconfig(&lstm_amx_config); }
+
+void lstm_amx_end(void) { _tile_release(); }
+
+void lstm_amx_input_pack(ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t I, ptrdiff_t H, const float *W_ih,
+                         uint16_t *B)
+{
+    const ptrdiff_t ks = lstm_amx_ksteps(I), size = lstm_amx_input_panel_size(I);
+    for (ptrdiff_t p = p0; p < p1; ++p) {
+        uint16_t *Bp = B + p * size;
+        for (int g = 0; g < 4; ++g)
+            for (ptrdiff_t s = 0; s < ks; ++s) {
+                /* 16 units' rows of the k-step as VNNI pair rows, then transposed:
+                 * pair_row makes tile row u of unit u's inputs (2m, 2m + 1) pairs */
+                uint16_t vnni[3 * TILE] __attribute__((aligned(64)));
+                const ptrdiff_t k0 = s * 32, kn = I - k0 < 32 ? I - k0 : 32;
+                for (int u = 0; u < 16; ++u) {
+                    const ptrdiff_t unit = p * 16 + u;
+                    const float *w = unit < H ? W_ih + (g * H + unit) * I + k0 : NULL;
+                    /* the 32 inputs as two rows of 16: pairs (2m, 2m + 1) come from
+                     * consecutive floats, so split the row and interleave halves */
+                    __m256i q0[3], q1[3];
+                    const __mmask16 lo = kn >= 16 ? 0xffff : (__mmask16)((1u << kn) - 1u);
+                    const __mmask16 hi = kn >= 32 ? 0xffff : kn > 16 ? (__mmask16)((1u << (kn - 16)) - 1u) : 0;
+                    split16(w ? _mm512_maskz_loadu_ps(lo, w) : _mm512_setzero_ps(), q0);
+                    split16(w && hi ? _mm512_maskz_loadu_ps(hi, w + 16) : _mm512_setzero_ps(), q1);
+                    for (int j = 0; j < 3; ++j) {
+                        _mm256_storeu_si256((__m256i *)(vnni + j * TILE + u * 32), q0[j]);
+                        _mm256_storeu_si256((__m256i *)(vnni + j * TILE + u * 32 + 16), q1[j]);
+                    }
+                }
+                /* row u now holds unit u's 32 inputs = 16 pairs; the tile wants row m
+                 * = pair m of every unit: a 16 x 16 transpose of 32-bit pairs */
+                for (int j = 0; j < 3; ++j) {
+                    __m512i r[16];
+                    for (int m = 0; m < 16; ++m) r[m] = _mm512_load_si512(vnni + j * TILE + m * 32);
+                    transpose16(r);
+                    uint16_t *dst = Bp + ((g * ks + s) * 3 + j) * TILE;
+                    for (int m = 0; m < 16; ++m) _mm512_storeu_si512(dst + m * 32, r[m]);
+                }
+            }
+    }
+}
+
+void lstm_amx_input_rows(ptrdiff_t n, ptrdiff_t I, const float *x, const ptrdiff_t *place,
+                         ptrdiff_t row0, uint16_t *A)
+{
+    const ptrdiff_t ld = 32 * lstm_amx_ksteps(I), n16 = lstm_amx_rows16(n);
+    for (ptrdiff_t r = 0; r < n16; ++r) {
+        const float *src = r < n ? x + (place ? place[row0 + r] : row0 + r) * I : NULL;
+        for (ptrdiff_t c = 0; c < ld; c += 16) {
+            const __mmask16 m = I - c >= 16 ? 0xffff : I > c ? (__mmask16)((1u << (I - c)) - 1u) : 0;
+            __m256i part[3];
+            split16(src && m ? _mm512_maskz_loadu_ps(m, src + c) : _mm512_setzero_ps(), part);
+            for (int j = 0; j < 3; ++j)
+                _mm256_storeu_si256((__m256i *)(A + (j * n16 + r) * ld + c), part[j]);
+        }
+    }
+}
+
+void lstm_amx_forward_product(ptrdiff_t n16, ptrdiff_t ksx, const uint16_t *xa, ptrdiff_t ldx,
+                              ptrdiff_t xps, ptrdiff_t ksh, const uint16_t *ha, ptrdiff_t ldh,
+                              ptrdiff_t hps, const uint16_t *Bp, float *out)
+{
+    const ptrdiff_t ks = ksx + ksh;
+    __asm__ __volatile__("" ::: "memory"); /* the tile loads read what the caller wrote */
+    for (ptrdiff_t r0 = 0; r0 < n16; r0 += 32) {
+        const int two = n16 - r0 >= 32; /* two tiles of rows, or the last 16 */
+        float *o = out + r0 * 64;
+        for (int q = 0; q < 2; ++q) {
+            /* gates 2q and 2q + 1: C tiles 0, 1 (rows r0..) and 2, 3 (rows r0 + 16..) */
+            const uint16_t *b0 = Bp + (2 * q) * ks * 3 * TILE, *b1 = Bp + (2 * q + 1) * ks * 3 * TILE;
+            _tile_zero(0);
+            _tile_zero(1);
+            if (two) {
+                _tile_zero(2);
+                _tile_zero(3);
+            }
+            for (ptrdiff_t s = 0; s < ks; ++s) {
+                const int in_x = s < ksx;
+                const uint16_t *a = in_x ? xa + r0 * ldx + s * 32 : ha + r0 * ldh + (s - ksx) * 32;
+                const ptrdiff_t ld = (in_x ? ldx : ldh) * 2, ps = in_x ? xps : hps;
+                const ptrdiff_t o3 = s * 3 * TILE;
+                for (int j = 2; j >= 0; --j) {
+                    _tile_loadd(6, b0 + o3 + j * TILE, 64);
+                    _tile_loadd(7, b1 + o3 + j * TILE, 64);
+                    for (int i = 2 - j; i >= 0; --i) {
+                        const uint16_t *ai = a + i * ps;
+                        _tile_loadd(4, ai, ld);
+                        _tile_dpbf16ps(0, 4, 6);
+                        _tile_dpbf16ps(1, 4, 7);
+                        if (two) {
+                            _tile_loadd(5, (const char *)ai + 16 * ld, ld);
+                            _tile_dpbf16ps(2, 5, 6);
+                            _tile_dpbf16ps(3, 5, 7);
+                        }
+                    }
+                }
+            }
+            _tile_stored(0, o + 2 * q * 16, 64 * sizeof(float));
+            _tile_stored(1, o + (2 * q + 1) * 16, 64 * sizeof(float));
+            if (two) {
+                _tile_stored(2, o + 16 * 64 + 2 * q * 16, 64 * sizeof(float));
+                _tile_stored(3, o + 16 * 64 + (2 * q + 1) * 16, 64 * sizeof(float));
+            }
+        }
+    }
+    __asm__ __volatile__("" ::: "memory"); /* and the caller reads what the tile stores wrote */
+}
+
+void lstm_amx_input_product(ptrdiff_t n16, ptrdiff_t I, const uint16_t *A, const uint16_t *Bp,
+                            float *out)
+{
+    const ptrdiff_t ld = 32 * lstm_amx_ksteps(I);
+    lstm_amx_forward_product(n16, lstm_amx_ksteps(I), A, ld, n16 * ld, 0, NULL, 0, 0, Bp, out);
+}
+
 LSTM_TARGET_END()
 
 #else /* no AMX in this build */
 
 int lstm_amx_ready(void) { return 0; }
+void lstm_amx_begin(void) {}
+void lstm_amx_end(void) {}
+void *lstm_amx_alloc(size_t bytes) { (void)bytes; return NULL; }
+void lstm_amx_free(void *p) { (void)p; }
+
+void lstm_amx_input_pack(ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t I, ptrdiff_t H, const float *W_ih,
+                         uint16_t *B)
+{
+    (void)p0, (void)p1, (void)I, (void)H, (void)W_ih, (void)B;
+}
+
+void lstm_amx_input_rows(ptrdiff_t n, ptrdiff_t I, const float *x, const ptrdiff_t *place,
+                         ptrdiff_t row0, uint16_t *A)
+{
+    (void)n, (void)I, (void)x, (void)place, (void)row0, (void)A;
+}
+
+void lstm_amx_input_product(ptrdiff_t n16, ptrdiff_t I, const uint16_t *A, const uint16_t *Bp,
+                            float *out)
+{
+    (void)n16, (void)I, (void)A, (void)Bp, (void)out;
+}
 
 int lstm_amx_grads(ptrdiff_t n, ptrdiff_t G, ptrdiff_t W, const float *dP, const float *xh,
                    ptrdiff_t pw, float *C, int accumulate)

@@ -40,6 +40,19 @@ void lstm_fused_set_amx_rows(ptrdiff_t min_rows) { lstm_amx_rows = min_rows > 0 
 
 static ptrdiff_t lstm_amx_rows_setting(void) { return lstm_amx_rows; }
 
+/* The forward's input product runs on AMX for batches of at least this many
+ * rows where it can (lstm_amx.h; lstm_fused_set_amx_input_rows); 0: never,
+ * until a caller sets it. */
+static volatile ptrdiff_t lstm_amx_input_min = 0;
+
+void lstm_fused_set_amx_input_rows(ptrdiff_t min_rows)
+{
+    lstm_amx_input_min = min_rows > 0 ? min_rows : 0;
+}
+
+static ptrdiff_t lstm_amx_input_rows_setting(void) { return lstm_amx_input_min; }
+
+
 static int lstm_stream_gates_of(ptrdiff_t bytes)
 {
     const ptrdiff_t min = lstm_stream_gates_bytes;

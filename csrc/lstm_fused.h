@@ -62,6 +62,12 @@ void lstm_fused_set_one_row_ahead(int on);
  * amx_rows). */
 void lstm_fused_set_amx_rows(ptrdiff_t min_rows);
 
+/* The forward of the AVX-512 path computes each step's input product x_t .
+ * W_ih^T on Intel AMX (lstm_amx.h) in batches of at least min_rows rows, where
+ * the CPU and OS allow it; 0: never (the default). Process-wide, set by the
+ * caller (fastlstm/_config.py, amx_input_rows). */
+void lstm_fused_set_amx_input_rows(ptrdiff_t min_rows);
+
 /* A training forward whose gates take at least min_bytes stores them past the
  * caches (lstm_common.h, LSTM_KEEP_STREAM); 0: never. Process-wide, set by the
  * caller (fastlstm/_config.py, stream_gates_bytes). The results are the same. */

@@ -266,8 +266,8 @@ static void FN(panel_product)(lstm_team me, ptrdiff_t n, ptrdiff_t K, ptrdiff_t 
 INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t KR, ptrdiff_t nvalid,
                               const float *Wp, const float *const *x_rows, const float *bias,
                               const float *const *h_prev, const float *c_prev, float *gates,
-                              const float *const *pre_rows, int keep, float *c, float *const *h,
-                              const char *pf)
+                              const float *const *pre_rows, ptrdiff_t ps, int pre_bias, int keep,
+                              float *c, float *const *h, const char *pf)
 {
     const ptrdiff_t G = 4 * H;
     VF acc[RF][4];
@@ -290,11 +290,21 @@ INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t K
     for (int r = 0; r < R; ++r) {
         float *pre = gates + r * G;
         if (!x_rows) {
+            /* pre_rows' gates lie ps apart (H in a table's rows, VL in the rows of an
+             * input product on AMX, which leaves the bias to this sum: pre_bias); pre's
+             * H apart */
             const float *src = pre_rows ? pre_rows[r] : pre;
+            const ptrdiff_t gs = pre_rows ? ps : H;
             add[0] = FN(loadn)(src, nvalid);
-            add[1] = FN(loadn)(src + H, nvalid);
-            add[2] = FN(loadn)(src + 2 * H, nvalid);
-            add[3] = FN(loadn)(src + 3 * H, nvalid);
+            add[1] = FN(loadn)(src + gs, nvalid);
+            add[2] = FN(loadn)(src + 2 * gs, nvalid);
+            add[3] = FN(loadn)(src + 3 * gs, nvalid);
+            if (pre_bias) {
+                add[0] += FN(loadn)(bias, nvalid);
+                add[1] += FN(loadn)(bias + H, nvalid);
+                add[2] += FN(loadn)(bias + 2 * H, nvalid);
+                add[3] += FN(loadn)(bias + 3 * H, nvalid);
+            }
         }
         FN(cell)(acc[r], add, c_prev + r * H, pre, keep, H, nvalid, c + r * H, h[r]);
     }
@@ -303,14 +313,14 @@ INLINE void FN(forward_block)(const int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t K
 #define FWD_CASE(R_)                                                                        \
     case R_:                                                                                \
         FN(forward_block)(R_, H, I, KR, nvalid, Wp, x_rows, bias, h_prev, c_prev, gates,    \
-                          pre_rows, keep, c, h, pf);                                        \
+                          pre_rows, ps, pre_bias, keep, c, h, pf);                          \
         break;
 
 static void FN(forward_rows)(int R, ptrdiff_t H, ptrdiff_t I, ptrdiff_t KR, ptrdiff_t nvalid,
                              const float *Wp, const float *const *x_rows, const float *bias,
                              const float *const *h_prev, const float *c_prev, float *gates,
-                             const float *const *pre_rows, int keep, float *c, float *const *h,
-                             const char *pf)
+                             const float *const *pre_rows, ptrdiff_t ps, int pre_bias, int keep,
+                             float *c, float *const *h, const char *pf)
 {
     switch (R) {
     FWD_CASE(1) FWD_CASE(2)
@@ -582,7 +592,40 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
     /* the input projection by rows of a table (x NULL, Ip = 0), or gates on entry */
     const int64_t *ids = place ? place->ids : NULL;
     const float *table = place ? place->table : NULL;
-    const ptrdiff_t npanels = (H + VL - 1) / VL, G = 4 * H, KR = P ? P : H, K = Ip + KR;
+    /* x_t . W_ih^T on AMX (lstm_amx.h, lstm_fused_set_amx_input_rows): for a fused
+     * input (Ip) of a batch of at least that many rows, where the CPU and OS allow
+     * it, each step first multiplies its rows of x with W_ih's parts (W_xa, packed
+     * once a call) on the tiles, for each panel the thread runs, into the thread's
+     * xw [panel, row, 4 gates x VL]; the float32 panels then hold W_hh only (Ip = 0
+     * from here on) and the blocks add their rows of xw and the bias. Measured
+     * (bench/AB_RESULTS.md): a step's input product on AMX while the FMAs keep the
+     * recurrent one gains most; all of x . W_ih^T before the steps (its gates out to
+     * memory and back) and whole steps on AMX (both products, where a step has few
+     * rows) lose, and AMX slows the FMAs that follow it for tens of microseconds. */
+    const ptrdiff_t Ix = Ip; /* the fused input's width (x's row stride) */
+    const ptrdiff_t npanels = (H + VL - 1) / VL, n16 = lstm_amx_rows16(N);
+    const ptrdiff_t xa_size = 3 * n16 * 32 * lstm_amx_ksteps(Ix), xw_size = npanels * n16 * 4 * VL;
+    uint16_t *W_xa = NULL, *xa_all = NULL;
+    float *xw_all = NULL;
+#if VL == 16 && defined(FASTLSTM_X86_PATHS)
+    const ptrdiff_t amx_min = lstm_amx_input_rows_setting();
+    if (Ip && W_hh && amx_min && N >= amx_min && lstm_amx_ready()) {
+        const int nt = nthreads > 1 ? nthreads : 1;
+        W_xa = lstm_amx_alloc((size_t)(npanels * lstm_amx_input_panel_size(Ix)) * sizeof(uint16_t));
+        xa_all = lstm_amx_alloc((size_t)(nt * xa_size) * sizeof(uint16_t));
+        xw_all = lstm_amx_alloc((size_t)(nt * xw_size) * sizeof(float));
+        if (W_xa && xa_all && xw_all) {
+            Ip = 0;
+        } else { /* no memory: the float32 loop as usual */
+            lstm_amx_free(W_xa);
+            lstm_amx_free(xa_all);
+            lstm_amx_free(xw_all);
+            W_xa = xa_all = NULL;
+            xw_all = NULL;
+        }
+    }
+#endif
+    const ptrdiff_t G = 4 * H, KR = P ? P : H, K = Ip + KR;
     /* the row strides of y and of m (the cell's output: ms, or y itself) */
     const ptrdiff_t ly = ldy > 0 ? ldy : KR, lm = P ? H : ly;
     const ptrdiff_t rows = lstm_total_rows(batch, T, N);
@@ -599,6 +642,15 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
         /* Each thread packs, and projects for, the units it runs the most of. */
         const lstm_range p = lstm_share(npanels, me);
         if (W_hh) FN(pack_panels)(p.lo, p.hi, Ip, H, KR, W_ih, W_hh, W_f);
+        /* AMX: W_ih's parts; the thread's parts of a step's rows of x (xa) and their
+         * products (xw: the step's panels and rows of the thread's items, from the
+         * first of each) */
+        uint16_t *xa = W_xa ? xa_all + me.tid * xa_size : NULL;
+        float *xw = W_xa ? xw_all + me.tid * xw_size : NULL;
+        if (W_xa) {
+            lstm_amx_input_pack(p.lo, p.hi, Ix, H, W_ih, W_xa);
+            lstm_amx_begin();
+        }
         if (W_r) {
             const lstm_range q = lstm_share(npp, me);
             FN(pack_columns)(q.lo, q.hi, H, P, W_hr, 1, H, W_r);
@@ -609,7 +661,9 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
                             && N == 1 && rows == T && T > PB
                             && I >= LSTM_ONE_ROW_MIN_INPUT
                             && G * (KR + I) * (ptrdiff_t)sizeof(float) <= LSTM_ONE_ROW_MAX_BYTES;
-        if (!Ip && x && W_x) {
+        if (W_xa) {
+            /* the input product runs inside the steps */
+        } else if (!Ip && x && W_x) {
             /* (a reverse pass's first PB steps are the last PB rows) */
             const ptrdiff_t r0 = one_row && rev ? rows - PB : 0;
             FN(project_panels)(p.lo, p.hi, one_row ? PB : rows, I, H, x + r0 * I, xplace, W_ih,
@@ -648,6 +702,24 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
              * each step, LRU would have evicted every panel before its reuse).
              * Each panel's sums are its own: the order changes no result. */
             const int down = (int)(t & 1);
+            /* AMX: this step's x_t . W_ih^T for the panels and rows the thread runs
+             * (split by units: its panels, every row; by rows: every panel, its rows) */
+            ptrdiff_t xq0 = 0, xn0 = 0;
+            if (xw && s.w1 > s.w0) {
+                ptrdiff_t xq1 = npanels - 1, xn1 = Nt;
+                if (by_rows) {
+                    xn0 = Nt * (s.w0 / npanels) / s.nblocks;
+                    xn1 = Nt * ((s.w1 - 1) / npanels + 1) / s.nblocks;
+                } else {
+                    xq0 = s.pfirst;
+                    xq1 = s.plast;
+                }
+                lstm_amx_input_rows(xn1 - xn0, Ix, x, xplace, off + xn0, xa);
+                for (ptrdiff_t q = xq0; q <= xq1; ++q)
+                    lstm_amx_input_product(lstm_amx_rows16(xn1 - xn0), Ix, xa,
+                                           W_xa + q * lstm_amx_input_panel_size(Ix),
+                                           xw + (q - xq0) * n16 * 4 * VL);
+            }
             /* one_row: the rows this step projects, and its share of the panels */
             const ptrdiff_t ahead = one_row ? (t / PB + 1) * PB : T;
             const ptrdiff_t nahead = ahead < T ? (T - ahead < PB ? T - ahead : PB) : 0;
@@ -673,13 +745,14 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
                     const ptrdiff_t row = r0 + r, prev = off_prev + n0 + r;
                     if (Ip) xr[r] = x + (xplace ? xplace[row] : row) * Ip;
                     if (ids) pr[r] = table + ids[row] * G + j0;
+                    if (xw) pr[r] = xw + ((it.p - xq0) * n16 + n0 + r - xn0) * 4 * VL;
                     hr[r] = !t ? h0 + (n0 + r) * KR : y + (yplace ? yplace[prev] : prev) * ly;
                     hout[r] = m + (yplace ? yplace[row] : row) * lm + j0;
                 }
                 FN(forward_rows)((int)(it.n1 - n0), H, Ip, KR, nvalid, W_f + it.p * K * 4 * VL,
                                  Ip ? xr : NULL, b + j0, hr, c_prev + n0 * H + j0,
-                                 gates + r0 * G + j0, ids ? pr : NULL, keep, cs + r0 * H + j0,
-                                 hout, it.pf);
+                                 gates + r0 * G + j0, ids || xw ? pr : NULL, xw ? VL : H,
+                                 xw != NULL, keep, cs + r0 * H + j0, hout, it.pf);
             }
             if (keep == LSTM_KEEP_STREAM) lstm_stream_fence();
             LSTM_BARRIER();
@@ -695,9 +768,13 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
             off_prev = off;
             off += Nt;
         }
+        if (xw) lstm_amx_end();
         lstm_team_leave(blas, me);
     }
     free(W_r);
+    lstm_amx_free(W_xa);
+    lstm_amx_free(xa_all);
+    lstm_amx_free(xw_all);
 }
 
 /* ---- backward ----------------------------------------------------------- */
@@ -1312,7 +1389,7 @@ static void FN(row_panels)(ptrdiff_t p0, ptrdiff_t p1, int down, ptrdiff_t Ip, p
         const float *xr[1] = {x}, *hr[1] = {h_prev};
         float *hout[1] = {h + j0};
         FN(forward_rows)(1, H, Ip, H, nvalid, W_f + p * panel, Ip ? xr : NULL, add + j0, hr,
-                         c + j0, (float *)(uintptr_t)(add + j0), NULL, 0, c + j0, hout,
+                         c + j0, (float *)(uintptr_t)(add + j0), NULL, H, 0, 0, c + j0, hout,
                          (const char *)(W_f + pn * panel));
     }
 }

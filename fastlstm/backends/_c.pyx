@@ -117,6 +117,7 @@ cdef extern from "lstm_fused.h" nogil:
     void lstm_fused_set_one_row_ahead(int on)
     void lstm_fused_set_stream_gates(Py_ssize_t min_bytes)
     void lstm_fused_set_amx_rows(Py_ssize_t min_rows)
+    void lstm_fused_set_amx_input_rows(Py_ssize_t min_rows)
     Py_ssize_t lstm_fused_panel_row_bytes()
     Py_ssize_t lstm_fused_forward_pack_size(int path, Py_ssize_t Ip, Py_ssize_t H, Py_ssize_t R)
     Py_ssize_t lstm_fused_backward_pack_size(int path, Py_ssize_t H, Py_ssize_t R)
@@ -542,6 +543,7 @@ cdef tuple _forward_setup(int path, const floating[:, ::1] W_ih, const floating[
         Ip = I
     if N == 1:
         lstm_fused_set_one_row_ahead(_config.one_row_ahead())
+    lstm_fused_set_amx_input_rows(_config.amx_input_rows(H))
     n = lstm_fused_forward_pack_size(path, Ip, H, K)
     lstm_fused_set_stream_gates(_config.stream_gates_bytes(4 * n // max(1, nthreads)))
     packed = prepacked.panels(path, Ip) if prepacked is not None else _aligned_floats(n)
