@@ -52,6 +52,11 @@ void lstm_fused_set_amx_input_rows(ptrdiff_t min_rows)
 
 static ptrdiff_t lstm_amx_input_rows_setting(void) { return lstm_amx_input_min; }
 
+/* The forward's input products on AMX run for chunks of steps of at most this many
+ * rows, whose x parts take at most this many bytes (at least one step's rows). */
+#define LSTM_AMX_CHUNK_ROWS 256
+#define LSTM_AMX_CHUNK_BYTES ((ptrdiff_t)512 << 10)
+
 
 static int lstm_stream_gates_of(ptrdiff_t bytes)
 {

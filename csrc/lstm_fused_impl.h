@@ -592,19 +592,27 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
     /* the input projection by rows of a table (x NULL, Ip = 0), or gates on entry */
     const int64_t *ids = place ? place->ids : NULL;
     const float *table = place ? place->table : NULL;
-    /* x_t . W_ih^T on AMX (lstm_amx.h, lstm_fused_set_amx_input_rows): for a fused
-     * input (Ip) of a batch of at least that many rows, where the CPU and OS allow
-     * it, each step first multiplies its rows of x with W_ih's parts (W_xa, packed
-     * once a call) on the tiles, for each panel the thread runs, into the thread's
-     * xw [panel, row, 4 gates x VL]; the float32 panels then hold W_hh only (Ip = 0
-     * from here on) and the blocks add their rows of xw and the bias. Measured
-     * (bench/AB_RESULTS.md): a step's input product on AMX while the FMAs keep the
-     * recurrent one gains most; all of x . W_ih^T before the steps (its gates out to
-     * memory and back) and whole steps on AMX (both products, where a step has few
-     * rows) lose, and AMX slows the FMAs that follow it for tens of microseconds. */
+    /* x . W_ih^T on AMX (lstm_amx.h, lstm_fused_set_amx_input_rows): for a fused input
+     * (Ip) of a batch of at least that many rows, where the CPU and OS allow it, the
+     * first step of each chunk of steps (ch_rows rows in all) multiplies the chunk's
+     * rows of x with W_ih's parts (W_xa, packed once a call) on the tiles, for each
+     * panel the thread runs in any of its steps, into the thread's xw [panel, chunk
+     * row, 4 gates x VL]; the float32 panels then hold W_hh only (Ip = 0 from here
+     * on), the blocks add their rows of xw and the bias, and the threads split the
+     * units (by rows, a thread's rows of a chunk lie apart). Measured
+     * (bench/AB_RESULTS.md): AMX slows the FMAs that follow it for tens of
+     * microseconds, so a product every step gains less; all of x . W_ih^T before the
+     * steps sends its gates out to memory and back; whole steps on AMX (both
+     * products) waste the tiles of steps with few rows. */
     const ptrdiff_t Ix = Ip; /* the fused input's width (x's row stride) */
-    const ptrdiff_t npanels = (H + VL - 1) / VL, n16 = lstm_amx_rows16(N);
-    const ptrdiff_t xa_size = 3 * n16 * 32 * lstm_amx_ksteps(Ix), xw_size = npanels * n16 * 4 * VL;
+    const ptrdiff_t npanels = (H + VL - 1) / VL;
+    /* the rows of a chunk of steps whose products run at once: up to LSTM_AMX_CHUNK_ROWS,
+     * and x's parts of them at most LSTM_AMX_CHUNK_BYTES; always at least one step */
+    ptrdiff_t ch_rows = LSTM_AMX_CHUNK_BYTES / (3 * 2 * 32 * lstm_amx_ksteps(Ix) + 1);
+    ch_rows = ch_rows < LSTM_AMX_CHUNK_ROWS ? ch_rows : LSTM_AMX_CHUNK_ROWS;
+    ch_rows = ch_rows > N ? ch_rows : N;
+    const ptrdiff_t ch16 = lstm_amx_rows16(ch_rows);
+    const ptrdiff_t xa_size = 3 * ch16 * 32 * lstm_amx_ksteps(Ix), xw_size = npanels * ch16 * 4 * VL;
     uint16_t *W_xa = NULL, *xa_all = NULL;
     float *xw_all = NULL;
 #if VL == 16 && defined(FASTLSTM_X86_PATHS)
@@ -616,6 +624,7 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
         xw_all = lstm_amx_alloc((size_t)(nt * xw_size) * sizeof(float));
         if (W_xa && xa_all && xw_all) {
             Ip = 0;
+            by_rows = 0; /* (split by rows, each thread's rows of a chunk lie apart) */
         } else { /* no memory: the float32 loop as usual */
             lstm_amx_free(W_xa);
             lstm_amx_free(xa_all);
@@ -681,6 +690,8 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
         /* Step t's Nt rows start at row `off` of the packed arrays; they are
          * the first Nt rows of the step before (at off_prev). */
         ptrdiff_t off = 0, off_prev = 0;
+        /* AMX: the chunk's end step, first row and first panel */
+        ptrdiff_t ch_t1 = 0, ch_r0 = 0, ch_q0 = 0;
         for (ptrdiff_t t = 0; t < T; ++t) {
             const ptrdiff_t Nt = lstm_rows_at(batch, t, N);
             if (rev) { /* time runs backwards over the [T, N] rows (batch is NULL) */
@@ -702,23 +713,34 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
              * each step, LRU would have evicted every panel before its reuse).
              * Each panel's sums are its own: the order changes no result. */
             const int down = (int)(t & 1);
-            /* AMX: this step's x_t . W_ih^T for the panels and rows the thread runs
-             * (split by units: its panels, every row; by rows: every panel, its rows) */
-            ptrdiff_t xq0 = 0, xn0 = 0;
-            if (xw && s.w1 > s.w0) {
-                ptrdiff_t xq1 = npanels - 1, xn1 = Nt;
-                if (by_rows) {
-                    xn0 = Nt * (s.w0 / npanels) / s.nblocks;
-                    xn1 = Nt * ((s.w1 - 1) / npanels + 1) / s.nblocks;
-                } else {
-                    xq0 = s.pfirst;
-                    xq1 = s.plast;
+            /* AMX: at the first step of a chunk, x . W_ih^T of its steps' rows for the
+             * panels the thread runs in any of them (split by rows: every panel) */
+            if (xw && t >= ch_t1) {
+                ptrdiff_t t1 = t, nr = 0, q0 = by_rows ? 0 : npanels, q1 = by_rows ? npanels - 1 : -1;
+                do {
+                    const ptrdiff_t n1 = lstm_rows_at(batch, t1, N);
+                    if (t1 > t && nr + n1 > ch_rows) break;
+                    if (!by_rows) {
+                        const FN(items) s1 = FN(step_items)(me, n1, RF, npanels);
+                        if (s1.w1 > s1.w0) {
+                            q0 = s1.pfirst < q0 ? s1.pfirst : q0;
+                            q1 = s1.plast > q1 ? s1.plast : q1;
+                        }
+                    }
+                    nr += n1;
+                    ++t1;
+                } while (t1 < T);
+                /* the chunk's rows: step t's on, or (reverse: batch is NULL) step t1 - 1's */
+                ch_r0 = rev ? (T - t1) * N : off;
+                ch_t1 = t1;
+                ch_q0 = q0;
+                if (q1 >= q0) {
+                    lstm_amx_input_rows(nr, Ix, x, xplace, ch_r0, xa);
+                    for (ptrdiff_t q = q0; q <= q1; ++q)
+                        lstm_amx_input_product(lstm_amx_rows16(nr), Ix, xa,
+                                               W_xa + q * lstm_amx_input_panel_size(Ix),
+                                               xw + (q - q0) * ch16 * 4 * VL);
                 }
-                lstm_amx_input_rows(xn1 - xn0, Ix, x, xplace, off + xn0, xa);
-                for (ptrdiff_t q = xq0; q <= xq1; ++q)
-                    lstm_amx_input_product(lstm_amx_rows16(xn1 - xn0), Ix, xa,
-                                           W_xa + q * lstm_amx_input_panel_size(Ix),
-                                           xw + (q - xq0) * n16 * 4 * VL);
             }
             /* one_row: the rows this step projects, and its share of the panels */
             const ptrdiff_t ahead = one_row ? (t / PB + 1) * PB : T;
@@ -745,7 +767,7 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
                     const ptrdiff_t row = r0 + r, prev = off_prev + n0 + r;
                     if (Ip) xr[r] = x + (xplace ? xplace[row] : row) * Ip;
                     if (ids) pr[r] = table + ids[row] * G + j0;
-                    if (xw) pr[r] = xw + ((it.p - xq0) * n16 + n0 + r - xn0) * 4 * VL;
+                    if (xw) pr[r] = xw + ((it.p - ch_q0) * ch16 + row - ch_r0) * 4 * VL;
                     hr[r] = !t ? h0 + (n0 + r) * KR : y + (yplace ? yplace[prev] : prev) * ly;
                     hout[r] = m + (yplace ? yplace[row] : row) * lm + j0;
                 }

@@ -324,26 +324,27 @@ def amx_rows() -> int:
     return env_int(AMX_ROWS_ENV, AMX_ROWS)
 
 
-#: The C forward computes each step's input product x_t . W_ih^T on Intel AMX (the
-#: same three bf16 parts), while its FMAs run the recurrent product, for batches of
-#: at least AMX_INPUT_ROWS rows of at least AMX_INPUT_UNITS hidden units, where the
-#: CPU and OS allow it. Measured on an Intel Xeon with AMX (inference forward, two
-#: threads, alternating in one process, AMX against the loop): H=192-256, I=128,
-#: N=32-64 0.94-0.96x the time; the bidirectional tutorial model's layer 1 (I=600)
-#: at N=128 0.84x; N=16-24 0.98-1.0x; H=128-160 0.99-1.05x (N=32-64). The rule
+#: The C forward computes the input product x_t . W_ih^T on Intel AMX (the same three
+#: bf16 parts) for chunks of steps at a time, between steps whose FMAs run the
+#: recurrent product alone, for batches of at least AMX_INPUT_ROWS rows with at least
+#: AMX_INPUT_SIZE inputs and hidden units, where the CPU and OS allow it. Measured on an
+#: Intel Xeon with AMX (inference forward, two threads, alternating in one process, AMX
+#: against the loop): H=256 I=128 N=4-64 0.90-0.94x the time, H=128 I=128 N=32-64
+#: 0.93-0.95x, 1x512 N=32 0.90x, the bidirectional tutorial model N=30 / 128 0.90 / 0.88x,
+#: the lengths case 0.94x; I=64 with H=64-192 1.02-1.04x, and H=64 I=128 1.02x. The rule
 #: depends on the shape only, so every thread split gives the same numbers.
-#: FASTLSTM_AMX_INPUT_ROWS sets the rows, for every hidden size (0: never).
-AMX_INPUT_ROWS = 32
-AMX_INPUT_UNITS = 192
+#: FASTLSTM_AMX_INPUT_ROWS sets the rows, for every size (0: never).
+AMX_INPUT_ROWS = 4
+AMX_INPUT_SIZE = 96
 AMX_INPUT_ROWS_ENV = "FASTLSTM_AMX_INPUT_ROWS"
 
 
-def amx_input_rows(H):
-    """From how many batch rows the C forward's input product runs on AMX for H hidden
-    units (see above; 0: never)."""
+def amx_input_rows(I, H):
+    """From how many batch rows the C forward's input product runs on AMX for I inputs
+    and H hidden units (see above; 0: never)."""
     if _raw(AMX_INPUT_ROWS_ENV):
         return env_int(AMX_INPUT_ROWS_ENV, AMX_INPUT_ROWS)
-    return AMX_INPUT_ROWS if H >= AMX_INPUT_UNITS else 0
+    return AMX_INPUT_ROWS if min(I, H) >= AMX_INPUT_SIZE else 0
 
 #: A bidirectional inference forward of fewer rows than this runs its two directions
 #: one after the other, each on all of the threads, instead of side by side on half of

@@ -183,13 +183,14 @@ def test_amx_input_product_in_a_bidirectional_stack(monkeypatch, lengths):
 
 def test_amx_input_rule(monkeypatch):
     from fastlstm import _config as cfg
+    size = cfg.AMX_INPUT_SIZE
     monkeypatch.delenv("FASTLSTM_AMX_INPUT_ROWS", raising=False)
-    assert cfg.amx_input_rows(cfg.AMX_INPUT_UNITS) == cfg.AMX_INPUT_ROWS > 0
-    assert cfg.amx_input_rows(cfg.AMX_INPUT_UNITS - 1) == 0
-    monkeypatch.setenv("FASTLSTM_AMX_INPUT_ROWS", "5")  # set: for every hidden size
-    assert cfg.amx_input_rows(8) == 5
+    assert cfg.amx_input_rows(size, size) == cfg.AMX_INPUT_ROWS > 0
+    assert cfg.amx_input_rows(size - 1, 1024) == cfg.amx_input_rows(1024, size - 1) == 0
+    monkeypatch.setenv("FASTLSTM_AMX_INPUT_ROWS", "5")  # set: for every size
+    assert cfg.amx_input_rows(8, 8) == 5
     monkeypatch.setenv("FASTLSTM_AMX_INPUT_ROWS", "0")
-    assert cfg.amx_input_rows(1024) == 0
+    assert cfg.amx_input_rows(1024, 1024) == 0
     monkeypatch.setenv("FASTLSTM_AMX_INPUT_ROWS", "x")
     with pytest.raises(cfg.ConfigError, match="FASTLSTM_AMX_INPUT_ROWS"):
-        cfg.amx_input_rows(256)
+        cfg.amx_input_rows(256, 256)

@@ -543,7 +543,7 @@ cdef tuple _forward_setup(int path, const floating[:, ::1] W_ih, const floating[
         Ip = I
     if N == 1:
         lstm_fused_set_one_row_ahead(_config.one_row_ahead())
-    lstm_fused_set_amx_input_rows(_config.amx_input_rows(H))
+    lstm_fused_set_amx_input_rows(_config.amx_input_rows(I, H))
     n = lstm_fused_forward_pack_size(path, Ip, H, K)
     lstm_fused_set_stream_gates(_config.stream_gates_bytes(4 * n // max(1, nthreads)))
     packed = prepacked.panels(path, Ip) if prepacked is not None else _aligned_floats(n)
