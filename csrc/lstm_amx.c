@@ -120,6 +120,18 @@ static inline void transpose16(__m512i r[16])
     }
 }
 
+/* dst's three part tiles (TILE apart) = src's, each transposed as 16 x 16 pairs
+ * (32-bit values; src 64-byte aligned). */
+static void transpose_parts(const uint16_t *src, uint16_t *dst)
+{
+    for (int j = 0; j < 3; ++j) {
+        __m512i r[16];
+        for (int m = 0; m < 16; ++m) r[m] = _mm512_load_si512(src + j * TILE + m * 32);
+        transpose16(r);
+        for (int m = 0; m < 16; ++m) _mm512_storeu_si512(dst + j * TILE + m * 32, r[m]);
+    }
+}
+
 /* B tiles of a block of kr rows from k0: xh's pairs of rows, for column tile ct
  * (16 columns) and k-step s, part j at B + ((ct * ks + s) * 3 + j) * TILE (VNNI:
  * row m holds columns c of rows 2m and 2m + 1); zero past the block and W. xh as
@@ -160,13 +172,7 @@ static void pack_dpt(ptrdiff_t k0, ptrdiff_t kr, ptrdiff_t ks, ptrdiff_t gt0, pt
                 pair_row(ng && a < kr ? dP + (k0 + a) * G + g0 : NULL,
                          ng && a + 1 < kr ? dP + (k0 + a + 1) * G + g0 : NULL, nv, vnni + m * 32);
             }
-            for (int j = 0; j < 3; ++j) {
-                __m512i r[16];
-                for (int m = 0; m < 16; ++m) r[m] = _mm512_load_si512(vnni + j * TILE + m * 32);
-                transpose16(r);
-                uint16_t *dst = A + ((t * ks + s) * 3 + j) * TILE;
-                for (int g = 0; g < 16; ++g) _mm512_storeu_si512(dst + g * 32, r[g]);
-            }
+            transpose_parts(vnni, A + (t * ks + s) * 3 * TILE);
         }
     }
 }
@@ -251,6 +257,10 @@ void *lstm_amx_alloc(size_t bytes) { return alloc64(bytes); }
 
 void lstm_amx_free(void *p) { free(p); }
 
+void lstm_amx_begin(void) { _tile_loadconfig(&lstm_amx_config); }
+
+void lstm_amx_end(void) { _tile_release(); }
+
 int lstm_amx_grads(ptrdiff_t n, ptrdiff_t G, ptrdiff_t W, const float *dP, const float *xh,
                    ptrdiff_t pw, float *C, int accumulate)
 {
@@ -263,7 +273,7 @@ int lstm_amx_grads(ptrdiff_t n, ptrdiff_t G, ptrdiff_t W, const float *dP, const
         free(B);
         return 0;
     }
-    _tile_loadconfig(&lstm_amx_config);
+    lstm_amx_begin();
     for (ptrdiff_t k0 = 0; k0 < n; k0 += KC) {
         const ptrdiff_t kr = n - k0 < KC ? n - k0 : KC, ks = (kr + 31) / 32;
         pack_xh(n, k0, kr, ks, nct, W, xh, pw, B);
@@ -274,15 +284,11 @@ int lstm_amx_grads(ptrdiff_t n, ptrdiff_t G, ptrdiff_t W, const float *dP, const
             __asm__ __volatile__("" ::: "memory"); /* and the packs are written again */
         }
     }
-    _tile_release();
+    lstm_amx_end();
     free(A);
     free(B);
     return 1;
 }
-
-void lstm_amx_begin(void) { _tile_loadconfig(&lstm_amx_config); }
-
-void lstm_amx_end(void) { _tile_release(); }
 
 void lstm_amx_input_pack(ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t I, ptrdiff_t H, const float *W_ih,
                          uint16_t *B)
@@ -292,8 +298,7 @@ void lstm_amx_input_pack(ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t I, ptrdiff_t H, c
         uint16_t *Bp = B + p * size;
         for (int g = 0; g < 4; ++g)
             for (ptrdiff_t s = 0; s < ks; ++s) {
-                /* 16 units' rows of the k-step as VNNI pair rows, then transposed:
-                 * pair_row makes tile row u of unit u's inputs (2m, 2m + 1) pairs */
+                /* the 16 units' inputs of the k-step, a unit a row, then transposed */
                 uint16_t vnni[3 * TILE] __attribute__((aligned(64)));
                 const ptrdiff_t k0 = s * 32, kn = I - k0 < 32 ? I - k0 : 32;
                 for (int u = 0; u < 16; ++u) {
@@ -312,14 +317,8 @@ void lstm_amx_input_pack(ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t I, ptrdiff_t H, c
                     }
                 }
                 /* row u now holds unit u's 32 inputs = 16 pairs; the tile wants row m
-                 * = pair m of every unit: a 16 x 16 transpose of 32-bit pairs */
-                for (int j = 0; j < 3; ++j) {
-                    __m512i r[16];
-                    for (int m = 0; m < 16; ++m) r[m] = _mm512_load_si512(vnni + j * TILE + m * 32);
-                    transpose16(r);
-                    uint16_t *dst = Bp + ((g * ks + s) * 3 + j) * TILE;
-                    for (int m = 0; m < 16; ++m) _mm512_storeu_si512(dst + m * 32, r[m]);
-                }
+                 * = pair m of every unit */
+                transpose_parts(vnni, Bp + (g * ks + s) * 3 * TILE);
             }
     }
 }
@@ -340,11 +339,10 @@ void lstm_amx_input_rows(ptrdiff_t n, ptrdiff_t I, const float *x, const ptrdiff
     }
 }
 
-void lstm_amx_forward_product(ptrdiff_t n16, ptrdiff_t ksx, const uint16_t *xa, ptrdiff_t ldx,
-                              ptrdiff_t xps, ptrdiff_t ksh, const uint16_t *ha, ptrdiff_t ldh,
-                              ptrdiff_t hps, const uint16_t *Bp, float *out)
+void lstm_amx_input_product(ptrdiff_t n16, ptrdiff_t I, const uint16_t *A, const uint16_t *Bp,
+                            float *out)
 {
-    const ptrdiff_t ks = ksx + ksh;
+    const ptrdiff_t ks = lstm_amx_ksteps(I), ld = 32 * ks, ps = n16 * ld;
     __asm__ __volatile__("" ::: "memory"); /* the tile loads read what the caller wrote */
     for (ptrdiff_t r0 = 0; r0 < n16; r0 += 32) {
         const int two = n16 - r0 >= 32; /* two tiles of rows, or the last 16 */
@@ -359,20 +357,18 @@ void lstm_amx_forward_product(ptrdiff_t n16, ptrdiff_t ksx, const uint16_t *xa, 
                 _tile_zero(3);
             }
             for (ptrdiff_t s = 0; s < ks; ++s) {
-                const int in_x = s < ksx;
-                const uint16_t *a = in_x ? xa + r0 * ldx + s * 32 : ha + r0 * ldh + (s - ksx) * 32;
-                const ptrdiff_t ld = (in_x ? ldx : ldh) * 2, ps = in_x ? xps : hps;
+                const uint16_t *a = A + r0 * ld + s * 32;
                 const ptrdiff_t o3 = s * 3 * TILE;
                 for (int j = 2; j >= 0; --j) {
                     _tile_loadd(6, b0 + o3 + j * TILE, 64);
                     _tile_loadd(7, b1 + o3 + j * TILE, 64);
                     for (int i = 2 - j; i >= 0; --i) {
                         const uint16_t *ai = a + i * ps;
-                        _tile_loadd(4, ai, ld);
+                        _tile_loadd(4, ai, ld * 2);
                         _tile_dpbf16ps(0, 4, 6);
                         _tile_dpbf16ps(1, 4, 7);
                         if (two) {
-                            _tile_loadd(5, (const char *)ai + 16 * ld, ld);
+                            _tile_loadd(5, ai + 16 * ld, ld * 2);
                             _tile_dpbf16ps(2, 5, 6);
                             _tile_dpbf16ps(3, 5, 7);
                         }
@@ -388,13 +384,6 @@ void lstm_amx_forward_product(ptrdiff_t n16, ptrdiff_t ksx, const uint16_t *xa, 
         }
     }
     __asm__ __volatile__("" ::: "memory"); /* and the caller reads what the tile stores wrote */
-}
-
-void lstm_amx_input_product(ptrdiff_t n16, ptrdiff_t I, const uint16_t *A, const uint16_t *Bp,
-                            float *out)
-{
-    const ptrdiff_t ld = 32 * lstm_amx_ksteps(I);
-    lstm_amx_forward_product(n16, lstm_amx_ksteps(I), A, ld, n16 * ld, 0, NULL, 0, 0, Bp, out);
 }
 
 LSTM_TARGET_END()

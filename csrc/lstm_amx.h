@@ -35,13 +35,13 @@ int lstm_amx_ready(void);
 int lstm_amx_grads(ptrdiff_t n, ptrdiff_t G, ptrdiff_t W, const float *dP, const float *xh,
                    ptrdiff_t pw, float *C, int accumulate);
 
-/* ---- the forward's input product, a step's rows at a time ----------------
+/* ---- the forward's input product, a chunk of steps' rows at a time --------
  * Layouts (uint16 bf16 values; ks = k-steps of 32 inputs, I rounded up):
  * - W_ih's parts, a panel of 16 units (all four gates) at B + p *
  *   lstm_amx_input_panel_size(I): for gate g, k-step s and part j a VNNI tile
  *   (row m holds the 16 units' inputs 2m and 2m + 1 of the k-step) at
  *   ((g * ks + s) * 3 + j) * 512;
- * - a step's rows of x, A = lstm_amx_input_rows: part j of row r at
+ * - rows of x, A = lstm_amx_input_rows: part j of row r at
  *   A + (j * n16 + r) * 32 * ks, n16 the rows rounded up to 16 (zero past n
  *   rows and I columns). */
 static inline ptrdiff_t lstm_amx_ksteps(ptrdiff_t I) { return (I + 31) / 32; }

@@ -57,7 +57,6 @@ static ptrdiff_t lstm_amx_input_rows_setting(void) { return lstm_amx_input_min; 
 #define LSTM_AMX_CHUNK_ROWS 256
 #define LSTM_AMX_CHUNK_BYTES ((ptrdiff_t)512 << 10)
 
-
 static int lstm_stream_gates_of(ptrdiff_t bytes)
 {
     const ptrdiff_t min = lstm_stream_gates_bytes;

@@ -666,9 +666,8 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
         /* Each thread packs, and projects for, the units it runs the most of. */
         const lstm_range p = lstm_share(npanels, me);
         if (W_hh) FN(pack_panels)(p.lo, p.hi, Ip, H, KR, W_ih, W_hh, W_f);
-        /* AMX: W_ih's parts; the thread's parts of a step's rows of x (xa) and their
-         * products (xw: the step's panels and rows of the thread's items, from the
-         * first of each) */
+        /* AMX: W_ih's parts; the thread's parts of a chunk's rows of x (xa) and their
+         * products (xw: the chunk's panels of the thread's items, from the first) */
         uint16_t *xa = W_xa ? xa_all + me.tid * xa_size : NULL;
         float *xw = W_xa ? xw_all + me.tid * xw_size : NULL;
         if (W_xa) {
@@ -729,18 +728,16 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
              * Each panel's sums are its own: the order changes no result. */
             const int down = (int)(t & 1);
             /* AMX: at the first step of a chunk, x . W_ih^T of its steps' rows for the
-             * panels the thread runs in any of them (split by rows: every panel) */
+             * panels the thread runs in any of them (the threads split by units here) */
             if (xw && t >= ch_t1) {
-                ptrdiff_t t1 = t, nr = 0, q0 = by_rows ? 0 : npanels, q1 = by_rows ? npanels - 1 : -1;
+                ptrdiff_t t1 = t, nr = 0, q0 = npanels, q1 = -1;
                 do {
                     const ptrdiff_t n1 = lstm_rows_at(batch, t1, N);
                     if (t1 > t && nr + n1 > ch_rows) break;
-                    if (!by_rows) {
-                        const FN(items) s1 = FN(step_items)(me, n1, RF, npanels);
-                        if (s1.w1 > s1.w0) {
-                            q0 = s1.pfirst < q0 ? s1.pfirst : q0;
-                            q1 = s1.plast > q1 ? s1.plast : q1;
-                        }
+                    const FN(items) s1 = FN(step_items)(me, n1, RF, npanels);
+                    if (s1.w1 > s1.w0) {
+                        q0 = s1.pfirst < q0 ? s1.pfirst : q0;
+                        q1 = s1.plast > q1 ? s1.plast : q1;
                     }
                     nr += n1;
                     ++t1;
