@@ -339,47 +339,55 @@ void lstm_amx_input_rows(ptrdiff_t n, ptrdiff_t I, const float *x, const ptrdiff
     }
 }
 
-void lstm_amx_input_product(ptrdiff_t n16, ptrdiff_t I, const uint16_t *A, const uint16_t *Bp,
-                            float *out)
+void lstm_amx_input_products(ptrdiff_t n16, ptrdiff_t I, const uint16_t *A, const uint16_t *B,
+                             ptrdiff_t np, float *out, ptrdiff_t ldo)
 {
     const ptrdiff_t ks = lstm_amx_ksteps(I), ld = 32 * ks, ps = n16 * ld;
+    const ptrdiff_t bs = lstm_amx_input_panel_size(I);
     __asm__ __volatile__("" ::: "memory"); /* the tile loads read what the caller wrote */
+    /* 32 rows (their three parts: 24 KB at I = 128, in L1) at a time through every
+     * panel, rather than a panel at a time through every row (1.45x the time alone,
+     * whose rows' tiles come from L2) */
     for (ptrdiff_t r0 = 0; r0 < n16; r0 += 32) {
         const int two = n16 - r0 >= 32; /* two tiles of rows, or the last 16 */
-        float *o = out + r0 * 64;
-        for (int q = 0; q < 2; ++q) {
-            /* gates 2q and 2q + 1: C tiles 0, 1 (rows r0..) and 2, 3 (rows r0 + 16..) */
-            const uint16_t *b0 = Bp + (2 * q) * ks * 3 * TILE, *b1 = Bp + (2 * q + 1) * ks * 3 * TILE;
-            _tile_zero(0);
-            _tile_zero(1);
-            if (two) {
-                _tile_zero(2);
-                _tile_zero(3);
-            }
-            for (ptrdiff_t s = 0; s < ks; ++s) {
-                const uint16_t *a = A + r0 * ld + s * 32;
-                const ptrdiff_t o3 = s * 3 * TILE;
-                for (int j = 2; j >= 0; --j) {
-                    _tile_loadd(6, b0 + o3 + j * TILE, 64);
-                    _tile_loadd(7, b1 + o3 + j * TILE, 64);
-                    for (int i = 2 - j; i >= 0; --i) {
-                        const uint16_t *ai = a + i * ps;
-                        _tile_loadd(4, ai, ld * 2);
-                        _tile_dpbf16ps(0, 4, 6);
-                        _tile_dpbf16ps(1, 4, 7);
-                        if (two) {
-                            _tile_loadd(5, ai + 16 * ld, ld * 2);
-                            _tile_dpbf16ps(2, 5, 6);
-                            _tile_dpbf16ps(3, 5, 7);
+        for (ptrdiff_t p = 0; p < np; ++p) {
+            const uint16_t *Bp = B + p * bs;
+            float *o = out + p * ldo + r0 * 64;
+            for (int q = 0; q < 2; ++q) {
+                /* gates 2q and 2q + 1: C tiles 0, 1 (rows r0..) and 2, 3 (rows r0 + 16..) */
+                const uint16_t *b0 = Bp + (2 * q) * ks * 3 * TILE;
+                const uint16_t *b1 = Bp + (2 * q + 1) * ks * 3 * TILE;
+                _tile_zero(0);
+                _tile_zero(1);
+                if (two) {
+                    _tile_zero(2);
+                    _tile_zero(3);
+                }
+                for (ptrdiff_t s = 0; s < ks; ++s) {
+                    const uint16_t *a = A + r0 * ld + s * 32;
+                    const ptrdiff_t o3 = s * 3 * TILE;
+                    for (int j = 2; j >= 0; --j) {
+                        _tile_loadd(6, b0 + o3 + j * TILE, 64);
+                        _tile_loadd(7, b1 + o3 + j * TILE, 64);
+                        for (int i = 2 - j; i >= 0; --i) {
+                            const uint16_t *ai = a + i * ps;
+                            _tile_loadd(4, ai, ld * 2);
+                            _tile_dpbf16ps(0, 4, 6);
+                            _tile_dpbf16ps(1, 4, 7);
+                            if (two) {
+                                _tile_loadd(5, ai + 16 * ld, ld * 2);
+                                _tile_dpbf16ps(2, 5, 6);
+                                _tile_dpbf16ps(3, 5, 7);
+                            }
                         }
                     }
                 }
-            }
-            _tile_stored(0, o + 2 * q * 16, 64 * sizeof(float));
-            _tile_stored(1, o + (2 * q + 1) * 16, 64 * sizeof(float));
-            if (two) {
-                _tile_stored(2, o + 16 * 64 + 2 * q * 16, 64 * sizeof(float));
-                _tile_stored(3, o + 16 * 64 + (2 * q + 1) * 16, 64 * sizeof(float));
+                _tile_stored(0, o + 2 * q * 16, 64 * sizeof(float));
+                _tile_stored(1, o + (2 * q + 1) * 16, 64 * sizeof(float));
+                if (two) {
+                    _tile_stored(2, o + 16 * 64 + 2 * q * 16, 64 * sizeof(float));
+                    _tile_stored(3, o + 16 * 64 + (2 * q + 1) * 16, 64 * sizeof(float));
+                }
             }
         }
     }
@@ -408,10 +416,10 @@ void lstm_amx_input_rows(ptrdiff_t n, ptrdiff_t I, const float *x, const ptrdiff
     (void)n, (void)I, (void)x, (void)place, (void)row0, (void)A;
 }
 
-void lstm_amx_input_product(ptrdiff_t n16, ptrdiff_t I, const uint16_t *A, const uint16_t *Bp,
-                            float *out)
+void lstm_amx_input_products(ptrdiff_t n16, ptrdiff_t I, const uint16_t *A, const uint16_t *B,
+                             ptrdiff_t np, float *out, ptrdiff_t ldo)
 {
-    (void)n16, (void)I, (void)A, (void)Bp, (void)out;
+    (void)n16, (void)I, (void)A, (void)B, (void)np, (void)out, (void)ldo;
 }
 
 int lstm_amx_grads(ptrdiff_t n, ptrdiff_t G, ptrdiff_t W, const float *dP, const float *xh,

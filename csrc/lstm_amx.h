@@ -53,7 +53,7 @@ static inline ptrdiff_t lstm_amx_input_panel_size(ptrdiff_t I) { return 4 * lstm
 void *lstm_amx_alloc(size_t bytes);
 void lstm_amx_free(void *p);
 
-/* The calling thread takes the tiles (before lstm_amx_input_product) and gives
+/* The calling thread takes the tiles (before lstm_amx_input_products) and gives
  * them back (a thread holding them saves 8 KB more at each context switch). */
 void lstm_amx_begin(void);
 void lstm_amx_end(void);
@@ -66,10 +66,10 @@ void lstm_amx_input_pack(ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t I, ptrdiff_t H, c
 void lstm_amx_input_rows(ptrdiff_t n, ptrdiff_t I, const float *x, const ptrdiff_t *place,
                          ptrdiff_t row0, uint16_t *A);
 
-/* out [n16, 64] = A's n16 rows . one panel Bp (its 4 gates x 16 units, gate g
- * at columns 16g..16g+15), on the calling thread's tiles. */
-void lstm_amx_input_product(ptrdiff_t n16, ptrdiff_t I, const uint16_t *A, const uint16_t *Bp,
-                            float *out);
+/* out + p * ldo [n16, 64] = A's n16 rows . panel p of B (its 4 gates x 16 units,
+ * gate g at columns 16g..16g+15) for p < np, on the calling thread's tiles. */
+void lstm_amx_input_products(ptrdiff_t n16, ptrdiff_t I, const uint16_t *A, const uint16_t *B,
+                             ptrdiff_t np, float *out, ptrdiff_t ldo);
 
 #ifdef __cplusplus
 }

@@ -66,10 +66,11 @@ class LSTMCache:
 
 
 def _new_scratch(shape, dtype, xp=HostArrays):
-    """A fresh scratch array (a call's gates, c_t): on the host one whose data starts a
+    """A fresh array (a call's gates, c_t, outputs): on the host one whose data starts a
     64-byte cache line (NumPy's large arrays start 16 bytes past one), so that the C
-    kernels' vector stores split no line and a training forward may stream its gates past
-    the caches (_config.stream_gates_bytes)."""
+    kernels' vector stores split no line, a training forward may stream its gates past
+    the caches (_config.stream_gates_bytes) and a lengths forward its padded outputs'
+    zeros."""
     if xp.on_device:
         return xp.empty(shape, dtype)
     dtype = np.dtype(dtype)
@@ -245,7 +246,7 @@ def run_forward(be, x, h0, c0, W_ih, W_hh, b, training, hT=None, cT=None, worksp
     def take(shape):
         return workspace.take(shape, dt, xp) if workspace is not None else _new_scratch(shape, dt, xp)
 
-    y = xp.empty((T, N, K), dt) if y is None else y
+    y = _new_scratch((T, N, K), dt, xp) if y is None else y
     hT = xp.empty((N, K), dt) if hT is None else hT
     cT = xp.empty((N, H), dt) if cT is None else cT
     if gates is None:

@@ -33,7 +33,7 @@ from ._dropout import apply_keep, keep_bits, keep_mask, words_needed
 from ._packed import PackedWeights, WeightSnapshot
 from ._params import ParameterSet
 from .backends import check_name, get_backend
-from .functional import Workspace, run_backward, run_directions, run_forward
+from .functional import Workspace, _new_scratch, run_backward, run_directions, run_forward
 
 
 def _placed(task, out):
@@ -525,7 +525,7 @@ class LSTM(ParameterSet):
             both = None
             if D == 2 and not xp.on_device:
                 both = ws.take((T, N, 2 * K), self.dtype) if ws is not None and not last else \
-                    np.empty((T, N, 2 * K), self.dtype)
+                    _new_scratch((T, N, 2 * K), self.dtype)
             side_by_side = D == 2 and _config.directions_side_by_side(N, training, recurrent)
             # an inference pass on a backend that writes strided rows puts each direction's
             # output straight into its half of the layer's (no copy); side by side only where

@@ -235,6 +235,40 @@ def test_padding_is_never_read(backend):
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
+@pytest.mark.parametrize("offset", [0, 4, 16, 60])
+@pytest.mark.parametrize("config", [dict(hidden_size=40), dict(hidden_size=37, bidirectional=True)],
+                         ids=["H40", "bidir-H37"])
+def test_padded_outputs_are_zero_wherever_the_rows_start(config, offset, monkeypatch):
+    # the C loops zero a lengths batch's padded rows of y, whole cache lines past the
+    # caches and the lines at a row's ends as usual: rows that start anywhere in a line
+    # (fresh outputs poisoned with NaN, offset bytes past a line) come out zero there
+    # and as the NumPy reference elsewhere
+    fresh = fastlstm.functional._new_scratch
+
+    def poisoned(shape, dtype, xp=fastlstm.functional.HostArrays):
+        if xp.on_device or np.dtype(dtype) != np.float32:
+            return fresh(shape, dtype, xp)
+        n = int(np.prod(shape))
+        raw = np.full(n + 32, np.nan, np.float32)
+        start = (-raw.ctypes.data % 64 + offset) // 4
+        return raw[start:start + n].reshape(shape)
+
+    monkeypatch.setattr(fastlstm.functional, "_new_scratch", poisoned)
+    monkeypatch.setattr(fastlstm.layer, "_new_scratch", poisoned)
+    rng = np.random.default_rng(7)
+    Tl, Nl = 9, 21
+    lengths = rng.integers(0, Tl + 1, Nl)
+    x = rng.standard_normal((Tl, Nl, 16)).astype(np.float32)
+    ref = fastlstm.LSTM(16, dtype=np.float32, backend="numpy", seed=2, **config)
+    want, _ = ref.forward(x, lengths=lengths)
+    for backend in HOST:
+        layer = fastlstm.LSTM(16, dtype=np.float32, backend=backend, seed=2, **config)
+        y, _ = layer.forward(x, lengths=lengths)
+        pad = np.arange(Tl)[:, None] >= lengths[None, :]
+        assert np.all(y[pad] == 0), backend
+        assert rel_err(y, want) < REL_TOL[np.dtype(np.float32)], backend
+
+
 @pytest.mark.parametrize("backend", HOST)
 def test_buffers_reused_between_calls_change_nothing(backend, monkeypatch):
     # outputs, masks and gradients between layers live in the layer's workspace across calls:

@@ -1061,6 +1061,60 @@ def _reverse_in_place(x, lengths, reverse, W_hr):
     return lengths is None or bool(np.all(np.asarray(lengths) == x.shape[0]))
 
 
+def _placed_plan(const Py_ssize_t[::1] lens, Py_ssize_t T, bint reverse):
+    """StepOrder's arrays for the placed forward (x and y read and written where they lie in
+    the padded batch), in one pass: perm [N] (the rows by length, longest first, ties in
+    batch order), batch [steps] (rows of each step), placed [rows] (each packed row's row of
+    the padded batch as [T * N, F]: t * N + n, t = s or, reverse, len - 1 - s), last [N]
+    (sorted row i's packed row at its last step, -1 for a length of 0), steps and rows.
+    lens: N values in [0, T] (checked by the caller)."""
+    cdef Py_ssize_t N = lens.shape[0], i, s, off, steps, rows = 0
+    perm_a = np.argsort(-np.asarray(lens), kind="stable").astype(np.intp, copy=False)
+    cdef const Py_ssize_t[::1] perm = perm_a
+    cdef Py_ssize_t[::1] sl = np.empty(N, np.intp)
+    for i in range(N):
+        sl[i] = lens[perm[i]]
+    steps = sl[0] if N else 0
+    batch_a = np.empty(steps, np.intp)
+    cdef Py_ssize_t[::1] batch = batch_a
+    i = N
+    for s in range(steps):  # rows longer than s: a prefix of the sorted rows
+        while i > 0 and sl[i - 1] <= s:
+            i -= 1
+        batch[s] = i
+        rows += i
+    placed_a = np.empty(rows, np.intp)
+    last_a = np.full(N, -1, np.intp)
+    cdef Py_ssize_t[::1] placed = placed_a
+    cdef Py_ssize_t[::1] last = last_a
+    off = 0
+    for s in range(steps):
+        for i in range(batch[s]):
+            placed[off + i] = ((sl[i] - 1 - s) if reverse else s) * N + perm[i]
+            if s == sl[i] - 1:
+                last[i] = off + i
+        off += batch[s]
+    return perm_a, batch_a, placed_a, last_a, steps, rows
+
+
+def _final_rows(const float[:, :] src, rows_of, const Py_ssize_t[::1] last,
+                const Py_ssize_t[::1] perm, const float[:, :] initial, float[:, :] out):
+    """out[perm[i]] = sorted row i's state at its last step: src[last[i]] (or, with rows_of,
+    src[rows_of[last[i]]]), or initial[perm[i]] for a length of 0 (last[i] = -1)."""
+    cdef Py_ssize_t N = perm.shape[0], F = out.shape[1], i, j, r, n
+    cdef const Py_ssize_t[::1] where
+    cdef bint mapped = rows_of is not None
+    if mapped:
+        where = rows_of
+    for i in range(N):
+        n = perm[i]
+        r = last[i]
+        if r >= 0 and mapped:
+            r = where[r]
+        for j in range(F):
+            out[n, j] = src[r, j] if r >= 0 else initial[n, j]
+
+
 def _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reverse, W_hr, ms,
              projected=False, packed=None, projected_rows=None):
     ldy = None  # y's row stride where it is not C-contiguous
@@ -1097,6 +1151,30 @@ def _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reve
     if P:
         want.append(("ms", ms, (T, N, H)))
     _check_all(tuple(want))
+    lens = np.full(N, T, np.intp) if lengths is None else np.ascontiguousarray(lengths, np.intp)
+    if not P and dt == np.float32 and _fused_path(<float>0) != LSTM_PATH_BLAS \
+            and (reverse or (N and lens.min() < T)):
+        # the loop reads x and writes y where they are (no copies in or out)
+        perm, batch, placed, last, steps, rows = _placed_plan(lens, T, reverse)
+        if rows == 0 or H == 0:
+            y[...] = 0
+            hT[...] = h0
+            cT[...] = c0
+            return
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        # y as [T * N, K] rows (a view: C-contiguous, or rows evenly spaced)
+        y2 = y.reshape(T * N, K) if ldy is None else np.lib.stride_tricks.as_strided(
+            y, (T * N, K), (y.strides[2] * ldy, y.strides[2]))
+        cp = _rows_view(cs, rows, H)
+        _forward_packed(x.reshape(T * N, x.shape[2]), h0[perm], c0[perm], W_ih,
+                        W_hh, np.empty((0, H), dt), b, batch, y2,
+                        _rows_view(gates, rows, 4 * H), cp, np.empty((0, H), dt), keep,
+                        steps, packed, placed, perm)
+        y[steps:] = 0
+        _final_rows(y2, placed, last, perm, h0, hT)
+        _final_rows(cp, None, last, perm, c0, cT)
+        return
     order = StepOrder(lengths, T, N, reverse, move_rows)
     if order.rows == 0 or H == 0:
         y[...] = 0
@@ -1104,22 +1182,6 @@ def _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reve
         cT[...] = c0
         return
     rows = order.rows
-    if not P and not order.identity and dt == np.float32 and _fused_path(<float>0) != LSTM_PATH_BLAS:
-        # the loop reads x and writes y where they are (no copies in or out)
-        if not x.flags.c_contiguous:
-            x = np.ascontiguousarray(x)
-        # y as [T * N, K] rows (a view: C-contiguous, or rows evenly spaced)
-        y2 = y.reshape(T * N, K) if ldy is None else np.lib.stride_tricks.as_strided(
-            y, (T * N, K), (y.strides[2] * ldy, y.strides[2]))
-        cp = _rows_view(cs, rows, H)
-        _forward_packed(x.reshape(T * N, x.shape[2]), order.sorted(h0), order.sorted(c0), W_ih,
-                        W_hh, np.empty((0, H), dt), b, order.batch, y2,
-                        _rows_view(gates, rows, 4 * H), cp, np.empty((0, H), dt), keep,
-                        order.steps, packed, order.padded_rows, order.perm)
-        y[order.steps:] = 0
-        order.final(y2, h0, hT, placed=True)
-        order.final(cp, c0, cT)
-        return
     # the packed copies live in this thread's scratch buffers (fresh ones cost page faults)
     yp = _rows_view(y, rows, K) if order.identity else scratch("y", (rows, K), dt)
     cp = _rows_view(cs, rows, H)
