@@ -146,7 +146,8 @@ typedef struct {
  *   gates: [rows, G] OUT   activated gates (kept for backward); with keep = 0
  *                          (inference: no backward follows) only scratch
  *   y:     [rows, K] OUT   h_t
- *   cs:    [rows, H] OUT   c_t
+ *   cs:    [rows, H] OUT   c_t; with keep = LSTM_KEEP_RING (below) only in its
+ *                          rows of the first two steps (a ring)
  *   ms:    [rows, H] OUT   o * tanh(c_t), projected into h_t (only with P)
  * blas: lstm_blas_loop.h. Every size must fit an int for BLAS except T*N,
  * which is cut into chunks. nthreads <= 1 runs single-threaded. by_rows: the threads split each step
@@ -161,6 +162,14 @@ typedef struct {
  *      [T * N or rows, H] ldy apart instead of H (one direction's half of a
  *      bidirectional layer's output, written in place).
  */
+/* keep = LSTM_KEEP_RING (an inference forward): nothing kept for backward, not
+ * even every step's c_t: step t's rows of c_t go to the rows of cs from (t odd ?
+ * the first step's row count : 0), where the next step reads them back (each row's
+ * last c_t stays there: a row that ends leaves the steps after it). cs then needs
+ * the first two steps' rows only, and 2 * N * H floats of it stay in the caches
+ * instead of T * N * H going out to memory. */
+#define LSTM_KEEP_RING (-1)
+
 void lstm_fused_forward(const lstm_blas *blas, int path, int nthreads, int by_rows,
                         ptrdiff_t T, ptrdiff_t N, const ptrdiff_t *batch, ptrdiff_t I,
                         ptrdiff_t Ip, ptrdiff_t H, ptrdiff_t P, const float *x, const float *W_ih,

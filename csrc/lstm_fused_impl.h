@@ -663,6 +663,10 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
      * call per step instead) */
     const ptrdiff_t npp = (P + 4 * VL - 1) / (4 * VL);
     float *W_r = P ? malloc((size_t)(npp * H * 4 * VL) * sizeof(float)) : NULL;
+    /* keep = LSTM_KEEP_RING: c_t in a ring of two steps' rows (lstm_fused.h) */
+    const int ring = keep == LSTM_KEEP_RING;
+    const ptrdiff_t ring1 = lstm_rows_at(batch, 0, N); /* the odd steps' first row */
+    if (ring) keep = 0;
     if (keep && lstm_stream_gates_of(rows * G * (ptrdiff_t)sizeof(float))) keep = LSTM_KEEP_STREAM;
     LSTM_PARALLEL(nthreads)
     {
@@ -720,7 +724,10 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
             }
             const FN(items) s = FN(step_items)(me, Nt, RF, npanels);
             const float *h_prev = t ? y + off_prev * ly : h0;
-            const float *c_prev = t ? cs + off_prev * H : c0;
+            /* this step's and the step before's first row of c_t in cs */
+            const ptrdiff_t coff = ring ? (t & 1) * ring1 : off;
+            const ptrdiff_t coff_prev = ring ? !(t & 1) * ring1 : off_prev;
+            const float *c_prev = t ? cs + coff_prev * H : c0;
             if (yplace && Nt < N) {
                 /* the padded zeros of time t: the rows that ran out before it */
                 const lstm_range z = lstm_share(N - Nt, me);
@@ -775,7 +782,7 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
                     FN(step_project_rows)((int)nahead, H, I, KR, nvalid, W_f + it.p * K * 4 * VL,
                                           W_x + it.p * I * 4 * VL, x + arow * I, b + j0,
                                           gates + arow * G + j0, h_prev, c_prev + j0,
-                                          gates + r0 * G + j0, keep, cs + r0 * H + j0,
+                                          gates + r0 * G + j0, keep, cs + (coff + n0) * H + j0,
                                           m + r0 * lm + j0, it.pf);
                     continue;
                 }
@@ -793,7 +800,7 @@ static void FN(forward)(const lstm_blas *blas, int nthreads, int by_rows, ptrdif
                 FN(forward_rows)((int)(it.n1 - n0), H, Ip, KR, nvalid, W_f + it.p * K * 4 * VL,
                                  Ip ? xr : NULL, b + j0, hr, c_prev + n0 * H + j0,
                                  gates + r0 * G + j0, ids || xw ? pr : NULL, xw ? VL : H,
-                                 xw != NULL, keep, cs + r0 * H + j0, hout, it.pf);
+                                 xw != NULL, keep, cs + (coff + n0) * H + j0, hout, it.pf);
             }
             if (xw && !rev && ch_t1 < T) {
                 /* the next chunk's rows of x into L2, a share of them at each step of

@@ -103,6 +103,26 @@ def test_fused_inference_stores_no_gates(monkeypatch, path):
         assert (gates == 7.0).all() != keep
 
 
+@pytest.mark.parametrize("path", [p for p in PATHS if p != "blas"])
+@pytest.mark.parametrize("T", [1, 2, 3, 7])
+@pytest.mark.parametrize("N", [1, 5, 33])
+def test_inference_forward_is_the_training_forward_bit_for_bit(monkeypatch, path, T, N):
+    # an inference forward keeps c_t in a ring of two steps' rows (LSTM_KEEP_RING), the
+    # last of each row where its last step put it: the same outputs and final states as a
+    # training forward (which keeps every step's), with lengths (zeros among them), the
+    # reverse direction, one row (N = 1, rows projected ahead), AMX or not, two layers
+    monkeypatch.setenv("FASTLSTM_KERNEL", path)
+    rng = np.random.default_rng(T * 100 + N)
+    for I, H, bidirectional in ((3, 5, True), (130, 96, False), (96, 96, True)):
+        layer = fastlstm.LSTM(I, H, 2, bidirectional=bidirectional, backend="c", seed=1)
+        x = rng.standard_normal((T, N, I)).astype(np.float32)
+        for lengths in (None, rng.integers(0, T + 1, N), rng.integers(1, T + 1, N)):
+            y, (h, c) = layer.forward(x, lengths=lengths)
+            y_t, (h_t, c_t) = layer.forward(x, lengths=lengths, training=True)
+            for got, want in ((y, y_t), (h, h_t), (c, c_t)):
+                np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_path_propagates_nan(monkeypatch, path):
     monkeypatch.setenv("FASTLSTM_KERNEL", path)

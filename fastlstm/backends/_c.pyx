@@ -110,6 +110,7 @@ cdef extern from "lstm_fused.h" nogil:
     enum:
         LSTM_PATH_BLAS
         LSTM_PATH_COUNT
+        LSTM_KEEP_RING
     int lstm_fused_best_path()
     int lstm_fused_path_supported(int path)
     const char *lstm_fused_path_name(int path)
@@ -667,6 +668,7 @@ def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const
         else:  # the BLAS loops read gates: gather them first
             move_rows(ids, table, np.asarray(gates).reshape(T * N, G))
     cdef Py_ssize_t last = 0 if rev else T - 1, n
+    cdef Py_ssize_t last_c = last  # the time of cT's rows in cs
     cdef Py_ssize_t Ip
     cdef float[::1] packed
     cdef float[::1] packed_x
@@ -700,14 +702,18 @@ def _forward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const
                                   &W_hh[0, 0], NULL, &b[0], &h0[0, 0], &c0[0, 0], &gates[0, 0, 0],
                                   &y[0, 0, 0], &cs[0, 0, 0], NULL)
         else:
-            # Without keep (inference) the fused kernels store no activated gates.
+            # Without keep (inference) the fused kernels store no activated gates, and
+            # c_t only in a ring of two steps' rows (LSTM_KEEP_RING): the last step's are
+            # rows N.. of cs where it is odd, else 0..
             lstm_fused_forward(&_BLAS, path, nthreads, by_rows, T, N, NULL, I, Ip, H, 0,
                                xp, wih, &b[0], whh, &packed[0], pxp, NULL, &h0[0, 0],
-                               &c0[0, 0], &gates[0, 0, 0], keep, &y[0, 0, 0], &cs[0, 0, 0], NULL,
-                               rev, wp, ldy)
+                               &c0[0, 0], &gates[0, 0, 0], keep if keep else LSTM_KEEP_RING,
+                               &y[0, 0, 0], &cs[0, 0, 0], NULL, rev, wp, ldy)
+            if not keep:
+                last_c = (T - 1) % 2
         for n in range(N):
             memcpy(&hT[n, 0], &y[last, n, 0], H * sizeof(floating))
-        memcpy(&cT[0, 0], &cs[last, 0, 0], N * H * sizeof(floating))
+        memcpy(&cT[0, 0], &cs[last_c, 0, 0], N * H * sizeof(floating))
 
 
 def _backward_plain(const floating[:, :, ::1] x, const floating[:, ::1] h0, const floating[:, ::1] c0,
@@ -859,7 +865,7 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
                     const floating[:, ::1] W_ih, const floating[:, ::1] W_hh,
                     const floating[:, ::1] W_hr, const floating[::1] b,
                     const Py_ssize_t[::1] batch, floating[:, :] y, floating[:, ::1] gates,
-                    floating[:, ::1] cs, floating[:, ::1] ms, bint keep, Py_ssize_t T,
+                    floating[:, ::1] cs, floating[:, ::1] ms, int keep, Py_ssize_t T,
                     prepacked=None, place=None, perm=None):
     """The forward loop on packed rows (StepOrder): x [rows, I], y [rows, K],
     gates [rows, G], cs and ms [rows, H]; h0 [N, K], c0 [N, H] sorted; batch
@@ -870,7 +876,9 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
     x and y are the padded arrays [T_pad * N, I] and [T_pad * N, K] instead, packed row
     r at their row place[r], and y's rows of ended sequences at times < T are zeroed
     (lstm_rows_place); gates and cs stay packed. With place, y's rows may also lie one
-    stride apart rather than K (one direction's half of a bidirectional output)."""
+    stride apart rather than K (one direction's half of a bidirectional output). keep:
+    0, 1 or (the fused float32 path) LSTM_KEEP_RING: c_t only in a ring of two steps'
+    rows of cs (csrc/lstm_fused.h)."""
     cdef Py_ssize_t I = x.shape[1], N = c0.shape[0], H = c0.shape[1]
     cdef Py_ssize_t rows = x.shape[0] if place is None else len(place)
     cdef Py_ssize_t P = W_hr.shape[0], K = P if P else H, G = 4 * H
@@ -899,6 +907,8 @@ def _forward_packed(const floating[:, ::1] x, const floating[:, ::1] h0, const f
     cdef int path = _fused_path(<floating>0), nthreads, by_rows
     if place is not None and (floating is double or path == LSTM_PATH_BLAS):
         raise ValueError("placed rows run on the fused float32 loops only")
+    if keep == LSTM_KEEP_RING and (floating is double or path == LSTM_PATH_BLAS):
+        raise ValueError("a ring of c_t (LSTM_KEEP_RING) runs on the fused float32 loops only")
     cdef Py_ssize_t Ip
     cdef float[::1] packed
     cdef float[::1] packed_x
@@ -1066,8 +1076,9 @@ def _placed_plan(const Py_ssize_t[::1] lens, Py_ssize_t T, bint reverse):
     the padded batch), in one pass: perm [N] (the rows by length, longest first, ties in
     batch order), batch [steps] (rows of each step), placed [rows] (each packed row's row of
     the padded batch as [T * N, F]: t * N + n, t = s or, reverse, len - 1 - s), last [N]
-    (sorted row i's packed row at its last step, -1 for a length of 0), steps and rows.
-    lens: N values in [0, T] (checked by the caller)."""
+    (sorted row i's packed row at its last step, -1 for a length of 0), ring_last [N] (its
+    row of c_t in an inference forward's ring, LSTM_KEEP_RING: (last step odd ? batch[0]
+    : 0) + i, or -1), steps and rows. lens: N values in [0, T] (checked by the caller)."""
     cdef Py_ssize_t N = lens.shape[0], i, s, off, steps, rows = 0
     perm_a = np.argsort(-np.asarray(lens), kind="stable").astype(np.intp, copy=False)
     cdef const Py_ssize_t[::1] perm = perm_a
@@ -1085,16 +1096,19 @@ def _placed_plan(const Py_ssize_t[::1] lens, Py_ssize_t T, bint reverse):
         rows += i
     placed_a = np.empty(rows, np.intp)
     last_a = np.full(N, -1, np.intp)
+    ring_a = np.full(N, -1, np.intp)
     cdef Py_ssize_t[::1] placed = placed_a
     cdef Py_ssize_t[::1] last = last_a
+    cdef Py_ssize_t[::1] ring_last = ring_a
     off = 0
     for s in range(steps):
         for i in range(batch[s]):
             placed[off + i] = ((sl[i] - 1 - s) if reverse else s) * N + perm[i]
             if s == sl[i] - 1:
                 last[i] = off + i
+                ring_last[i] = (s % 2) * batch[0] + i
         off += batch[s]
-    return perm_a, batch_a, placed_a, last_a, steps, rows
+    return perm_a, batch_a, placed_a, last_a, ring_a, steps, rows
 
 
 def _final_rows(const float[:, :] src, rows_of, const Py_ssize_t[::1] last,
@@ -1155,7 +1169,7 @@ def _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reve
     if not P and dt == np.float32 and _fused_path(<float>0) != LSTM_PATH_BLAS \
             and (reverse or (N and lens.min() < T)):
         # the loop reads x and writes y where they are (no copies in or out)
-        perm, batch, placed, last, steps, rows = _placed_plan(lens, T, reverse)
+        perm, batch, placed, last, ring_last, steps, rows = _placed_plan(lens, T, reverse)
         if rows == 0 or H == 0:
             y[...] = 0
             hT[...] = h0
@@ -1167,13 +1181,15 @@ def _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reve
         y2 = y.reshape(T * N, K) if ldy is None else np.lib.stride_tricks.as_strided(
             y, (T * N, K), (y.strides[2] * ldy, y.strides[2]))
         cp = _rows_view(cs, rows, H)
+        # inference: c_t in a ring of two steps' rows (LSTM_KEEP_RING), each row's last at
+        # ring_last
         _forward_packed(x.reshape(T * N, x.shape[2]), h0[perm], c0[perm], W_ih,
                         W_hh, np.empty((0, H), dt), b, batch, y2,
-                        _rows_view(gates, rows, 4 * H), cp, np.empty((0, H), dt), keep,
-                        steps, packed, placed, perm)
+                        _rows_view(gates, rows, 4 * H), cp, np.empty((0, H), dt),
+                        keep if keep else LSTM_KEEP_RING, steps, packed, placed, perm)
         y[steps:] = 0
         _final_rows(y2, placed, last, perm, h0, hT)
-        _final_rows(cp, None, last, perm, c0, cT)
+        _final_rows(cp, None, last if keep else ring_last, perm, c0, cT)
         return
     order = StepOrder(lengths, T, N, reverse, move_rows)
     if order.rows == 0 or H == 0:

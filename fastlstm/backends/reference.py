@@ -20,7 +20,8 @@ forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep=True)
     gates  [T, N, G] OUT   activated gates (sigma i, sigma f, tanh g, sigma o): kept for backward
     cs     [T, N, H] OUT   c_t for every step: kept for backward
     keep   False: no backward will follow (inference); a backend may then
-           leave gates unwritten or use it as scratch (y, hT, cT are the same)
+           leave gates and cs unwritten or use them as scratch (y, hT, cT are the
+           same; the C backend keeps c_t in two steps' rows of cs)
 
     Keyword options (variable lengths, the reverse direction, projections):
     lengths [N] integers in [0, T], or None (every row runs T steps): row n runs
