@@ -123,6 +123,21 @@ def test_inference_forward_is_the_training_forward_bit_for_bit(monkeypatch, path
                 np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("lengths", [[5, 1, 2], [-1, 2, 3], [4, 4, 9], [1, 2]],
+                         ids=["above-T", "negative", "above-T-rest-full", "wrong-shape"])
+@pytest.mark.parametrize("keep", [False, True])
+def test_backend_forward_names_bad_lengths(lengths, keep):
+    # the backend contract called directly (the layer and lstm_forward check lengths
+    # first): a ValueError naming lengths, on every path a call can take
+    T, N, I, H = 4, 3, 5, 8
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal(shape).astype(np.float32)
+            for shape in ((T, N, I), (N, H), (N, H), (4 * H, I), (4 * H, H), (4 * H,))]
+    outs = [np.empty(shape, np.float32) for shape in ((T, N, H), (N, H), (N, H), (T, N, 4 * H), (T, N, H))]
+    with pytest.raises(ValueError, match="lengths must be 3 values in"):
+        c_backend.forward(*args, *outs, keep=keep, lengths=np.array(lengths))
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_path_propagates_nan(monkeypatch, path):
     monkeypatch.setenv("FASTLSTM_KERNEL", path)

@@ -1166,6 +1166,9 @@ def _forward(x, h0, c0, W_ih, W_hh, b, y, hT, cT, gates, cs, keep, lengths, reve
         want.append(("ms", ms, (T, N, H)))
     _check_all(tuple(want))
     lens = np.full(N, T, np.intp) if lengths is None else np.ascontiguousarray(lengths, np.intp)
+    if lens.shape != (N,) or (N and (lens.min() < 0 or lens.max() > T)):
+        raise ValueError(f"lengths must be {N} values in [0, T] = [0, {T}], got shape {lens.shape}"
+                         + (f" and values from {lens.min()} to {lens.max()}" if lens.size else ""))
     if not P and dt == np.float32 and _fused_path(<float>0) != LSTM_PATH_BLAS \
             and (reverse or (N and lens.min() < T)):
         # the loop reads x and writes y where they are (no copies in or out)
