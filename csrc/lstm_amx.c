@@ -357,44 +357,42 @@ void lstm_amx_input_products(ptrdiff_t n16, ptrdiff_t I, const uint16_t *A, cons
         const ptrdiff_t r0 = 32 * (rows_outer ? item / np : item % nr0);
         const ptrdiff_t p = rows_outer ? item % np : item / nr0;
         const int two = n16 - r0 >= 32; /* two tiles of rows, or the last 16 */
-        {
-            const uint16_t *Bp = B + p * bs;
-            float *o = out + p * ldo + r0 * 64;
-            for (int q = 0; q < 2; ++q) {
-                /* gates 2q and 2q + 1: C tiles 0, 1 (rows r0..) and 2, 3 (rows r0 + 16..) */
-                const uint16_t *b0 = Bp + (2 * q) * ks * 3 * TILE;
-                const uint16_t *b1 = Bp + (2 * q + 1) * ks * 3 * TILE;
-                _tile_zero(0);
-                _tile_zero(1);
-                if (two) {
-                    _tile_zero(2);
-                    _tile_zero(3);
-                }
-                for (ptrdiff_t s = 0; s < ks; ++s) {
-                    const uint16_t *a = A + r0 * ld + s * 32;
-                    const ptrdiff_t o3 = s * 3 * TILE;
-                    for (int j = 2; j >= 0; --j) {
-                        _tile_loadd(6, b0 + o3 + j * TILE, 64);
-                        _tile_loadd(7, b1 + o3 + j * TILE, 64);
-                        for (int i = 2 - j; i >= 0; --i) {
-                            const uint16_t *ai = a + i * ps;
-                            _tile_loadd(4, ai, ld * 2);
-                            _tile_dpbf16ps(0, 4, 6);
-                            _tile_dpbf16ps(1, 4, 7);
-                            if (two) {
-                                _tile_loadd(5, ai + 16 * ld, ld * 2);
-                                _tile_dpbf16ps(2, 5, 6);
-                                _tile_dpbf16ps(3, 5, 7);
-                            }
+        const uint16_t *Bp = B + p * bs;
+        float *o = out + p * ldo + r0 * 64;
+        for (int q = 0; q < 2; ++q) {
+            /* gates 2q and 2q + 1: C tiles 0, 1 (rows r0..) and 2, 3 (rows r0 + 16..) */
+            const uint16_t *b0 = Bp + (2 * q) * ks * 3 * TILE;
+            const uint16_t *b1 = Bp + (2 * q + 1) * ks * 3 * TILE;
+            _tile_zero(0);
+            _tile_zero(1);
+            if (two) {
+                _tile_zero(2);
+                _tile_zero(3);
+            }
+            for (ptrdiff_t s = 0; s < ks; ++s) {
+                const uint16_t *a = A + r0 * ld + s * 32;
+                const ptrdiff_t o3 = s * 3 * TILE;
+                for (int j = 2; j >= 0; --j) {
+                    _tile_loadd(6, b0 + o3 + j * TILE, 64);
+                    _tile_loadd(7, b1 + o3 + j * TILE, 64);
+                    for (int i = 2 - j; i >= 0; --i) {
+                        const uint16_t *ai = a + i * ps;
+                        _tile_loadd(4, ai, ld * 2);
+                        _tile_dpbf16ps(0, 4, 6);
+                        _tile_dpbf16ps(1, 4, 7);
+                        if (two) {
+                            _tile_loadd(5, ai + 16 * ld, ld * 2);
+                            _tile_dpbf16ps(2, 5, 6);
+                            _tile_dpbf16ps(3, 5, 7);
                         }
                     }
                 }
-                _tile_stored(0, o + 2 * q * 16, 64 * sizeof(float));
-                _tile_stored(1, o + (2 * q + 1) * 16, 64 * sizeof(float));
-                if (two) {
-                    _tile_stored(2, o + 16 * 64 + 2 * q * 16, 64 * sizeof(float));
-                    _tile_stored(3, o + 16 * 64 + (2 * q + 1) * 16, 64 * sizeof(float));
-                }
+            }
+            _tile_stored(0, o + 2 * q * 16, 64 * sizeof(float));
+            _tile_stored(1, o + (2 * q + 1) * 16, 64 * sizeof(float));
+            if (two) {
+                _tile_stored(2, o + 16 * 64 + 2 * q * 16, 64 * sizeof(float));
+                _tile_stored(3, o + 16 * 64 + (2 * q + 1) * 16, 64 * sizeof(float));
             }
         }
     }
